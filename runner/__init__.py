@@ -1,0 +1,12 @@
+"""recipe-runner: declarative, reproducible batch runner for Hugging Face diffusers pipelines.
+
+Plugin authors: ``from runner import hookimpl``; the hooks are documented in ``runner.hookspecs``.
+"""
+
+import pluggy
+
+__version__ = "0.1.0"
+
+hookimpl = pluggy.HookimplMarker("recipe_runner")
+
+__all__ = ["hookimpl", "__version__"]

@@ -1,0 +1,130 @@
+"""``recipe-run``: the command line. Exit status 0 success, 1 failure while running, 2 invalid
+recipe or command line (one message, no traceback, nothing written), 130 interrupted.
+
+This module, and everything it imports at the top, stays free of torch and diffusers: --help,
+--dry-run, --list-plugins and validation never pay for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import RecipeError, RunError
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors: exit 2, one line
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_INVALID)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="recipe-run",
+        description="Run diffusers pipelines from TOML recipes: reproducible batches, one generator per image.",
+    )
+    p.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe files (TOML)")
+    p.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR",
+                   help="output root (default: outputs); a recipe writes to DIR/<name>/")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key: dotted path, TOML value (a bare word that is not TOML is a string)")
+    p.add_argument("-p", "--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                   help="load one more plugin module (importable name)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and print the plan; loads no model, imports neither torch nor diffusers")
+    p.add_argument("--list-plugins", action="store_true", help="list the installed plugins and their settings")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow pickled (.bin/.ckpt) weights; never implied by a recipe")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    p.add_argument("--debug", action="store_true", help="show the traceback of a failure while running")
+    p.add_argument("--version", action="version", version=f"recipe-run {__version__}")
+    return p
+
+
+def list_plugins(plugins) -> str:
+    lines = []
+    for info in plugins.infos:
+        origin = f"{info.distribution or '?'} {info.version or ''}".strip()
+        lines.append(f"{info.name}  [{info.source}; {origin}; {info.module}]")
+        if info.error:
+            lines.append(f"    failed to load: {info.error}")
+        for name in info.provides:
+            opt = plugins.registry.optimizations[name]
+            lines.append(f"    [optimizations] {name} (stage {opt.stage}): {opt.description}")
+            for field_name, field in opt.settings.model_fields.items():
+                default = field.get_default(call_default_factory=True)
+                annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+                lines.append(f"        {field_name}: {annotation} = {default!r}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return _main(args)
+    except RecipeError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("\ninterrupted: every image written so far is complete and listed in its manifest", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RunError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # a failure while running: the message, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _main(args: argparse.Namespace) -> int:
+    from .plugins import load_plugins
+    from .run import Options, describe_plan, prepare
+
+    plugins = load_plugins(args.plugins)
+    if args.list_plugins:
+        print(list_plugins(plugins))
+        return EXIT_OK
+    if not args.recipes:
+        raise RecipeError.one("no recipe given: recipe-run RECIPE [RECIPE ...]", file="recipe-run")
+    problems = []
+    prepared = []
+    for path in args.recipes:  # validate every recipe before anything runs
+        try:
+            prepared.append(prepare(path, args.sets, plugins, args.out))
+        except RecipeError as exc:
+            problems += exc.problems
+    if problems:
+        raise RecipeError(problems)
+    names = [p.recipe.name for p in prepared]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise RecipeError.one(f"several recipes write to the same output folder {duplicated[0]!r}: give them distinct names",
+                              file="recipe-run")
+    if args.dry_run:
+        print("\n\n".join(describe_plan(p, plugins) for p in prepared))
+        return EXIT_OK
+
+    from .run import ModelCache, execute
+
+    options = Options(out=args.out, allow_pickle=args.allow_pickle, progress=False if args.no_progress else None)
+    cache = ModelCache()
+    for item in prepared:
+        manifest = execute(item, plugins, options, cache)
+        done = sum(1 for r in manifest["images"] if r["status"] == "done")
+        print(f"{item.recipe.name}: {done} images -> {item.out_dir}/")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Generating the planned batches: one torch.Generator per image, images streamed to disk as each
+batch finishes, out-of-memory backoff that halves the batch and retries the same jobs.
+
+Memory grows with the batch, never with the matrix: a batch's images are written and dropped
+before the next batch starts.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .build import Built
+from .errors import RunError
+from .inputs import InputImages
+from .matrix import Job
+from .outputs import Writer
+from .plan import Batch, plan
+from .progress import Progress
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch.OutOfMemoryError, and the CUDA / MPS out-of-memory RuntimeErrors."""
+    import torch
+
+    oom_type = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    if isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        torch.mps.empty_cache()
+
+
+def generators(jobs: tuple[Job, ...], device: str) -> list[Any]:
+    """One generator per image, seeded with its job's seed: its starting noise is the same
+    whatever the batch, the position in it, or the rest of the matrix."""
+    import torch
+
+    return [torch.Generator(device=device).manual_seed(job.seed) for job in jobs]
+
+
+@dataclass
+class Execution:
+    built: Built
+    writer: Writer
+    hook: Any
+    inputs: InputImages | None
+    progress: Progress
+    warn: Callable[[str], None]
+    batch_times: list[dict[str, Any]] = field(default_factory=list)
+    batch_size_used: int | None = None
+
+    @property
+    def generator_device(self) -> str:
+        setting = self.built.context.recipe.run.generator_device
+        return self.built.context.device if setting == "device" else setting
+
+    def call_kwargs(self, batch: Batch) -> dict[str, Any]:
+        first = batch.jobs[0]
+        kwargs = dict(first.params)
+        kwargs["prompt"] = [job.prompt for job in batch.jobs]
+        kwargs["generator"] = generators(batch.jobs, self.generator_device)
+        if self.inputs is not None:
+            kwargs.update(self.inputs.for_batch(batch.jobs))
+        return kwargs
+
+    def generate(self, batch: Batch, only: set[int] | None) -> None:
+        self.built.use_scheduler(batch.jobs[0])
+        kwargs = self.call_kwargs(batch)
+        self.hook.before_batch(pipe=self.built.pipe, batch=batch, call_kwargs=kwargs)
+        start = time.perf_counter()
+        output = self.built.pipe(**kwargs)
+        seconds = time.perf_counter() - start
+        images = list(output.images)
+        if len(images) != batch.size:
+            raise RunError(f"the pipeline returned {len(images)} images for a batch of {batch.size}")
+        self.hook.after_batch(pipe=self.built.pipe, batch=batch, images=images)
+        write_start = time.perf_counter()
+        self.writer.write_batch(batch, images, only)
+        self.batch_times.append({"batch": batch.index, "size": batch.size, "seconds": round(seconds, 4),
+                                 "write_seconds": round(time.perf_counter() - write_start, 4)})
+        self.progress.advance(batch.size if only is None else len([j for j in batch.jobs if j.index in only]))
+
+    def run(self, batches: list[Batch], pending: set[int] | None = None) -> None:
+        """Generate ``batches`` in order; with ``pending``, only the batches holding a pending job
+        (re-computed whole, only the pending images written). On out of memory, the failed batch
+        and everything after it are re-planned at half the size."""
+        queue = deque(batches)
+        while queue:
+            batch = queue.popleft()
+            if pending is not None and not any(job.index in pending for job in batch.jobs):
+                continue
+            try:
+                self.generate(batch, pending)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                if batch.size == 1:
+                    raise RunError("out of memory at batch size 1: the model does not fit this device; "
+                                   "try [optimizations] offload, attention_slicing or vae_tiling") from None
+                size = max(1, batch.size // 2)
+                self.warn(f"out of memory at batch size {batch.size}: retrying at {size}")
+                free_memory()
+                rest = [job for b in [batch, *queue] for job in b.jobs]
+                queue = deque(Batch(batch.index + b.index, b.jobs) for b in plan(rest, size))
+                self.batch_size_used = size

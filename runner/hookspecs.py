@@ -1,0 +1,72 @@
+"""Hook specifications: every hook a recipe-runner plugin can implement.
+
+A plugin is a module (or any object) with functions decorated by ``runner.hookimpl`` and named
+after one of the hooks below. Plugins come from three places: the built-ins, the ``recipe_runner``
+entry-point group of installed distributions, and ``recipe-run -p MODULE``. A plugin implements
+only the hooks it needs; pluggy checks the names, so a misspelled hook is reported at load time.
+
+All hooks run in the one process that runs the recipe (under torchrun, in every rank).
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("recipe_runner")
+
+
+@hookspec
+def register_optimizations():
+    """Declare the optimizations this plugin provides.
+
+    Called once, when the plugins are loaded: before any recipe is validated, for ``--dry-run``,
+    ``--list-plugins`` and ``--schema`` too, so it must stay cheap (no torch import here).
+
+    Returns a list of :class:`runner.optimizations.Optimization`: each has the key it owns under
+    ``[optimizations]``, a pydantic settings model (subclass of
+    :class:`runner.optimizations.OptimizationSettings`) that validates that key's table, the stage
+    that orders it, and the functions that check, configure loading and apply it.
+    """
+
+
+@hookspec
+def pipeline_ready(pipe, recipe, context):
+    """The pipeline is built: weights loaded, components swapped, scheduler set, moved to its
+    device and every optimization applied. Called once per loaded pipeline, before the first batch.
+
+    Receives ``pipe`` (the diffusers pipeline; a plugin may wrap or patch it, for example to record
+    latents), ``recipe`` (the validated :class:`runner.recipe.Recipe`) and ``context`` (a
+    :class:`runner.build.BuildContext`: device, dtype, task, the resolved model location).
+    Returns nothing.
+    """
+
+
+@hookspec
+def before_batch(pipe, batch, call_kwargs):
+    """A planned batch is about to be generated.
+
+    Receives ``pipe``, ``batch`` (a :class:`runner.plan.Batch`: its index and jobs) and
+    ``call_kwargs``, the exact keyword arguments of the pipeline call (prompt list, one generator
+    per image, every parameter). Mutating ``call_kwargs`` changes the call; raising stops the run,
+    except that an out-of-memory error makes the runner retry the same jobs in smaller batches.
+    Returns nothing.
+    """
+
+
+@hookspec
+def after_batch(pipe, batch, images):
+    """A batch has been generated and its images are about to be written.
+
+    Receives ``pipe``, ``batch`` and ``images`` (one PIL image per job of the batch, in job order).
+    Returns nothing; the images are written after every implementation has run.
+    """
+
+
+@hookspec
+def run_finished(recipe, output_dir, manifest):
+    """A recipe has finished: every image is written and the manifest is complete.
+
+    Receives ``recipe``, ``output_dir`` (a pathlib.Path: the recipe's output folder; a plugin may
+    write its own files there) and ``manifest`` (the manifest as a dict, as written). Returns
+    nothing. Not called when the run failed or was interrupted.
+    """

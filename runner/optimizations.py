@@ -1,0 +1,132 @@
+"""The ``[optimizations]`` table: what a plugin declares, and how a recipe's table is validated,
+checked against the machine and ordered.
+
+Light module: torch and diffusers are imported only by the plugins' own functions, when they run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import Problem, RecipeError, did_you_mean
+
+# The order optimizations are applied in: declared, not accidental.
+STAGES = ("load", "components", "memory", "attention", "layout", "compile")
+
+
+class OptimizationSettings(BaseModel):
+    """Base of every plugin's settings model: a table under ``[optimizations.<name>]``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    required: bool = True
+    """false: when the optimization cannot run here, skip it with a warning instead of stopping."""
+
+
+class Unsupported(Exception):
+    """Raised by an optimization's ``check`` or ``apply`` when it cannot run here; the message
+    says why. A required optimization then stops the recipe (exit 2); ``required = false`` skips."""
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """One key of ``[optimizations]``, as a plugin declares it.
+
+    - ``apply(pipe, settings, context)``: switch it on for a built pipeline.
+    - ``check(settings, context)``: before the model loads, raise :class:`Unsupported` when it
+      cannot run on this machine or with the other enabled optimizations (``context.enabled``).
+    - ``load_kwargs(settings, context)``: extra ``from_pretrained`` keyword arguments (load stage).
+    - ``places_model``: it moves the model to its device itself (offloading); the runner then
+      does not call ``pipe.to(device)``.
+    """
+
+    name: str
+    settings: type[OptimizationSettings]
+    stage: str
+    apply: Callable[..., None]
+    description: str = ""
+    check: Callable[..., None] | None = None
+    load_kwargs: Callable[..., dict[str, Any]] | None = None
+    places_model: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"optimization {self.name!r}: stage must be one of {STAGES}, got {self.stage!r}")
+
+
+@dataclass
+class Enabled:
+    """An optimization switched on by a recipe, with its validated settings."""
+
+    optimization: Optimization
+    settings: OptimizationSettings
+    status: str = "pending"  # pending -> applied | skipped
+    reason: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.optimization.name
+
+    def record(self) -> dict[str, Any]:
+        out = {"status": self.status, "settings": self.settings.model_dump(mode="json")}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass
+class Registry:
+    """Every optimization the loaded plugins provide, and the plugins that failed to load."""
+
+    optimizations: dict[str, Optimization] = field(default_factory=dict)
+    providers: dict[str, str] = field(default_factory=dict)  # name -> plugin name
+    broken: dict[str, str] = field(default_factory=dict)  # plugin name -> error
+
+    def enable(self, table: Mapping[str, Any], problem: Callable[..., Problem]) -> list[Enabled]:
+        """Validate a recipe's ``[optimizations]`` table; returns the enabled ones in stage order.
+
+        ``problem(key, message, hint)`` turns a dotted key into a located Problem.
+        """
+        from .recipe import problem_from_pydantic  # local: recipe imports nothing from here
+
+        problems: list[Problem] = []
+        enabled: list[Enabled] = []
+        for name, value in table.items():
+            key = f"optimizations.{name}"
+            opt = self.optimizations.get(name)
+            if opt is None:
+                broken = [p for p in self.broken if name in (p, p.replace("-", "_"))]
+                if broken:
+                    problems.append(problem(key, f"the plugin {broken[0]!r} failed to load: {self.broken[broken[0]]}"))
+                    continue
+                close = did_you_mean(name, self.optimizations)
+                hint = f"did you mean {close!r}?" if close else "see recipe-run --list-plugins"
+                problems.append(problem(key, "unknown optimization", hint))
+                continue
+            if value is False:
+                continue
+            try:
+                settings = opt.settings.model_validate({} if value is True else value)
+            except ValidationError as exc:
+                for error in exc.errors():
+                    problems.append(problem_from_pydantic(error, problem, model=opt.settings, prefix=key))
+                continue
+            enabled.append(Enabled(opt, settings))
+        if problems:
+            raise RecipeError(problems)
+        return sorted(enabled, key=lambda e: (STAGES.index(e.optimization.stage), e.name))
+
+
+def settle(enabled: Enabled, reason: str, problem: Callable[..., Problem], warn: Callable[[str], None]) -> None:
+    """An optimization cannot run: stop the recipe, or skip it when ``required = false``."""
+    if enabled.settings.required:
+        raise RecipeError([problem(
+            f"optimizations.{enabled.name}", f"cannot run here: {reason}",
+            "set required = false in its table to skip it when unavailable",
+        )])
+    enabled.status, enabled.reason = "skipped", reason
+    warn(f"optimizations.{enabled.name}: skipped: {reason}")

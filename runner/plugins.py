@@ -1,0 +1,165 @@
+"""The one PluginManager: built-in plugins, the ``recipe_runner`` entry-point group, and
+``-p MODULE``. A plugin that fails to import or register is reported by name and never takes the
+tool down; a recipe that uses it then stops with exit 2.
+
+Environment: ``RECIPE_RUNNER_PLUGINS`` (comma-separated entry-point names) restricts which
+third-party plugins load; set it to an empty string to load none.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import RecipeError
+from .optimizations import Optimization, Registry
+
+PROJECT = "recipe_runner"
+ENTRY_POINT_GROUP = "recipe_runner"
+ALLOW_ENV = "RECIPE_RUNNER_PLUGINS"
+
+BUILTIN = (
+    "plugins.attention_slicing",
+)
+
+_REGISTERED: list[tuple[Any, str]] = []  # plugins registered in-process (tests, embedding)
+
+
+def register(plugin: Any, name: str | None = None) -> None:
+    """Register a plugin object (a module, a class instance) for every later ``load_plugins`` in
+    this process, e.g. for one test; undo with :func:`unregister`."""
+    _REGISTERED.append((plugin, name or getattr(plugin, "__name__", None) or type(plugin).__name__))
+
+
+def unregister(plugin: Any) -> None:
+    _REGISTERED[:] = [(p, n) for p, n in _REGISTERED if p is not plugin]
+
+
+@dataclass
+class PluginInfo:
+    """What --list-plugins shows about one plugin."""
+
+    name: str
+    source: str  # "built-in" | "entry point" | "-p"
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    error: str | None = None
+    provides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plugins:
+    pm: pluggy.PluginManager
+    infos: list[PluginInfo]
+    registry: Registry
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def _register(pm: pluggy.PluginManager, plugin: Any, info: PluginInfo) -> None:
+    """Register one plugin, checking its hook names; a failure is recorded on ``info``."""
+    try:
+        pm.register(plugin, name=info.name)
+        pm.check_pending()
+    except Exception as exc:  # a misspelled hook, a duplicate name, ...
+        if pm.is_registered(plugin):
+            pm.unregister(plugin)
+        info.error = _error_text(exc)
+
+
+def _allowed_third_party() -> set[str] | None:
+    raw = os.environ.get(ALLOW_ENV)
+    if raw is None:
+        return None
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+def load_plugins(extra_modules: tuple[str, ...] | list[str] = ()) -> Plugins:
+    """Build the PluginManager with every plugin; -p modules that cannot import are exit 2."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    infos: list[PluginInfo] = []
+
+    from runner import __version__
+
+    for module_name in BUILTIN:
+        info = PluginInfo(module_name.rsplit(".", 1)[-1], "built-in", module_name, "recipe-runner", __version__)
+        infos.append(info)
+        try:
+            _register(pm, importlib.import_module(module_name), info)
+        except Exception as exc:
+            info.error = _error_text(exc)
+
+    allowed = _allowed_third_party()
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if allowed is not None and ep.name not in allowed:
+            continue
+        dist = getattr(ep, "dist", None)
+        info = PluginInfo(ep.name, "entry point", ep.value,
+                          dist.metadata["Name"] if dist else None, dist.version if dist else None)
+        infos.append(info)
+        try:
+            _register(pm, ep.load(), info)
+        except Exception as exc:  # one broken plugin never takes the tool down
+            info.error = _error_text(exc)
+
+    for plugin, name in _REGISTERED:
+        info = PluginInfo(name, "registered", type(plugin).__module__)
+        infos.append(info)
+        _register(pm, plugin, info)
+
+    for module_name in extra_modules:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise RecipeError.one(f"cannot import plugin module {module_name!r}: {_error_text(exc)}",
+                                  file="-p") from None
+        info = PluginInfo(module_name, "-p", module_name)
+        infos.append(info)
+        _register(pm, module, info)
+        if info.error:
+            raise RecipeError.one(f"plugin module {module_name!r} is invalid: {info.error}", file="-p")
+
+    return Plugins(pm, infos, _collect_optimizations(pm, infos))
+
+
+def _collect_optimizations(pm: pluggy.PluginManager, infos: list[PluginInfo]) -> Registry:
+    """Ask each plugin for its optimizations, one at a time so a failure names its plugin."""
+    registry = Registry()
+    by_name = {i.name: i for i in infos}
+    for impl in pm.hook.register_optimizations.get_hookimpls():
+        info = by_name.get(impl.plugin_name)
+        try:
+            provided = list(impl.function() or [])
+            for opt in provided:
+                if not isinstance(opt, Optimization):
+                    raise TypeError(f"register_optimizations returned {type(opt).__name__}, not Optimization")
+                if opt.name in registry.optimizations:
+                    raise ValueError(f"optimization {opt.name!r} is already provided by {registry.providers[opt.name]!r}")
+        except Exception as exc:
+            if info is not None:
+                info.error = _error_text(exc)
+            registry.broken[impl.plugin_name] = _error_text(exc)
+            continue
+        for opt in provided:
+            registry.optimizations[opt.name] = opt
+            registry.providers[opt.name] = impl.plugin_name
+            if info is not None:
+                info.provides.append(opt.name)
+    for info in infos:
+        if info.error:
+            registry.broken.setdefault(info.name, info.error)
+    return registry
