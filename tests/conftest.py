@@ -14,6 +14,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# One CPU thread per test process (and every subprocess it starts): tests stay fast when several
+# run side by side on a small machine, and pixels do not depend on the machine's core count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def tiny_cache(tmp_path_factory) -> Path:
