@@ -59,7 +59,8 @@ class Built:
     optimizations: list[Enabled]
     schedulers: dict[str, Any]  # scheduler key -> scheduler instance
     base_scheduler: Any = None  # the scheduler the model came with: from_config reads its config
-    seconds: float = 0.0
+    load_seconds: float = 0.0  # from_pretrained, components included
+    setup_seconds: float = 0.0  # device placement, optimizations, pipeline_ready hooks
 
     def rebind(self, recipe: Recipe, loaded: LoadedRecipe | None, jobs: list[Job]) -> None:
         """Use this loaded pipeline for another recipe: check its parameters, make its schedulers."""
@@ -321,6 +322,7 @@ def build(recipe: Recipe, loaded: LoadedRecipe | None, jobs: list[Job], enabled:
         if item.optimization.load_kwargs is not None:
             extra.update(item.optimization.load_kwargs(item.settings, ctx))
     pipe = load_pipeline(recipe, loaded, ctx, extra)
+    loaded_at = time.perf_counter()
     check_parameters(pipe, recipe, loaded)
     base_scheduler = pipe.scheduler
     schedulers = build_schedulers(pipe, base_scheduler, jobs, recipe, loaded)
@@ -342,7 +344,34 @@ def build(recipe: Recipe, loaded: LoadedRecipe | None, jobs: list[Job], enabled:
     for item in after_placement:
         apply(item)
     hook.pipeline_ready(pipe=pipe, recipe=recipe, context=ctx)
-    return Built(pipe, ctx, enabled, schedulers, base_scheduler, time.perf_counter() - start)
+    return Built(pipe, ctx, enabled, schedulers, base_scheduler, loaded_at - start, time.perf_counter() - loaded_at)
+
+
+def derive(built: Built, recipe: Recipe, loaded: LoadedRecipe | None, jobs: list[Job], hook: Any,
+           ctx: BuildContext) -> Built:
+    """A pipeline for another task on the same loaded components (``AutoPipelineFor*.from_pipe``):
+    image-to-image and inpainting reuse a text-to-image pipeline's weights without reloading."""
+    import time
+
+    start = time.perf_counter()
+    if recipe.model.task == "text-to-image":
+        from diffusers import AutoPipelineForText2Image as cls
+    else:
+        module_name, class_name = TASK_PIPELINES[recipe.model.task]
+        cls = getattr(importlib.import_module(module_name), class_name)
+    built.pipe.scheduler = built.base_scheduler  # not the scheduler a previous recipe swapped in
+    try:
+        pipe = cls.from_pipe(built.pipe)
+    except Exception as exc:
+        raise RunError(f"cannot make a {recipe.model.task} pipeline from the loaded {type(built.pipe).__name__}: "
+                       f"{_first_line(exc)}") from None
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    check_parameters(pipe, recipe, loaded)
+    base = pipe.scheduler
+    schedulers = build_schedulers(pipe, base, jobs, recipe, loaded)
+    hook.pipeline_ready(pipe=pipe, recipe=recipe, context=ctx)
+    return Built(pipe, ctx, built.optimizations, schedulers, base, 0.0, time.perf_counter() - start)
 
 
 def quiet_libraries() -> None:

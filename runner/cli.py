@@ -120,9 +120,7 @@ def _main(args: argparse.Namespace) -> int:
     options = Options(out=args.out, allow_pickle=args.allow_pickle, progress=False if args.no_progress else None)
     cache = ModelCache()
     for item in prepared:
-        manifest = execute(item, plugins, options, cache)
-        done = sum(1 for r in manifest["images"] if r["status"] == "done")
-        print(f"{item.recipe.name}: {done} images -> {item.out_dir}/")
+        execute(item, plugins, options, cache)
     return EXIT_OK
 
 

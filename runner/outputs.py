@@ -110,9 +110,9 @@ class Manifest:
     """``manifest.json``: the resolved recipe, the environment and one record per job."""
 
     def __init__(self, folder: Path, recipe: dict[str, Any], environment: dict[str, Any], jobs: Sequence[Job],
-                 ext: str):
+                 ext: str, path: Path | None = None):
         self.folder = folder
-        self.path = folder / "manifest.json"
+        self.path = path or folder / "manifest.json"
         width = max(4, len(str(max(len(jobs) - 1, 0))))
         self.data: dict[str, Any] = {
             "recipe": recipe,
@@ -139,6 +139,7 @@ class Manifest:
             "batch_jobs": None,
             "status": "pending",
             "sha256": None,
+            "rank": None,
         }
 
     def record(self, job: Job) -> dict[str, Any]:
@@ -155,8 +156,10 @@ class Manifest:
 class Writer:
     """Writes each finished batch's images and then the manifest, in that order."""
 
-    def __init__(self, manifest: Manifest, fmt: str, quality: int, metadata: bool, model: str, recipe_json: str):
+    def __init__(self, manifest: Manifest, fmt: str, quality: int, metadata: bool, model: str, recipe_json: str,
+                 rank: int = 0):
         self.manifest = manifest
+        self.rank = rank
         self.fmt = fmt
         self.quality = quality
         self.metadata = metadata
@@ -186,7 +189,7 @@ class Writer:
             data = encode(image, self.fmt, self.quality, text)
             path = self.manifest.file_for(job)
             atomic_write(path, data)
-            record.update(status="done", sha256=hashlib.sha256(data).hexdigest())
+            record.update(status="done", sha256=hashlib.sha256(data).hexdigest(), rank=self.rank)
             self.written.append(path)
         self.manifest.save()
 

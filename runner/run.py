@@ -124,9 +124,9 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
 # --- running ---------------------------------------------------------------------------------------
 
 def model_key(recipe: Recipe, enabled: list[Enabled], allow_pickle: bool) -> str:
-    """Recipes with equal keys can share one loaded pipeline."""
+    """Recipes with equal keys can share one loaded pipeline (the task aside: see from_pipe)."""
     return json.dumps({
-        "model": recipe.model.model_dump(mode="json"),
+        "model": recipe.model.model_dump(mode="json", exclude={"task"}),
         "components": {k: v.model_dump(mode="json") for k, v in recipe.components.items()},
         "optimizations": [[e.name, e.settings.model_dump(mode="json")] for e in enabled],
         "allow_pickle": allow_pickle,
@@ -135,15 +135,56 @@ def model_key(recipe: Recipe, enabled: list[Enabled], allow_pickle: bool) -> str
 
 @dataclass
 class ModelCache:
-    """Pipelines loaded in this invocation, by :func:`model_key`; ``loads`` counts real loads."""
+    """Pipelines loaded in this invocation: model key -> task -> Built. ``loads`` counts the
+    from_pretrained loads, ``derived`` the pipelines made from a loaded one with from_pipe."""
 
-    entries: dict[str, Any] = field(default_factory=dict)
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     loads: int = 0
+    derived: int = 0
+
+    def get(self, prepared: Prepared, plugins: Plugins, ctx: Any, key: str) -> Any:
+        from . import build
+
+        recipe, loaded, task = prepared.recipe, prepared.loaded, prepared.recipe.model.task
+        by_task = self.entries.setdefault(key, {})
+        if task in by_task:
+            built = by_task[task]
+            built.rebind(recipe, loaded, prepared.jobs)
+            built.load_seconds = built.setup_seconds = 0.0
+        elif by_task and not any(e.optimization.places_model for e in prepared.enabled):
+            built = build.derive(next(iter(by_task.values())), recipe, loaded, prepared.jobs, plugins.hook, ctx)
+            by_task[task] = built
+            self.derived += 1
+        else:
+            built = build.build(recipe, loaded, prepared.jobs, prepared.enabled, plugins.hook, ctx)
+            by_task[task] = built
+            self.loads += 1
+        for mine, theirs in zip(prepared.enabled, built.optimizations):
+            mine.status, mine.reason = theirs.status, theirs.reason
+        return built
+
+
+def peak_memory(device: str) -> str:
+    """CUDA max allocated on a GPU, the process's peak RSS otherwise."""
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{torch.cuda.max_memory_allocated(torch.device(device)) / 2**20:,.0f} MiB CUDA max allocated"
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak_mib = peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+        return f"{peak_mib:,.0f} MiB peak RSS"
+    except ImportError:  # pragma: no cover - Windows
+        return "peak memory unknown"
 
 
 def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None = None) -> dict[str, Any]:
-    """Build (or reuse) the pipeline, generate every batch, write images, manifest and grid."""
-    from . import build, environment
+    """Build (or reuse) the pipeline, generate this process's batches, write images, manifest and
+    grid; under a launcher, rank 0 merges the ranks' manifests. Returns the manifest (the merged
+    one on rank 0)."""
+    from . import build, distributed, environment
     from .execute import Execution
     from .grid import make_grid
     from .outputs import EXTENSIONS, Manifest, Writer
@@ -152,21 +193,14 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
     recipe, loaded = prepared.recipe, prepared.loaded
     cache = cache if cache is not None else ModelCache()
     ctx = build.prepare(recipe, loaded, prepared.enabled, allow_pickle=options.allow_pickle, warn=options.warn)
+    dist = distributed.detect(ctx.device)
+    ctx.device = dist.device(ctx.device)
     environment.set_deterministic(recipe.run.deterministic)
     images = None
     if prepared.inputs:
         images = inputs_mod.InputImages(prepared.inputs, loaded, prepared.input_keys)
         images.preflight()
-    key = model_key(recipe, prepared.enabled, options.allow_pickle)
-    built = cache.entries.get(key)
-    if built is None:
-        built = build.build(recipe, loaded, prepared.jobs, prepared.enabled, plugins.hook, ctx)
-        cache.entries[key] = built
-        cache.loads += 1
-        load_seconds = built.seconds
-    else:
-        built.rebind(recipe, loaded, prepared.jobs)
-        load_seconds = 0.0
+    built = cache.get(prepared, plugins, ctx, model_key(recipe, prepared.enabled, options.allow_pickle))
 
     out_dir = prepared.out_dir
     if out_dir.is_symlink():
@@ -174,26 +208,48 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
                               key="name", file=display_path(loaded.path))
     out_dir.mkdir(parents=True, exist_ok=True)
     env = environment.describe(ctx.device, ctx.dtype, recipe.run.generator_device, recipe.run.deterministic)
+    env["world_size"] = dist.world_size
     resolved = recipe.model_dump(mode="json")
-    manifest = Manifest(out_dir, resolved, env, prepared.jobs, EXTENSIONS[recipe.output.format])
+    manifest_path = distributed.partial_path(out_dir, dist.rank) if dist.world_size > 1 else None
+    manifest = Manifest(out_dir, resolved, env, prepared.jobs, EXTENSIONS[recipe.output.format], manifest_path)
     manifest.data["optimizations"] = {e.name: e.record() for e in prepared.enabled}
     writer = Writer(manifest, recipe.output.format, recipe.output.quality, recipe.output.metadata,
-                    recipe.model.id, json.dumps(resolved, ensure_ascii=False, sort_keys=True))
+                    recipe.model.id, json.dumps(resolved, ensure_ascii=False, sort_keys=True), rank=dist.rank)
     size = initial_batch_size(recipe.run.batch_size, prepared.jobs, ctx.device)
-    progress = Progress(len(prepared.jobs), recipe.name, enabled=options.progress)
+    mine = distributed.shard(plan(prepared.jobs, size), dist.world_size)[dist.rank]
+    progress = Progress(sum(b.size for b in mine), recipe.name,
+                        enabled=options.progress if dist.is_main else False)
     execution = Execution(built, writer, plugins.hook, images, progress, options.warn)
     start = time.perf_counter()
     try:
-        execution.run(plan(prepared.jobs, size))
+        execution.run(mine)
     finally:
         progress.close()
+        generate_seconds = time.perf_counter() - start
         manifest.data["timings"] = {
-            "load_seconds": round(load_seconds, 4),
-            "generate_seconds": round(time.perf_counter() - start, 4),
+            "load_seconds": round(built.load_seconds, 4),
+            "setup_seconds": round(built.setup_seconds, 4),
+            "generate_seconds": round(generate_seconds, 4),
+            "write_seconds": round(sum(b["write_seconds"] for b in execution.batch_times), 4),
             "batches": execution.batch_times,
         }
         manifest.save()
+    dist.barrier()
+    if not dist.is_main:
+        return manifest.data
+    data = manifest.data
+    if dist.world_size > 1:
+        data = distributed.merge(out_dir, dist.world_size)
+        manifest.path, manifest.data = out_dir / "manifest.json", data
+        manifest.save()
+        for rank in range(dist.world_size):
+            distributed.partial_path(out_dir, rank).unlink(missing_ok=True)
     if recipe.output.grid:
-        make_grid(out_dir, manifest.data["images"])
-    plugins.hook.run_finished(recipe=recipe, output_dir=out_dir, manifest=manifest.data)
-    return manifest.data
+        make_grid(out_dir, data["images"])
+    plugins.hook.run_finished(recipe=recipe, output_dir=out_dir, manifest=data)
+    done = sum(b.size for b in mine)
+    rate = done / generate_seconds if generate_seconds > 0 else 0.0
+    ranks = f", {done} on rank 0 of {dist.world_size}" if dist.world_size > 1 else ""
+    print(f"{recipe.name}: {len(prepared.jobs)} images{ranks} in {generate_seconds:.1f} s ({rate:.2f} images/s), "
+          f"load {built.load_seconds:.1f} s, {peak_memory(ctx.device)} -> {display_path(out_dir)}/")
+    return data

@@ -1,0 +1,90 @@
+"""Several processes, one machine or many: under ``torchrun`` or ``accelerate launch`` the planned
+batches are shared out so each job is done exactly once, by whole batches, so every image comes
+out of the same batch as in a one-process run (same pixels, at the same per-process thread count).
+
+Each rank writes its own images and a partial manifest; after a barrier, rank 0 merges them into
+``manifest.json``. Outside a launcher (no ``WORLD_SIZE`` > 1) nothing here imports accelerate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .plan import Batch
+
+PARTIAL = ".manifest.rank-{rank}.json"
+
+
+@dataclass
+class Dist:
+    """This process's place among the launcher's processes (rank 0 of 1 when not launched)."""
+
+    rank: int = 0
+    world_size: int = 1
+    state: Any = None  # accelerate.PartialState when launched
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            self.state.wait_for_everyone()
+
+    def device(self, device: str) -> str:
+        """Each rank on its own accelerator: "cuda" becomes this rank's "cuda:N"."""
+        if self.world_size > 1 and device == "cuda":
+            return str(self.state.device)
+        return device
+
+
+def launched_world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def detect(device_spec: str) -> Dist:
+    """Join the launcher's process group (gloo on CPU, NCCL on GPUs) when there is one."""
+    if launched_world_size() <= 1:
+        return Dist()
+    from accelerate import PartialState
+
+    # On a CPU, PartialState needs cpu=True to see the ranks (and picks gloo).
+    state = PartialState(cpu=device_spec == "cpu")
+    return Dist(state.process_index, state.num_processes, state)
+
+
+def shard(batches: Sequence[Batch], world_size: int) -> list[list[Batch]]:
+    """Whole batches to ranks, deterministic and balanced by images: each batch, in plan order,
+    goes to the rank with the fewest images so far (the lowest rank on a tie)."""
+    shares: list[list[Batch]] = [[] for _ in range(world_size)]
+    load = [0] * world_size
+    for batch in batches:
+        rank = min(range(world_size), key=lambda r: (load[r], r))
+        shares[rank].append(batch)
+        load[rank] += batch.size
+    return shares
+
+
+def partial_path(folder: Path, rank: int) -> Path:
+    return folder / PARTIAL.format(rank=rank)
+
+
+def merge(folder: Path, world_size: int) -> dict[str, Any]:
+    """Fold the ranks' partial manifests into one: each job's record from the rank that did it."""
+    parts = [json.loads(partial_path(folder, r).read_text(encoding="utf-8")) for r in range(world_size)]
+    merged = parts[0]
+    for part in parts[1:]:
+        for i, record in enumerate(part["images"]):
+            if record.get("status") == "done":
+                merged["images"][i] = record
+    merged["environment"]["world_size"] = world_size
+    merged["timings"] = {"ranks": [part["timings"] for part in parts]}
+    return merged

@@ -1,0 +1,125 @@
+"""Scale: distributed runs under torchrun, models loaded once per invocation, timings."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runner import build, distributed, hookimpl, plugins
+from runner.plan import Batch
+from tests.conftest import REPO, image_files, pixels
+
+RECIPE = '''
+name = "{name}"
+[model]
+id = "tiny:sd15"
+device = "cpu"
+{extra}
+[params]
+num_inference_steps = 3
+[matrix]
+prompts = ["portrait photo of a old warrior chief", "a cat on a roof", "a lighthouse"]
+seeds = [0, 1]
+[run]
+batch_size = 2
+'''
+
+
+def test_shard_gives_whole_batches_balanced_and_deterministic():
+    batches = [Batch(i, tuple(range(size))) for i, size in enumerate([4, 4, 2, 4, 1, 3])]
+    shares = distributed.shard(batches, 2)
+    assert [[b.index for b in share] for share in shares] == [[0, 2, 4, 5], [1, 3]]
+    assert [sum(b.size for b in share) for share in shares] == [10, 8]
+    assert distributed.shard(batches, 2) == shares
+    assert sorted(b.index for share in distributed.shard(batches, 4) for b in share) == list(range(6))
+
+
+def torchrun() -> str | None:
+    found = Path(sys.executable).with_name("torchrun")
+    return str(found) if found.exists() else shutil.which("torchrun")
+
+
+@pytest.mark.skipif(torchrun() is None, reason="torchrun is not installed")
+def test_torchrun_two_ranks_equal_one_process(cli, write_recipe, tmp_path):
+    recipe = write_recipe(RECIPE.format(name="spread", extra=""))
+    single = cli(recipe, "--out", tmp_path / "one")  # one process, one thread (OMP_NUM_THREADS=1)
+    assert single.code == 0, single.err
+    script = Path(sys.executable).with_name("recipe-run")
+    launcher = [torchrun(), "--nproc_per_node=2", "--no-python", str(script)] if script.exists() else \
+        [torchrun(), "--nproc_per_node=2", "-m", "runner"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*launcher, str(recipe), "--out", str(tmp_path / "two")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = tmp_path / "two" / "spread"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["environment"]["world_size"] == 2
+    records = manifest["images"]
+    assert [r["index"] for r in records] == list(range(6))
+    assert all(r["status"] == "done" for r in records)
+    assert {r["rank"] for r in records} == {0, 1}, "both ranks did work"
+    by_batch = {}
+    for r in records:
+        by_batch.setdefault(r["batch"], set()).add(r["rank"])
+    assert all(len(ranks) == 1 for ranks in by_batch.values()), "a batch is done whole by one rank"
+    files = image_files(folder)
+    assert len(files) == 6
+    for path in files:
+        assert np.array_equal(pixels(path), pixels(tmp_path / "one" / "spread" / path.name)), path.name
+    assert not list(folder.glob(".manifest.rank-*")), "partial manifests are merged and removed"
+    assert proc.stdout.count("spread: 6 images") == 1, "one summary, from rank 0"
+
+
+class ReadyCounter:
+    def __init__(self):
+        self.pipelines: list[str] = []
+
+    @hookimpl
+    def pipeline_ready(self, pipe, recipe, context):
+        self.pipelines.append(type(pipe).__name__)
+
+
+def test_recipes_on_one_model_load_it_once_and_give_the_same_pixels(cli, write_recipe, tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    loads = []
+    original = build.load_pipeline
+    monkeypatch.setattr(build, "load_pipeline", lambda *a, **k: loads.append(1) or original(*a, **k))
+    counter = ReadyCounter()
+    plugins.register(counter)
+    try:
+        a = write_recipe(RECIPE.format(name="a", extra=""), "a.toml")
+        b = write_recipe(RECIPE.format(name="b", extra="[scheduler]\nname = \"EulerDiscreteScheduler\""), "b.toml")
+        c = write_recipe(RECIPE.format(name="c", extra="").replace('device = "cpu"', 'device = "cpu"\ntask = "image-to-image"')
+                         .replace("seeds = [0, 1]", 'seeds = [0, 1]\nimages = ["in.png"]'), "c.toml")
+        together = cli(a, b, c, "--out", tmp_path / "together")
+        assert together.code == 0, together.err
+        assert len(loads) == 1, "one from_pretrained for three recipes on one model"
+        assert counter.pipelines == ["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"]
+        for name, path in (("b", b), ("c", c)):
+            assert cli(path, "--out", tmp_path / "alone").code == 0
+            for file in image_files(tmp_path / "alone" / name):
+                assert np.array_equal(pixels(file), pixels(tmp_path / "together" / name / file.name)), file.name
+        assert len(loads) == 3
+    finally:
+        plugins.unregister(counter)
+
+
+def test_manifest_records_timings_and_the_run_prints_a_summary(cli, write_recipe, tmp_path):
+    result = cli(write_recipe(RECIPE.format(name="timed", extra="")), "--out", tmp_path)
+    assert result.code == 0
+    timings = json.loads((tmp_path / "timed" / "manifest.json").read_text())["timings"]
+    for key in ("load_seconds", "setup_seconds", "generate_seconds", "write_seconds"):
+        assert timings[key] >= 0, key
+    assert [b["size"] for b in timings["batches"]] == [2, 2, 2]
+    assert all(b["seconds"] > 0 for b in timings["batches"])
+    line = result.out.strip().splitlines()[-1]
+    assert line.startswith("timed: 6 images in ") and "images/s" in line and "MiB peak RSS" in line
