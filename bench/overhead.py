@@ -1,0 +1,189 @@
+"""Does recipe-run add anything to diffusers' own time? Prints a table.
+
+    python bench/overhead.py              # tiny pipeline on this machine (CPU is fine)
+    python bench/overhead.py --runs 9     # more alternated runs
+    python bench/overhead.py --gpu        # also the seed docs' real models, when a GPU and weights are present
+
+1. Whole-process time of `recipe-run` on a recipe against a hand-written diffusers script that does
+   the same jobs (same model, scheduler, steps, batches, one generator per image, PNGs written),
+   alternated run by run, medians and the ratio (target: <= 1.05).
+2. `--dry-run` latency for every recipe in recipes/ and for a 100,000-job matrix (targets: 0.5 s, 2 s).
+3. With --gpu: s/image, images/s and peak memory of each optimization set on the seed docs' models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPTS = ["portrait photo of a old warrior chief", "a cat basking in the sun on a roof in Turkey"]
+SEEDS = 4
+STEPS = 20
+BATCH = 4
+
+RECIPE = f"""
+name = "overhead"
+[model]
+id = "tiny:sd15"
+device = "cpu"
+[scheduler]
+name = "DPMSolverMultistepScheduler"
+[params]
+num_inference_steps = {STEPS}
+[matrix]
+prompts = {PROMPTS!r}
+seeds = {SEEDS}
+[run]
+batch_size = {BATCH}
+""".replace("'", '"')
+
+HAND = f"""
+import sys, torch
+from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
+from runner import tiny
+out = sys.argv[1]
+pipeline = DiffusionPipeline.from_pretrained(tiny.ensure("sd15"), dtype=torch.float32, use_safetensors=True)
+pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
+pipeline.set_progress_bar_config(disable=True)
+pipeline = pipeline.to("cpu")
+for prompt in {PROMPTS!r}:
+    generator = [torch.Generator("cpu").manual_seed(i) for i in range({SEEDS})]
+    images = pipeline(prompt={BATCH} * [prompt], generator=generator, num_inference_steps={STEPS}).images
+    for i, image in enumerate(images):
+        image.save(f"{{out}}/{{prompt[:20]}}-{{i}}.png")
+"""
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    return seconds
+
+
+def overhead(runs: int, env: dict[str, str], work: Path) -> list[tuple[str, str]]:
+    recipe = work / "overhead.toml"
+    recipe.write_text(RECIPE)
+    hand = work / "hand.py"
+    hand.write_text(HAND)
+    (work / "hand-out").mkdir(exist_ok=True)
+    runner_cmd = [sys.executable, "-m", "runner", str(recipe), "--out", str(work / "runner-out")]
+    hand_cmd = [sys.executable, str(hand), str(work / "hand-out")]
+    timed(runner_cmd, env)  # warm the tiny-pipeline cache and the OS file cache
+    timed(hand_cmd, env)
+    ours, theirs = [], []
+    for _ in range(runs):  # alternated, so drift in machine load hits both alike
+        ours.append(timed(runner_cmd, env))
+        theirs.append(timed(hand_cmd, env))
+    m_ours, m_theirs = statistics.median(ours), statistics.median(theirs)
+    images = len(PROMPTS) * SEEDS
+    return [
+        ("jobs", f"{images} images, {STEPS} steps, batch {BATCH}, tiny SD-1.5 layout, CPU, threads {env.get('OMP_NUM_THREADS', 'default')}"),
+        ("hand-written diffusers (median)", f"{m_theirs:.2f} s  (runs: {', '.join(f'{t:.2f}' for t in theirs)})"),
+        ("recipe-run (median)", f"{m_ours:.2f} s  (runs: {', '.join(f'{t:.2f}' for t in ours)})"),
+        ("ratio recipe-run / hand-written", f"{m_ours / m_theirs:.3f}  (target <= 1.05)"),
+    ]
+
+
+def dry_runs(env: dict[str, str], work: Path) -> list[tuple[str, str]]:
+    rows = []
+    for recipe in sorted((REPO / "recipes").glob("*.toml")):
+        seconds = min(timed([sys.executable, "-m", "runner", "--dry-run", str(recipe)], env) for _ in range(3))
+        rows.append((f"--dry-run {recipe.relative_to(REPO)}", f"{seconds:.3f} s  (target < 0.5 s)"))
+    big = work / "big.toml"
+    who = ", ".join(f'"w{i}"' for i in range(100))
+    where = ", ".join(f'"p{i}"' for i in range(10))
+    big.write_text(textwrap.dedent(f"""
+        [model]
+        id = "tiny:sd15"
+        [matrix]
+        prompts = ["a photo of {{who}} in {{where}}"]
+        seeds = 100
+        [matrix.vars]
+        who = [{who}]
+        where = [{where}]
+    """))
+    seconds = min(timed([sys.executable, "-m", "runner", "--dry-run", str(big)], env) for _ in range(3))
+    rows.append(("--dry-run of a 100,000-job matrix", f"{seconds:.3f} s  (target < 2 s)"))
+    return rows
+
+
+GPU_SETS = {
+    "plain fp16": {},
+    "attention_slicing": {"attention_slicing": True},
+    "vae_tiling": {"vae_tiling": True},
+    "compile": {"compile": True},
+    "offload model": {"offload": {"strategy": "model"}},
+}
+GPU_MODELS = {
+    "SD 1.5 (warrior)": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "portrait photo of a old warrior chief", 512),
+    "SDXL (batch guide)": ("stabilityai/stable-diffusion-xl-base-1.0", "cinematic photo of a sunset over mountains", 1024),
+}
+
+
+def gpu(env: dict[str, str], work: Path) -> list[tuple[str, str]]:
+    """Each optimization set on real models; needs a GPU and the weights (cached or downloadable)."""
+    import json
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return [("GPU section", "skipped: no CUDA device on this machine")]
+    rows = []
+    for label, (model_id, prompt, size) in GPU_MODELS.items():
+        for set_name, optimizations in GPU_SETS.items():
+            name = f"gpu-{len(rows)}"
+            opts = "\n".join(f"{k} = {json.dumps(v) if isinstance(v, bool) else '{ ' + ', '.join(f'{a} = {json.dumps(b)}' for a, b in v.items()) + ' }'}"
+                             for k, v in optimizations.items())
+            recipe = work / f"{name}.toml"
+            recipe.write_text(f'name = "{name}"\n[model]\nid = "{model_id}"\ndtype = "float16"\n'
+                              f'[optimizations]\n{opts}\n[params]\nnum_inference_steps = 20\nheight = {size}\nwidth = {size}\n'
+                              f'[matrix]\nprompts = ["{prompt}"]\nseeds = 8\n[run]\nbatch_size = 4\n'.replace("true", "true"))
+            proc = subprocess.run([sys.executable, "-m", "runner", str(recipe), "--out", str(work / "gpu")],
+                                  cwd=REPO, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                rows.append((f"{label}, {set_name}", f"failed: {proc.stderr.strip().splitlines()[-1][:120]}"))
+                continue
+            manifest = json.loads((work / "gpu" / name / "manifest.json").read_text())
+            seconds = manifest["timings"]["generate_seconds"]
+            summary = proc.stdout.strip().splitlines()[-1]
+            peak = summary.split(", ")[-1].split(" -> ")[0]
+            rows.append((f"{label}, {set_name}", f"{seconds / 8:.2f} s/image, {8 / seconds:.2f} images/s, {peak}"))
+    return rows
+
+
+def table(title: str, rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    lines = [title, "-" * len(title)] + [f"{k.ljust(width)}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5, help="alternated runs of each (default 5)")
+    parser.add_argument("--gpu", action="store_true", help="also run the GPU section (real models)")
+    args = parser.parse_args()
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        env.setdefault("RECIPE_RUNNER_CACHE", str(Path.home() / ".cache" / "recipe-runner"))
+        print(table("recipe-run against hand-written diffusers (whole process)", overhead(args.runs, env, work)))
+        print()
+        print(table("dry-run latency (best of 3, whole process)", dry_runs(env, work)))
+        if args.gpu:
+            print()
+            print(table("GPU: the seed docs' models, each optimization set", gpu(env, work)))
+
+
+if __name__ == "__main__":
+    main()
