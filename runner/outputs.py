@@ -92,18 +92,27 @@ def encode(image: Any, fmt: str, quality: int, text: dict[str, str] | None) -> b
         if text:
             exif = Image.Exif()
             exif[0x010E] = text.get("parameters", "")  # ImageDescription
-            exif[0x9286] = json.dumps({k: v for k, v in text.items() if k != "parameters"})  # UserComment
+            exif[0x9286] = json.dumps(text)  # UserComment: every chunk, ASCII-safe JSON
             kwargs["exif"] = exif.tobytes()
         image.convert("RGB").save(buffer, format=PIL_FORMATS[fmt], **kwargs)
     return buffer.getvalue()
 
 
 def read_embedded(path: Path) -> dict[str, str]:
-    """The text an image carries (PNG text chunks), e.g. {"recipe": ..., "job": ...}."""
+    """The text an image carries (PNG text chunks, or the EXIF that :func:`encode` writes for
+    webp/jpeg), e.g. {"recipe": ..., "job": ...}; {} when it carries none."""
     from PIL import Image
 
     with Image.open(path) as image:
-        return dict(getattr(image, "text", {}) or {})
+        text = dict(getattr(image, "text", {}) or {})
+        if not text and image.format in ("WEBP", "JPEG"):
+            try:
+                found = json.loads(image.getexif().get(0x9286) or "{}")
+            except (TypeError, ValueError):
+                found = {}
+            if isinstance(found, dict):
+                text = {k: v for k, v in found.items() if isinstance(v, str)}
+        return text
 
 
 class Manifest:

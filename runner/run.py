@@ -51,7 +51,11 @@ class Prepared:
 
 def prepare(path: str | Path, sets: list[str], plugins: Plugins, out_root: Path) -> Prepared:
     """Everything that can be checked without torch: RecipeError (exit 2) on any problem."""
-    loaded = load(path, sets)
+    return prepare_loaded(load(path, sets), plugins, out_root)
+
+
+def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, out_root: Path) -> Prepared:
+    """:func:`prepare` for a recipe already loaded (from a file, or from an image's metadata)."""
     recipe = validate(loaded)
     problems = []
     try:
@@ -145,7 +149,9 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
     """Build (or reuse) the pipeline, generate every batch, write images, manifest and grid."""
     from . import build, environment
     from .execute import Execution
+    from .gallery import write_gallery
     from .grid import make_grid
+    from .provenance import environment_extras
     from .outputs import EXTENSIONS, Manifest, Writer
     from .progress import Progress
 
@@ -174,6 +180,7 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
                               key="name", file=display_path(loaded.path))
     out_dir.mkdir(parents=True, exist_ok=True)
     env = environment.describe(ctx.device, ctx.dtype, recipe.run.generator_device, recipe.run.deterministic)
+    env.update(environment_extras(built.pipe, loaded, ctx.location))
     resolved = recipe.model_dump(mode="json")
     manifest = Manifest(out_dir, resolved, env, prepared.jobs, EXTENSIONS[recipe.output.format])
     manifest.data["optimizations"] = {e.name: e.record() for e in prepared.enabled}
@@ -195,5 +202,7 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
         manifest.save()
     if recipe.output.grid:
         make_grid(out_dir, manifest.data["images"])
+    if recipe.output.gallery:
+        write_gallery(out_dir, manifest.data)
     plugins.hook.run_finished(recipe=recipe, output_dir=out_dir, manifest=manifest.data)
     return manifest.data
