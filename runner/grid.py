@@ -47,7 +47,9 @@ def layout(records: Sequence[dict[str, Any]]) -> tuple[str | None, list[str], li
     names = list(dict.fromkeys(k for f in rows_fields for k in f))
     varying = [n for n in names if len({repr(f.get(n)) for f in rows_fields}) > 1]
     column = "seed" if "seed" in varying else (varying[-1] if varying else None)
-    row_fields = [n for n in varying if n != column and not (n == "prompt" and any(v in varying for v in records[0].get("vars", {})))]
+    rendered = ("prompt", "negative_prompt", "negative_prompt_2")  # what the vars render into: the vars say it
+    vars_vary = any(v in varying for v in records[0].get("vars", {}))
+    row_fields = [n for n in varying if n != column and not (n in rendered and vars_vary)]
     columns: list[str] = []
     rows: dict[str, list[dict[str, Any]]] = {}
     for record, fields in zip(records, rows_fields):

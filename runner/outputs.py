@@ -173,6 +173,7 @@ class Writer:
         self.recipe_json = recipe_json
         self.environment_json = json.dumps(manifest.data["environment"], sort_keys=True)
         self.written: list[Path] = []
+        self.default_scheduler: str | None = None  # the pipeline's own, named in "parameters" as its Sampler
 
     def embedded_text(self, job: Job, batch: Batch, record: dict[str, Any]) -> dict[str, str]:
         job_info = {k: record[k] for k in ("index", "file", "prompt", "seed", "image", "mask_image", "vars", "params", "scheduler")}
@@ -181,7 +182,7 @@ class Writer:
             "recipe": self.recipe_json,
             "job": json.dumps(job_info, ensure_ascii=False, default=repr),
             "environment": self.environment_json,
-            "parameters": a1111_parameters(job, record["scheduler"], self.model),
+            "parameters": a1111_parameters(job, record["scheduler"] or self.default_scheduler, self.model),
         }
 
     def write_batch(self, batch: Batch, images: Sequence[Any], only: set[int] | None = None) -> None:

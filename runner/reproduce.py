@@ -157,6 +157,7 @@ def reproduce(image: Path, plugins: Plugins, out: Path | None, *, allow_pickle: 
         manifest = Manifest(prepared.out_dir, resolved, now, jobs, EXTENSIONS[recipe.output.format])
         writer = Writer(manifest, recipe.output.format, recipe.output.quality, recipe.output.metadata,
                         recipe.model.id, json.dumps(resolved, ensure_ascii=False, sort_keys=True))
+        writer.default_scheduler = type(built.base_scheduler).__name__
         execution = Execution(built, writer, plugins.hook, images, Progress(1, recipe.name, enabled=False), warn)
         execution.run([batch], pending={index})
     finally:

@@ -186,6 +186,7 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
     manifest.data["optimizations"] = {e.name: e.record() for e in prepared.enabled}
     writer = Writer(manifest, recipe.output.format, recipe.output.quality, recipe.output.metadata,
                     recipe.model.id, json.dumps(resolved, ensure_ascii=False, sort_keys=True))
+    writer.default_scheduler = type(built.base_scheduler).__name__
     size = initial_batch_size(recipe.run.batch_size, prepared.jobs, ctx.device)
     progress = Progress(len(prepared.jobs), recipe.name, enabled=options.progress)
     execution = Execution(built, writer, plugins.hook, images, progress, options.warn)
