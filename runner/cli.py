@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
         description="Run diffusers pipelines from TOML recipes: reproducible batches, one generator per image.",
     )
     p.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe files (TOML)")
-    p.add_argument("--out", type=Path, default=Path("outputs"), metavar="DIR",
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="output root (default: outputs); a recipe writes to DIR/<name>/")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one key: dotted path, TOML value (a bare word that is not TOML is a string)")
@@ -39,6 +39,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="validate and print the plan; loads no model, imports neither torch nor diffusers")
     p.add_argument("--list-plugins", action="store_true", help="list the installed plugins and their settings")
+    p.add_argument("--reproduce", type=Path, metavar="IMAGE",
+                   help="re-generate one image from the recipe embedded in it, into a scratch folder (or --out); "
+                        "exit 0 pixel-identical, 1 differs")
+    p.add_argument("--schema", action="store_true", help="print the JSON Schema of the recipe format (plugin tables included)")
+    p.add_argument("--lock", action="store_true",
+                   help="write RECIPE's lock file (RECIPE.lock: model commits and weight hashes) and exit")
+    p.add_argument("--locked", action="store_true", help="refuse to run (exit 2) when a model differs from the lock file")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow pickled (.bin/.ckpt) weights; never implied by a recipe")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
@@ -95,6 +102,22 @@ def _main(args: argparse.Namespace) -> int:
     if args.list_plugins:
         print(list_plugins(plugins))
         return EXIT_OK
+    if args.schema:
+        from .schema import dumps
+
+        print(dumps(plugins))
+        return EXIT_OK
+    if args.reproduce is not None:
+        from .reproduce import reproduce
+
+        if args.recipes:
+            raise RecipeError.one("--reproduce takes an image, not recipes", file="recipe-run")
+        from .run import warn
+
+        outcome = reproduce(args.reproduce, plugins, args.out, allow_pickle=args.allow_pickle, warn=warn)
+        print(outcome.report())
+        return EXIT_OK if outcome.identical else EXIT_FAILED
+    args.out = args.out if args.out is not None else Path("outputs")
     if not args.recipes:
         raise RecipeError.one("no recipe given: recipe-run RECIPE [RECIPE ...]", file="recipe-run")
     problems = []
@@ -111,6 +134,15 @@ def _main(args: argparse.Namespace) -> int:
     if duplicated:
         raise RecipeError.one(f"several recipes write to the same output folder {duplicated[0]!r}: give them distinct names",
                               file="recipe-run")
+    if args.lock or args.locked:
+        from . import lock
+
+        if args.lock:
+            for item in prepared:
+                print(f"{item.recipe.name}: locked -> {lock.write_lock(item.recipe, item.loaded)}")
+            return EXIT_OK
+        for item in prepared:
+            lock.verify(item.recipe, item.loaded)
     if args.dry_run:
         print("\n\n".join(describe_plan(p, plugins) for p in prepared))
         return EXIT_OK

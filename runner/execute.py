@@ -17,7 +17,7 @@ from typing import Any
 from .build import Built
 from .errors import RunError
 from .inputs import InputImages
-from .matrix import Job
+from .matrix import TEMPLATED_PARAMS, Job
 from .outputs import Writer
 from .plan import Batch, plan
 from .progress import Progress
@@ -71,6 +71,9 @@ class Execution:
         first = batch.jobs[0]
         kwargs = dict(first.params)
         kwargs["prompt"] = [job.prompt for job in batch.jobs]
+        for name in TEMPLATED_PARAMS:  # a str beside a list of prompts is refused by diffusers
+            if isinstance(kwargs.get(name), str):
+                kwargs[name] = [job.params[name] for job in batch.jobs]
         kwargs["generator"] = generators(batch.jobs, self.generator_device)
         if self.inputs is not None:
             kwargs.update(self.inputs.for_batch(batch.jobs))

@@ -149,6 +149,19 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Loade
     return loaded
 
 
+def load_data(data: dict[str, Any], path: Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
+    """A recipe that is already data (e.g. the resolved recipe embedded in an image), as if it
+    had been read from ``path``: relative paths in it resolve against ``path``'s folder."""
+    data = copy.deepcopy(data)
+    data.pop("extends", None)
+    shown = display_path(path)
+    loaded = LoadedRecipe(path=path, data=data, origins=_origins_for(data, "", shown, {}), chain=[path])
+    for item in overrides:
+        apply_set(loaded, item)
+    data.setdefault("name", path.stem)
+    return loaded
+
+
 def _load_chain(path: Path, seen: list[Path]) -> tuple[dict[str, Any], dict[str, Origin], list[Path]]:
     resolved = path.resolve()
     if resolved in seen:

@@ -92,18 +92,27 @@ def encode(image: Any, fmt: str, quality: int, text: dict[str, str] | None) -> b
         if text:
             exif = Image.Exif()
             exif[0x010E] = text.get("parameters", "")  # ImageDescription
-            exif[0x9286] = json.dumps({k: v for k, v in text.items() if k != "parameters"})  # UserComment
+            exif[0x9286] = json.dumps(text)  # UserComment: every chunk, ASCII-safe JSON
             kwargs["exif"] = exif.tobytes()
         image.convert("RGB").save(buffer, format=PIL_FORMATS[fmt], **kwargs)
     return buffer.getvalue()
 
 
 def read_embedded(path: Path) -> dict[str, str]:
-    """The text an image carries (PNG text chunks), e.g. {"recipe": ..., "job": ...}."""
+    """The text an image carries (PNG text chunks, or the EXIF that :func:`encode` writes for
+    webp/jpeg), e.g. {"recipe": ..., "job": ...}; {} when it carries none."""
     from PIL import Image
 
     with Image.open(path) as image:
-        return dict(getattr(image, "text", {}) or {})
+        text = dict(getattr(image, "text", {}) or {})
+        if not text and image.format in ("WEBP", "JPEG"):
+            try:
+                found = json.loads(image.getexif().get(0x9286) or "{}")
+            except (TypeError, ValueError):
+                found = {}
+            if isinstance(found, dict):
+                text = {k: v for k, v in found.items() if isinstance(v, str)}
+        return text
 
 
 class Manifest:
@@ -167,6 +176,7 @@ class Writer:
         self.recipe_json = recipe_json
         self.environment_json = json.dumps(manifest.data["environment"], sort_keys=True)
         self.written: list[Path] = []
+        self.default_scheduler: str | None = None  # the pipeline's own, named in "parameters" as its Sampler
 
     def embedded_text(self, job: Job, batch: Batch, record: dict[str, Any]) -> dict[str, str]:
         job_info = {k: record[k] for k in ("index", "file", "prompt", "seed", "image", "mask_image", "vars", "params", "scheduler")}
@@ -175,7 +185,7 @@ class Writer:
             "recipe": self.recipe_json,
             "job": json.dumps(job_info, ensure_ascii=False, default=repr),
             "environment": self.environment_json,
-            "parameters": a1111_parameters(job, record["scheduler"], self.model),
+            "parameters": a1111_parameters(job, record["scheduler"] or self.default_scheduler, self.model),
         }
 
     def write_batch(self, batch: Batch, images: Sequence[Any], only: set[int] | None = None) -> None:

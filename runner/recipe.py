@@ -127,6 +127,7 @@ class RunSpec(Strict):
 class OutputSpec(Strict):
     format: Literal["png", "webp", "jpeg"] = "png"
     grid: bool = True
+    gallery: bool = True  # index.html beside the images
     metadata: bool = True
     quality: Annotated[int, Field(ge=1, le=100)] = 95  # webp / jpeg only
 

@@ -51,7 +51,11 @@ class Prepared:
 
 def prepare(path: str | Path, sets: list[str], plugins: Plugins, out_root: Path) -> Prepared:
     """Everything that can be checked without torch: RecipeError (exit 2) on any problem."""
-    loaded = load(path, sets)
+    return prepare_loaded(load(path, sets), plugins, out_root)
+
+
+def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, out_root: Path) -> Prepared:
+    """:func:`prepare` for a recipe already loaded (from a file, or from an image's metadata)."""
     recipe = validate(loaded)
     problems = []
     try:
@@ -186,7 +190,9 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
     one on rank 0)."""
     from . import build, distributed, environment
     from .execute import Execution
+    from .gallery import write_gallery
     from .grid import make_grid
+    from .provenance import environment_extras
     from .outputs import EXTENSIONS, Manifest, Writer
     from .progress import Progress
 
@@ -209,12 +215,14 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
     out_dir.mkdir(parents=True, exist_ok=True)
     env = environment.describe(ctx.device, ctx.dtype, recipe.run.generator_device, recipe.run.deterministic)
     env["world_size"] = dist.world_size
+    env.update(environment_extras(built.pipe, loaded, ctx.location))
     resolved = recipe.model_dump(mode="json")
     manifest_path = distributed.partial_path(out_dir, dist.rank) if dist.world_size > 1 else None
     manifest = Manifest(out_dir, resolved, env, prepared.jobs, EXTENSIONS[recipe.output.format], manifest_path)
     manifest.data["optimizations"] = {e.name: e.record() for e in prepared.enabled}
     writer = Writer(manifest, recipe.output.format, recipe.output.quality, recipe.output.metadata,
                     recipe.model.id, json.dumps(resolved, ensure_ascii=False, sort_keys=True), rank=dist.rank)
+    writer.default_scheduler = type(built.base_scheduler).__name__
     size = initial_batch_size(recipe.run.batch_size, prepared.jobs, ctx.device)
     mine = distributed.shard(plan(prepared.jobs, size), dist.world_size)[dist.rank]
     progress = Progress(sum(b.size for b in mine), recipe.name,
@@ -246,6 +254,8 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
             distributed.partial_path(out_dir, rank).unlink(missing_ok=True)
     if recipe.output.grid:
         make_grid(out_dir, data["images"])
+    if recipe.output.gallery:
+        write_gallery(out_dir, data)
     plugins.hook.run_finished(recipe=recipe, output_dir=out_dir, manifest=data)
     done = sum(b.size for b in mine)
     rate = done / generate_seconds if generate_seconds > 0 else 0.0

@@ -1,0 +1,194 @@
+"""Lock files: ``recipe-run --lock RECIPE`` pins every model a recipe loads, ``--locked`` refuses to
+run when any of them differs from the pins.
+
+The lock of ``recipes/warrior.toml`` is ``recipes/warrior.lock``, JSON, with one entry per model
+reference (``model``, ``components.<name>``):
+
+- a Hub repo id: the commit hash its revision resolves to (``HfApi().model_info(id, revision).sha``;
+  offline, the ref recorded in the local Hub cache; a revision that already is a 40-hex commit
+  is taken as it is);
+- a local folder or a built-in ``tiny:`` model: a SHA-256 of each file in it (weights and
+  configs; hidden files skipped), and one hash over them all.
+
+No timestamps, sorted keys: the file only changes when a pin does, so it diffs well in review.
+Light module: hashing and the Hub client need neither torch nor diffusers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import Problem, RecipeError, RunError
+from .loading import LoadedRecipe, display_path
+from .recipe import Recipe
+
+LOCK_VERSION = 1
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def lock_path(recipe_file: Path) -> Path:
+    return recipe_file.with_suffix(".lock")
+
+
+@dataclass(frozen=True)
+class Reference:
+    key: str  # "model" | "components.<name>"
+    id: str
+    revision: str | None
+    subfolder: str | None
+    folder: Path  # the folder of the file that wrote the id: relative paths resolve against it
+
+
+def references(recipe: Recipe, loaded: LoadedRecipe) -> list[Reference]:
+    refs = [Reference("model", recipe.model.id, recipe.model.revision, None, loaded.origin("model.id").folder)]
+    for name, spec in sorted(recipe.components.items()):
+        key = f"components.{name}"
+        refs.append(Reference(key, spec.id, spec.revision, spec.subfolder, loaded.origin(f"{key}.id").folder))
+    return refs
+
+
+def folder_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every regular file below ``folder`` by relative POSIX path (hidden ones skipped)."""
+    from .outputs import sha256_file
+
+    found: dict[str, str] = {}
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            path = Path(root) / name
+            if path.is_file():
+                found[path.relative_to(folder).as_posix()] = sha256_file(path)
+    return found
+
+
+def combined(files: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name}\0{files[name]}\n".encode())
+    return digest.hexdigest()
+
+
+def hub_commit(repo_id: str, revision: str | None) -> str:
+    """The commit ``revision`` (default "main") of a Hub model resolves to."""
+    if revision and COMMIT.fullmatch(revision):
+        return revision
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(repo_id, revision=revision).sha
+    except Exception as exc:  # offline, private, gone: try the local Hub cache's refs
+        cached = _cached_commit(repo_id, revision or "main")
+        if cached:
+            return cached
+        raise RunError(f"cannot resolve {repo_id}@{revision or 'main'} to a commit: {type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def _cached_commit(repo_id: str, revision: str) -> str | None:
+    try:
+        from huggingface_hub import constants
+
+        ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / revision
+        text = ref.read_text().strip()
+    except Exception:
+        return None
+    return text if COMMIT.fullmatch(text) else None
+
+
+def resolve(ref: Reference, loaded: LoadedRecipe) -> dict[str, Any]:
+    """The lock entry of one reference, as it is now."""
+    from .build import locate
+
+    location = locate(ref.id, ref.folder, f"{ref.key}.id", loaded)
+    entry: dict[str, Any] = {"id": ref.id, "revision": ref.revision}
+    if ref.subfolder:
+        entry["subfolder"] = ref.subfolder
+    if Path(location).is_dir():
+        root = Path(location) / ref.subfolder if ref.subfolder else Path(location)
+        files = folder_hashes(root)
+        if not files:
+            raise loaded.error(f"{ref.key}.id", f"no files to hash in {root}")
+        entry.update(kind="local", sha256=combined(files), files=files)
+    else:
+        entry.update(kind="hub", commit=hub_commit(ref.id, ref.revision))
+    return entry
+
+
+def make_lock(recipe: Recipe, loaded: LoadedRecipe) -> dict[str, Any]:
+    from runner import __version__
+
+    return {
+        "lock_version": LOCK_VERSION,
+        "recipe": loaded.path.name,
+        "written_by": f"recipe-run {__version__}",
+        "models": {ref.key: resolve(ref, loaded) for ref in references(recipe, loaded)},
+    }
+
+
+def write_lock(recipe: Recipe, loaded: LoadedRecipe) -> Path:
+    """Write the lock file beside the recipe; returns its path."""
+    from .outputs import atomic_write
+
+    path = lock_path(loaded.path)
+    text = json.dumps(make_lock(recipe, loaded), indent=2, sort_keys=True) + "\n"
+    atomic_write(path, text.encode("utf-8"))
+    return path
+
+
+def read_lock(path: Path) -> dict[str, Any]:
+    shown = display_path(path)
+    if not path.is_file():
+        raise RecipeError.one("no lock file: write one with recipe-run --lock RECIPE (and commit it)", file=shown)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RecipeError.one(f"unreadable lock file: {exc}", file=shown) from None
+    if not isinstance(data, dict) or data.get("lock_version") != LOCK_VERSION or not isinstance(data.get("models"), dict):
+        raise RecipeError.one(f"not a lock file of version {LOCK_VERSION}: re-lock with recipe-run --lock", file=shown)
+    return data
+
+
+def _describe_drift(key: str, locked: dict[str, Any], now: dict[str, Any]) -> str | None:
+    for field in ("id", "revision", "subfolder", "kind"):
+        if locked.get(field) != now.get(field):
+            return f"{field} is {now.get(field)!r}, the lock has {locked.get(field)!r}"
+    if now["kind"] == "hub":
+        if locked.get("commit") != now["commit"]:
+            return f"{now['id']}@{now['revision'] or 'main'} is now commit {now['commit']}, the lock pins {locked.get('commit')}"
+        return None
+    if locked.get("sha256") == now["sha256"]:
+        return None
+    old, new = locked.get("files") or {}, now["files"]
+    changed = sorted(n for n in old.keys() & new.keys() if old[n] != new[n])
+    added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
+    parts = [f"{label}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+             for label, names in (("changed", changed), ("added", added), ("removed", removed)) if names]
+    return "files differ from the lock (" + ("; ".join(parts) or "content hash") + ")"
+
+
+def verify(recipe: Recipe, loaded: LoadedRecipe) -> None:
+    """``--locked``: RecipeError (exit 2) naming every model that differs from the lock file."""
+    path = lock_path(loaded.path)
+    locked = read_lock(path)["models"]
+    problems: list[Problem] = []
+    current = references(recipe, loaded)
+    for ref in current:
+        if ref.key not in locked:
+            problems.append(loaded.problem(f"{ref.key}.id", f"not in the lock file {display_path(path)}: re-lock with recipe-run --lock"))
+            continue
+        drift = _describe_drift(ref.key, locked[ref.key], resolve(ref, loaded))
+        if drift:
+            problems.append(loaded.problem(f"{ref.key}.id", f"differs from {display_path(path)}: {drift}"))
+    for key in sorted(set(locked) - {r.key for r in current}):
+        problems.append(Problem(f"locked but no longer in the recipe: re-lock with recipe-run --lock", key=key,
+                                file=display_path(path)))
+    if problems:
+        raise RecipeError(problems)

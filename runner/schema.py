@@ -1,0 +1,93 @@
+"""``recipe-run --schema``: the JSON Schema (draft 2020-12) of the recipe format, for editors.
+
+Generated from the pydantic models of :mod:`runner.recipe`, with what they cannot say by
+themselves filled in: each installed optimization's settings under ``optimizations.<name>`` as
+``true | false | {settings}``; ``seeds`` and ``batch_size``, which accept two shapes; and the rule
+that a recipe with ``extends`` may leave out anything its base provides (only a recipe without
+``extends`` must have ``[model] id`` and ``[matrix] prompts``). ``name`` is never required: it
+defaults to the file's stem. Light: no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .plugins import Plugins
+from .recipe import DEFAULT_MAX_JOBS, MAX_SEED, Recipe
+
+SCHEMA_ID = "https://recipe-runner.invalid/recipe.schema.json"
+
+
+def _strip_required(node: Any) -> None:
+    """Drop every ``required`` list: what is required depends on extends, decided at the top."""
+    if isinstance(node, dict):
+        if isinstance(node.get("required"), list):
+            del node["required"]
+        for value in node.values():
+            _strip_required(value)
+    elif isinstance(node, list):
+        for value in node:
+            _strip_required(value)
+
+
+def _optimizations(plugins: Plugins) -> dict[str, Any]:
+    properties = {}
+    for name, opt in sorted(plugins.registry.optimizations.items()):
+        settings = opt.settings.model_json_schema()
+        _strip_required(settings)
+        settings.pop("title", None)
+        description = opt.description or settings.pop("description", "")
+        properties[name] = {
+            "description": f"{description} (stage {opt.stage}; plugin {plugins.registry.providers.get(name, '?')})".strip(),
+            "anyOf": [{"type": "boolean"}, settings],
+        }
+    return {
+        "type": "object",
+        "description": "One key per optimization: true = on with defaults, false = off, a table = on with these settings.",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def recipe_schema(plugins: Plugins) -> dict[str, Any]:
+    schema = Recipe.model_json_schema(mode="validation")
+    _strip_required(schema)
+    defs = schema.get("$defs", {})
+    props = schema["properties"]
+    props["optimizations"] = _optimizations(plugins)
+    matrix = defs["MatrixSpec"]["properties"]
+    matrix["seeds"] = {
+        "description": "A list of integers, or an integer N meaning seeds 0..N-1.",
+        "anyOf": [
+            {"type": "integer", "minimum": 1, "maximum": DEFAULT_MAX_JOBS},
+            {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0, "maximum": MAX_SEED}},
+        ],
+        "default": [0],
+    }
+    defs["RunSpec"]["properties"]["batch_size"] = {
+        "description": 'Images per pipeline call, or "auto": the largest that fits.',
+        "anyOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}],
+        "default": 1,
+    }
+    props["name"]["description"] = "Names the output folder; default: the recipe file's stem."
+    props["extends"] = {"type": "string", "description": "A base recipe, relative to this file: tables merge, lists and scalars replace."}
+    schema.update({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "recipe-runner recipe",
+        "description": "A TOML recipe for recipe-run: model, components, scheduler, optimizations, params, matrix.",
+        # A recipe that extends another may leave out what its base provides.
+        "if": {"not": {"required": ["extends"]}},
+        "then": {
+            "required": ["model", "matrix"],
+            "properties": {"model": {"required": ["id"]}, "matrix": {"required": ["prompts"]},
+                           "components": {"additionalProperties": {"required": ["id"]}},
+                           "scheduler": {"required": ["name"]}},
+        },
+    })
+    return schema
+
+
+def dumps(plugins: Plugins) -> str:
+    return json.dumps(recipe_schema(plugins), indent=2, sort_keys=False)
