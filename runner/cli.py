@@ -41,6 +41,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--list-plugins", action="store_true", help="list the installed plugins and their settings")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow pickled (.bin/.ckpt) weights; never implied by a recipe")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow model.custom_pipeline / model.trust_remote_code (with a pinned commit revision); "
+                        "never implied by a recipe")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.add_argument("--debug", action="store_true", help="show the traceback of a failure while running")
     p.add_argument("--version", action="version", version=f"recipe-run {__version__}")
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     from .plugins import load_plugins
     from .run import Options, describe_plan, prepare
+    from .safety import check_recipe
 
     plugins = load_plugins(args.plugins)
     if args.list_plugins:
@@ -101,7 +105,10 @@ def _main(args: argparse.Namespace) -> int:
     prepared = []
     for path in args.recipes:  # validate every recipe before anything runs
         try:
-            prepared.append(prepare(path, args.sets, plugins, args.out))
+            item = prepare(path, args.sets, plugins, args.out)
+            check_recipe(item.recipe, item.loaded, trust_remote_code=args.trust_remote_code,
+                         allow_pickle=args.allow_pickle)
+            prepared.append(item)
         except RecipeError as exc:
             problems += exc.problems
     if problems:
@@ -115,14 +122,18 @@ def _main(args: argparse.Namespace) -> int:
         print("\n\n".join(describe_plan(p, plugins) for p in prepared))
         return EXIT_OK
 
+    from .interrupts import graceful
     from .run import ModelCache, execute
 
-    options = Options(out=args.out, allow_pickle=args.allow_pickle, progress=False if args.no_progress else None)
+    options = Options(out=args.out, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+                      progress=False if args.no_progress else None)
     cache = ModelCache()
-    for item in prepared:
-        manifest = execute(item, plugins, options, cache)
-        done = sum(1 for r in manifest["images"] if r["status"] == "done")
-        print(f"{item.recipe.name}: {done} images -> {item.out_dir}/")
+    with graceful():  # first Ctrl-C: finish writing, flush the manifest, exit 130; second: at once
+        for item in prepared:
+            manifest = execute(item, plugins, options, cache)
+            done = sum(1 for r in manifest["images"] if r["status"] == "done")
+            stale = sum(1 for r in manifest["images"] if r["status"] == "stale")
+            print(f"{item.recipe.name}: {done} images -> {item.out_dir}/" + (f" ({stale} stale)" if stale else ""))
     return EXIT_OK
 
 

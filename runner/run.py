@@ -32,6 +32,7 @@ def warn(message: str) -> None:
 class Options:
     out: Path = Path("outputs")
     allow_pickle: bool = False
+    trust_remote_code: bool = False
     progress: bool | None = None  # None: when stderr is a terminal
     warn: Callable[[str], None] = warn
 
@@ -143,15 +144,19 @@ class ModelCache:
 
 def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None = None) -> dict[str, Any]:
     """Build (or reuse) the pipeline, generate every batch, write images, manifest and grid."""
-    from . import build, environment
+    from . import build, environment, safety
     from .execute import Execution
+    from .interrupts import critical
+    from .journal import Journal, Keys, adopt, common_identity, merge, read_previous, stale_message
     from .grid import make_grid
     from .outputs import EXTENSIONS, Manifest, Writer
     from .progress import Progress
 
     recipe, loaded = prepared.recipe, prepared.loaded
     cache = cache if cache is not None else ModelCache()
-    ctx = build.prepare(recipe, loaded, prepared.enabled, allow_pickle=options.allow_pickle, warn=options.warn)
+    ctx = build.prepare(recipe, loaded, prepared.enabled, allow_pickle=options.allow_pickle,
+                        trust_remote_code=options.trust_remote_code, warn=options.warn)
+    safety.check_weights(recipe, loaded, ctx.location, options.allow_pickle)
     environment.set_deterministic(recipe.run.deterministic)
     images = None
     if prepared.inputs:
@@ -180,11 +185,22 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
     writer = Writer(manifest, recipe.output.format, recipe.output.quality, recipe.output.metadata,
                     recipe.model.id, json.dumps(resolved, ensure_ascii=False, sort_keys=True))
     size = initial_batch_size(recipe.run.batch_size, prepared.jobs, ctx.device)
-    progress = Progress(len(prepared.jobs), recipe.name, enabled=options.progress)
+    # Resume: what the folder already holds (manifest + journal) decides what still runs, and how.
+    keys = Keys(common_identity(recipe, ctx.dtype, prepared.enabled), prepared.jobs, images.digests if images else {})
+    previous, records = read_previous(out_dir)
+    files = [r["file"] for r in manifest.data["images"]]
+    state = merge(out_dir, prepared.jobs, files, keys, size, recipe.run.batch_size, previous, records)
+    adopt(manifest, state, records, keys)
+    if state.stale:
+        options.warn(stale_message(recipe.name, state.stale))
+    writer.journal = journal = Journal(manifest, keys)
+    with critical():
+        journal.fold()  # manifest.json now describes the folder and every job's planned batch
+    progress = Progress(len(state.pending), recipe.name, enabled=options.progress)
     execution = Execution(built, writer, plugins.hook, images, progress, options.warn)
     start = time.perf_counter()
     try:
-        execution.run(plan(prepared.jobs, size))
+        execution.run(state.batches, pending=state.pending)
     finally:
         progress.close()
         manifest.data["timings"] = {
@@ -192,7 +208,8 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
             "generate_seconds": round(time.perf_counter() - start, 4),
             "batches": execution.batch_times,
         }
-        manifest.save()
+        with critical():
+            journal.close()
     if recipe.output.grid:
         make_grid(out_dir, manifest.data["images"])
     plugins.hook.run_finished(recipe=recipe, output_dir=out_dir, manifest=manifest.data)
