@@ -116,6 +116,10 @@ def read_previous(folder: Path) -> tuple[dict[str, Any] | None, dict[str, dict[s
         for record in manifest.get("images") or []:
             if isinstance(record, dict) and isinstance(record.get("file"), str):
                 records[record["file"]] = record
+    if isinstance(manifest, dict):  # files no job made last time, remembered as they were
+        for record in manifest.get("stale") or []:
+            if isinstance(record, dict) and isinstance(record.get("file"), str) and record.get("key"):
+                records.setdefault(record["file"], {**record, "status": "done"})
     for line in read_journal(folder / JOURNAL_NAME):
         records[line["file"]] = {**records.get(line["file"], {}), **line}
     return manifest, records
@@ -239,19 +243,25 @@ def merge(folder: Path, jobs: Sequence[Job], files: Sequence[str], keys: Keys, b
                 continue
             record = records.get(name) or {}
             key = keys.for_batch(batch, job)
-            if record.get("status") == "done" and record.get("key") == key:
+            if record.get("status") in ("done", "stale") and record.get("key") == key:
                 if record.get("sha256") == sha256_file(path):
                     state.done.add(job.index)
                 else:
-                    state.stale.append({"file": name, "reason": "changed on disk since it was written"})
+                    state.stale.append(_stale(name, "changed on disk since it was written", record))
             elif not record and _embedded_key(path) == key:
                 state.done.add(job.index)  # written just before a crash, before its journal line
             else:
-                state.stale.append({"file": name, "reason": "its job changed since it was made"})
+                state.stale.append(_stale(name, "its job changed since it was made", record))
     for name, record in records.items():
-        if name not in wanted and record.get("status") == "done" and (folder / name).is_file():
-            state.stale.append({"file": name, "reason": "no job of this recipe makes it any more"})
+        if name not in wanted and record.get("status") in ("done", "stale") and (folder / name).is_file():
+            state.stale.append(_stale(name, "no job of this recipe makes it any more", record))
     return state
+
+
+def _stale(name: str, reason: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A stale file's entry: why, and how it was made (so a later run can still recognise it)."""
+    made = {k: record.get(k) for k in RECORD_FIELDS if k not in ("file", "status") and record.get(k) is not None}
+    return {"file": name, "reason": reason, **made}
 
 
 def adopt(manifest: Any, state: Resume, records: dict[str, dict[str, Any]], keys: Keys) -> None:
@@ -269,10 +279,11 @@ def adopt(manifest: Any, state: Resume, records: dict[str, dict[str, Any]], keys
             if job.index in state.done:
                 old = records.get(record["file"]) or {}
                 record.update(status="done", sha256=old.get("sha256") or sha256_file(manifest.folder / record["file"]))
-    stale_files = {s["file"] for s in state.stale}
+    stale = {s["file"]: s for s in state.stale}
     for record in images:
-        if record["file"] in stale_files:
-            record["status"] = "stale"
+        if record["file"] in stale:  # the record keeps describing the file on disk
+            made = stale[record["file"]]
+            record.update({k: made.get(k) for k in ("key", "sha256", "batch", "batch_size", "batch_jobs")}, status="stale")
     manifest.data["stale"] = state.stale
 
 
