@@ -41,6 +41,7 @@ class BuildContext:
     location: str  # the resolved model: a local folder or a Hub id
     enabled: list[str] = field(default_factory=list)  # optimization names switched on
     allow_pickle: bool = False
+    trust_remote_code: bool = False  # --trust-remote-code: model.custom_pipeline / trust_remote_code may run
     warn: Callable[[str], None] = print
 
     @property
@@ -207,15 +208,19 @@ def load_pipeline(recipe: Recipe, loaded: LoadedRecipe | None, ctx: BuildContext
         kwargs["revision"] = recipe.model.revision
     if recipe.model.variant is not None:
         kwargs["variant"] = recipe.model.variant
+    if ctx.trust_remote_code and recipe.model.trust_remote_code:  # diffusers' default: no remote code
+        kwargs["trust_remote_code"] = True
+    if ctx.trust_remote_code and recipe.model.custom_pipeline:
+        kwargs["custom_pipeline"] = recipe.model.custom_pipeline
     kwargs.update(extra)
     kwargs.update(components)
     try:
         pipe = cls.from_pretrained(ctx.location, **kwargs)
     except Exception as exc:
-        hint = ""
         if "safetensors" in str(exc).lower() and not ctx.allow_pickle:
-            hint = " (only safetensors weights load; pickled .bin/.ckpt weights need --allow-pickle)"
-        raise RunError(f"cannot load model {recipe.model.id!r}: {_first_line(exc)}{hint}") from None
+            raise _error(loaded, "model.id", f"cannot load {recipe.model.id!r}: only safetensors weights load "
+                         f"({_first_line(exc)})", "pickled .bin/.ckpt weights need --allow-pickle") from None
+        raise RunError(f"cannot load model {recipe.model.id!r}: {_first_line(exc)}") from None
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -283,7 +288,7 @@ def build_schedulers(pipe: Any, base: Any, jobs: list[Job], recipe: Recipe, load
 # --- the whole build -------------------------------------------------------------------------------
 
 def prepare(recipe: Recipe, loaded: LoadedRecipe | None, enabled: list[Enabled], *, allow_pickle: bool = False,
-            warn: Callable[[str], None] = print) -> BuildContext:
+            trust_remote_code: bool = False, warn: Callable[[str], None] = print) -> BuildContext:
     """Everything decided before loading: device, dtype, location, and each optimization's check."""
     quiet_libraries()
     device = detect_device(recipe.model.device)
@@ -291,7 +296,8 @@ def prepare(recipe: Recipe, loaded: LoadedRecipe | None, enabled: list[Enabled],
     folder = loaded.origin("model.id").folder if loaded else Path.cwd()
     location = locate(recipe.model.id, folder, "model.id", loaded)
     ctx = BuildContext(recipe, device, dtype, recipe.model.task, location,
-                       enabled=[e.name for e in enabled], allow_pickle=allow_pickle, warn=warn)
+                       enabled=[e.name for e in enabled], allow_pickle=allow_pickle,
+                       trust_remote_code=trust_remote_code, warn=warn)
     problem = loaded.problem if loaded else _bare_problem
     for item in enabled:
         if item.optimization.check is None:

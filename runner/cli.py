@@ -48,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--locked", action="store_true", help="refuse to run (exit 2) when a model differs from the lock file")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow pickled (.bin/.ckpt) weights; never implied by a recipe")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow model.custom_pipeline / model.trust_remote_code (with a pinned commit revision); "
+                        "never implied by a recipe")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.add_argument("--debug", action="store_true", help="show the traceback of a failure while running")
     p.add_argument("--version", action="version", version=f"recipe-run {__version__}")
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     from .plugins import load_plugins
     from .run import Options, describe_plan, prepare
+    from .safety import check_recipe
 
     plugins = load_plugins(args.plugins)
     if args.list_plugins:
@@ -124,7 +128,10 @@ def _main(args: argparse.Namespace) -> int:
     prepared = []
     for path in args.recipes:  # validate every recipe before anything runs
         try:
-            prepared.append(prepare(path, args.sets, plugins, args.out))
+            item = prepare(path, args.sets, plugins, args.out)
+            check_recipe(item.recipe, item.loaded, trust_remote_code=args.trust_remote_code,
+                         allow_pickle=args.allow_pickle)
+            prepared.append(item)
         except RecipeError as exc:
             problems += exc.problems
     if problems:
@@ -147,12 +154,15 @@ def _main(args: argparse.Namespace) -> int:
         print("\n\n".join(describe_plan(p, plugins) for p in prepared))
         return EXIT_OK
 
+    from .interrupts import graceful
     from .run import ModelCache, execute
 
-    options = Options(out=args.out, allow_pickle=args.allow_pickle, progress=False if args.no_progress else None)
+    options = Options(out=args.out, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+                      progress=False if args.no_progress else None)
     cache = ModelCache()
-    for item in prepared:
-        execute(item, plugins, options, cache)
+    with graceful():  # first Ctrl-C: finish writing, flush the manifest, exit 130; second: at once
+        for item in prepared:
+            execute(item, plugins, options, cache)
     return EXIT_OK
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from .plan import Batch
 
 PARTIAL = ".manifest.rank-{rank}.json"
+PARTIAL_GLOB = ".manifest.rank-*.json"
 
 
 @dataclass

@@ -7,6 +7,7 @@ URLs are fetched with a timeout and a size cap, and refused when running offline
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import urllib.request
@@ -105,6 +106,7 @@ class InputImages:
         self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._size = cache
         self._fetched: dict[str, bytes] = {}
+        self.digests: dict[str, str] = {}  # as written -> sha256 of its bytes (part of each job's key)
 
     def preflight(self) -> None:
         """Open every input once; a failure is a RecipeError naming the key."""
@@ -115,6 +117,7 @@ class InputImages:
             key = self._keys[value]
             try:
                 data = read_bytes(source)
+                self.digests[value] = hashlib.sha256(data).hexdigest()
                 if is_url(source):
                     self._fetched[source] = data
                 open_image(data, "RGB")

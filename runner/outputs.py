@@ -146,6 +146,7 @@ class Manifest:
             "batch": None,
             "batch_size": None,
             "batch_jobs": None,
+            "key": None,
             "status": "pending",
             "sha256": None,
             "rank": None,
@@ -177,10 +178,12 @@ class Writer:
         self.environment_json = json.dumps(manifest.data["environment"], sort_keys=True)
         self.written: list[Path] = []
         self.default_scheduler: str | None = None  # the pipeline's own, named in "parameters" as its Sampler
+        self.journal: Any = None  # a runner.journal.Journal: images are journaled, not re-saved per batch
 
     def embedded_text(self, job: Job, batch: Batch, record: dict[str, Any]) -> dict[str, str]:
         job_info = {k: record[k] for k in ("index", "file", "prompt", "seed", "image", "mask_image", "vars", "params", "scheduler")}
-        job_info.update(batch=batch.index, batch_size=batch.size, batch_jobs=[j.index for j in batch.jobs])
+        job_info.update(batch=batch.index, batch_size=batch.size, batch_jobs=[j.index for j in batch.jobs],
+                        key=record.get("key"))
         return {
             "recipe": self.recipe_json,
             "job": json.dumps(job_info, ensure_ascii=False, default=repr),
@@ -189,19 +192,30 @@ class Writer:
         }
 
     def write_batch(self, batch: Batch, images: Sequence[Any], only: set[int] | None = None) -> None:
-        """Write the images of ``batch`` (those in ``only`` when given), then the manifest."""
-        for job, image in zip(batch.jobs, images):
-            record = self.manifest.record(job)
-            record.update(batch=batch.index, batch_size=batch.size, batch_jobs=[j.index for j in batch.jobs])
-            if only is not None and job.index not in only:
-                continue
-            text = self.embedded_text(job, batch, record) if self.metadata else None
-            data = encode(image, self.fmt, self.quality, text)
-            path = self.manifest.file_for(job)
-            atomic_write(path, data)
-            record.update(status="done", sha256=hashlib.sha256(data).hexdigest(), rank=self.rank)
-            self.written.append(path)
-        self.manifest.save()
+        """Write the images of ``batch`` (those in ``only`` when given), then the manifest (or its
+        journal). A first Ctrl-C waits until the whole batch is written."""
+        from .interrupts import critical
+
+        with critical():
+            for job, image in zip(batch.jobs, images):
+                if only is not None and job.index not in only:
+                    continue  # its record keeps describing how its file was made
+                record = self.manifest.record(job)
+                record.update(batch=batch.index, batch_size=batch.size, batch_jobs=[j.index for j in batch.jobs])
+                if self.journal is not None:
+                    record["key"] = self.journal.keys.for_batch(batch, job)
+                text = self.embedded_text(job, batch, record) if self.metadata else None
+                data = encode(image, self.fmt, self.quality, text)
+                path = self.manifest.file_for(job)
+                atomic_write(path, data)
+                record.update(status="done", sha256=hashlib.sha256(data).hexdigest(), rank=self.rank)
+                self.written.append(path)
+                if self.journal is not None:
+                    self.journal.append(record)
+            if self.journal is not None:
+                self.journal.commit()
+            else:
+                self.manifest.save()
 
 
 def sha256_file(path: Path) -> str:

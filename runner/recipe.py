@@ -50,6 +50,8 @@ class ModelSpec(Strict):
     dtype: DType = "auto"
     task: Task = "text-to-image"
     device: str = "auto"
+    custom_pipeline: Annotated[str, Field(min_length=1)] | None = None  # code: needs --trust-remote-code
+    trust_remote_code: bool = False  # needs --trust-remote-code and a pinned commit revision
 
     @field_validator("device")
     @classmethod

@@ -32,6 +32,7 @@ def warn(message: str) -> None:
 class Options:
     out: Path = Path("outputs")
     allow_pickle: bool = False
+    trust_remote_code: bool = False
     progress: bool | None = None  # None: when stderr is a terminal
     warn: Callable[[str], None] = warn
 
@@ -185,20 +186,24 @@ def peak_memory(device: str) -> str:
 
 
 def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None = None) -> dict[str, Any]:
-    """Build (or reuse) the pipeline, generate this process's batches, write images, manifest and
-    grid; under a launcher, rank 0 merges the ranks' manifests. Returns the manifest (the merged
-    one on rank 0)."""
-    from . import build, distributed, environment
+    """Build (or reuse) the pipeline, resume from what the output folder holds, generate this
+    process's share of the pending batches, write images, manifest, grid and gallery. Under a
+    launcher, rank 0 merges the ranks' manifests. Returns the manifest (the merged one on rank 0)."""
+    from . import build, distributed, environment, safety
     from .execute import Execution
     from .gallery import write_gallery
     from .grid import make_grid
-    from .provenance import environment_extras
+    from .interrupts import critical
+    from .journal import Journal, Keys, adopt, common_identity, merge, read_previous, remove_leftovers, stale_message
     from .outputs import EXTENSIONS, Manifest, Writer
     from .progress import Progress
+    from .provenance import environment_extras
 
     recipe, loaded = prepared.recipe, prepared.loaded
     cache = cache if cache is not None else ModelCache()
-    ctx = build.prepare(recipe, loaded, prepared.enabled, allow_pickle=options.allow_pickle, warn=options.warn)
+    ctx = build.prepare(recipe, loaded, prepared.enabled, allow_pickle=options.allow_pickle,
+                        trust_remote_code=options.trust_remote_code, warn=options.warn)
+    safety.check_weights(recipe, loaded, ctx.location, options.allow_pickle)
     dist = distributed.detect(ctx.device)
     ctx.device = dist.device(ctx.device)
     environment.set_deterministic(recipe.run.deterministic)
@@ -224,13 +229,28 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
                     recipe.model.id, json.dumps(resolved, ensure_ascii=False, sort_keys=True), rank=dist.rank)
     writer.default_scheduler = type(built.base_scheduler).__name__
     size = initial_batch_size(recipe.run.batch_size, prepared.jobs, ctx.device)
-    mine = distributed.shard(plan(prepared.jobs, size), dist.world_size)[dist.rank]
-    progress = Progress(sum(b.size for b in mine), recipe.name,
+
+    # Resume: what the folder already holds (manifests, journals) decides what still runs, and how.
+    # Every rank reads the same folder and so reaches the same plan before anyone writes.
+    keys = Keys(common_identity(recipe, ctx.dtype, prepared.enabled), prepared.jobs, images.digests if images else {})
+    previous, records = read_previous(out_dir)
+    files = [r["file"] for r in manifest.data["images"]]
+    state = merge(out_dir, prepared.jobs, files, keys, size, recipe.run.batch_size, previous, records)
+    adopt(manifest, state, records, keys)
+    if state.stale and dist.is_main:
+        options.warn(stale_message(recipe.name, state.stale))
+    dist.barrier()
+    writer.journal = journal = Journal(manifest, keys, rank=dist.rank if dist.world_size > 1 else None)
+    with critical():
+        journal.fold()  # the manifest now describes the folder and every job's planned batch
+    todo = [b for b in state.batches if any(j.index in state.pending for j in b.jobs)]
+    mine = distributed.shard(todo, dist.world_size)[dist.rank]
+    progress = Progress(sum(1 for b in mine for j in b.jobs if j.index in state.pending), recipe.name,
                         enabled=options.progress if dist.is_main else False)
     execution = Execution(built, writer, plugins.hook, images, progress, options.warn)
     start = time.perf_counter()
     try:
-        execution.run(mine)
+        execution.run(mine, pending=state.pending)
     finally:
         progress.close()
         generate_seconds = time.perf_counter() - start
@@ -241,7 +261,8 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
             "write_seconds": round(sum(b["write_seconds"] for b in execution.batch_times), 4),
             "batches": execution.batch_times,
         }
-        manifest.save()
+        with critical():
+            journal.close()
     dist.barrier()
     if not dist.is_main:
         return manifest.data
@@ -249,17 +270,20 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
     if dist.world_size > 1:
         data = distributed.merge(out_dir, dist.world_size)
         manifest.path, manifest.data = out_dir / "manifest.json", data
-        manifest.save()
-        for rank in range(dist.world_size):
-            distributed.partial_path(out_dir, rank).unlink(missing_ok=True)
+        with critical():
+            manifest.save()
+    remove_leftovers(out_dir)  # partial manifests and journals of earlier (distributed) runs
     if recipe.output.grid:
         make_grid(out_dir, data["images"])
     if recipe.output.gallery:
         write_gallery(out_dir, data)
     plugins.hook.run_finished(recipe=recipe, output_dir=out_dir, manifest=data)
-    done = sum(b.size for b in mine)
+    done = sum(1 for b in mine for j in b.jobs if j.index in state.pending)
     rate = done / generate_seconds if generate_seconds > 0 else 0.0
-    ranks = f", {done} on rank 0 of {dist.world_size}" if dist.world_size > 1 else ""
-    print(f"{recipe.name}: {len(prepared.jobs)} images{ranks} in {generate_seconds:.1f} s ({rate:.2f} images/s), "
-          f"load {built.load_seconds:.1f} s, {peak_memory(ctx.device)} -> {display_path(out_dir)}/")
+    ranks = f" ({done} by rank 0 of {dist.world_size})" if dist.world_size > 1 else ""
+    kept = f", {len(state.done)} already done" if state.done else ""
+    stale = f", {len(state.stale)} stale" if state.stale else ""
+    print(f"{recipe.name}: {len(prepared.jobs)} images{kept}{stale}; made {done}{ranks} in {generate_seconds:.1f} s "
+          f"({rate:.2f} images/s), load {built.load_seconds:.1f} s, {peak_memory(ctx.device)} "
+          f"-> {display_path(out_dir)}/")
     return data

@@ -46,18 +46,22 @@ def torchrun() -> str | None:
     return str(found) if found.exists() else shutil.which("torchrun")
 
 
+def run_torchrun(*args) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).with_name("recipe-run")
+    launcher = [torchrun(), "--nproc_per_node=2", "--no-python", str(script)] if script.exists() else \
+        [torchrun(), "--nproc_per_node=2", "-m", "runner"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*launcher, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 @pytest.mark.skipif(torchrun() is None, reason="torchrun is not installed")
 def test_torchrun_two_ranks_equal_one_process(cli, write_recipe, tmp_path):
     recipe = write_recipe(RECIPE.format(name="spread", extra=""))
     single = cli(recipe, "--out", tmp_path / "one")  # one process, one thread (OMP_NUM_THREADS=1)
     assert single.code == 0, single.err
-    script = Path(sys.executable).with_name("recipe-run")
-    launcher = [torchrun(), "--nproc_per_node=2", "--no-python", str(script)] if script.exists() else \
-        [torchrun(), "--nproc_per_node=2", "-m", "runner"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*launcher, str(recipe), "--out", str(tmp_path / "two")], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_torchrun(recipe, "--out", tmp_path / "two")
     folder = tmp_path / "two" / "spread"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["environment"]["world_size"] == 2
@@ -122,4 +126,26 @@ def test_manifest_records_timings_and_the_run_prints_a_summary(cli, write_recipe
     assert [b["size"] for b in timings["batches"]] == [2, 2, 2]
     assert all(b["seconds"] > 0 for b in timings["batches"])
     line = result.out.strip().splitlines()[-1]
-    assert line.startswith("timed: 6 images in ") and "images/s" in line and "MiB peak RSS" in line
+    assert line.startswith("timed: 6 images; made 6 in ") and "images/s" in line and "MiB peak RSS" in line
+
+
+@pytest.mark.skipif(torchrun() is None, reason="torchrun is not installed")
+def test_a_distributed_run_resumes_only_the_missing_batches(cli, write_recipe, tmp_path):
+    recipe = write_recipe(RECIPE.format(name="resumed", extra=""))
+    assert cli(recipe, "--out", tmp_path).code == 0
+    folder = tmp_path / "resumed"
+    reference = {p.name: pixels(p) for p in image_files(folder)}
+    kept = {p.name: p.stat().st_mtime_ns for p in image_files(folder)}
+    lost = sorted(kept)[3]  # second image of batch 1: the batch is re-made whole, only this is written
+    (folder / lost).unlink()
+    del kept[lost]
+    proc = run_torchrun(recipe, "--out", tmp_path)
+    assert "resumed: 6 images, 5 already done; made 1" in proc.stdout
+    for path in image_files(folder):
+        assert np.array_equal(pixels(path), reference[path.name]), path.name
+        if path.name in kept:
+            assert path.stat().st_mtime_ns == kept[path.name], f"{path.name} was rewritten"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert all(r["status"] == "done" for r in manifest["images"])
+    assert manifest["environment"]["world_size"] == 2
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], "no partial manifest or journal left"

@@ -1,0 +1,107 @@
+"""What a recipe from someone else may not do by itself: run code or read pickled weights.
+
+- ``model.custom_pipeline`` and ``model.trust_remote_code`` run code from the model's repository:
+  they need ``--trust-remote-code`` on the command line *and* ``model.revision`` pinned to a commit
+  (40 hex digits), so the code that runs is the code that was reviewed.
+- Weights load only from safetensors (``use_safetensors=True``). A local model or component folder
+  whose weights are pickled only (.bin, .ckpt, .pt, .pth) is refused before anything loads, naming
+  safetensors, unless the command line says ``--allow-pickle``.
+
+Light module: no torch. Both checks raise RecipeError (exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from .errors import Problem, RecipeError
+from .loading import LoadedRecipe
+from .recipe import Recipe
+
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def _problem(loaded: LoadedRecipe | None, key: str, message: str, hint: str | None = None) -> Problem:
+    return loaded.problem(key, message, hint) if loaded else Problem(message, key=key, hint=hint)
+
+
+def check_recipe(recipe: Recipe, loaded: LoadedRecipe | None, *, trust_remote_code: bool, allow_pickle: bool) -> None:
+    """The command-line permissions a recipe needs and does not have (no file is opened)."""
+    problems: list[Problem] = []
+    m = recipe.model
+    wants = [(key, value) for key, value in (("model.custom_pipeline", m.custom_pipeline),
+                                             ("model.trust_remote_code", m.trust_remote_code)) if value]
+    for key, _ in wants:
+        if not trust_remote_code:
+            problems.append(_problem(loaded, key, "runs code from the model's repository: refused",
+                                     "pass --trust-remote-code on the command line after reviewing that code; "
+                                     "a recipe never switches it on by itself"))
+        elif not (m.revision and COMMIT.fullmatch(m.revision)):
+            problems.append(_problem(loaded, "model.revision" if m.revision else key,
+                                     f"remote code needs model.revision pinned to a commit (40 hex digits), got {m.revision!r}",
+                                     "the code that runs must be the code you reviewed"))
+    if not allow_pickle:
+        ids = [("model.id", m.id)] + [(f"components.{n}.id", c.id) for n, c in recipe.components.items()]
+        for key, value in ids:
+            if value.lower().endswith(PICKLE_SUFFIXES):
+                problems.append(_problem(loaded, key, f"{value!r} is a pickled weights file: only safetensors weights load",
+                                         "convert it to safetensors, or pass --allow-pickle if you trust it"))
+    if problems:
+        raise RecipeError(problems)
+
+
+def pickled_only(folder: Path) -> list[Path]:
+    """The pickled weight files of a folder that holds no safetensors file (else [])."""
+    try:
+        files = [p for p in folder.iterdir() if p.is_file()]
+    except OSError:
+        return []
+    if any(p.suffix == ".safetensors" for p in files):
+        return []
+    return sorted(p for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
+
+
+def weight_folders(location: Path, subfolder: str | None = None) -> list[Path]:
+    """The folders of a local diffusers model that hold weights: each component's folder named in
+    model_index.json, or the folder itself (a single component)."""
+    root = location / subfolder if subfolder else location
+    index = root / "model_index.json"
+    if not index.is_file():
+        return [root]
+    try:
+        names = [k for k, v in json.loads(index.read_text(encoding="utf-8")).items()
+                 if not k.startswith("_") and isinstance(v, list)]
+    except (ValueError, OSError):
+        return [root]
+    return [root / name for name in names if (root / name).is_dir()]
+
+
+def check_weights(recipe: Recipe, loaded: LoadedRecipe | None, location: str, allow_pickle: bool) -> None:
+    """Refuse local folders whose weights are pickled only, before anything is loaded."""
+    if allow_pickle:
+        return
+    from .build import locate
+
+    targets = [("model.id", Path(location), None)]
+    for name, spec in recipe.components.items():
+        key = f"components.{name}.id"
+        folder = loaded.origin(key).folder if loaded else Path.cwd()
+        try:
+            targets.append((key, Path(locate(spec.id, folder, key, loaded)), spec.subfolder))
+        except RecipeError:
+            continue  # reported where the component is loaded, after its name is checked
+    problems = []
+    for key, path, subfolder in targets:
+        if not path.is_dir():
+            continue  # a Hub id: diffusers is asked for safetensors only
+        for folder in weight_folders(path, subfolder):
+            found = pickled_only(folder)
+            if found:
+                names = ", ".join(p.name for p in found[:3])
+                problems.append(_problem(loaded, key, f"{folder} holds pickled weights only ({names}): only safetensors weights load",
+                                         "convert them to safetensors, or pass --allow-pickle if you trust them"))
+    if problems:
+        raise RecipeError(problems)

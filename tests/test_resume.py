@@ -1,0 +1,374 @@
+"""Long runs never lose work: resume by job key, the journal, SIGINT, crashes, out-of-memory backoff."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runner import hookimpl, plugins
+from runner.journal import JOURNAL_NAME, read_journal
+from tests.conftest import REPO, image_files, pixels
+
+RECIPE = '''
+[model]
+id = "tiny:sd15"
+device = "cpu"
+[params]
+num_inference_steps = 2
+guidance_scale = 7.5
+[matrix]
+prompts = ["a red fox", "a blue house", "a green tree"]
+seeds = [0, 1]
+[run]
+batch_size = {batch_size}
+'''
+
+
+class Counter:
+    """A test plugin: which jobs each pipeline call generated."""
+
+    def __init__(self):
+        self.calls: list[list[int]] = []
+
+    @hookimpl
+    def after_batch(self, pipe, batch, images):
+        self.calls.append([j.index for j in batch.jobs])
+
+
+@pytest.fixture
+def counter():
+    plugin = Counter()
+    plugins.register(plugin, "counter")
+    yield plugin
+    plugins.unregister(plugin)
+
+
+def run(cli, recipe, out, *args):
+    result = cli(recipe, "--out", out, *args)
+    assert result.code == 0, result.err
+    return result
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in image_files(folder)}
+
+
+def manifest_of(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def assert_same_pixels(a: Path, b: Path) -> None:
+    files = image_files(a)
+    assert [p.name for p in files] == [p.name for p in image_files(b)]
+    for path in files:
+        assert np.array_equal(pixels(path), pixels(b / path.name)), path.name
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run at batch_size 2 (3 batches of 2)."""
+    from runner.cli import main
+
+    folder = tmp_path_factory.mktemp("reference")
+    recipe = folder / "longrun.toml"
+    recipe.write_text(RECIPE.format(batch_size=2))
+    assert main([str(recipe), "--out", str(folder / "out"), "--no-progress"]) == 0
+    return folder / "out" / "longrun"
+
+
+def test_rerun_skips_every_finished_job_and_touches_nothing(cli, write_recipe, tmp_path, counter):
+    recipe = write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
+    run(cli, recipe, tmp_path / "out")
+    folder = tmp_path / "out" / "longrun"
+    before = snapshot(folder)
+    counter.calls.clear()
+    run(cli, recipe, tmp_path / "out")
+    assert counter.calls == []
+    assert snapshot(folder) == before
+    records = manifest_of(folder)["images"]
+    assert all(r["status"] == "done" and len(r["key"]) == 64 for r in records)
+    assert [r["batch_jobs"] for r in records] == [[0, 1], [0, 1], [2, 3], [2, 3], [4, 5], [4, 5]]
+    assert not (folder / JOURNAL_NAME).exists()
+
+
+def test_a_missing_image_recomputes_its_whole_batch_and_writes_only_it(cli, write_recipe, tmp_path, counter, reference):
+    recipe = write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
+    run(cli, recipe, tmp_path / "out")
+    folder = tmp_path / "out" / "longrun"
+    missing = image_files(folder)[3]
+    missing.unlink()
+    before = snapshot(folder)
+    counter.calls.clear()
+    run(cli, recipe, tmp_path / "out")
+    assert counter.calls == [[2, 3]]
+    after = snapshot(folder)
+    assert {k: v for k, v in after.items() if k != missing.name} == before
+    assert_same_pixels(reference, folder)
+
+
+def test_changed_jobs_are_stale_and_left_untouched(cli, write_recipe, tmp_path, counter):
+    recipe = write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
+    run(cli, recipe, tmp_path / "out")
+    folder = tmp_path / "out" / "longrun"
+    before = snapshot(folder)
+    counter.calls.clear()
+    result = run(cli, recipe, tmp_path / "out", "--set", "params.guidance_scale=5.0")
+    assert counter.calls == []
+    assert snapshot(folder) == before
+    assert "6 existing images no longer match the recipe (stale, kept untouched" in result.err
+    assert result.err.count("\n") == 1  # one line
+    manifest = manifest_of(folder)
+    assert [r["status"] for r in manifest["images"]] == ["stale"] * 6
+    assert len(manifest["stale"]) == 6
+    # a changed prompt: the old file is no longer made by any job, the new one is generated
+    counter.calls.clear()
+    result = run(cli, recipe, tmp_path / "out", "--set", 'matrix.prompts=["a red fox", "a blue house", "a pink tree"]')
+    assert counter.calls == [[4, 5]]
+    stale = {s["file"]: s["reason"] for s in manifest_of(folder)["stale"]}
+    assert all(s["key"] and s["sha256"] for s in manifest_of(folder)["stale"])
+    assert stale == {"0004-s0-a-green-tree.png": "no job of this recipe makes it any more",
+                     "0005-s1-a-green-tree.png": "no job of this recipe makes it any more"}
+    assert (folder / "0004-s0-a-green-tree.png").stat().st_ino == before["0004-s0-a-green-tree.png"][0]
+    # back to the original recipe: every old image is recognised again, nothing runs
+    counter.calls.clear()
+    result = run(cli, recipe, tmp_path / "out")
+    assert counter.calls == []
+    assert "2 existing images no longer match" in result.err and "0004-s0-a-pink-tree.png" in result.err
+    assert {k: v for k, v in snapshot(folder).items() if k in before} == before
+    assert [r["status"] for r in manifest_of(folder)["images"]] == ["done"] * 6
+
+
+def test_a_file_changed_on_disk_is_stale_not_overwritten(cli, write_recipe, tmp_path, counter):
+    recipe = write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
+    run(cli, recipe, tmp_path / "out")
+    folder = tmp_path / "out" / "longrun"
+    edited = image_files(folder)[0]
+    edited.write_bytes(edited.read_bytes() + b"edited")
+    counter.calls.clear()
+    result = run(cli, recipe, tmp_path / "out")
+    assert counter.calls == [] and edited.read_bytes().endswith(b"edited")
+    assert [(s["file"], s["reason"]) for s in manifest_of(folder)["stale"]] == [
+        (edited.name, "changed on disk since it was written")]
+    assert "1 existing image no longer matches" in result.err
+
+
+def test_torn_journal_line_is_ignored(tmp_path):
+    path = tmp_path / JOURNAL_NAME
+    good = {"file": "0000-s0-a.png", "index": 0, "status": "done", "sha256": "x", "key": "k"}
+    path.write_bytes((json.dumps(good) + "\n" + '{"file": "0001-s1-a.png", "ind').encode())
+    assert read_journal(path) == [good]
+
+
+# --- crashes and interrupts in a real process --------------------------------------------------------
+
+STOPPER = '''
+import os, pathlib, signal, time
+from runner import hookimpl
+
+@hookimpl
+def before_batch(pipe, batch, call_kwargs):
+    """Batch 0 goes through; at batch 1 signal the test, then wait to be interrupted (or crash)."""
+    if batch.index == 1:
+        if os.environ.get("STOPPER") == "crash":
+            os._exit(9)  # a hard crash: no cleanup at all
+        pathlib.Path(os.environ["STOPPER_MARK"]).write_text("at batch 1")
+        time.sleep(300)
+'''
+
+
+def start(tmp_path: Path, recipe: Path, mode: str) -> subprocess.Popen:
+    (tmp_path / "stopper.py").write_text(STOPPER)
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{tmp_path}", STOPPER=mode,
+               STOPPER_MARK=str(tmp_path / "mark"))
+    return subprocess.Popen([sys.executable, "-m", "runner", str(recipe), "--out", str(tmp_path / "out"), "-p", "stopper"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, limit: float = 300) -> None:
+    deadline = time.monotonic() + limit
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never reached batch 1"
+        time.sleep(0.05)
+
+
+def assert_folder_is_clean(folder: Path) -> None:
+    from PIL import Image
+
+    leftovers = [p.name for p in folder.iterdir() if ".tmp-" in p.name]
+    assert not leftovers, leftovers
+    for path in image_files(folder):
+        with Image.open(path) as image:
+            image.verify()
+
+
+def test_sigint_keeps_finished_images_and_the_rerun_completes_them(cli, tmp_path, counter, reference):
+    recipe = tmp_path / "longrun.toml"
+    recipe.write_text(RECIPE.format(batch_size=2))
+    proc = start(tmp_path, recipe, "interrupt")
+    wait_for(tmp_path / "mark", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    folder = tmp_path / "out" / "longrun"
+    assert_folder_is_clean(folder)
+    assert [p.name for p in image_files(folder)] == [p.name for p in image_files(reference)][:2]
+    manifest = manifest_of(folder)  # flushed: the journal is folded in
+    assert [r["status"] for r in manifest["images"]] == ["done"] * 2 + ["pending"] * 4
+    assert not (folder / JOURNAL_NAME).exists()
+    finished = snapshot(folder)
+    counter.calls.clear()
+    run(cli, recipe, tmp_path / "out")
+    assert counter.calls == [[2, 3], [4, 5]]
+    assert {k: v for k, v in snapshot(folder).items() if k in finished} == finished
+    assert_same_pixels(reference, folder)
+    assert_folder_is_clean(folder)
+
+
+def test_a_hard_crash_loses_at_most_the_batch_in_flight(cli, tmp_path, counter, reference):
+    recipe = tmp_path / "longrun.toml"
+    recipe.write_text(RECIPE.format(batch_size=2))
+    proc = start(tmp_path, recipe, "crash")
+    proc.communicate(timeout=300)
+    assert proc.returncode == 9
+    folder = tmp_path / "out" / "longrun"
+    assert [r["status"] for r in manifest_of(folder)["images"]] == ["pending"] * 6  # not folded yet ...
+    assert [r["index"] for r in read_journal(folder / JOURNAL_NAME)] == [0, 1]  # ... but journaled
+    finished = snapshot(folder)
+    counter.calls.clear()
+    run(cli, recipe, tmp_path / "out")
+    assert counter.calls == [[2, 3], [4, 5]]
+    assert {k: v for k, v in snapshot(folder).items() if k in finished} == finished
+    assert_same_pixels(reference, folder)
+    assert not (folder / JOURNAL_NAME).exists()
+
+
+def test_first_sigint_waits_for_a_critical_write_and_a_second_stops_at_once():
+    from runner.interrupts import critical, graceful
+
+    with graceful():
+        reached = []
+        with pytest.raises(KeyboardInterrupt):
+            with critical():
+                signal.raise_signal(signal.SIGINT)
+                reached.append("after the first signal")  # held: the section finishes
+        assert reached == ["after the first signal"]
+        with pytest.raises(KeyboardInterrupt):
+            with critical():
+                signal.raise_signal(signal.SIGINT)  # the second: raised at once
+                reached.append("never")
+        assert reached == ["after the first signal"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# --- out of memory -----------------------------------------------------------------------------------
+
+class OutOfMemoryAbove2:
+    """A test plugin: batches larger than 2 run out of memory."""
+
+    def __init__(self, error=None):
+        self.error = error
+        self.tried: list[int] = []
+
+    @hookimpl
+    def before_batch(self, pipe, batch, call_kwargs):
+        import torch
+
+        self.tried.append(batch.size)
+        if batch.size > 2:
+            raise self.error or torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+OOM_RECIPE = RECIPE.replace('"a blue house", "a green tree"', '"a blue house"')  # 4 jobs
+
+
+@pytest.fixture(scope="module")
+def reference_2(tmp_path_factory):
+    from runner.cli import main
+
+    folder = tmp_path_factory.mktemp("reference2")
+    recipe = folder / "oom.toml"
+    recipe.write_text(OOM_RECIPE.format(batch_size=2))
+    assert main([str(recipe), "--out", str(folder / "out"), "--no-progress"]) == 0
+    return folder / "out" / "oom"
+
+
+@pytest.mark.parametrize("setting", ["4", '"auto"'])
+def test_out_of_memory_halves_the_batch_and_matches_a_run_at_the_size_that_fit(cli, write_recipe, tmp_path, counter,
+                                                                               reference_2, setting):
+    plugin = OutOfMemoryAbove2()
+    plugins.register(plugin, "oom")
+    try:
+        result = run(cli, write_recipe(OOM_RECIPE.format(batch_size=setting), "oom.toml"), tmp_path / "out")
+    finally:
+        plugins.unregister(plugin)
+    assert plugin.tried == [4, 2, 2]  # halves once, then stays at the size that fit
+    assert sorted(i for call in counter.calls for i in call) == [0, 1, 2, 3]  # every image once
+    assert "out of memory at batch size 4: retrying at 2" in result.err
+    folder = tmp_path / "out" / "oom"
+    assert [r["batch_size"] for r in manifest_of(folder)["images"]] == [2, 2, 2, 2]
+    assert_same_pixels(reference_2, folder)
+
+
+def test_resume_honours_the_batches_recorded_after_a_backoff(cli, write_recipe, tmp_path, counter, reference_2):
+    recipe = write_recipe(OOM_RECIPE.format(batch_size=4), "oom.toml")
+    plugin = OutOfMemoryAbove2()
+    plugins.register(plugin, "oom")
+    try:
+        run(cli, recipe, tmp_path / "out")
+    finally:
+        plugins.unregister(plugin)
+    folder = tmp_path / "out" / "oom"
+    image_files(folder)[1].unlink()
+    counter.calls.clear()
+    run(cli, recipe, tmp_path / "out")  # no out-of-memory now: a fresh plan would be one batch of 4
+    assert counter.calls == [[0, 1]]
+    assert_same_pixels(reference_2, folder)
+
+
+def test_cuda_style_out_of_memory_runtime_errors_back_off_too(cli, write_recipe, tmp_path):
+    plugin = OutOfMemoryAbove2(RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)"))
+    plugins.register(plugin, "oom")
+    try:
+        run(cli, write_recipe(OOM_RECIPE.format(batch_size=4), "oom.toml"), tmp_path / "out")
+    finally:
+        plugins.unregister(plugin)
+    assert plugin.tried == [4, 2, 2]
+
+
+def test_other_errors_are_not_swallowed(cli, write_recipe, tmp_path):
+    plugin = OutOfMemoryAbove2(ValueError("a real bug"))
+    plugins.register(plugin, "oom")
+    try:
+        result = cli(write_recipe(OOM_RECIPE.format(batch_size=4), "oom.toml"), "--out", tmp_path / "out")
+    finally:
+        plugins.unregister(plugin)
+    assert result.code == 1 and "ValueError: a real bug" in result.err
+    assert plugin.tried == [4]
+
+
+def test_out_of_memory_at_batch_size_1_fails_clearly(cli, write_recipe, tmp_path):
+    import torch
+
+    class Always:
+        @hookimpl
+        def before_batch(self, pipe, batch, call_kwargs):
+            raise torch.OutOfMemoryError("out of memory")
+
+    plugin = Always()
+    plugins.register(plugin, "always")
+    try:
+        result = cli(write_recipe(OOM_RECIPE.format(batch_size=2), "oom.toml"), "--out", tmp_path / "out")
+    finally:
+        plugins.unregister(plugin)
+    assert result.code == 1 and "out of memory at batch size 1" in result.err
