@@ -118,7 +118,8 @@ def _main(args: argparse.Namespace) -> int:
             raise RecipeError.one("--reproduce takes an image, not recipes", file="recipe-run")
         from .run import warn
 
-        outcome = reproduce(args.reproduce, plugins, args.out, allow_pickle=args.allow_pickle, warn=warn)
+        outcome = reproduce(args.reproduce, plugins, args.out, allow_pickle=args.allow_pickle,
+                            trust_remote_code=args.trust_remote_code, warn=warn)
         print(outcome.report())
         return EXIT_OK if outcome.identical else EXIT_FAILED
     args.out = args.out if args.out is not None else Path("outputs")

@@ -103,17 +103,15 @@ class Outcome:
 
 
 def reproduce(image: Path, plugins: Plugins, out: Path | None, *, allow_pickle: bool = False,
-              warn: Callable[[str], None] = print) -> Outcome:
+              trust_remote_code: bool = False, warn: Callable[[str], None] = print) -> Outcome:
     """Re-generate ``image`` in its planned batch with its recorded thread count; compare pixels."""
     import torch
 
-    from . import build, environment
-    from . import inputs as inputs_mod
+    from . import environment
     from .execute import Execution
-    from .outputs import EXTENSIONS, Manifest, Writer
     from .plan import Batch
     from .progress import Progress
-    from .run import prepare_loaded
+    from .run import ModelCache, Options, prepare_loaded, start
 
     embedded = read(image)
     loaded = load_data(embedded.recipe, recipe_path(embedded, image))
@@ -143,25 +141,15 @@ def reproduce(image: Path, plugins: Plugins, out: Path | None, *, allow_pickle: 
     if isinstance(threads, int) and threads > 0:
         torch.set_num_threads(threads)
     try:
-        ctx = build.prepare(recipe, loaded, prepared.enabled, allow_pickle=allow_pickle, warn=warn)
-        environment.set_deterministic(recipe.run.deterministic)
-        images = None
-        if prepared.inputs:
-            images = inputs_mod.InputImages(prepared.inputs, loaded, prepared.input_keys)
-            images.preflight()
-        built = build.build(recipe, loaded, jobs, prepared.enabled, plugins.hook, ctx)
-        prepared.out_dir.mkdir(parents=True, exist_ok=True)
-        now = environment.describe(ctx.device, ctx.dtype, recipe.run.generator_device, recipe.run.deterministic)
-        now.update({k: env[k] for k in ("model_revision", "model_location", "recipe_file", "recipe_folder") if k in env})
-        resolved = recipe.model_dump(mode="json")
-        manifest = Manifest(prepared.out_dir, resolved, now, jobs, EXTENSIONS[recipe.output.format])
-        writer = Writer(manifest, recipe.output.format, recipe.output.quality, recipe.output.metadata,
-                        recipe.model.id, json.dumps(resolved, ensure_ascii=False, sort_keys=True))
-        writer.default_scheduler = type(built.base_scheduler).__name__
-        execution = Execution(built, writer, plugins.hook, images, Progress(1, recipe.name, enabled=False), warn)
+        options = Options(out=scratch, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                          progress=False, warn=warn)
+        started = start(prepared, plugins, options, ModelCache())
+        execution = Execution(started.built, started.writer, plugins.hook, started.images,
+                              Progress(1, recipe.name, enabled=False), warn)
         execution.run([batch], pending={index})
     finally:
         torch.set_num_threads(threads_before)
+    manifest = started.manifest
     produced = manifest.file_for(job)
     if not produced.is_file():
         raise RunError(f"the re-generated image was not written: {produced}")

@@ -185,22 +185,26 @@ def peak_memory(device: str) -> str:
         return "peak memory unknown"
 
 
-def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None = None) -> dict[str, Any]:
-    """Build (or reuse) the pipeline, resume from what the output folder holds, generate this
-    process's share of the pending batches, write images, manifest, grid and gallery. Under a
-    launcher, rank 0 merges the ranks' manifests. Returns the manifest (the merged one on rank 0)."""
+@dataclass
+class Started:
+    """A recipe ready for its first batch: the pipeline, where it runs, and what writes its images."""
+
+    ctx: Any  # build.BuildContext
+    dist: Any  # distributed.Dist
+    built: Any  # build.Built
+    images: inputs_mod.InputImages | None
+    manifest: Any  # outputs.Manifest
+    writer: Any  # outputs.Writer
+
+
+def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache) -> Started:
+    """Everything before the first batch, shared by runs and --reproduce: device and dtype, the
+    weight and input checks, the (possibly shared) pipeline, the output folder, manifest and writer."""
     from . import build, distributed, environment, safety
-    from .execute import Execution
-    from .gallery import write_gallery
-    from .grid import make_grid
-    from .interrupts import critical
-    from .journal import Journal, Keys, adopt, common_identity, merge, read_previous, remove_leftovers, stale_message
     from .outputs import EXTENSIONS, Manifest, Writer
-    from .progress import Progress
     from .provenance import environment_extras
 
     recipe, loaded = prepared.recipe, prepared.loaded
-    cache = cache if cache is not None else ModelCache()
     ctx = build.prepare(recipe, loaded, prepared.enabled, allow_pickle=options.allow_pickle,
                         trust_remote_code=options.trust_remote_code, warn=options.warn)
     safety.check_weights(recipe, loaded, ctx.location, options.allow_pickle)
@@ -228,6 +232,26 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
     writer = Writer(manifest, recipe.output.format, recipe.output.quality, recipe.output.metadata,
                     recipe.model.id, json.dumps(resolved, ensure_ascii=False, sort_keys=True), rank=dist.rank)
     writer.default_scheduler = type(built.base_scheduler).__name__
+    return Started(ctx, dist, built, images, manifest, writer)
+
+
+def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None = None) -> dict[str, Any]:
+    """Build (or reuse) the pipeline, resume from what the output folder holds, generate this
+    process's share of the pending batches, write images, manifest, grid and gallery. Under a
+    launcher, rank 0 merges the ranks' manifests. Returns the manifest (the merged one on rank 0)."""
+    from . import distributed
+    from .execute import Execution
+    from .gallery import write_gallery
+    from .grid import make_grid
+    from .interrupts import critical
+    from .journal import Journal, Keys, adopt, common_identity, merge, read_previous, remove_leftovers, stale_message
+    from .progress import Progress
+
+    recipe = prepared.recipe
+    started = start(prepared, plugins, options, cache if cache is not None else ModelCache())
+    ctx, dist, built, images, manifest, writer = (started.ctx, started.dist, started.built, started.images,
+                                                  started.manifest, started.writer)
+    out_dir = prepared.out_dir
     size = initial_batch_size(recipe.run.batch_size, prepared.jobs, ctx.device)
 
     # Resume: what the folder already holds (manifests, journals) decides what still runs, and how.
@@ -248,12 +272,12 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
     progress = Progress(sum(1 for b in mine for j in b.jobs if j.index in state.pending), recipe.name,
                         enabled=options.progress if dist.is_main else False)
     execution = Execution(built, writer, plugins.hook, images, progress, options.warn)
-    start = time.perf_counter()
+    began = time.perf_counter()
     try:
         execution.run(mine, pending=state.pending)
     finally:
         progress.close()
-        generate_seconds = time.perf_counter() - start
+        generate_seconds = time.perf_counter() - began
         manifest.data["timings"] = {
             "load_seconds": round(built.load_seconds, 4),
             "setup_seconds": round(built.setup_seconds, 4),
