@@ -42,6 +42,7 @@ class BuildContext:
     enabled: list[str] = field(default_factory=list)  # optimization names switched on
     allow_pickle: bool = False
     warn: Callable[[str], None] = print
+    loaded: LoadedRecipe | None = None  # key origins: plugins resolve paths against the recipe's folder
 
     @property
     def torch_dtype(self) -> Any:
@@ -290,7 +291,7 @@ def prepare(recipe: Recipe, loaded: LoadedRecipe | None, enabled: list[Enabled],
     folder = loaded.origin("model.id").folder if loaded else Path.cwd()
     location = locate(recipe.model.id, folder, "model.id", loaded)
     ctx = BuildContext(recipe, device, dtype, recipe.model.task, location,
-                       enabled=[e.name for e in enabled], allow_pickle=allow_pickle, warn=warn)
+                       enabled=[e.name for e in enabled], allow_pickle=allow_pickle, warn=warn, loaded=loaded)
     problem = loaded.problem if loaded else _bare_problem
     for item in enabled:
         if item.optimization.check is None:
@@ -328,8 +329,10 @@ def build(recipe: Recipe, loaded: LoadedRecipe | None, jobs: list[Job], enabled:
 
     def apply(item: Enabled) -> None:
         try:
-            item.optimization.apply(pipe, item.settings, ctx)
+            details = item.optimization.apply(pipe, item.settings, ctx)
             item.status = "applied"
+            if isinstance(details, dict):
+                item.details.update(details)
         except Unsupported as exc:
             settle(item, str(exc), problem, ctx.warn)
 

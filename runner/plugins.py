@@ -25,7 +25,18 @@ ENTRY_POINT_GROUP = "recipe_runner"
 ALLOW_ENV = "RECIPE_RUNNER_PLUGINS"
 
 BUILTIN = (
+    "plugins.quantization",
+    "plugins.lora",
+    "plugins.offload",
     "plugins.attention_slicing",
+    "plugins.vae_slicing",
+    "plugins.vae_tiling",
+    "plugins.xformers",
+    "plugins.attention_backend",
+    "plugins.fuse_qkv",
+    "plugins.channels_last",
+    "plugins.cache",
+    "plugins.compile",
 )
 
 _REGISTERED: list[tuple[Any, str]] = []  # plugins registered in-process (tests, embedding)
