@@ -12,7 +12,9 @@ reuse what a block computed at an earlier step instead of recomputing it. Faster
 Each type takes the settings of its diffusers config class, by the same names; a setting of
 another type is an error. Unset settings keep diffusers' defaults. A UNet pipeline (SD 1.5, SDXL)
 is refused: the hooks need a transformer with ``enable_cache``. PyramidAttentionBroadcast and
-FasterCache read the pipeline's current timestep, which the plugin wires up.
+FasterCache read the pipeline's current timestep, which the plugin wires up; FasterCache also
+skips the unconditional batch of classifier-free guidance, so with ``guidance_scale <= 1`` (no
+such batch) ``is_guidance_distilled`` defaults to true.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ SETTINGS_OF = {
     "first_block": {"threshold"},
     "mag": {"threshold", "max_skip_steps", "retention_ratio", "num_inference_steps", "mag_ratios", "calibrate"},
     "taylorseer": {"cache_interval", "disable_cache_before_step", "disable_cache_after_step", "max_order",
-                   "taylor_factors_dtype", "use_lite_mode"},
+                   "taylor_factors_dtype", "use_lite_mode", "cache_identifiers", "skip_predict_identifiers"},
     "pyramid_attention_broadcast": {
         "spatial_attention_block_skip_range", "spatial_attention_timestep_skip_range",
         "cross_attention_block_skip_range", "cross_attention_timestep_skip_range",
@@ -69,6 +71,10 @@ class Settings(OptimizationSettings):
     max_order: Annotated[int, Field(ge=0)] | None = None
     taylor_factors_dtype: Literal["float32", "float16", "bfloat16"] | None = None
     use_lite_mode: bool | None = None
+    cache_identifiers: list[str] | None = None
+    """taylorseer: regexes (full match) of the module names to cache; diffusers' default matches
+    names ending in "attn" under transformer_blocks (CogView4's are "attn1": name them here)"""
+    skip_predict_identifiers: list[str] | None = None
     spatial_attention_block_skip_range: Annotated[int, Field(ge=1)] | None = None
     spatial_attention_timestep_skip_range: Range | None = None
     cross_attention_block_skip_range: Annotated[int, Field(ge=1)] | None = None
@@ -118,6 +124,9 @@ def config(settings: Settings, pipe, context):
                               "to print them from one run")
     if settings.type == "faster":
         options.setdefault("tensor_format", "BCHW")
+        guidance = context.recipe.params.get("guidance_scale")
+        if isinstance(guidance, (int, float)) and guidance <= 1:  # no unconditional batch to skip
+            options.setdefault("is_guidance_distilled", True)
     if settings.type in NEEDS_TIMESTEP:
         if not any(k.endswith("_block_skip_range") for k in options):
             options["spatial_attention_block_skip_range"] = 2
