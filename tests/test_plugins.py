@@ -234,3 +234,13 @@ def test_the_pytest_plugin_is_not_registered_twice_when_installed(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("runner/testing.py") == 1, proc.stdout
+
+
+@pytest.mark.skipif(not example_installed(), reason="pip install -e examples/recipe-runner-example")
+def test_register_plugin_takes_the_place_of_the_same_installed_plugin(register_plugin, cli):
+    import recipe_runner_example
+
+    register_plugin(recipe_runner_example, "freeu-under-test")
+    listed = cli("--list-plugins").out
+    assert "freeu  [entry point" not in listed
+    assert "freeu-under-test  [registered" in listed and "failed to load" not in listed
