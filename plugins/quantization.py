@@ -82,15 +82,33 @@ def quant_kwargs(settings: Settings) -> dict:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
+CONFIG_CLASS = {"torchao": "TorchAoConfig", "bitsandbytes_4bit": "BitsAndBytesConfig",
+                "bitsandbytes_8bit": "BitsAndBytesConfig"}
+
+
 def load_kwargs(settings: Settings, context) -> dict:
+    """A ``PipelineQuantizationConfig`` with one config per component (``quant_mapping``): the
+    diffusers config class for diffusers models, the transformers one for text encoders. (With
+    ``quant_backend`` instead, diffusers 0.42 refuses torchao: the two libraries' TorchAoConfig
+    signatures differ.)"""
+    import diffusers
+    import transformers
     from diffusers import PipelineQuantizationConfig
 
-    try:
-        config = PipelineQuantizationConfig(quant_backend=settings.backend, quant_kwargs=quant_kwargs(settings),
-                                            components_to_quantize=components(settings, context))
-    except (ValueError, ImportError) as exc:
-        raise Unsupported(str(exc).strip().splitlines()[0]) from None
-    return {"quantization_config": config}
+    from runner.build import _model_index
+
+    index = _model_index(context.location, context.recipe.model.revision)
+    mapping = {}
+    for name in components(settings, context):
+        entry = index.get(name)
+        if not isinstance(entry, (list, tuple)) or entry[0] is None:
+            raise Unsupported(f"the pipeline has no component {name!r} to quantize")
+        library = transformers if entry[0] == "transformers" else diffusers
+        try:
+            mapping[name] = getattr(library, CONFIG_CLASS[settings.backend])(**quant_kwargs(settings))
+        except (ValueError, ImportError, TypeError) as exc:
+            raise Unsupported(f"{name}: {str(exc).strip().splitlines()[0]}") from None
+    return {"quantization_config": PipelineQuantizationConfig(quant_mapping=mapping)}
 
 
 def apply(pipe, settings: Settings, context) -> dict:

@@ -317,15 +317,19 @@ def build(recipe: Recipe, loaded: LoadedRecipe | None, jobs: list[Job], enabled:
 
     start = time.perf_counter()
     active = [e for e in enabled if e.status != "skipped"]
+    problem = loaded.problem if loaded else _bare_problem
     extra: dict[str, Any] = {}
     for item in active:
         if item.optimization.load_kwargs is not None:
-            extra.update(item.optimization.load_kwargs(item.settings, ctx))
+            try:
+                extra.update(item.optimization.load_kwargs(item.settings, ctx))
+            except Unsupported as exc:
+                settle(item, str(exc), problem, ctx.warn)
+    active = [e for e in active if e.status != "skipped"]
     pipe = load_pipeline(recipe, loaded, ctx, extra)
     check_parameters(pipe, recipe, loaded)
     base_scheduler = pipe.scheduler
     schedulers = build_schedulers(pipe, base_scheduler, jobs, recipe, loaded)
-    problem = loaded.problem if loaded else _bare_problem
 
     def apply(item: Enabled) -> None:
         try:

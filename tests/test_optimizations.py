@@ -305,3 +305,16 @@ def test_lora_path_relative_to_the_recipe_and_a_missing_file(run, tiny_lora, tmp
     assert ok.manifest["optimizations"]["lora"]["adapters"] == ["mine"]
     missing = run("missing", 'lora = { adapters = [{ id = "loras/absent.safetensors" }] }')
     assert missing.code == 2 and "optimizations.lora: cannot run here: adapters[0].id: no such file" in missing.err
+
+
+def test_quantization_that_cannot_configure_loading_is_refused_or_skipped(run, monkeypatch):
+    """torchao present according to the check, but diffusers cannot build the config (here: the
+    package is not really there): exit 2 naming the plugin, or a skip with required = false."""
+    from plugins import common
+
+    monkeypatch.setattr(common, "has_package", lambda name: True)
+    refused = run("quant", 'quantization = { backend = "torchao" }')
+    assert refused.code == 2 and "optimizations.quantization: cannot run here:" in refused.err, refused.err
+    skipped = run("quant-skip", 'quantization = { backend = "torchao", required = false }')
+    assert skipped.code == 0, skipped.err
+    assert skipped.manifest["optimizations"]["quantization"]["status"] == "skipped"
