@@ -46,9 +46,24 @@ class Settings(OptimizationSettings):
 
 
 def check(settings: Settings, context) -> None:
+    warn_about_batch_shapes(settings, context)
     if settings.backend == "inductor" and str(context.device) == "cpu":
         if not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")):
             raise Unsupported("torch.compile's inductor backend needs a C++ compiler on a CPU (none found)")
+
+
+def warn_about_batch_shapes(settings: Settings, context) -> None:
+    """The plan's batches should share one size: say so when one does not (it compiles again)."""
+    from runner.matrix import expand
+    from runner.plan import plan
+
+    size = context.recipe.run.batch_size
+    if settings.dynamic or not isinstance(size, int) or context.loaded is None:
+        return
+    sizes = sorted({batch.size for batch in plan(expand(context.recipe, context.loaded), size)})
+    if len(sizes) > 1:
+        context.warn(f"optimizations.compile: batches of {' and '.join(map(str, sizes))} images: each new size "
+                     "compiles again (a job count that is a multiple of batch_size, or dynamic = true, avoids it)")
 
 
 def _options(settings: Settings) -> dict:

@@ -318,3 +318,25 @@ def test_quantization_that_cannot_configure_loading_is_refused_or_skipped(run, m
     skipped = run("quant-skip", 'quantization = { backend = "torchao", required = false }')
     assert skipped.code == 0, skipped.err
     assert skipped.manifest["optimizations"]["quantization"]["status"] == "skipped"
+
+
+@pytest.mark.parametrize("kind, table, message", [
+    ("sd3", "cache = true", "the transformer (SD3Transformer2DModel) has no cache hooks (enable_cache)"),
+    ("cogview4", 'attention_backend = { backend = "native" }',
+     "the transformer (CogView4Transformer2DModel) does not use diffusers' attention dispatcher"),
+    ("cogview4", "fuse_qkv = true", "the transformer (CogView4Transformer2DModel) has no fused QKV projections"),
+])
+def test_what_a_loaded_pipeline_cannot_do_stops_with_exit_2(run, kind, table, message):
+    result = run("cannot", table, kind=kind, guidance=1.0)
+    assert result.code == 2 and message in result.err, result.err
+
+
+def test_compile_warns_when_the_plan_has_batches_of_two_sizes(cli, write_recipe, tmp_path):
+    text = RECIPE.format(kind="sd15", steps=2, guidance=7.5).replace("seeds = [0]", "seeds = [0, 1]")
+    table = '[optimizations]\ncompile = { backend = "aot_eager", regional = true, warmup = false }\n'
+    even = cli(write_recipe(text + table, "even.toml"), "--out", tmp_path / "out", "--no-progress")
+    assert even.code == 0 and "batches of" not in even.err, even.err  # 4 jobs in batches of 2
+    uneven = cli(write_recipe(text.replace("batch_size = 2", "batch_size = 3") + table, "uneven.toml"),
+                 "--out", tmp_path / "out", "--no-progress")
+    assert uneven.code == 0, uneven.err
+    assert "optimizations.compile: batches of 1 and 3 images: each new size compiles again" in uneven.err
