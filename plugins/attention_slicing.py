@@ -16,9 +16,16 @@ from pydantic import Field
 from runner import hookimpl
 from runner.optimizations import Optimization, OptimizationSettings, Unsupported
 
+from .common import conflict
+
 
 class Settings(OptimizationSettings):
     slice_size: Literal["auto", "max"] | Annotated[int, Field(ge=1)] = "auto"
+
+
+def check(settings: Settings, context) -> None:
+    conflict(context, ("xformers", "attention_backend", "fuse_qkv"),
+             "slicing replaces the attention processors, so the fused attention would be silently undone")
 
 
 def apply(pipe, settings: Settings, context) -> None:
@@ -35,6 +42,7 @@ def register_optimizations():
             settings=Settings,
             stage="memory",
             apply=apply,
+            check=check,
             description="compute attention in slices: less memory, slightly slower",
         )
     ]

@@ -43,6 +43,7 @@ class BuildContext:
     allow_pickle: bool = False
     trust_remote_code: bool = False  # --trust-remote-code: model.custom_pipeline / trust_remote_code may run
     warn: Callable[[str], None] = print
+    loaded: LoadedRecipe | None = None  # key origins: plugins resolve paths against the recipe's folder
 
     @property
     def torch_dtype(self) -> Any:
@@ -297,7 +298,7 @@ def prepare(recipe: Recipe, loaded: LoadedRecipe | None, enabled: list[Enabled],
     location = locate(recipe.model.id, folder, "model.id", loaded)
     ctx = BuildContext(recipe, device, dtype, recipe.model.task, location,
                        enabled=[e.name for e in enabled], allow_pickle=allow_pickle,
-                       trust_remote_code=trust_remote_code, warn=warn)
+                       trust_remote_code=trust_remote_code, warn=warn, loaded=loaded)
     problem = loaded.problem if loaded else _bare_problem
     for item in enabled:
         if item.optimization.check is None:
@@ -323,21 +324,27 @@ def build(recipe: Recipe, loaded: LoadedRecipe | None, jobs: list[Job], enabled:
 
     start = time.perf_counter()
     active = [e for e in enabled if e.status != "skipped"]
+    problem = loaded.problem if loaded else _bare_problem
     extra: dict[str, Any] = {}
     for item in active:
         if item.optimization.load_kwargs is not None:
-            extra.update(item.optimization.load_kwargs(item.settings, ctx))
+            try:
+                extra.update(item.optimization.load_kwargs(item.settings, ctx))
+            except Unsupported as exc:
+                settle(item, str(exc), problem, ctx.warn)
+    active = [e for e in active if e.status != "skipped"]
     pipe = load_pipeline(recipe, loaded, ctx, extra)
     loaded_at = time.perf_counter()
     check_parameters(pipe, recipe, loaded)
     base_scheduler = pipe.scheduler
     schedulers = build_schedulers(pipe, base_scheduler, jobs, recipe, loaded)
-    problem = loaded.problem if loaded else _bare_problem
 
     def apply(item: Enabled) -> None:
         try:
-            item.optimization.apply(pipe, item.settings, ctx)
+            details = item.optimization.apply(pipe, item.settings, ctx)
             item.status = "applied"
+            if isinstance(details, dict):
+                item.details.update(details)
         except Unsupported as exc:
             settle(item, str(exc), problem, ctx.warn)
 

@@ -58,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def list_plugins(plugins) -> str:
+    from .optimizations import settings_lines
+
     lines = []
     for info in plugins.infos:
         origin = f"{info.distribution or '?'} {info.version or ''}".strip()
@@ -67,10 +69,7 @@ def list_plugins(plugins) -> str:
         for name in info.provides:
             opt = plugins.registry.optimizations[name]
             lines.append(f"    [optimizations] {name} (stage {opt.stage}): {opt.description}")
-            for field_name, field in opt.settings.model_fields.items():
-                default = field.get_default(call_default_factory=True)
-                annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
-                lines.append(f"        {field_name}: {annotation} = {default!r}")
+            lines += [f"        {line}" for line in settings_lines(opt.settings)]
     return "\n".join(lines)
 
 

@@ -21,10 +21,10 @@ STAGES = ("load", "components", "memory", "attention", "layout", "compile")
 class OptimizationSettings(BaseModel):
     """Base of every plugin's settings model: a table under ``[optimizations.<name>]``."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
 
     required: bool = True
-    """false: when the optimization cannot run here, skip it with a warning instead of stopping."""
+    """false: skip it with a warning when it cannot run here (instead of stopping)"""
 
 
 class Unsupported(Exception):
@@ -32,11 +32,44 @@ class Unsupported(Exception):
     says why. A required optimization then stops the recipe (exit 2); ``required = false`` skips."""
 
 
+def type_text(annotation: Any) -> str:
+    """A settings field's type as a recipe author reads it: ``'auto' | 'max' | int``."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return type_text(args[0])
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("none" if a is type(None) else type_text(a) for a in args)
+    if origin in (list, tuple, dict):
+        return f"{origin.__name__}[{', '.join(type_text(a) for a in args)}]"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        inner = ", ".join(f"{n}: {type_text(f.annotation)}" for n, f in annotation.model_fields.items())
+        return "{" + inner + "}"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def settings_lines(model: type[BaseModel]) -> list[str]:
+    """One line per setting: name, type, default (or "required") and its docstring."""
+    lines = []
+    for name, info in model.model_fields.items():
+        default = "required" if info.is_required() else f"= {info.get_default(call_default_factory=True)!r}"
+        text = f"{name}: {type_text(info.annotation)} {default}"
+        if info.description:
+            text += f"  # {info.description}"
+        lines.append(text)
+    return lines
+
+
 @dataclass(frozen=True)
 class Optimization:
     """One key of ``[optimizations]``, as a plugin declares it.
 
-    - ``apply(pipe, settings, context)``: switch it on for a built pipeline.
+    - ``apply(pipe, settings, context)``: switch it on for a built pipeline; it may return a dict
+      of facts worth recording (e.g. ``{"warmup_seconds": 12.5}``), kept in the manifest's record.
     - ``check(settings, context)``: before the model loads, raise :class:`Unsupported` when it
       cannot run on this machine or with the other enabled optimizations (``context.enabled``).
     - ``load_kwargs(settings, context)``: extra ``from_pretrained`` keyword arguments (load stage).
@@ -66,6 +99,7 @@ class Enabled:
     settings: OptimizationSettings
     status: str = "pending"  # pending -> applied | skipped
     reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # what apply reported
 
     @property
     def name(self) -> str:
@@ -75,6 +109,7 @@ class Enabled:
         out = {"status": self.status, "settings": self.settings.model_dump(mode="json")}
         if self.reason:
             out["reason"] = self.reason
+        out.update(self.details)
         return out
 
 

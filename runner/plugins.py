@@ -25,7 +25,18 @@ ENTRY_POINT_GROUP = "recipe_runner"
 ALLOW_ENV = "RECIPE_RUNNER_PLUGINS"
 
 BUILTIN = (
+    "plugins.quantization",
+    "plugins.lora",
+    "plugins.offload",
     "plugins.attention_slicing",
+    "plugins.vae_slicing",
+    "plugins.vae_tiling",
+    "plugins.xformers",
+    "plugins.attention_backend",
+    "plugins.fuse_qkv",
+    "plugins.channels_last",
+    "plugins.cache",
+    "plugins.compile",
 )
 
 _REGISTERED: list[tuple[Any, str]] = []  # plugins registered in-process (tests, embedding)
@@ -112,7 +123,11 @@ def load_plugins(extra_modules: tuple[str, ...] | list[str] = ()) -> Plugins:
                           dist.metadata["Name"] if dist else None, dist.version if dist else None)
         infos.append(info)
         try:
-            _register(pm, ep.load(), info)
+            plugin = ep.load()
+            if any(plugin is p for p, _ in _REGISTERED):  # a test registered this very plugin: that one wins
+                infos.remove(info)
+                continue
+            _register(pm, plugin, info)
         except Exception as exc:  # one broken plugin never takes the tool down
             info.error = _error_text(exc)
 

@@ -1,0 +1,65 @@
+"""``attention_backend``: choose the attention kernel of the denoiser with diffusers'
+``set_attention_backend``, named as diffusers names them ("native", "flash", "sage",
+"_native_flash", "flex", ...).
+
+    [optimizations]
+    attention_backend = { backend = "flash" }
+
+Only models built on diffusers' attention dispatcher have backends (the transformers of Flux,
+SD3, CogView4, ...); a UNet is refused. A backend whose package (flash-attn, sageattention, ...)
+is missing is refused before the model loads.
+"""
+
+from __future__ import annotations
+
+from runner import hookimpl
+from runner.optimizations import Optimization, OptimizationSettings, Unsupported
+
+from .common import declared_denoiser, denoiser
+
+
+class Settings(OptimizationSettings):
+    backend: str = "native"
+
+
+def _backend(name: str):
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    known = sorted(b.value for b in AttentionBackendName)
+    if name.lower() not in known:
+        from runner.errors import did_you_mean
+
+        close = did_you_mean(name, known)
+        raise Unsupported(f"unknown attention backend {name!r}"
+                          + (f" (did you mean {close!r}?)" if close else f"; known: {', '.join(known)}"))
+    return AttentionBackendName(name.lower())
+
+
+def check(settings: Settings, context) -> None:
+    from diffusers.models.attention_dispatch import _check_attention_backend_requirements
+
+    backend = _backend(settings.backend)
+    if declared_denoiser(context) == "unet":
+        raise Unsupported("the pipeline's denoiser is a UNet, whose attention processors do not use "
+                          "diffusers' attention dispatcher: backends apply to transformer models")
+    try:
+        _check_attention_backend_requirements(backend)
+    except (RuntimeError, ImportError) as exc:
+        raise Unsupported(str(exc).strip().splitlines()[0]) from None
+
+
+def apply(pipe, settings: Settings, context) -> None:
+    name, model = denoiser(pipe)
+    processors = [m.processor for m in model.modules() if getattr(m, "processor", None) is not None]
+    if not any(hasattr(p, "_attention_backend") for p in processors):
+        raise Unsupported(f"the {name} ({type(model).__name__}) does not use diffusers' attention dispatcher")
+    try:
+        model.set_attention_backend(_backend(settings.backend).value)
+    except (ValueError, RuntimeError, ImportError) as exc:
+        raise Unsupported(str(exc).strip().splitlines()[0]) from None
+
+
+@hookimpl
+def register_optimizations():
+    return [Optimization(name="attention_backend", settings=Settings, stage="attention", apply=apply, check=check,
+                         description="the denoiser's attention kernel (diffusers set_attention_backend)")]

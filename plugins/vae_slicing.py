@@ -1,0 +1,34 @@
+"""``vae_slicing``: decode a batch's latents one image at a time (the VAE's ``enable_slicing``):
+peak memory of the decode no longer grows with the batch.
+
+    [optimizations]
+    vae_slicing = true
+
+Exact up to float rounding: each image is decoded alone instead of in a batch, so batched
+kernels round differently (at batch_size 1 it changes nothing).
+"""
+
+from __future__ import annotations
+
+from runner import hookimpl
+from runner.optimizations import Optimization, OptimizationSettings, Unsupported
+
+
+class Settings(OptimizationSettings):
+    pass
+
+
+def apply(pipe, settings: Settings, context) -> None:
+    vae = getattr(pipe, "vae", None)
+    if vae is None or not hasattr(vae, "enable_slicing"):
+        raise Unsupported(f"{type(pipe).__name__} has no VAE that supports slicing")
+    try:
+        vae.enable_slicing()
+    except NotImplementedError as exc:
+        raise Unsupported(str(exc)) from None
+
+
+@hookimpl
+def register_optimizations():
+    return [Optimization(name="vae_slicing", settings=Settings, stage="memory", apply=apply,
+                         description="decode the batch one image at a time: less VAE memory")]
