@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import urllib.request
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -76,6 +75,8 @@ def read_bytes(source: str) -> bytes:
     """The bytes of a local file or an https URL (timeout, size cap)."""
     if not is_url(source):
         return Path(source).read_bytes()
+    import urllib.request  # only when there is a URL to fetch: it costs ~40 ms to import
+
     request = urllib.request.Request(source, headers={"User-Agent": "recipe-runner"})
     with urllib.request.urlopen(request, timeout=URL_TIMEOUT) as response:  # noqa: S310 - https only
         data = response.read(URL_MAX_BYTES + 1)

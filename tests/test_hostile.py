@@ -255,7 +255,9 @@ def test_url_downloads_are_size_capped(monkeypatch):
         seen["timeout"] = timeout
         return Response(b"x" * 101)
 
-    monkeypatch.setattr(inputs.urllib.request, "urlopen", fake_urlopen)
+    import urllib.request
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
     monkeypatch.setattr(inputs, "URL_MAX_BYTES", 100)
     with pytest.raises(ValueError, match="larger than"):
         inputs.read_bytes("https://example.org/huge.png")
