@@ -73,16 +73,21 @@ def assert_same_pixels(a: Path, b: Path) -> None:
         assert np.array_equal(pixels(path), pixels(b / path.name)), path.name
 
 
+def uninterrupted(tmp_path_factory, text: str, name: str):
+    """The output folder of an uninterrupted run of ``text`` (written as ``name``.toml)."""
+    from runner.cli import main
+
+    folder = tmp_path_factory.mktemp(f"reference-{name}")
+    recipe = folder / f"{name}.toml"
+    recipe.write_text(text)
+    assert main([str(recipe), "--out", str(folder / "out"), "--no-progress"]) == 0
+    return folder / "out" / name
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted run at batch_size 2 (3 batches of 2)."""
-    from runner.cli import main
-
-    folder = tmp_path_factory.mktemp("reference")
-    recipe = folder / "longrun.toml"
-    recipe.write_text(RECIPE.format(batch_size=2))
-    assert main([str(recipe), "--out", str(folder / "out"), "--no-progress"]) == 0
-    return folder / "out" / "longrun"
+    return uninterrupted(tmp_path_factory, RECIPE.format(batch_size=2), "longrun")
 
 
 def test_rerun_skips_every_finished_job_and_touches_nothing(cli, write_recipe, tmp_path, counter):
@@ -294,13 +299,7 @@ OOM_RECIPE = RECIPE.replace('"a blue house", "a green tree"', '"a blue house"') 
 
 @pytest.fixture(scope="module")
 def reference_2(tmp_path_factory):
-    from runner.cli import main
-
-    folder = tmp_path_factory.mktemp("reference2")
-    recipe = folder / "oom.toml"
-    recipe.write_text(OOM_RECIPE.format(batch_size=2))
-    assert main([str(recipe), "--out", str(folder / "out"), "--no-progress"]) == 0
-    return folder / "out" / "oom"
+    return uninterrupted(tmp_path_factory, OOM_RECIPE.format(batch_size=2), "oom")
 
 
 @pytest.mark.parametrize("setting", ["4", '"auto"'])
