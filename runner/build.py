@@ -8,6 +8,7 @@ torch and diffusers are imported inside the functions: importing this module sta
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RecipeError, RunError
-from .loading import LoadedRecipe
+from .loading import LoadedRecipe, problem_at
 from .matrix import SCHEDULER_AXIS, Job
 from .optimizations import Enabled, Unsupported, settle
 from .recipe import Recipe
@@ -138,9 +139,7 @@ def locate(model_id: str, folder: Path, key: str, loaded: LoadedRecipe | None) -
 
 
 def _error(loaded: LoadedRecipe | None, key: str, message: str, hint: str | None = None) -> RecipeError:
-    if loaded is None:
-        return RecipeError.one(message, key=key, hint=hint)
-    return loaded.error(key, message, hint)
+    return RecipeError([problem_at(loaded, key, message, hint)])
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -299,7 +298,7 @@ def prepare(recipe: Recipe, loaded: LoadedRecipe | None, enabled: list[Enabled],
     ctx = BuildContext(recipe, device, dtype, recipe.model.task, location,
                        enabled=[e.name for e in enabled], allow_pickle=allow_pickle,
                        trust_remote_code=trust_remote_code, warn=warn, loaded=loaded)
-    problem = loaded.problem if loaded else _bare_problem
+    problem = functools.partial(problem_at, loaded)
     for item in enabled:
         if item.optimization.check is None:
             continue
@@ -311,12 +310,6 @@ def prepare(recipe: Recipe, loaded: LoadedRecipe | None, enabled: list[Enabled],
     return ctx
 
 
-def _bare_problem(key: str, message: str, hint: str | None = None):
-    from .errors import Problem
-
-    return Problem(message, key=key, hint=hint)
-
-
 def build(recipe: Recipe, loaded: LoadedRecipe | None, jobs: list[Job], enabled: list[Enabled], hook: Any,
           ctx: BuildContext) -> Built:
     """Load the pipeline and make it ready: the one place where stage order is carried out."""
@@ -324,7 +317,7 @@ def build(recipe: Recipe, loaded: LoadedRecipe | None, jobs: list[Job], enabled:
 
     start = time.perf_counter()
     active = [e for e in enabled if e.status != "skipped"]
-    problem = loaded.problem if loaded else _bare_problem
+    problem = functools.partial(problem_at, loaded)
     extra: dict[str, Any] = {}
     for item in active:
         if item.optimization.load_kwargs is not None:

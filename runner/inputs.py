@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .errors import Problem, RecipeError
-from .loading import LoadedRecipe
+from .loading import LoadedRecipe, problem_at
 from .matrix import Job
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
@@ -43,23 +43,20 @@ def resolve(recipe_images: dict[str, str], loaded: LoadedRecipe | None) -> dict[
         if is_url(value):
             scheme = urlparse(value).scheme
             if scheme != "https":
-                problems.append(_problem(loaded, key, f"only https URLs are fetched, got {scheme}:// in {value!r}"))
+                problems.append(problem_at(loaded, key, f"only https URLs are fetched, got {scheme}:// in {value!r}"))
             elif offline():
-                problems.append(_problem(loaded, key, f"{value!r} is a URL, but the run is offline (HF_HUB_OFFLINE / RECIPE_RUNNER_OFFLINE)"))
+                problems.append(problem_at(loaded, key, f"{value!r} is a URL, but the run is offline (HF_HUB_OFFLINE / RECIPE_RUNNER_OFFLINE)"))
             resolved[value] = value
             continue
         folder = loaded.origin(key).folder if loaded else Path.cwd()
         path = (folder / Path(value).expanduser()).resolve()
         if not path.is_file():
-            problems.append(_problem(loaded, key, f"no such image file: {path}"))
+            problems.append(problem_at(loaded, key, f"no such image file: {path}"))
         resolved[value] = str(path)
     if problems:
         raise RecipeError(problems)
     return resolved
 
-
-def _problem(loaded: LoadedRecipe | None, key: str, message: str) -> Problem:
-    return loaded.problem(key, message) if loaded else Problem(message, key=key)
 
 
 def inputs_of(recipe_matrix: Any) -> dict[str, str]:
@@ -123,9 +120,9 @@ class InputImages:
                     self._fetched[source] = data
                 open_image(data, "RGB")
             except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-                problems.append(_problem(self._loaded, key, f"refused: {exc}"))
+                problems.append(problem_at(self._loaded, key, f"refused: {exc}"))
             except Exception as exc:
-                problems.append(_problem(self._loaded, key, f"cannot read image {value!r}: {type(exc).__name__}: {exc}"))
+                problems.append(problem_at(self._loaded, key, f"cannot read image {value!r}: {type(exc).__name__}: {exc}"))
         if problems:
             raise RecipeError(problems)
 

@@ -66,6 +66,13 @@ class LoadedRecipe:
         return RecipeError([self.problem(key, message, hint)])
 
 
+def problem_at(loaded: LoadedRecipe | None, key: str, message: str, hint: str | None = None) -> Problem:
+    """A Problem at the dotted ``key``: with its file and line when the recipe came from a file."""
+    if loaded is None:
+        return Problem(message, key=key or None, hint=hint)
+    return loaded.problem(key, message, hint)
+
+
 def display_path(path: Path) -> str:
     """A path as the user would write it: relative to the current folder when below it."""
     try:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import Problem, RecipeError, did_you_mean
-from .loading import LoadedRecipe
+from .loading import LoadedRecipe, problem_at
 from .recipe import RESERVED_PARAMS, Recipe
 
 TEMPLATED_PARAMS = ("negative_prompt", "negative_prompt_2")  # {var} placeholders render here too
@@ -86,10 +86,7 @@ def _check(recipe: Recipe, loaded: LoadedRecipe | None) -> list[Problem]:
     problems: list[Problem] = []
 
     def fail(key: str, message: str, hint: str | None = None) -> None:
-        if loaded is not None:
-            problems.append(loaded.problem(key, message, hint))
-        else:
-            problems.append(Problem(message, key=key, hint=hint))
+        problems.append(problem_at(loaded, key, message, hint))
 
     m = recipe.matrix
     declared = set(m.vars)

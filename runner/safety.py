@@ -17,15 +17,12 @@ import re
 from pathlib import Path
 
 from .errors import Problem, RecipeError
-from .loading import LoadedRecipe
+from .loading import LoadedRecipe, problem_at
 from .recipe import Recipe
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
-
-def _problem(loaded: LoadedRecipe | None, key: str, message: str, hint: str | None = None) -> Problem:
-    return loaded.problem(key, message, hint) if loaded else Problem(message, key=key, hint=hint)
 
 
 def check_recipe(recipe: Recipe, loaded: LoadedRecipe | None, *, trust_remote_code: bool, allow_pickle: bool) -> None:
@@ -36,18 +33,18 @@ def check_recipe(recipe: Recipe, loaded: LoadedRecipe | None, *, trust_remote_co
                                              ("model.trust_remote_code", m.trust_remote_code)) if value]
     for key, _ in wants:
         if not trust_remote_code:
-            problems.append(_problem(loaded, key, "runs code from the model's repository: refused",
+            problems.append(problem_at(loaded, key, "runs code from the model's repository: refused",
                                      "pass --trust-remote-code on the command line after reviewing that code; "
                                      "a recipe never switches it on by itself"))
         elif not (m.revision and COMMIT.fullmatch(m.revision)):
-            problems.append(_problem(loaded, "model.revision" if m.revision else key,
+            problems.append(problem_at(loaded, "model.revision" if m.revision else key,
                                      f"remote code needs model.revision pinned to a commit (40 hex digits), got {m.revision!r}",
                                      "the code that runs must be the code you reviewed"))
     if not allow_pickle:
         ids = [("model.id", m.id)] + [(f"components.{n}.id", c.id) for n, c in recipe.components.items()]
         for key, value in ids:
             if value.lower().endswith(PICKLE_SUFFIXES):
-                problems.append(_problem(loaded, key, f"{value!r} is a pickled weights file: only safetensors weights load",
+                problems.append(problem_at(loaded, key, f"{value!r} is a pickled weights file: only safetensors weights load",
                                          "convert it to safetensors, or pass --allow-pickle if you trust it"))
     if problems:
         raise RecipeError(problems)
@@ -101,7 +98,7 @@ def check_weights(recipe: Recipe, loaded: LoadedRecipe | None, location: str, al
             found = pickled_only(folder)
             if found:
                 names = ", ".join(p.name for p in found[:3])
-                problems.append(_problem(loaded, key, f"{folder} holds pickled weights only ({names}): only safetensors weights load",
+                problems.append(problem_at(loaded, key, f"{folder} holds pickled weights only ({names}): only safetensors weights load",
                                          "convert them to safetensors, or pass --allow-pickle if you trust them"))
     if problems:
         raise RecipeError(problems)
