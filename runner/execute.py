@@ -60,7 +60,6 @@ class Execution:
     progress: Progress
     warn: Callable[[str], None]
     batch_times: list[dict[str, Any]] = field(default_factory=list)
-    batch_size_used: int | None = None
 
     @property
     def generator_device(self) -> str:
@@ -118,4 +117,3 @@ class Execution:
                 free_memory()
                 rest = [job for b in [batch, *queue] for job in b.jobs]
                 queue = deque(Batch(batch.index + b.index, b.jobs) for b in plan(rest, size))
-                self.batch_size_used = size

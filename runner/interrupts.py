@@ -65,7 +65,3 @@ def critical() -> Iterator[None]:
         state.held = False
         raise KeyboardInterrupt
 
-
-def interrupted() -> bool:
-    """Whether a SIGINT has arrived during this run."""
-    return _state is not None and _state.count > 0

@@ -176,7 +176,6 @@ class Writer:
         self.model = model
         self.recipe_json = recipe_json
         self.environment_json = json.dumps(manifest.data["environment"], sort_keys=True)
-        self.written: list[Path] = []
         self.default_scheduler: str | None = None  # the pipeline's own, named in "parameters" as its Sampler
         self.journal: Any = None  # a runner.journal.Journal: images are journaled, not re-saved per batch
 
@@ -209,7 +208,6 @@ class Writer:
                 path = self.manifest.file_for(job)
                 atomic_write(path, data)
                 record.update(status="done", sha256=hashlib.sha256(data).hexdigest(), rank=self.rank)
-                self.written.append(path)
                 if self.journal is not None:
                     self.journal.append(record)
             if self.journal is not None:

@@ -22,7 +22,6 @@ class Progress:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.start = time.monotonic()
-        self.first_done_at: float | None = None
 
     def text(self) -> str:
         elapsed = time.monotonic() - self.start
