@@ -156,11 +156,15 @@ def compose(folder: Path, records: Sequence[dict[str, Any]]) -> tuple[Any, Geome
 
 def make_grid(folder: Path, records: Sequence[dict[str, Any]]) -> Path | None:
     """Write ``folder/grid.png`` from the done records; returns its path (None when no image)."""
-    from .outputs import atomic_write, encode
+    import io
+
+    from .outputs import atomic_write
 
     composed = compose(folder, records)
     if composed is None:
         return None
     path = folder / "grid.png"
-    atomic_write(path, encode(composed[0], "png", 95, None))
+    buffer = io.BytesIO()
+    composed[0].save(buffer, format="PNG", compress_level=1)  # a preview, rewritten each run: fast over small
+    atomic_write(path, buffer.getvalue())
     return path

@@ -21,7 +21,9 @@ STAGES = ("load", "components", "memory", "attention", "layout", "compile")
 class OptimizationSettings(BaseModel):
     """Base of every plugin's settings model: a table under ``[optimizations.<name>]``."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+    # No use_attribute_docstrings: pydantic would read and parse every plugin's source at each
+    # start (about 30 ms); attribute_docs() reads them only for --list-plugins and --schema.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     required: bool = True
     """false: skip it with a warning when it cannot run here (instead of stopping)"""
@@ -52,14 +54,39 @@ def type_text(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def attribute_docs(model: type[BaseModel]) -> dict[str, str]:
+    """Each field's description: ``Field(description=...)``, else the docstring written under the
+    field in the class body (of the model or a base), read from the source."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for cls in reversed(model.__mro__):
+        if not issubclass(cls, BaseModel) or cls is BaseModel:
+            continue
+        try:
+            body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+        except (OSError, TypeError, SyntaxError, IndexError, AttributeError):
+            continue  # no source (built on the fly, or frozen): no docstrings
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)):
+                docs[node.target.id] = inspect.cleandoc(after.value.value)
+    docs.update({name: info.description for name, info in model.model_fields.items() if info.description})
+    return {name: text for name, text in docs.items() if name in model.model_fields}
+
+
 def settings_lines(model: type[BaseModel]) -> list[str]:
-    """One line per setting: name, type, default (or "required") and its docstring."""
+    """One line per setting: name, type, default (or "required") and its description."""
     lines = []
+    docs = attribute_docs(model)
     for name, info in model.model_fields.items():
         default = "required" if info.is_required() else f"= {info.get_default(call_default_factory=True)!r}"
         text = f"{name}: {type_text(info.annotation)} {default}"
-        if info.description:
-            text += f"  # {info.description}"
+        if name in docs:
+            text += f"  # {docs[name]}"
         lines.append(text)
     return lines
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .optimizations import attribute_docs
 from .plugins import Plugins
 from .recipe import DEFAULT_MAX_JOBS, MAX_SEED, Recipe
 
@@ -35,6 +36,10 @@ def _optimizations(plugins: Plugins) -> dict[str, Any]:
     properties = {}
     for name, opt in sorted(plugins.registry.optimizations.items()):
         settings = opt.settings.model_json_schema()
+        fields = settings.get("properties", {})
+        for field, text in attribute_docs(opt.settings).items():
+            if field in fields:  # not when the schema lists it under an alias
+                fields[field].setdefault("description", text)
         _strip_required(settings)
         settings.pop("title", None)
         description = opt.description or settings.pop("description", "")

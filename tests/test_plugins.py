@@ -122,6 +122,9 @@ def test_list_plugins_shows_source_version_and_typed_settings(cli):
     assert f"compile  [built-in; recipe-runner {__version__}; plugins.compile]" in result.out
     assert "    [optimizations] offload (stage memory):" in result.out
     assert "        strategy: 'model' | 'sequential' | 'group' = 'model'" in result.out
+    # attribute docstrings, of the plugin's model and of the base model, read from the source
+    assert "        num_blocks_per_group: int = 1  # group, block_level: how many blocks move together" in result.out
+    assert "        required: bool = True  # false: skip it with a warning" in result.out
     assert "        slice_size: 'auto' | 'max' | int = 'auto'" in result.out
     assert "        adapters: list[{id: str, weight_name: str | none, scale: float, name: str | none}] required" in result.out
 

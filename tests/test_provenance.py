@@ -517,6 +517,9 @@ def test_schema_is_printed_without_torch_and_validates_the_shipped_recipes():
     assert {"type": "boolean"} in slicing["anyOf"]
     settings = next(s for s in slicing["anyOf"] if s.get("type") == "object")
     assert {"slice_size", "required"} <= set(settings["properties"])
+    assert settings["properties"]["required"]["description"].startswith("false: skip it with a warning")
+    offload = schema["properties"]["optimizations"]["properties"]["offload"]["anyOf"][1]["properties"]
+    assert offload["num_blocks_per_group"]["description"] == "group, block_level: how many blocks move together"
     recipes = sorted((REPO / "recipes").glob("*.toml"))
     assert len(recipes) >= 4
     for path in recipes:

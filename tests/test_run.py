@@ -217,6 +217,25 @@ def test_help_is_light_and_lists_the_options():
         assert option in result.out
 
 
+def test_the_command_skips_the_final_collection_only_after_main_returned(monkeypatch):
+    """recipe-run (and python -m runner) end with gc.freeze(), saving the interpreter's last full
+    collection over torch's and diffusers' objects; main(), which tests and programs embedding the
+    runner call, freezes nothing, and the command's exit status is main's."""
+    from runner import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "main", lambda argv=None: calls.append("main") or 2)
+    monkeypatch.setattr(cli.gc, "freeze", lambda: calls.append("freeze"))
+    with pytest.raises(SystemExit) as exited:
+        cli.console()
+    assert exited.value.code == 2
+    assert calls == ["main", "freeze"]
+    import tomllib
+
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["recipe-run"] == "runner.cli:console"
+    assert "console()" in (REPO / "runner" / "__main__.py").read_text()
+
+
 def test_tiny_demo_runs_from_the_command_line(tmp_path):
     """What the README's first command ends with: `recipe-run recipes/tiny.toml`."""
     script = Path(sys.executable).with_name("recipe-run")
