@@ -219,8 +219,8 @@ def test_help_is_light_and_lists_the_options():
 
 def test_the_command_skips_the_final_collection_only_after_main_returned(monkeypatch):
     """recipe-run (and python -m runner) end with gc.freeze(), saving the interpreter's last full
-    collection over torch's and diffusers' objects; main(), which tests and programs embedding the
-    runner call, freezes nothing, and the command's exit status is main's."""
+    collection over torch's and diffusers' objects: after main() has returned (main is what tests
+    and programs embedding the runner call), and with main's exit status."""
     from runner import cli
 
     calls = []
