@@ -8,9 +8,9 @@ run ends or is interrupted, then emptied. A crash loses at most the batch in fli
 line is ignored when the journal is read back.
 
 Why keys: a job's key hashes everything that decides its pixels (model and component ids,
-revisions and variants, the dtype used, optimizations, scheduler, call parameters, prompt, the
-*content* of its input images, seed, task, generator device) and the identities of the jobs in its
-batch, since batch membership changes kernel rounding. A re-run skips a job whose file exists with
+revisions and variants, the content of local model folders and the Hub commit loaded, the dtype
+used, optimizations, scheduler, call parameters, prompt, the *content* of its input images, seed,
+task, generator device) and the identities of the jobs in its batch, since batch membership changes kernel rounding. A re-run skips a job whose file exists with
 the key and sha256 the manifest recorded; the rest run in the batches the manifest recorded (which
 differ from a fresh plan after an out-of-memory backoff), so resumed pixels equal an uninterrupted
 run's. An existing file whose job changed is *stale*: left untouched and reported.
@@ -72,11 +72,16 @@ class Keys:
         return self.key(job.index, [j.index for j in batch.jobs])
 
 
-def common_identity(recipe: Any, dtype: str, enabled: Sequence[Any]) -> dict[str, Any]:
-    """The part of every job's identity that the recipe's model and run settings decide."""
+def common_identity(recipe: Any, dtype: str, enabled: Sequence[Any], loaded_models: dict[str, Any]) -> dict[str, Any]:
+    """The part of every job's identity that the recipe's model and run settings decide.
+
+    ``loaded_models`` says what the model ids stood for in this run: the content hash of each local
+    model folder and the Hub commit loaded (see :func:`runner.lock.local_weights`).
+    """
     m = recipe.model
     return {
         "model": {k: getattr(m, k, None) for k in ("id", "revision", "variant", "task", "custom_pipeline")},
+        "loaded_models": loaded_models,
         "dtype": dtype,
         "components": {k: v.model_dump(mode="json") for k, v in sorted(recipe.components.items())},
         "optimizations": [[e.name, e.settings.model_dump(mode="json")] for e in enabled if e.status != "skipped"],

@@ -8,7 +8,9 @@ reference (``model``, ``components.<name>``):
   offline, the ref recorded in the local Hub cache; a revision that already is a 40-hex commit
   is taken as it is);
 - a local folder or a built-in ``tiny:`` model: a SHA-256 of each file in it (weights and
-  configs; hidden files skipped), and one hash over them all.
+  configs; hidden files skipped), and one hash over them all. Files are hashed once per version
+  (:mod:`runner.filehashes` remembers them by path, size, file times and inode), so
+  ``--locked`` costs a few stat calls on an unchanged model.
 
 No timestamps, sorted keys: the file only changes when a pin does, so it diffs well in review.
 Light module: hashing and the Hub client need neither torch nor diffusers.
@@ -16,15 +18,14 @@ Light module: hashing and the Hub client need neither torch nor diffusers.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import Problem, RecipeError, RunError
+from .filehashes import FileHashes, combined
 from .loading import LoadedRecipe, display_path
 from .recipe import Recipe
 
@@ -51,29 +52,6 @@ def references(recipe: Recipe, loaded: LoadedRecipe) -> list[Reference]:
         key = f"components.{name}"
         refs.append(Reference(key, spec.id, spec.revision, spec.subfolder, loaded.origin(f"{key}.id").folder))
     return refs
-
-
-def folder_hashes(folder: Path) -> dict[str, str]:
-    """SHA-256 of every regular file below ``folder`` by relative POSIX path (hidden ones skipped)."""
-    from .outputs import sha256_file
-
-    found: dict[str, str] = {}
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            path = Path(root) / name
-            if path.is_file():
-                found[path.relative_to(folder).as_posix()] = sha256_file(path)
-    return found
-
-
-def combined(files: dict[str, str]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(files):
-        digest.update(f"{name}\0{files[name]}\n".encode())
-    return digest.hexdigest()
 
 
 def hub_commit(repo_id: str, revision: str | None) -> str:
@@ -103,17 +81,24 @@ def _cached_commit(repo_id: str, revision: str) -> str | None:
     return text if COMMIT.fullmatch(text) else None
 
 
-def resolve(ref: Reference, loaded: LoadedRecipe) -> dict[str, Any]:
-    """The lock entry of one reference, as it is now."""
+def local_root(ref: Reference, loaded: LoadedRecipe) -> Path | None:
+    """The folder a local (or ``tiny:``) reference loads from; None for a Hub id."""
     from .build import locate
 
-    location = locate(ref.id, ref.folder, f"{ref.key}.id", loaded)
+    location = Path(locate(ref.id, ref.folder, f"{ref.key}.id", loaded))
+    if not location.is_dir():
+        return None
+    return location / ref.subfolder if ref.subfolder else location
+
+
+def resolve(ref: Reference, loaded: LoadedRecipe, hashes: FileHashes) -> dict[str, Any]:
+    """The lock entry of one reference, as it is now."""
     entry: dict[str, Any] = {"id": ref.id, "revision": ref.revision}
     if ref.subfolder:
         entry["subfolder"] = ref.subfolder
-    if Path(location).is_dir():
-        root = Path(location) / ref.subfolder if ref.subfolder else Path(location)
-        files = folder_hashes(root)
+    root = local_root(ref, loaded)
+    if root is not None:
+        files = hashes.folder(root)
         if not files:
             raise loaded.error(f"{ref.key}.id", f"no files to hash in {root}")
         entry.update(kind="local", sha256=combined(files), files=files)
@@ -122,14 +107,29 @@ def resolve(ref: Reference, loaded: LoadedRecipe) -> dict[str, Any]:
     return entry
 
 
+def local_weights(recipe: Recipe, loaded: LoadedRecipe, hashes: FileHashes) -> dict[str, str]:
+    """One content hash per local model folder the recipe loads, by reference key (``model``,
+    ``components.vae``): resume keys carry them, so that weights changed in place make the images
+    made with the old ones stale instead of done."""
+    found = {}
+    for ref in references(recipe, loaded):
+        root = local_root(ref, loaded)
+        if root is not None and root.is_dir():
+            found[ref.key] = combined(hashes.folder(root))
+    return found
+
+
 def make_lock(recipe: Recipe, loaded: LoadedRecipe) -> dict[str, Any]:
     from runner import __version__
 
+    hashes = FileHashes()
+    models = {ref.key: resolve(ref, loaded, hashes) for ref in references(recipe, loaded)}
+    hashes.save()
     return {
         "lock_version": LOCK_VERSION,
         "recipe": loaded.path.name,
         "written_by": f"recipe-run {__version__}",
-        "models": {ref.key: resolve(ref, loaded) for ref in references(recipe, loaded)},
+        "models": models,
     }
 
 
@@ -180,13 +180,15 @@ def verify(recipe: Recipe, loaded: LoadedRecipe) -> None:
     locked = read_lock(path)["models"]
     problems: list[Problem] = []
     current = references(recipe, loaded)
+    hashes = FileHashes()
     for ref in current:
         if ref.key not in locked:
             problems.append(loaded.problem(f"{ref.key}.id", f"not in the lock file {display_path(path)}: re-lock with recipe-run --lock"))
             continue
-        drift = _describe_drift(ref.key, locked[ref.key], resolve(ref, loaded))
+        drift = _describe_drift(ref.key, locked[ref.key], resolve(ref, loaded, hashes))
         if drift:
             problems.append(loaded.problem(f"{ref.key}.id", f"differs from {display_path(path)}: {drift}"))
+    hashes.save()
     for key in sorted(set(locked) - {r.key for r in current}):
         problems.append(Problem(f"locked but no longer in the recipe: re-lock with recipe-run --lock", key=key,
                                 file=display_path(path)))

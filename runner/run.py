@@ -235,6 +235,20 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
     return Started(ctx, dist, built, images, manifest, writer)
 
 
+def loaded_models(prepared: Prepared, manifest: Any) -> dict[str, Any]:
+    """What the recipe's model ids stood for in this run: each local folder's content hash (hashed
+    once per version of its files) and the Hub commit the model was loaded from."""
+    from .filehashes import FileHashes
+    from .lock import local_weights
+
+    hashes = FileHashes()
+    found: dict[str, Any] = local_weights(prepared.recipe, prepared.loaded, hashes)
+    hashes.save()
+    if "model" not in found:
+        found["model_commit"] = manifest.data["environment"].get("model_revision")
+    return found
+
+
 def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None = None) -> dict[str, Any]:
     """Build (or reuse) the pipeline, resume from what the output folder holds, generate this
     process's share of the pending batches, write images, manifest, grid and gallery. Under a
@@ -256,7 +270,8 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
 
     # Resume: what the folder already holds (manifests, journals) decides what still runs, and how.
     # Every rank reads the same folder and so reaches the same plan before anyone writes.
-    keys = Keys(common_identity(recipe, ctx.dtype, prepared.enabled), prepared.jobs, images.digests if images else {})
+    keys = Keys(common_identity(recipe, ctx.dtype, prepared.enabled, loaded_models(prepared, manifest)),
+                prepared.jobs, images.digests if images else {})
     previous, records = read_previous(out_dir)
     files = [r["file"] for r in manifest.data["images"]]
     state = merge(out_dir, prepared.jobs, files, keys, size, recipe.run.batch_size, previous, records)

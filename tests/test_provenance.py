@@ -412,6 +412,60 @@ def test_lock_then_locked_passes_and_a_changed_weight_file_is_refused(cli, write
     assert result.code == 2 and "no lock file" in result.err
 
 
+def test_file_hashes_are_remembered_until_the_file_changes(monkeypatch, tmp_path):
+    """--locked and resume keys hash whole model folders: each file once per version, not per run."""
+    import hashlib
+    import os
+    import time
+
+    from runner import filehashes, outputs
+    from runner.filehashes import FileHashes
+
+    model = tmp_path / "model"
+    (model / "unet").mkdir(parents=True)
+    weights = model / "unet" / "w.safetensors"
+    weights.write_bytes(b"one")
+    (model / ".cache").mkdir()
+    (model / ".cache" / "x").write_bytes(b"hidden")
+    memory = tmp_path / "hashes.json"
+    hashed = []
+    real = outputs.sha256_file
+    monkeypatch.setattr(outputs, "sha256_file", lambda path: hashed.append(path.name) or real(path))
+
+    fresh = FileHashes(memory)  # a file written just now is hashed but not remembered
+    assert fresh.folder(model) == {"unet/w.safetensors": hashlib.sha256(b"one").hexdigest()}
+    fresh.save()
+    FileHashes(memory).folder(model)
+    assert hashed == ["w.safetensors", "w.safetensors"]
+
+    monkeypatch.setattr(filehashes, "SETTLED_NS", 0)
+    hashed.clear()
+    first = FileHashes(memory)
+    first.folder(model)
+    first.save()
+    again = FileHashes(memory)
+    assert again.folder(model) == {"unet/w.safetensors": hashlib.sha256(b"one").hexdigest()}
+    assert hashed == ["w.safetensors"] and again.hashed == 0  # the second time: from memory
+
+    mtime = weights.stat().st_mtime_ns
+    time.sleep(0.05)  # past the file system's clock tick (what SETTLED_NS guards against in real use)
+    weights.write_bytes(b"two")  # same size; even with the modification time put back ...
+    os.utime(weights, ns=(mtime, mtime))
+    changed = FileHashes(memory)
+    assert changed.folder(model)["unet/w.safetensors"] == hashlib.sha256(b"two").hexdigest()  # ... it is re-read
+    assert hashed == ["w.safetensors", "w.safetensors"]
+    changed.save()
+
+    memory.write_text("{not json")  # an unreadable memory: everything is hashed again, nothing fails
+    assert FileHashes(memory).folder(model)["unet/w.safetensors"] == hashlib.sha256(b"two").hexdigest()
+    weights.unlink()
+    gone = FileHashes(memory)
+    gone.known = {str(weights.resolve()): {"stat": [], "sha256": "x"}}
+    gone.hashed = 1
+    gone.save()
+    assert json.loads(memory.read_text()) == {}  # entries of deleted files are dropped
+
+
 def test_hub_references_lock_to_a_commit_online_or_from_the_cache(monkeypatch, tmp_path):
     from huggingface_hub import HfApi, constants
 

@@ -152,6 +152,54 @@ def test_changed_jobs_are_stale_and_left_untouched(cli, write_recipe, tmp_path, 
     assert [r["status"] for r in manifest_of(folder)["images"]] == ["done"] * 6
 
 
+def test_weights_changed_in_place_make_the_old_images_stale_not_done(cli, write_recipe, tmp_path, counter):
+    """A local model retrained into the same folder: the images of the old weights are not taken
+    for the new weights' work (the model's files are part of every job's key)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from runner import tiny
+
+    shutil.copytree(tiny.ensure("sd15"), tmp_path / "my-model")
+    recipe = write_recipe(RECIPE.format(batch_size=2).replace('"tiny:sd15"', '"./my-model"'), "local.toml")
+    run(cli, recipe, tmp_path / "out")
+    folder = tmp_path / "out" / "local"
+    before = snapshot(folder)
+    counter.calls.clear()
+    run(cli, recipe, tmp_path / "out")
+    assert counter.calls == []  # the same weights: every image is done
+
+    weights = tmp_path / "my-model" / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 0.01
+    save_file(tensors, weights, metadata={"format": "pt"})
+    result = run(cli, recipe, tmp_path / "out")
+    assert counter.calls == []
+    assert snapshot(folder) == before
+    assert "6 existing images no longer match the recipe (stale, kept untouched" in result.err
+    assert [r["status"] for r in manifest_of(folder)["images"]] == ["stale"] * 6
+
+
+def test_a_hub_model_s_jobs_carry_the_commit_it_was_loaded_from(write_recipe, tmp_path):
+    """A Hub model's "main" moves: images made from another commit are stale, not done."""
+    from types import SimpleNamespace
+
+    from runner.journal import common_identity
+    from runner.run import loaded_models, prepare
+
+    recipe = write_recipe('[model]\nid = "some-org/some-model"\n[matrix]\nprompts = ["a"]\n', "hub.toml")
+    prepared = prepare(recipe, [], plugins.load_plugins([]), tmp_path / "out")
+
+    def identity(commit: str) -> dict:
+        manifest = SimpleNamespace(data={"environment": {"model_revision": commit}})
+        return common_identity(prepared.recipe, "float32", [], loaded_models(prepared, manifest))
+
+    assert identity("a" * 40)["loaded_models"] == {"model_commit": "a" * 40}
+    assert identity("a" * 40) != identity("b" * 40)
+
+
 def test_a_file_changed_on_disk_is_stale_not_overwritten(cli, write_recipe, tmp_path, counter):
     recipe = write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
     run(cli, recipe, tmp_path / "out")

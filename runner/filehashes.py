@@ -1,0 +1,91 @@
+"""SHA-256 of model files, remembered between runs: a file is hashed once per version, not on every
+run. Lock files (``--lock`` / ``--locked``) and resume keys (a local model's files are part of every
+job's identity) both need the hashes of whole model folders, which can hold gigabytes.
+
+A file's hash is remembered under its resolved path with its size, modification and change times
+and inode; when any of them changes, the file is hashed again (the change time cannot be set back
+by hand, unlike the modification time). A file changed in the last two seconds is not remembered:
+file times are coarser than that on some file systems, so a write right after hashing could keep
+them. The memory is one JSON file, ``file-hashes.json`` in recipe-runner's cache folder
+($RECIPE_RUNNER_CACHE or ~/.cache/recipe-runner); when it is unreadable or cannot be written,
+files are simply hashed again.
+Light module: no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+FILE_NAME = "file-hashes.json"
+SETTLED_NS = 2_000_000_000  # a file is remembered once it has not changed for this long
+
+
+class FileHashes:
+    """The remembered hashes, loaded once; :meth:`save` writes back what this instance hashed."""
+
+    def __init__(self, path: Path | None = None):
+        if path is None:
+            from .tiny import cache_dir
+
+            path = cache_dir() / FILE_NAME
+        self.path = path
+        try:
+            known = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            known = {}
+        self.known: dict[str, dict] = known if isinstance(known, dict) else {}
+        self.hashed = 0  # files read and hashed by this instance (the rest came from memory)
+
+    def sha256(self, file: Path) -> str:
+        from .outputs import sha256_file
+
+        resolved = file.resolve()
+        st = resolved.stat()
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        entry = self.known.get(str(resolved))
+        if isinstance(entry, dict) and entry.get("stat") == stamp and isinstance(entry.get("sha256"), str):
+            return entry["sha256"]
+        digest = sha256_file(resolved)
+        self.hashed += 1
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > SETTLED_NS:
+            self.known[str(resolved)] = {"stat": stamp, "sha256": digest}
+        else:
+            self.known.pop(str(resolved), None)
+        return digest
+
+    def folder(self, folder: Path) -> dict[str, str]:
+        """SHA-256 of every regular file below ``folder`` by relative POSIX path (hidden ones skipped)."""
+        found: dict[str, str] = {}
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                path = Path(root) / name
+                if not name.startswith(".") and path.is_file():
+                    found[path.relative_to(folder).as_posix()] = self.sha256(path)
+        return found
+
+    def save(self) -> None:
+        """Remember what was hashed (entries of files that no longer exist are dropped)."""
+        if not self.hashed:
+            return
+        from .outputs import atomic_write
+
+        kept = {name: entry for name, entry in self.known.items() if os.path.isfile(name)}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, json.dumps(kept, sort_keys=True).encode("utf-8"))
+        except OSError:
+            pass  # a read-only cache only costs hashing again next time
+        self.hashed = 0
+
+
+def combined(files: dict[str, str]) -> str:
+    """One hash over a folder's file hashes (names included)."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name}\0{files[name]}\n".encode())
+    return digest.hexdigest()
