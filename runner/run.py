@@ -235,9 +235,10 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
     return Started(ctx, dist, built, images, manifest, writer)
 
 
-def loaded_models(prepared: Prepared, manifest: Any) -> dict[str, Any]:
+def loaded_models(prepared: Prepared, model_revision: str | None) -> dict[str, Any]:
     """What the recipe's model ids stood for in this run: each local folder's content hash (hashed
-    once per version of its files) and the Hub commit the model was loaded from."""
+    once per version of its files) and, for a Hub model, ``model_revision``: the commit it was
+    loaded from (the manifest's ``environment.model_revision``)."""
     from .filehashes import FileHashes
     from .lock import local_weights
 
@@ -245,7 +246,7 @@ def loaded_models(prepared: Prepared, manifest: Any) -> dict[str, Any]:
     found: dict[str, Any] = local_weights(prepared.recipe, prepared.loaded, hashes)
     hashes.save()
     if "model" not in found:
-        found["model_commit"] = manifest.data["environment"].get("model_revision")
+        found["model_commit"] = model_revision
     return found
 
 
@@ -270,7 +271,8 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
 
     # Resume: what the folder already holds (manifests, journals) decides what still runs, and how.
     # Every rank reads the same folder and so reaches the same plan before anyone writes.
-    keys = Keys(common_identity(recipe, ctx.dtype, prepared.enabled, loaded_models(prepared, manifest)),
+    revision = manifest.data["environment"].get("model_revision")
+    keys = Keys(common_identity(recipe, ctx.dtype, prepared.enabled, loaded_models(prepared, revision)),
                 prepared.jobs, images.digests if images else {})
     previous, records = read_previous(out_dir)
     files = [r["file"] for r in manifest.data["images"]]

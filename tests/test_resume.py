@@ -184,8 +184,6 @@ def test_weights_changed_in_place_make_the_old_images_stale_not_done(cli, write_
 
 def test_a_hub_model_s_jobs_carry_the_commit_it_was_loaded_from(write_recipe, tmp_path):
     """A Hub model's "main" moves: images made from another commit are stale, not done."""
-    from types import SimpleNamespace
-
     from runner.journal import common_identity
     from runner.run import loaded_models, prepare
 
@@ -193,8 +191,7 @@ def test_a_hub_model_s_jobs_carry_the_commit_it_was_loaded_from(write_recipe, tm
     prepared = prepare(recipe, [], plugins.load_plugins([]), tmp_path / "out")
 
     def identity(commit: str) -> dict:
-        manifest = SimpleNamespace(data={"environment": {"model_revision": commit}})
-        return common_identity(prepared.recipe, "float32", [], loaded_models(prepared, manifest))
+        return common_identity(prepared.recipe, "float32", [], loaded_models(prepared, commit))
 
     assert identity("a" * 40)["loaded_models"] == {"model_commit": "a" * 40}
     assert identity("a" * 40) != identity("b" * 40)
