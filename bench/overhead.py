@@ -57,7 +57,7 @@ def hand_text(seeds: int, freeze_at_exit: bool = False) -> str:
     return f"""
 import sys, torch
 from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
-from runner import tiny
+from recipe_runner import tiny
 out = sys.argv[1]
 pipeline = DiffusionPipeline.from_pretrained(tiny.ensure("sd15"), dtype=torch.float32, use_safetensors=True)
 pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
@@ -94,7 +94,7 @@ def overhead(runs: int, seeds: int, env: dict[str, str], work: Path) -> list[tup
     frozen_cmd = [sys.executable, str(frozen), str(work / "hand-out")]
 
     def runner_cmd(run: int) -> list[str]:  # a fresh folder each time: a re-run would resume, not redo
-        return [sys.executable, "-m", "runner", str(recipe), "--out", str(work / f"runner-out-{run}")]
+        return [sys.executable, "-m", "recipe_runner", str(recipe), "--out", str(work / f"runner-out-{run}")]
 
     timed(runner_cmd(-1), env)  # warm the tiny-pipeline cache and the OS file cache
     timed(hand_cmd, env)
@@ -122,7 +122,7 @@ def overhead(runs: int, seeds: int, env: dict[str, str], work: Path) -> list[tup
 def dry_runs(env: dict[str, str], work: Path) -> list[tuple[str, str]]:
     rows = []
     for recipe in sorted((REPO / "recipes").glob("*.toml")):
-        seconds = min(timed([sys.executable, "-m", "runner", "--dry-run", str(recipe)], env) for _ in range(3))
+        seconds = min(timed([sys.executable, "-m", "recipe_runner", "--dry-run", str(recipe)], env) for _ in range(3))
         rows.append((f"--dry-run {recipe.relative_to(REPO)}", f"{seconds:.3f} s  (target < 0.5 s)"))
     big = work / "big.toml"
     who = ", ".join(f'"w{i}"' for i in range(100))
@@ -137,7 +137,7 @@ def dry_runs(env: dict[str, str], work: Path) -> list[tuple[str, str]]:
         who = [{who}]
         where = [{where}]
     """))
-    seconds = min(timed([sys.executable, "-m", "runner", "--dry-run", str(big)], env) for _ in range(3))
+    seconds = min(timed([sys.executable, "-m", "recipe_runner", "--dry-run", str(big)], env) for _ in range(3))
     rows.append(("--dry-run of a 100,000-job matrix", f"{seconds:.3f} s  (target < 2 s)"))
     return rows
 
@@ -173,7 +173,7 @@ def gpu(env: dict[str, str], work: Path) -> list[tuple[str, str]]:
             recipe.write_text(f'name = "{name}"\n[model]\nid = "{model_id}"\ndtype = "float16"\n'
                               f'[optimizations]\n{opts}\n[params]\nnum_inference_steps = 20\nheight = {size}\nwidth = {size}\n'
                               f'[matrix]\nprompts = ["{prompt}"]\nseeds = 8\n[run]\nbatch_size = 4\n'.replace("true", "true"))
-            proc = subprocess.run([sys.executable, "-m", "runner", str(recipe), "--out", str(work / "gpu")],
+            proc = subprocess.run([sys.executable, "-m", "recipe_runner", str(recipe), "--out", str(work / "gpu")],
                                   cwd=REPO, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 rows.append((f"{label}, {set_name}", f"failed: {proc.stderr.strip().splitlines()[-1][:120]}"))

@@ -12,8 +12,8 @@ is missing is refused before the model loads.
 
 from __future__ import annotations
 
-from runner import hookimpl
-from runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner import hookimpl
+from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
 
 from .common import declared_denoiser, denoiser
 
@@ -27,7 +27,7 @@ def _backend(name: str):
 
     known = sorted(b.value for b in AttentionBackendName)
     if name.lower() not in known:
-        from runner.errors import did_you_mean
+        from recipe_runner.errors import did_you_mean
 
         close = did_you_mean(name, known)
         raise Unsupported(f"unknown attention backend {name!r}"

@@ -10,8 +10,8 @@ Same arithmetic, different memory layout: images agree with the plain run to flo
 
 from __future__ import annotations
 
-from runner import hookimpl
-from runner.optimizations import Optimization, OptimizationSettings
+from recipe_runner import hookimpl
+from recipe_runner.optimizations import Optimization, OptimizationSettings
 
 from .common import denoiser
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runner.optimizations import Unsupported
+from recipe_runner.optimizations import Unsupported
 
 
 def denoiser(pipe: Any) -> tuple[str, Any]:

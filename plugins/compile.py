@@ -23,8 +23,8 @@ import shutil
 import time
 from typing import Literal
 
-from runner import hookimpl
-from runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner import hookimpl
+from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
 
 from .common import conflict, denoiser
 
@@ -54,8 +54,8 @@ def check(settings: Settings, context) -> None:
 
 def warn_about_batch_shapes(settings: Settings, context) -> None:
     """The plan's batches should share one size: say so when one does not (it compiles again)."""
-    from runner.matrix import expand
-    from runner.plan import plan
+    from recipe_runner.matrix import expand
+    from recipe_runner.plan import plan
 
     size = context.recipe.run.batch_size
     if settings.dynamic or not isinstance(size, int) or context.loaded is None:

@@ -10,8 +10,8 @@ Same weights, concatenated: images agree with the plain run to float rounding.
 
 from __future__ import annotations
 
-from runner import hookimpl
-from runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner import hookimpl
+from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
 
 from .common import denoiser
 

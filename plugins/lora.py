@@ -24,8 +24,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from runner import hookimpl
-from runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner import hookimpl
+from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
 
 from .common import require_package
 
@@ -62,7 +62,7 @@ def adapter_names(settings: Settings) -> list[str]:
 
 def source(adapter: Adapter, index: int, context) -> str:
     """A local file or folder (relative to the recipe that wrote it), else a Hub repo id."""
-    from runner.build import is_local_reference
+    from recipe_runner.build import is_local_reference
 
     loaded = context.loaded
     folder = loaded.origin(f"optimizations.lora.adapters.{index}.id").folder if loaded else Path.cwd()

@@ -18,8 +18,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from runner import hookimpl
-from runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner import hookimpl
+from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
 
 from .common import conflict
 

@@ -19,8 +19,8 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from runner import hookimpl
-from runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner import hookimpl
+from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
 
 from .common import declared_denoiser, require_cuda, require_package
 
@@ -95,7 +95,7 @@ def load_kwargs(settings: Settings, context) -> dict:
     import transformers
     from diffusers import PipelineQuantizationConfig
 
-    from runner.build import _model_index
+    from recipe_runner.build import _model_index
 
     index = _model_index(context.location, context.recipe.model.revision)
     mapping = {}

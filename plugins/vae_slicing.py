@@ -10,8 +10,8 @@ kernels round differently (at batch_size 1 it changes nothing).
 
 from __future__ import annotations
 
-from runner import hookimpl
-from runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner import hookimpl
+from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
 
 
 class Settings(OptimizationSettings):

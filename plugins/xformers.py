@@ -9,8 +9,8 @@ PyTorch 2's scaled-dot-product attention (diffusers' default) it rarely helps an
 
 from __future__ import annotations
 
-from runner import hookimpl
-from runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner import hookimpl
+from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
 
 from .common import conflict, require_cuda, require_package
 

@@ -75,7 +75,7 @@ def list_plugins(plugins) -> str:
 
 
 def console() -> None:
-    """The ``recipe-run`` command and ``python -m runner``: :func:`main`, then exit.
+    """The ``recipe-run`` command and ``python -m recipe_runner``: :func:`main`, then exit.
 
     The interpreter's last act before exiting is a full garbage collection that walks every object
     torch, diffusers and transformers created: over a second here, with nothing left to do. By now
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from .plugins import load_plugins
+    from .plugin_manager import load_plugins
     from .run import Options, describe_plan, prepare
     from .safety import check_recipe
 

@@ -33,7 +33,7 @@ def device_name(device: str) -> str:
 def describe(device: str, dtype: str, generator_device: str, deterministic: bool) -> dict[str, Any]:
     import torch
 
-    from runner import __version__
+    from recipe_runner import __version__
 
     return {
         "recipe_runner": __version__,

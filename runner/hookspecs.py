@@ -1,6 +1,6 @@
 """Hook specifications: every hook a recipe-runner plugin can implement.
 
-A plugin is a module (or any object) with functions decorated by ``runner.hookimpl`` and named
+A plugin is a module (or any object) with functions decorated by ``recipe_runner.hookimpl`` and named
 after one of the hooks below. Plugins come from three places: the built-ins, the ``recipe_runner``
 entry-point group of installed distributions, and ``recipe-run -p MODULE``. A plugin implements
 only the hooks it needs; pluggy checks the names, so a misspelled hook is reported at load time.
@@ -22,9 +22,9 @@ def register_optimizations():
     Called once, when the plugins are loaded: before any recipe is validated, for ``--dry-run``,
     ``--list-plugins`` and ``--schema`` too, so it must stay cheap (no torch import here).
 
-    Returns a list of :class:`runner.optimizations.Optimization`: each has the key it owns under
+    Returns a list of :class:`recipe_runner.optimizations.Optimization`: each has the key it owns under
     ``[optimizations]``, a pydantic settings model (subclass of
-    :class:`runner.optimizations.OptimizationSettings`) that validates that key's table, the stage
+    :class:`recipe_runner.optimizations.OptimizationSettings`) that validates that key's table, the stage
     that orders it, and the functions that check, configure loading and apply it.
     """
 
@@ -35,8 +35,8 @@ def pipeline_ready(pipe, recipe, context):
     device and every optimization applied. Called once per loaded pipeline, before the first batch.
 
     Receives ``pipe`` (the diffusers pipeline; a plugin may wrap or patch it, for example to record
-    latents), ``recipe`` (the validated :class:`runner.recipe.Recipe`) and ``context`` (a
-    :class:`runner.build.BuildContext`: device, dtype, task, the resolved model location).
+    latents), ``recipe`` (the validated :class:`recipe_runner.recipe.Recipe`) and ``context`` (a
+    :class:`recipe_runner.build.BuildContext`: device, dtype, task, the resolved model location).
     Returns nothing.
     """
 
@@ -45,7 +45,7 @@ def pipeline_ready(pipe, recipe, context):
 def before_batch(pipe, batch, call_kwargs):
     """A planned batch is about to be generated.
 
-    Receives ``pipe``, ``batch`` (a :class:`runner.plan.Batch`: its index and jobs) and
+    Receives ``pipe``, ``batch`` (a :class:`recipe_runner.plan.Batch`: its index and jobs) and
     ``call_kwargs``, the exact keyword arguments of the pipeline call (prompt list, one generator
     per image, every parameter). Mutating ``call_kwargs`` changes the call; raising stops the run,
     except that an out-of-memory error makes the runner retry the same jobs in smaller batches.

@@ -76,7 +76,7 @@ def common_identity(recipe: Any, dtype: str, enabled: Sequence[Any], loaded_mode
     """The part of every job's identity that the recipe's model and run settings decide.
 
     ``loaded_models`` says what the model ids stood for in this run: the content hash of each local
-    model folder and the Hub commit loaded (see :func:`runner.lock.local_weights`).
+    model folder and the Hub commit loaded (see :func:`recipe_runner.lock.local_weights`).
     """
     m = recipe.model
     return {

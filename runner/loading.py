@@ -1,7 +1,7 @@
 """From a TOML file to one merged dict: ``extends`` chains, ``--set`` overrides, and where each
 key came from (file and line), so that later errors can point at the right place.
 
-No validation of meaning happens here (that is :mod:`runner.recipe`); this module only knows TOML.
+No validation of meaning happens here (that is :mod:`recipe_runner.recipe`); this module only knows TOML.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ reference (``model``, ``components.<name>``):
   is taken as it is);
 - a local folder or a built-in ``tiny:`` model: a SHA-256 of each file in it (weights and
   configs; hidden files skipped), and one hash over them all. Files are hashed once per version
-  (:mod:`runner.filehashes` remembers them by path, size, file times and inode), so
+  (:mod:`recipe_runner.filehashes` remembers them by path, size, file times and inode), so
   ``--locked`` costs a few stat calls on an unchanged model.
 
 No timestamps, sorted keys: the file only changes when a pin does, so it diffs well in review.
@@ -120,7 +120,7 @@ def local_weights(recipe: Recipe, loaded: LoadedRecipe, hashes: FileHashes) -> d
 
 
 def make_lock(recipe: Recipe, loaded: LoadedRecipe) -> dict[str, Any]:
-    from runner import __version__
+    from recipe_runner import __version__
 
     hashes = FileHashes()
     models = {ref.key: resolve(ref, loaded, hashes) for ref in references(recipe, loaded)}

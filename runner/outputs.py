@@ -177,7 +177,7 @@ class Writer:
         self.recipe_json = recipe_json
         self.environment_json = json.dumps(manifest.data["environment"], sort_keys=True)
         self.default_scheduler: str | None = None  # the pipeline's own, named in "parameters" as its Sampler
-        self.journal: Any = None  # a runner.journal.Journal: images are journaled, not re-saved per batch
+        self.journal: Any = None  # a recipe_runner.journal.Journal: images are journaled, not re-saved per batch
 
     def embedded_text(self, job: Job, batch: Batch, record: dict[str, Any]) -> dict[str, str]:
         job_info = {k: record[k] for k in ("index", "file", "prompt", "seed", "image", "mask_image", "vars", "params", "scheduler")}

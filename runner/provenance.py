@@ -1,4 +1,4 @@
-"""What an image's ``environment`` chunk adds to :mod:`runner.environment` so that the image alone
+"""What an image's ``environment`` chunk adds to :mod:`recipe_runner.environment` so that the image alone
 can be re-created: the model revision actually loaded, and the folder of the recipe file (relative
 model and input paths in the embedded recipe resolve against it on ``--reproduce``)."""
 

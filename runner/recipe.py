@@ -2,7 +2,7 @@
 error, never silently ignored), and the translation of validation errors into ruff-like messages.
 
 Plugin settings tables (``[optimizations.<name>]``) are validated by the plugin that owns them,
-see :mod:`runner.optimizations`. Light module: no torch, no diffusers.
+see :mod:`recipe_runner.optimizations`. Light module: no torch, no diffusers.
 """
 
 from __future__ import annotations

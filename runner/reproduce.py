@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import RecipeError, RunError
 from .loading import load_data
-from .plugins import Plugins
+from .plugin_manager import Plugins
 
 RECORDED_LIBRARIES = ("torch", "diffusers", "transformers")
 

@@ -20,7 +20,7 @@ from .loading import LoadedRecipe, display_path, load
 from .matrix import Job, expand
 from .optimizations import Enabled
 from .plan import initial_batch_size, plan
-from .plugins import Plugins
+from .plugin_manager import Plugins
 from .recipe import Recipe, validate
 
 

@@ -1,6 +1,6 @@
 """``recipe-run --schema``: the JSON Schema (draft 2020-12) of the recipe format, for editors.
 
-Generated from the pydantic models of :mod:`runner.recipe`, with what they cannot say by
+Generated from the pydantic models of :mod:`recipe_runner.recipe`, with what they cannot say by
 themselves filled in: each installed optimization's settings under ``optimizations.<name>`` as
 ``true | false | {settings}``; ``seeds`` and ``batch_size``, which accept two shapes; and the rule
 that a recipe with ``extends`` may leave out anything its base provides (only a recipe without
@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from .optimizations import attribute_docs
-from .plugins import Plugins
+from .plugin_manager import Plugins
 from .recipe import DEFAULT_MAX_JOBS, MAX_SEED, Recipe
 
 SCHEMA_ID = "https://recipe-runner.invalid/recipe.schema.json"

@@ -55,7 +55,7 @@ def tiny_cache(tmp_path_factory) -> Path:
 
 
 def _tiny(kind: str) -> Path:
-    from runner import tiny
+    from recipe_runner import tiny
 
     return tiny.ensure(kind)
 
@@ -87,7 +87,7 @@ def tiny_cogview4(tiny_cache) -> Path:
 @pytest.fixture(scope="session")
 def tiny_vae(tmp_path_factory) -> Path:
     """A standalone AutoencoderKL folder (sd15's config, other weights): a [components.vae]."""
-    from runner import tiny
+    from recipe_runner import tiny
 
     return tiny.build_tiny_vae(tmp_path_factory.mktemp("vae") / "vae")
 
@@ -95,8 +95,8 @@ def tiny_vae(tmp_path_factory) -> Path:
 @pytest.fixture
 def register_plugin():
     """``register_plugin(plugin, name=None)``: load a plugin object (module or instance) in every
-    ``recipe-run`` of this test (through :func:`runner.plugins.register`); unregistered after it."""
-    from runner import plugins
+    ``recipe-run`` of this test (through :func:`recipe_runner.plugin_manager.register`); unregistered after it."""
+    from recipe_runner import plugin_manager as plugins
 
     registered: list[Any] = []
 
@@ -122,7 +122,7 @@ class Result:
 @pytest.fixture
 def cli(capsys):
     """Run recipe-run in this process: returns exit code, stdout, stderr."""
-    from runner.cli import main
+    from recipe_runner.cli import main
 
     def run(*args: Any) -> Result:
         code = main([str(a) for a in args])

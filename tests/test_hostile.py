@@ -106,8 +106,8 @@ def test_remote_code_needs_a_pinned_commit_revision(cli, write_recipe, key):
 
 
 def test_remote_code_keys_reach_diffusers_only_with_the_flag():
-    from runner.build import BuildContext
-    from runner.recipe import Recipe
+    from recipe_runner.build import BuildContext
+    from recipe_runner.recipe import Recipe
 
     r = Recipe.model_validate({"name": "x", "model": {"id": "tiny:sd15", "custom_pipeline": "p", "trust_remote_code": True,
                                                       "revision": "a" * 40},
@@ -120,7 +120,7 @@ def test_remote_code_keys_reach_diffusers_only_with_the_flag():
             captured.update(kwargs)
             raise RuntimeError("stop")
 
-    import runner.build as build
+    import recipe_runner.build as build
 
     for allowed in (False, True):
         captured.clear()
@@ -240,7 +240,7 @@ def test_urls_are_refused_offline(cli, write_recipe, tmp_path, monkeypatch):
 def test_url_downloads_are_size_capped(monkeypatch):
     import io
 
-    from runner import inputs
+    from recipe_runner import inputs
 
     class Response(io.BytesIO):
         def __enter__(self):
@@ -265,7 +265,7 @@ def test_url_downloads_are_size_capped(monkeypatch):
 
 
 def test_recipe_files_beyond_the_size_cap_are_refused(cli, tmp_path):
-    from runner.loading import MAX_RECIPE_BYTES
+    from recipe_runner.loading import MAX_RECIPE_BYTES
 
     path = tmp_path / "huge.toml"
     path.write_text("# " + "x" * MAX_RECIPE_BYTES + "\n")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from runner.errors import RecipeError
-from runner.loading import load, parse_set
-from runner.recipe import validate
-from runner.sources import key_lines, line_of
+from recipe_runner.errors import RecipeError
+from recipe_runner.loading import load, parse_set
+from recipe_runner.recipe import validate
+from recipe_runner.sources import key_lines, line_of
 
 
 def test_key_lines_follow_tables_inline_tables_and_multiline_values():

@@ -6,11 +6,11 @@ import textwrap
 
 import pytest
 
-from runner.errors import RecipeError
-from runner.loading import load
-from runner.matrix import expand, slug
-from runner.plan import initial_batch_size, plan
-from runner.recipe import validate
+from recipe_runner.errors import RecipeError
+from recipe_runner.loading import load
+from recipe_runner.matrix import expand, slug
+from recipe_runner.plan import initial_batch_size, plan
+from recipe_runner.recipe import validate
 
 
 def jobs_of(tmp_path, text):

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from runner.optimizations import Unsupported
+from recipe_runner.optimizations import Unsupported
 from tests.conftest import image_files, pixels
 
 RECIPE = '''
@@ -178,7 +178,7 @@ def test_required_false_skips_with_a_warning_and_records_why(run):
     ("attention_slicing = true\nfuse_qkv = true", "optimizations.attention_slicing: cannot run here: cannot be combined with fuse_qkv"),
 ])
 def test_known_bad_combinations_are_refused_before_loading(run, tables, message, monkeypatch):
-    from runner import build
+    from recipe_runner import build
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded")
@@ -194,7 +194,7 @@ def context(device="cpu", enabled=(), location="/nowhere"):
 
 def test_offload_decision_on_a_cuda_machine(monkeypatch):
     """The decision logic where this machine cannot run it: the same settings pass on CUDA."""
-    from plugins import offload
+    from recipe_runner.plugins import offload
 
     settings = offload.Settings(strategy="sequential")
     offload.check(settings, context("cuda"))
@@ -208,8 +208,8 @@ def test_offload_decision_on_a_cuda_machine(monkeypatch):
 def test_device_auto_takes_cuda_when_torch_sees_it_and_offload_then_passes(monkeypatch):
     import torch
 
-    from plugins import offload
-    from runner.build import detect_device
+    from recipe_runner.plugins import offload
+    from recipe_runner.build import detect_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     device = detect_device("auto")
@@ -225,7 +225,7 @@ def test_device_auto_takes_cuda_when_torch_sees_it_and_offload_then_passes(monke
     ("torchao", "cpu", {"torchao"}, None),
 ])
 def test_quantization_decision(monkeypatch, backend, device, installed, refusal):
-    from plugins import common, quantization
+    from recipe_runner.plugins import common, quantization
 
     monkeypatch.setattr(common, "has_package", lambda name: name in installed)
     settings = quantization.Settings(backend=backend)
@@ -237,7 +237,7 @@ def test_quantization_decision(monkeypatch, backend, device, installed, refusal)
 
 
 def test_xformers_decision(monkeypatch):
-    from plugins import common, xformers
+    from recipe_runner.plugins import common, xformers
 
     monkeypatch.setattr(common, "has_package", lambda name: True)
     xformers.check(xformers.Settings(), context("cuda"))
@@ -310,7 +310,7 @@ def test_lora_path_relative_to_the_recipe_and_a_missing_file(run, tiny_lora, tmp
 def test_quantization_that_cannot_configure_loading_is_refused_or_skipped(run, monkeypatch):
     """torchao present according to the check, but diffusers cannot build the config (here: the
     package is not really there): exit 2 naming the plugin, or a skip with required = false."""
-    from plugins import common
+    from recipe_runner.plugins import common
 
     monkeypatch.setattr(common, "has_package", lambda name: True)
     refused = run("quant", 'quantization = { backend = "torchao" }')

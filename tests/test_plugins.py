@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import hookimpl, hookspecs
+from recipe_runner import hookimpl, hookspecs
 from tests.conftest import REPO, run_subprocess
 
 EXAMPLE = REPO / "examples" / "recipe-runner-example"
@@ -42,8 +42,8 @@ def fake_distribution(tmp_path) -> Path:
     site.mkdir()
     (site / "broken_plugin.py").write_text('raise RuntimeError("this plugin is broken on purpose")\n')
     (site / "fine_plugin.py").write_text(textwrap.dedent('''
-        from runner import hookimpl
-        from runner.optimizations import Optimization, OptimizationSettings
+        from recipe_runner import hookimpl
+        from recipe_runner.optimizations import Optimization, OptimizationSettings
 
         class Settings(OptimizationSettings):
             amount: float = 1.0
@@ -116,10 +116,10 @@ def test_a_misspelled_hook_is_reported_by_name(register_plugin, cli):
 
 
 def test_list_plugins_shows_source_version_and_typed_settings(cli):
-    from runner import __version__
+    from recipe_runner import __version__
 
     result = cli("--list-plugins")
-    assert f"compile  [built-in; recipe-runner {__version__}; plugins.compile]" in result.out
+    assert f"compile  [built-in; recipe-runner {__version__}; recipe_runner.plugins.compile]" in result.out
     assert "    [optimizations] offload (stage memory):" in result.out
     assert "        strategy: 'model' | 'sequential' | 'group' = 'model'" in result.out
     # attribute docstrings, of the plugin's model and of the base model, read from the source
@@ -210,10 +210,10 @@ def test_the_installed_example_plugin_is_an_entry_point_a_recipe_can_use(cli, wr
 
 
 def test_the_example_plugin_passes_its_own_tests_with_the_shipped_pytest_plugin(tmp_path):
-    """The example's tests have no conftest: their fixtures come from runner.testing (loaded by
+    """The example's tests have no conftest: their fixtures come from recipe_runner.testing (loaded by
     -p here; an installed recipe-runner loads it through its pytest11 entry point)."""
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{EXAMPLE}")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "runner.testing", "-p", "no:cacheprovider",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "recipe_runner.testing", "-p", "no:cacheprovider",
                            str(EXAMPLE / "tests")], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -221,7 +221,7 @@ def test_the_example_plugin_passes_its_own_tests_with_the_shipped_pytest_plugin(
 
 
 def test_the_pytest_plugin_is_not_registered_twice_when_installed(tmp_path):
-    """An installed recipe-runner registers runner.testing through pytest11; the checkout's
+    """An installed recipe-runner registers recipe_runner.testing through pytest11; the checkout's
     conftest names it too. Simulated with a dist-info on PYTHONPATH declaring the entry point."""
     info = tmp_path / "site" / "recipe_runner-0.1.0.dist-info"
     info.mkdir(parents=True)
@@ -229,8 +229,8 @@ def test_the_pytest_plugin_is_not_registered_twice_when_installed(tmp_path):
     import tomllib
 
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["pytest11"]
-    assert declared == {"runner.testing": "runner.testing"}  # the name must equal the module's
-    (info / "entry_points.txt").write_text("[pytest11]\nrunner.testing = runner.testing\n")
+    assert declared == {"recipe_runner.testing": "recipe_runner.testing"}  # the name must equal the module's
+    (info / "entry_points.txt").write_text("[pytest11]\nrecipe_runner.testing = recipe_runner.testing\n")
     env = dict(os.environ, PYTHONPATH=f"{tmp_path / 'site'}{os.pathsep}{REPO}")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error",
                            "--trace-config", "tests/test_loading.py"], cwd=REPO, env=env, capture_output=True,

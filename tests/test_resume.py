@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner import hookimpl, plugins
-from runner.journal import JOURNAL_NAME, read_journal
+from recipe_runner import hookimpl, plugin_manager as plugins
+from recipe_runner.journal import JOURNAL_NAME, read_journal
 from tests.conftest import REPO, image_files, pixels
 
 RECIPE = '''
@@ -75,7 +75,7 @@ def assert_same_pixels(a: Path, b: Path) -> None:
 
 def uninterrupted(tmp_path_factory, text: str, name: str):
     """The output folder of an uninterrupted run of ``text`` (written as ``name``.toml)."""
-    from runner.cli import main
+    from recipe_runner.cli import main
 
     folder = tmp_path_factory.mktemp(f"reference-{name}")
     recipe = folder / f"{name}.toml"
@@ -159,7 +159,7 @@ def test_weights_changed_in_place_make_the_old_images_stale_not_done(cli, write_
 
     from safetensors.torch import load_file, save_file
 
-    from runner import tiny
+    from recipe_runner import tiny
 
     shutil.copytree(tiny.ensure("sd15"), tmp_path / "my-model")
     recipe = write_recipe(RECIPE.format(batch_size=2).replace('"tiny:sd15"', '"./my-model"'), "local.toml")
@@ -184,8 +184,8 @@ def test_weights_changed_in_place_make_the_old_images_stale_not_done(cli, write_
 
 def test_a_hub_model_s_jobs_carry_the_commit_it_was_loaded_from(write_recipe, tmp_path):
     """A Hub model's "main" moves: images made from another commit are stale, not done."""
-    from runner.journal import common_identity
-    from runner.run import loaded_models, prepare
+    from recipe_runner.journal import common_identity
+    from recipe_runner.run import loaded_models, prepare
 
     recipe = write_recipe('[model]\nid = "some-org/some-model"\n[matrix]\nprompts = ["a"]\n', "hub.toml")
     prepared = prepare(recipe, [], plugins.load_plugins([]), tmp_path / "out")
@@ -222,7 +222,7 @@ def test_torn_journal_line_is_ignored(tmp_path):
 
 STOPPER = '''
 import os, pathlib, signal, time
-from runner import hookimpl
+from recipe_runner import hookimpl
 
 @hookimpl
 def before_batch(pipe, batch, call_kwargs):
@@ -239,7 +239,7 @@ def start(tmp_path: Path, recipe: Path, mode: str) -> subprocess.Popen:
     (tmp_path / "stopper.py").write_text(STOPPER)
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{tmp_path}", STOPPER=mode,
                STOPPER_MARK=str(tmp_path / "mark"))
-    return subprocess.Popen([sys.executable, "-m", "runner", str(recipe), "--out", str(tmp_path / "out"), "-p", "stopper"],
+    return subprocess.Popen([sys.executable, "-m", "recipe_runner", str(recipe), "--out", str(tmp_path / "out"), "-p", "stopper"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -304,7 +304,7 @@ def test_a_hard_crash_loses_at_most_the_batch_in_flight(cli, tmp_path, counter, 
 
 
 def test_first_sigint_waits_for_a_critical_write_and_a_second_stops_at_once():
-    from runner.interrupts import critical, graceful
+    from recipe_runner.interrupts import critical, graceful
 
     with graceful():
         reached = []

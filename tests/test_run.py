@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner import hookimpl, plugins
+from recipe_runner import hookimpl, plugin_manager as plugins
 from tests.conftest import REPO, image_files, pixels, run_subprocess
 
 MATRIX = '''
@@ -134,7 +134,7 @@ def test_manifest_lists_every_job_in_matrix_order_with_hash_batch_and_environmen
 
 
 def test_images_carry_the_recipe_and_job(cli, write_recipe, tmp_path):
-    from runner.outputs import read_embedded
+    from recipe_runner.outputs import read_embedded
 
     folder = run_matrix(cli, write_recipe, tmp_path, 2, "carried")
     text = read_embedded(image_files(folder)[3])
@@ -194,7 +194,7 @@ def test_dry_run_of_every_recipe_imports_neither_torch_nor_diffusers():
     assert len(recipes) >= 4
     code = (
         "import sys\n"
-        "from runner.cli import main\n"
+        "from recipe_runner.cli import main\n"
         f"rc = main(['--dry-run', *{recipes!r}])\n"
         "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
@@ -218,10 +218,10 @@ def test_help_is_light_and_lists_the_options():
 
 
 def test_the_command_skips_the_final_collection_only_after_main_returned(monkeypatch):
-    """recipe-run (and python -m runner) end with gc.freeze(), saving the interpreter's last full
+    """recipe-run (and python -m recipe_runner) end with gc.freeze(), saving the interpreter's last full
     collection over torch's and diffusers' objects: after main() has returned (main is what tests
     and programs embedding the runner call), and with main's exit status."""
-    from runner import cli
+    from recipe_runner import cli
 
     calls = []
     monkeypatch.setattr(cli, "main", lambda argv=None: calls.append("main") or 2)
@@ -232,7 +232,7 @@ def test_the_command_skips_the_final_collection_only_after_main_returned(monkeyp
     assert calls == ["main", "freeze"]
     import tomllib
 
-    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["recipe-run"] == "runner.cli:console"
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["recipe-run"] == "recipe_runner.cli:console"
     assert "console()" in (REPO / "runner" / "__main__.py").read_text()
 
 

@@ -6,9 +6,9 @@ import io
 
 import pytest
 
-from runner import build, hookimpl, plugins
-from runner.errors import RunError
-from runner.progress import Progress
+from recipe_runner import build, hookimpl, plugin_manager as plugins
+from recipe_runner.errors import RunError
+from recipe_runner.progress import Progress
 
 
 def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):

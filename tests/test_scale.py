@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner import build, distributed, hookimpl, plugins
-from runner.plan import Batch
+from recipe_runner import build, distributed, hookimpl, plugin_manager as plugins
+from recipe_runner.plan import Batch
 from tests.conftest import REPO, image_files, pixels
 
 RECIPE = '''
@@ -49,7 +49,7 @@ def torchrun() -> str | None:
 def run_torchrun(*args) -> subprocess.CompletedProcess:
     script = Path(sys.executable).with_name("recipe-run")
     launcher = [torchrun(), "--nproc_per_node=2", "--no-python", str(script)] if script.exists() else \
-        [torchrun(), "--nproc_per_node=2", "-m", "runner"]
+        [torchrun(), "--nproc_per_node=2", "-m", "recipe_runner"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([*launcher, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

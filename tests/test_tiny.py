@@ -1,4 +1,4 @@
-"""Tests for runner.tiny: tiny random diffusers pipelines built offline."""
+"""Tests for recipe_runner.tiny: tiny random diffusers pipelines built offline."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import tiny
+from recipe_runner import tiny
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["portrait photo of a old warrior chief, tribal panther make up", "a cat"]
@@ -55,7 +55,7 @@ def _init_images(count: int):
 
 
 def test_import_does_not_import_torch_or_diffusers():
-    code = "import runner.tiny, sys; assert not {'torch', 'diffusers', 'transformers'} & set(sys.modules)"
+    code = "import recipe_runner.tiny, sys; assert not {'torch', 'diffusers', 'transformers'} & set(sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, check=True)
 

@@ -8,8 +8,8 @@ UNet decoder's backbone and skip features, as ``[optimizations] freeu``.
 
 from pydantic import Field
 
-from runner import hookimpl
-from runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner import hookimpl
+from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
 
 
 class Settings(OptimizationSettings):

@@ -1,4 +1,4 @@
-"""The example plugin's own tests: they use recipe-runner's pytest plugin (runner.testing), which
+"""The example plugin's own tests: they use recipe-runner's pytest plugin (recipe_runner.testing), which
 provides the tiny pipelines, ``register_plugin``, ``cli`` and ``write_recipe``; no GPU, no download."""
 
 import json

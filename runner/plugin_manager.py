@@ -25,18 +25,18 @@ ENTRY_POINT_GROUP = "recipe_runner"
 ALLOW_ENV = "RECIPE_RUNNER_PLUGINS"
 
 BUILTIN = (
-    "plugins.quantization",
-    "plugins.lora",
-    "plugins.offload",
-    "plugins.attention_slicing",
-    "plugins.vae_slicing",
-    "plugins.vae_tiling",
-    "plugins.xformers",
-    "plugins.attention_backend",
-    "plugins.fuse_qkv",
-    "plugins.channels_last",
-    "plugins.cache",
-    "plugins.compile",
+    "recipe_runner.plugins.quantization",
+    "recipe_runner.plugins.lora",
+    "recipe_runner.plugins.offload",
+    "recipe_runner.plugins.attention_slicing",
+    "recipe_runner.plugins.vae_slicing",
+    "recipe_runner.plugins.vae_tiling",
+    "recipe_runner.plugins.xformers",
+    "recipe_runner.plugins.attention_backend",
+    "recipe_runner.plugins.fuse_qkv",
+    "recipe_runner.plugins.channels_last",
+    "recipe_runner.plugins.cache",
+    "recipe_runner.plugins.compile",
 )
 
 _REGISTERED: list[tuple[Any, str]] = []  # plugins registered in-process (tests, embedding)
@@ -104,7 +104,7 @@ def load_plugins(extra_modules: tuple[str, ...] | list[str] = ()) -> Plugins:
     pm.add_hookspecs(hookspecs)
     infos: list[PluginInfo] = []
 
-    from runner import __version__
+    from recipe_runner import __version__
 
     for module_name in BUILTIN:
         info = PluginInfo(module_name.rsplit(".", 1)[-1], "built-in", module_name, "recipe-runner", __version__)
