@@ -81,7 +81,6 @@ grid = false
 
 def one(recipe: Path, out: Path, gpu: bool) -> dict:
     """In the child: run one recipe, report timings (and CUDA peak memory) as JSON."""
-    import diffusers  # imported ahead: "load" then measures loading, not diffusers' lazy imports
     from diffusers import CogView4Pipeline, StableDiffusionPipeline  # noqa: F401
 
     from recipe_runner.cli import main
@@ -114,7 +113,7 @@ def run_case(name: str, recipe: Path, out: Path, gpu: bool) -> dict:
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     result = json.loads(lines[-1]) if lines else {"code": child.returncode, "error": stderr.strip()[-300:]}
     if result.get("code"):
-        result["error"] = next((l for l in stderr.splitlines() if l.startswith("error:")), stderr.strip()[-300:])
+        result["error"] = next((line for line in stderr.splitlines() if line.startswith("error:")), stderr.strip()[-300:])
     return result
 
 

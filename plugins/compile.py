@@ -26,7 +26,7 @@ from typing import Literal
 from recipe_runner import hookimpl
 from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
 
-from .common import conflict, denoiser
+from .common import denoiser
 
 WARMUP_STEPS = 2
 

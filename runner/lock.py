@@ -190,7 +190,7 @@ def verify(recipe: Recipe, loaded: LoadedRecipe) -> None:
             problems.append(loaded.problem(f"{ref.key}.id", f"differs from {display_path(path)}: {drift}"))
     hashes.save()
     for key in sorted(set(locked) - {r.key for r in current}):
-        problems.append(Problem(f"locked but no longer in the recipe: re-lock with recipe-run --lock", key=key,
+        problems.append(Problem("locked but no longer in the recipe: re-lock with recipe-run --lock", key=key,
                                 file=display_path(path)))
     if problems:
         raise RecipeError(problems)

@@ -117,7 +117,7 @@ def _check(recipe: Recipe, loaded: LoadedRecipe | None) -> list[Problem]:
         elif name in RESERVED_PARAMS:
             fail(key, f"{name} is set by the runner: {RESERVED_PARAMS[name]}")
         elif name in recipe.params:
-            fail(key, f"also set in [params]: a parameter is either fixed or an axis")
+            fail(key, "also set in [params]: a parameter is either fixed or an axis")
     task = recipe.model.task
     if task == "text-to-image" and (m.images or m.mask_images):
         fail("matrix.images" if m.images else "matrix.mask_images",

@@ -26,8 +26,8 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 KINDS: tuple[str, ...] = ("sd15", "sdxl", "sd3", "cogview4")
 

@@ -208,8 +208,8 @@ def test_offload_decision_on_a_cuda_machine(monkeypatch):
 def test_device_auto_takes_cuda_when_torch_sees_it_and_offload_then_passes(monkeypatch):
     import torch
 
-    from recipe_runner.plugins import offload
     from recipe_runner.build import detect_device
+    from recipe_runner.plugins import offload
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     device = detect_device("auto")

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recipe_runner import hookimpl, plugin_manager as plugins
+from recipe_runner import hookimpl
+from recipe_runner import plugin_manager as plugins
 from tests.conftest import REPO, image_files, pixels, run_subprocess
 
 VARS_AXES = '''

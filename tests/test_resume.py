@@ -7,14 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from recipe_runner import hookimpl, plugin_manager as plugins
+from recipe_runner import hookimpl
+from recipe_runner import plugin_manager as plugins
 from recipe_runner.journal import JOURNAL_NAME, read_journal
 from tests.conftest import REPO, image_files, pixels
 

@@ -6,7 +6,8 @@ import io
 
 import pytest
 
-from recipe_runner import build, hookimpl, plugin_manager as plugins
+from recipe_runner import build, hookimpl
+from recipe_runner import plugin_manager as plugins
 from recipe_runner.errors import RunError
 from recipe_runner.progress import Progress
 

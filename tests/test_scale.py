@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recipe_runner import build, distributed, hookimpl, plugin_manager as plugins
+from recipe_runner import build, distributed, hookimpl
+from recipe_runner import plugin_manager as plugins
 from recipe_runner.plan import Batch
 from tests.conftest import REPO, image_files, pixels
 
