@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from recipe_runner import hookimpl
 from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
@@ -100,7 +100,7 @@ def apply(pipe, settings: Settings, context) -> dict:
         import torch
 
         pipe.vae.decode = torch.compile(pipe.vae.decode, **options)
-    details = {"compiled": [name] + (["vae.decode"] if settings.vae else [])}
+    details: dict[str, Any] = {"compiled": [name] + (["vae.decode"] if settings.vae else [])}
     if settings.warmup and context.task == "text-to-image":
         details["warmup_seconds"] = round(warm_up(pipe, context), 3)
     return details

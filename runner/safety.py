@@ -83,7 +83,7 @@ def check_sources(recipe: Recipe, loaded: LoadedRecipe, *, allow_pickle: bool) -
     from .build import locate
 
     problems = []
-    targets = [("model.id", recipe.model.id, None)]
+    targets: list[tuple[str, str, str | None]] = [("model.id", recipe.model.id, None)]
     targets += [(f"components.{name}.id", spec.id, spec.subfolder) for name, spec in recipe.components.items()]
     for key, model_id, subfolder in targets:
         if model_id.startswith(tiny.MODEL_ID_PREFIX):
