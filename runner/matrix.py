@@ -9,7 +9,9 @@ call parameters are therefore consecutive, and batches stay full.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 import re
 import string
@@ -38,9 +40,22 @@ class Job:
     vars: dict[str, str] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)  # every call parameter of this image
     scheduler: dict[str, Any] | None = None  # {"name", "options"}; None: the pipeline's own
+    axes: dict[str, Any] = field(default_factory=dict)  # this job's value of each [matrix.axes] axis
 
-    def filename(self, width: int, ext: str) -> str:
-        return f"{self.index:0{width}d}-s{self.seed}-{slug(self.prompt)}.{ext}"
+    def identity(self) -> dict[str, Any]:
+        """What the job *is*: its prompt, seed, input and mask image, var values and axis values.
+        Never its position in the matrix, so adding a seed or a prompt leaves the others' alone."""
+        return {"prompt": self.prompt, "seed": self.seed, "image": self.image, "mask_image": self.mask_image,
+                "vars": dict(sorted(self.vars.items())), "axes": dict(sorted(self.axes.items()))}
+
+    def identity_digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True, ensure_ascii=False,
+                                         default=repr).encode()).hexdigest()
+
+    def filename(self, ext: str) -> str:
+        """``<prompt-slug>-s<seed>-<8 hex digits of the identity>.<ext>``: the same job always gets
+        the same name, whatever else the matrix holds."""
+        return f"{slug(self.prompt)}-s{self.seed}-{self.identity_digest()[:8]}.{ext}"
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -172,11 +187,22 @@ def _params_for(recipe: Recipe, axis_values: dict[str, Any], var_values: dict[st
 
 
 def expand(recipe: Recipe, loaded: LoadedRecipe | None = None) -> list[Job]:
-    """Every job of the recipe in matrix order; RecipeError when the matrix is inconsistent."""
+    """Every job of the recipe in matrix order; RecipeError when the matrix is inconsistent or
+    names the same job twice (two jobs with one identity would write one file)."""
     problems = _check(recipe, loaded)
     if problems:
         raise RecipeError(problems)
-    return list(_iter_jobs(recipe))
+    jobs = list(_iter_jobs(recipe))
+    seen: dict[tuple[Any, ...], Job] = {}
+    for job in jobs:  # a cheap key: digests of 100,000 jobs would cost --dry-run a second
+        key = (job.prompt, job.seed, job.image, job.mask_image, tuple(sorted(job.vars.items())), repr(job.axes))
+        first = seen.setdefault(key, job)
+        if first is not job:
+            what = f"prompt {job.prompt!r}, seed {job.seed}" + (f", image {job.image!r}" if job.image else "")
+            raise RecipeError([problem_at(loaded, "matrix", f"jobs {first.index} and {job.index} are the same job "
+                                          f"({what}): a value is listed twice", "list each prompt, seed, image "
+                                          "and axis value once")])
+    return jobs
 
 
 def _iter_jobs(recipe: Recipe) -> Iterator[Job]:
@@ -192,7 +218,8 @@ def _iter_jobs(recipe: Recipe) -> Iterator[Job]:
             axis_values = {k: v[i] for k, v in param_axes.items()}
             image, mask = inputs[i] if m.images else (None, None)
             sched = schedulers[i] if SCHEDULER_AXIS in m.axes else schedulers[0]
-            yield make(template, seed, image, mask, var_values, _params_for(recipe, axis_values, var_values), sched)
+            yield make(template, seed, image, mask, var_values, _params_for(recipe, axis_values, var_values), sched,
+                       _axes(axis_values, sched, m.axes))
         return
     combos = {p: _prompt_combos(recipe, p) for p in m.prompts}
     for sched in schedulers:
@@ -203,13 +230,20 @@ def _iter_jobs(recipe: Recipe) -> Iterator[Job]:
                     params = _params_for(recipe, axis_values, var_values)
                     for image, mask in inputs:
                         for seed in m.seeds:
-                            yield make(template, seed, image, mask, var_values, params, sched)
+                            yield make(template, seed, image, mask, var_values, params, sched,
+                                       _axes(axis_values, sched, m.axes))
+
+
+def _axes(axis_values: dict[str, Any], scheduler: dict[str, Any] | None, declared: dict[str, Any]) -> dict[str, Any]:
+    """A job's axis values, the scheduler axis's included, in the order the axes were declared."""
+    values = {**axis_values, SCHEDULER_AXIS: scheduler}
+    return {name: values[name] for name in declared}
 
 
 def _counter() -> Callable[..., Job]:
     index = itertools.count()
 
-    def make(template, seed, image, mask, var_values, params, sched) -> Job:
+    def make(template, seed, image, mask, var_values, params, sched, axes) -> Job:
         return Job(
             index=next(index),
             prompt=render(template, var_values),
@@ -219,6 +253,7 @@ def _counter() -> Callable[..., Job]:
             vars=dict(var_values),
             params=params,
             scheduler=sched,
+            axes=axes,
         )
 
     return make

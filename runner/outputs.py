@@ -122,13 +122,12 @@ class Manifest:
                  ext: str, path: Path | None = None):
         self.folder = folder
         self.path = path or folder / "manifest.json"
-        width = max(4, len(str(max(len(jobs) - 1, 0))))
         self.data: dict[str, Any] = {
             "recipe": recipe,
             "environment": environment,
             "optimizations": {},
             "timings": {},
-            "images": [self._record(job, job.filename(width, ext)) for job in jobs],
+            "images": [self._record(job, job.filename(ext)) for job in jobs],
         }
 
     @staticmethod

@@ -119,7 +119,6 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
     auto = " (auto: halves on out of memory)" if batch_setting == "auto" else ""
     lines.append(f"  jobs           {len(prepared.jobs)} in {len(batches)} batch{'es' * (len(batches) != 1)}, "
                  f"batch_size {size}{auto}, generator on {r.run.generator_device}")
-    width = max(4, len(str(max(len(prepared.jobs) - 1, 0))))
     ext = {"jpeg": "jpg"}.get(r.output.format, r.output.format)
     shown = 0
     for batch in batches:
@@ -135,7 +134,7 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
                 bits.append(f"image {job.image}")
             if job.scheduler and "scheduler" in r.matrix.axes:
                 bits.append(job.scheduler["name"])
-            lines.append(f"    {job.filename(width, ext)}  {', '.join(bits)}")
+            lines.append(f"    {job.filename(ext)}  {', '.join(bits)}")
             shown += 1
     if shown < len(prepared.jobs):
         lines.append(f"    ... {len(prepared.jobs) - shown} more")

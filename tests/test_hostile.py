@@ -170,7 +170,9 @@ def test_symlinks_planted_at_an_image_name_and_its_temporary_name_are_not_writte
     victim_final, victim_tmp = tmp_path / "victim-final", tmp_path / "victim-tmp"
     victim_final.write_text("precious")
     victim_tmp.write_text("precious too")
-    name = "0000-s0-a-cat.png"
+    from recipe_runner.matrix import Job
+
+    name = Job(0, "a cat", 0).filename("png")
     (folder / name).symlink_to(victim_final)
     (folder / f".{name}.tmp-{os.getpid()}").symlink_to(victim_tmp)  # the in-process run's temporary name
     (folder / ".manifest.journal.jsonl").symlink_to(victim_tmp)

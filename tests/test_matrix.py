@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -39,7 +40,8 @@ def test_product_order_is_axes_then_prompts_then_images_then_seeds(tmp_path):
     assert [j.index for j in jobs] == list(range(12))
     assert jobs[2].vars == {"who": "a young chief"}
     assert jobs[4].vars == {}
-    assert jobs[0].filename(4, "png") == "0000-s0-photo-of-an-old-chief.png"
+    assert re.fullmatch(r"photo-of-an-old-chief-s0-[0-9a-f]{8}\.png", jobs[0].filename("png"))
+    assert len({job.filename("png") for job in jobs}) == len(jobs)
 
 
 def test_zip_pairs_the_ith_entries(tmp_path):
@@ -152,3 +154,41 @@ def test_slug():
     assert slug("Portrait photo of a old warrior chief, 50mm!") == "portrait-photo-of-a-old-warrior-chief-50mm"
     assert slug("!!!") == "image"
     assert len(slug("x" * 500)) == 48
+
+
+GROWING = """
+[model]
+id = "tiny:sd15"
+[matrix]
+prompts = {prompts}
+seeds = {seeds}
+[matrix.vars]
+who = {who}
+[matrix.axes]
+guidance_scale = {guidance}
+"""
+
+
+def test_a_job_s_file_name_is_what_it_is_not_where_it_stands(tmp_path):
+    """Adding a seed, a prompt, a var value or an axis value leaves every other job's name alone."""
+
+    def names(**changes):
+        values = dict(prompts='["a {who} in a city", "a dog"]', seeds="[0, 1]", who='["cat"]', guidance="[6.0]")
+        values.update(changes)
+        return {(j.prompt, j.seed, j.params["guidance_scale"]): j.filename("png")
+                for j in jobs_of(tmp_path, GROWING.format(**values))}
+
+    base = names()
+    for grown in (names(seeds="[0, 1, 2]"), names(prompts='["a {who} in a city", "a bird", "a dog"]'),
+                  names(who='["cat", "fox"]'), names(guidance="[6.0, 8.0]"), names(seeds="[1, 0]")):
+        assert {k: grown[k] for k in base} == base
+        assert len(set(grown.values())) == len(grown)
+
+
+def test_the_same_job_listed_twice_is_refused(tmp_path):
+    with pytest.raises(RecipeError) as exc:
+        jobs_of(tmp_path, GROWING.format(prompts='["a dog", "a dog"]', seeds="[0]", who='["cat"]', guidance="[6.0]")
+                .replace('who = ["cat"]', "").replace("[matrix.vars]", ""))
+    assert "jobs 0 and 1 are the same job (prompt 'a dog', seed 0)" in str(exc.value)
+    with pytest.raises(RecipeError, match="jobs 0 and 2 are the same job"):
+        jobs_of(tmp_path, GROWING.format(prompts='["a {who}"]', seeds="[3, 4, 3]", who='["cat"]', guidance="[6.0]"))

@@ -254,7 +254,7 @@ def test_reproduce_matches_an_untouched_image_and_catches_one_changed_pixel(cli,
     finally:
         torch.set_num_threads(before)
     folder = tmp_path / "out" / "repro"
-    image = folder / "0001-s4-a-lighthouse.png"  # second in batch 0 of [0, 1, 2]
+    image = next(folder.glob("a-lighthouse-s4-*.png"))  # second in batch 0 of [0, 1, 2]
     probe = ThreadProbe()
     plugins.register(probe)
     try:
@@ -288,7 +288,7 @@ def test_webp_images_carry_the_metadata_in_exif_and_reproduce(cli, write_recipe,
 
     recipe = write_recipe(REPRO.format(fmt="webp").replace("seeds = [3, 4]", "seeds = [3]"), "repro-webp.toml")
     assert cli(recipe, "--out", tmp_path / "out").code == 0
-    image = tmp_path / "out" / "repro-webp" / "0001-s3-a-red-barn.webp"
+    image = next((tmp_path / "out" / "repro-webp").glob("a-red-barn-s3-*.webp"))
     text = read_embedded(image)
     assert json.loads(text["job"])["prompt"] == "a red barn"
     assert json.loads(text["recipe"])["output"]["format"] == "webp"
