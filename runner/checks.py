@@ -321,6 +321,8 @@ def size_problems(jobs: list[Any], problem: ProblemAt, batch_size: int, default_
     machine's memory. ``default_size`` is (height, width) when the job does not set them (the
     pipeline's default; None: unknown, then the smallest size, 8 pixels, stands in); ``keys`` maps
     "height"/"width" to the dotted key that sets them (for the message)."""
+    if not keys:  # the model's own default size (or, image-to-image, the input's): not the recipe's doing
+        return []
     limit = pil_pixel_limit() if limit is None else limit
     memory = host_memory_bytes() if memory is None else memory
     fallback_h, fallback_w = default_size or (DEFAULT_MULTIPLE, DEFAULT_MULTIPLE)

@@ -37,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
                    help="override one key: dotted path, TOML value (a bare word that is not TOML is a string)")
     p.add_argument("-p", "--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
                    help="load one more plugin module (importable name)")
+    p.add_argument("--strict-plugins", action="store_true",
+                   help="refuse to run (exit 2) when an installed plugin failed to load; without it, a warning")
     p.add_argument("--dry-run", action="store_true",
                    help="validate and print the plan; loads no model, imports neither torch nor diffusers")
     p.add_argument("--list-plugins", action="store_true", help="list the installed plugins and their settings")
@@ -45,7 +47,8 @@ def parser() -> argparse.ArgumentParser:
                         "exit 0 pixel-identical, 1 differs")
     p.add_argument("--schema", action="store_true", help="print the JSON Schema of the recipe format (plugin tables included)")
     p.add_argument("--lock", action="store_true",
-                   help="write RECIPE's lock file (RECIPE.lock: model commits and weight hashes) and exit")
+                   help="write each recipe's lock file beside it, the recipe's name with .lock for .toml "
+                        "(recipes/warrior.toml -> recipes/warrior.lock: model commits and weight hashes), and exit")
     p.add_argument("--locked", action="store_true", help="refuse to run (exit 2) when a model differs from the lock file")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow pickled (.bin/.ckpt) weights; never implied by a recipe")
@@ -119,6 +122,10 @@ def _main(args: argparse.Namespace) -> int:
     if args.list_plugins:
         print(list_plugins(plugins))
         return EXIT_OK
+    from .plugin_checks import check as check_plugins
+    from .run import warn as warn_stderr
+
+    check_plugins(plugins, args.strict_plugins, warn_stderr)
     if args.schema:
         from .schema import dumps
 
@@ -167,6 +174,9 @@ def _main(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("\n\n".join(describe_plan(p, plugins) for p in prepared))
         return EXIT_OK
+    from .preflight import before_loading
+
+    before_loading(prepared)  # every recipe, before the first image of the first one
 
     from .interrupts import graceful
     from .run import ModelCache, execute

@@ -189,7 +189,7 @@ def test_a1111_parameters_and_environment_in_each_image(matrix_run):
     assert text["parameters"] == (
         "portrait photo of a young chief\n"
         "Negative prompt: blurry a young chief\n"
-        "Steps: 2, Sampler: PNDMScheduler, CFG scale: 8.0, Seed: 1, Size: 64x64, Model: tiny:sd15")
+        "Steps: 2, Sampler: PLMS, CFG scale: 8.0, Seed: 1, Size: 64x64, Model: tiny:sd15")
     env = json.loads(text["environment"])
     assert env["threads"] >= 1 and env["torch"] and env["diffusers"]
     assert "model_revision" in env and Path(env["model_location"]).is_dir()
