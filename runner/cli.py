@@ -86,6 +86,11 @@ def console() -> None:
     those objects out of its way; objects are still released, and exit handlers still run.
     """
     code = main()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        code = code or EXIT_FAILED
     gc.freeze()
     sys.exit(code)
 
@@ -98,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_INVALID
+    except BrokenPipeError:  # `recipe-run --dry-run r.toml | head -1`: the reader is gone; end quietly
+        _stdout_to_devnull()
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted: every image written so far is complete and listed in its manifest", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -111,6 +119,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _stdout_to_devnull() -> None:
+    """What Python's docs recommend on SIGPIPE: point stdout at devnull, so that the interpreter's
+    final flush of the lost output raises nothing either."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (tests capture stdout)
+        pass
 
 
 def _main(args: argparse.Namespace) -> int:

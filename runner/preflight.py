@@ -235,7 +235,10 @@ def compatibility_problems(jobs: Sequence[Any], recipe: Any, loaded: LoadedRecip
     base = getattr(diffusers, info.scheduler_class, None)
     if base is None:
         return []
-    compatible = sorted({c.__name__ for c in getattr(base, "compatibles", [])} | {base.__name__})
+    get = getattr(base, "_get_compatibles", None)  # the classmethod behind the instances' ``compatibles``
+    if get is None:
+        return []
+    compatible = sorted({c.__name__ for c in get()} | {base.__name__})
     found = []
     for key, spec in specs:
         name = spec["name"]

@@ -333,7 +333,7 @@ def test_zip_mode_and_a_scheduler_axis_end_to_end(cli, write_recipe, tmp_path):
     images = json.loads((tmp_path / "out" / "zipped" / "manifest.json").read_text())["images"]
     assert [(r["prompt"], r["seed"], r["vars"], r["params"]["guidance_scale"], r["scheduler"]) for r in images] == [
         ("a fox at dawn", 7, {"what": "a fox"}, 5.0, "EulerDiscreteScheduler"),
-        ("a crow at dusk", 8, {"what": "a crow"}, 9.0, "DPMSolverMultistepScheduler")]
+        ("a crow at dusk", 8, {"what": "a crow"}, 9.0, "DPMSolverMultistepScheduler (use_karras_sigmas=true)")]
     assert seen == [("EulerDiscreteScheduler", 5.0, 1), ("DPMSolverMultistepScheduler", 9.0, 1)]
 
 
