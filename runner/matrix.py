@@ -38,6 +38,7 @@ class Job:
     vars: dict[str, str] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)  # every call parameter of this image
     scheduler: dict[str, Any] | None = None  # {"name", "options"}; None: the pipeline's own
+    input_size: Any = None  # the sizes of its input image (and mask), once read: jobs of one batch share it
 
     def filename(self, width: int, ext: str) -> str:
         return f"{self.index:0{width}d}-s{self.seed}-{slug(self.prompt)}.{ext}"

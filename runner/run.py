@@ -222,6 +222,7 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
     if prepared.inputs:
         images = inputs_mod.InputImages(prepared.inputs, loaded, prepared.input_keys)
         images.preflight()
+        prepared.jobs[:] = images.with_sizes(prepared.jobs)
     built = cache.get(prepared, plugins, ctx, model_key(recipe, prepared.enabled, options.allow_pickle))
 
     out_dir = prepared.out_dir
