@@ -84,24 +84,37 @@ def tiny_info(kind: str) -> ModelInfo:
     return found or ModelInfo(TINY_CLASSES[kind], None, {}, 8, TINY_DEFAULT_SIZE)
 
 
-def hub_cached(repo: str, revision: str | None) -> ModelInfo | None:
-    """ModelInfo of a Hub model from the local Hub cache only (no network)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover
-        return None
+def hub_cache_dir() -> Path:
+    """huggingface_hub's cache folder, from the same environment variables (without importing it)."""
+    import os
 
-    def read(sub: str) -> dict[str, Any] | None:
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(name):
+            return Path(os.environ[name]).expanduser()
+    home = os.environ.get("HF_HOME") or str(Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def hub_snapshot(repo: str, revision: str | None) -> Path | None:
+    """The cached snapshot folder of ``repo`` at ``revision`` (a commit, or a branch/tag the cache
+    has resolved before), or None."""
+    if repo.count("/") > 1 or not repo.strip("/"):
+        return None
+    root = hub_cache_dir() / ("models--" + repo.replace("/", "--"))
+    commit = revision if revision and re.fullmatch(r"[0-9a-f]{40}", revision) else None
+    if commit is None:
         try:
-            found = try_to_load_from_cache(repo, sub, revision=revision)
-        except Exception:  # an id that is not a repo id, ...
+            commit = (root / "refs" / (revision or "main")).read_text(encoding="utf-8").strip()
+        except OSError:
             return None
-        return read_json(Path(found)) if isinstance(found, str) else None
+    folder = root / "snapshots" / commit
+    return folder if folder.is_dir() else None
 
-    index_path = read("model_index.json")
-    if index_path is None:
-        return None
-    return from_folder(Path(repo), read)
+
+def hub_cached(repo: str, revision: str | None) -> ModelInfo | None:
+    """ModelInfo of a Hub model from the local Hub cache only (no network, no import)."""
+    folder = hub_snapshot(repo, revision)
+    return from_folder(folder) if folder is not None else None
 
 
 # --- the installed diffusers' source ----------------------------------------------------------------
@@ -116,22 +129,21 @@ def diffusers_root() -> Path | None:
     return Path(spec.origin).parent if spec and spec.origin else None
 
 
-@functools.lru_cache(maxsize=1)
-def _class_files() -> dict[str, Path]:
-    """Class name -> the diffusers source file that defines it (pipelines and schedulers)."""
+@functools.lru_cache(maxsize=2)
+def _classes_in(sub: str) -> dict[str, Path]:
+    """Class name -> the diffusers source file that defines it, in diffusers/<sub>/."""
     root = diffusers_root()
     found: dict[str, Path] = {}
     if root is None:
         return found
     pattern = re.compile(r"^class (\w+)\b", re.M)
-    for sub in ("pipelines", "schedulers"):
-        for path in sorted((root / sub).rglob("*.py")):
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                continue
-            for name in pattern.findall(text):
-                found.setdefault(name, path)
+    for path in sorted((root / sub).rglob("*.py")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        for name in pattern.findall(text):
+            found.setdefault(name, path)
     return found
 
 
@@ -144,7 +156,8 @@ def _parse(path: Path) -> ast.Module | None:
 
 
 def _class_node(name: str) -> ast.ClassDef | None:
-    path = _class_files().get(name)
+    path = _classes_in("schedulers").get(name) if name.endswith("Scheduler") else None
+    path = path or _classes_in("pipelines").get(name)
     tree = _parse(path) if path else None
     if tree is None:
         return None
@@ -156,7 +169,7 @@ def _class_node(name: str) -> ast.ClassDef | None:
 
 def scheduler_names() -> list[str]:
     """Every scheduler class the installed diffusers defines."""
-    return sorted(n for n, p in _class_files().items() if p.parent.name == "schedulers" and n.endswith("Scheduler"))
+    return sorted(n for n in _classes_in("schedulers") if n.endswith("Scheduler"))
 
 
 def task_class(class_name: str, task: str) -> str | None:

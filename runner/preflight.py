@@ -13,7 +13,6 @@ once): parameter values (:mod:`recipe_runner.checks`), sizes, and, from the mode
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,11 +82,12 @@ def _scheduler_specs(jobs: Sequence[Any], recipe: Any) -> list[tuple[str, dict[s
 
 def scheduler_problems(jobs: Sequence[Any], recipe: Any, loaded: LoadedRecipe | None) -> list[Problem]:
     """Scheduler class names and options against the installed diffusers' schedulers."""
-    known = pipeline_info.scheduler_names()
+    specs = _scheduler_specs(jobs, recipe)
+    known = pipeline_info.scheduler_names() if specs else []
     if not known:
         return []
     problems: list[Problem] = []
-    for key, spec in _scheduler_specs(jobs, recipe):
+    for key, spec in specs:
         name = spec["name"]
         if name not in known:
             close = did_you_mean(name, known)
@@ -259,7 +259,12 @@ def fetch_hub_info(repo: str, revision: str | None, loaded: LoadedRecipe | None)
 
     try:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
     except ImportError:  # pragma: no cover
         return None
     key = "model.id"
@@ -270,11 +275,16 @@ def fetch_hub_info(repo: str, revision: str | None, loaded: LoadedRecipe | None)
     def read(sub: str) -> dict[str, Any] | None:
         try:
             path = hf_hub_download(repo, sub, revision=revision, etag_timeout=HUB_TIMEOUT)
+        except LocalEntryNotFoundError:
+            raise
         except EntryNotFoundError:
             return None
         return pipeline_info.read_json(Path(path))
 
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(HUB_TIMEOUT))
+    unreachable = hub_unreachable()
+    if unreachable:
+        raise RecipeError([problem_at(loaded, key, f"the Hugging Face Hub cannot be reached ({unreachable}) and "
+                                      f"{repo!r} is not in the local Hub cache", HUB_ADVICE.format(repo=repo))])
     try:
         info = pipeline_info.from_folder(Path(repo), read)
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
@@ -291,6 +301,25 @@ def fetch_hub_info(repo: str, revision: str | None, loaded: LoadedRecipe | None)
 
 
 HUB_TIMEOUT = 5.0
+
+
+def hub_unreachable(timeout: float = HUB_TIMEOUT) -> str | None:
+    """One request to the Hub endpoint (HF_ENDPOINT), no retries: why it cannot be reached, or
+    None. huggingface_hub retries a refused connection five times with backoff (about 25 s)."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    url = constants.ENDPOINT.rstrip("/") + "/api/models"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):  # noqa: S310
+            return None
+    except urllib.error.HTTPError:  # an answer, even an error, means the Hub is there
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"{url}: {reason}"
 
 
 def _first_line(exc: BaseException) -> str:
