@@ -150,7 +150,7 @@ class InputImages:
     def for_batch(self, jobs: tuple[Job, ...]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {}
         if jobs[0].image is not None:
-            out["image"] = [self.get(j.image) for j in jobs]
+            out["image"] = [self.get(str(j.image)) for j in jobs]
         if jobs[0].mask_image is not None:
-            out["mask_image"] = [self.get(j.mask_image, "L") for j in jobs]
+            out["mask_image"] = [self.get(str(j.mask_image), "L") for j in jobs]
         return out

@@ -112,7 +112,7 @@ def scheduler_problems(jobs: Sequence[Any], recipe: Any, loaded: LoadedRecipe | 
 
 
 def _size_keys(data: dict[str, Any]) -> dict[str, str]:
-    keys = {}
+    keys: dict[str, str] = {}
     for key, name, _ in checks.parameter_values(data):
         if name in ("height", "width"):
             keys.setdefault(name, key.rsplit(".", 1)[0] if key.startswith("matrix.") else key)

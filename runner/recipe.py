@@ -295,5 +295,5 @@ def validate(loaded: LoadedRecipe) -> Recipe:
     try:
         return Recipe.model_validate(loaded.data)
     except ValidationError as exc:
-        problems = [problem_from_pydantic(e, loaded.problem) for e in exc.errors()]
+        problems = [problem_from_pydantic(dict(e), loaded.problem) for e in exc.errors()]
         raise RecipeError(problems) from None

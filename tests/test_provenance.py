@@ -62,7 +62,7 @@ def test_vars_times_axes_times_seeds_gives_eight_images_with_their_prompt_vars_a
         assert record["params"]["negative_prompt"] == f"blurry {who}"
         assert record["params"]["num_inference_steps"] == 2
         assert record["status"] == "done"
-    assert [r["batch"] for r in images] == [0, 0, 1, 1, 2, 2, 3, 3]  # guidance and negative prompt split batches
+    assert [r["batch"] for r in images] == [0, 0, 0, 0, 1, 1, 1, 1]  # guidance splits batches; negative prompts do not
     # the manifest holds the resolved recipe, the template and not the renderings
     assert manifest["recipe"]["matrix"]["prompts"] == ["portrait photo of {who}"]
 
@@ -195,7 +195,7 @@ def test_a1111_parameters_and_environment_in_each_image(matrix_run):
     assert "model_revision" in env and Path(env["model_location"]).is_dir()
     assert env["recipe_file"] == "va.toml" and Path(env["recipe_folder"]).is_dir()
     job = json.loads(text["job"])
-    assert job["vars"] == {"who": "a young chief"} and job["batch_jobs"] == [6, 7]
+    assert job["vars"] == {"who": "a young chief"} and job["batch_jobs"] == [4, 5, 6, 7]
 
 
 def test_metadata_false_writes_bare_images_and_reproduce_refuses_them(cli, write_recipe, tmp_path):
