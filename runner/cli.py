@@ -38,6 +38,8 @@ def parser() -> argparse.ArgumentParser:
                    help="override one key: dotted path, TOML value (a bare word that is not TOML is a string)")
     p.add_argument("-p", "--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
                    help="load one more plugin module (importable name)")
+    p.add_argument("--strict-plugins", action="store_true",
+                   help="refuse to run (exit 2) when an installed plugin failed to load; without it, a warning")
     p.add_argument("--dry-run", action="store_true",
                    help="validate and print the plan; loads no model, imports neither torch nor diffusers")
     p.add_argument("--list-plugins", action="store_true", help="list the installed plugins and their settings")
@@ -46,7 +48,8 @@ def parser() -> argparse.ArgumentParser:
                         "exit 0 pixel-identical, 1 differs")
     p.add_argument("--schema", action="store_true", help="print the JSON Schema of the recipe format (plugin tables included)")
     p.add_argument("--lock", action="store_true",
-                   help="write RECIPE's lock file (RECIPE.lock: model commits and weight hashes) and exit")
+                   help="write each recipe's lock file beside it, the recipe's name with .lock for .toml "
+                        "(recipes/warrior.toml -> recipes/warrior.lock: model commits and weight hashes), and exit")
     p.add_argument("--locked", action="store_true", help="refuse to run (exit 2) when a model differs from the lock file")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow pickled (.bin/.ckpt) weights; never implied by a recipe")
@@ -84,6 +87,11 @@ def console() -> None:
     those objects out of its way; objects are still released, and exit handlers still run.
     """
     code = main()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        code = code or EXIT_FAILED
     gc.freeze()
     sys.exit(code)
 
@@ -96,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_INVALID
+    except BrokenPipeError:  # `recipe-run --dry-run r.toml | head -1`: the reader is gone; end quietly
+        _stdout_to_devnull()
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted: every image written so far is complete and listed in its manifest", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -133,6 +144,7 @@ APPLIES = {  # option (dest) -> (its flag, the modes it applies to)
     "allow_pickle": ("--allow-pickle", {RUN, "dry_run", "lock", "reproduce"}),
     "trust_remote_code": ("--trust-remote-code", {RUN, "dry_run", "lock", "reproduce"}),
     "no_progress": ("--no-progress", {RUN, "reproduce"}),
+    "strict_plugins": ("--strict-plugins", {RUN, "dry_run", "lock", "reproduce", "schema"}),
 }
 
 
@@ -154,6 +166,18 @@ def mode_of(args: argparse.Namespace) -> str:
     return mode
 
 
+def _stdout_to_devnull() -> None:
+    """What Python's docs recommend on SIGPIPE: point stdout at devnull, so that the interpreter's
+    final flush of the lost output raises nothing either."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (tests capture stdout)
+        pass
+
+
 def _main(args: argparse.Namespace) -> int:
     from .plugin_manager import load_plugins
 
@@ -162,6 +186,10 @@ def _main(args: argparse.Namespace) -> int:
     if mode == "list_plugins":
         print(list_plugins(plugins))
         return EXIT_OK
+    from .plugin_checks import check as check_plugins
+    from .prepare import warn as warn_stderr
+
+    check_plugins(plugins, args.strict_plugins, warn_stderr)
     if mode == "schema":
         from .schema import dumps
 
@@ -208,6 +236,9 @@ def _main(args: argparse.Namespace) -> int:
     if mode == "dry_run":
         print("\n\n".join(describe_plan(p, plugins) for p in prepared))
         return EXIT_OK
+    from .preflight import before_loading
+
+    before_loading(prepared)  # every recipe, before the first image of the first one
 
     from .interrupts import graceful
     from .run import ModelCache, execute

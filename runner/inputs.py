@@ -105,6 +105,7 @@ class InputImages:
         self._size = cache
         self._fetched: dict[str, bytes] = {}
         self.digests: dict[str, str] = {}  # as written -> sha256 of its bytes (part of each job's key)
+        self.sizes: dict[str, tuple[int, int]] = {}  # as written -> (width, height), after preflight
 
     def preflight(self) -> None:
         """Open every input once; a failure is a RecipeError naming the key."""
@@ -118,7 +119,7 @@ class InputImages:
                 self.digests[value] = hashlib.sha256(data).hexdigest()
                 if is_url(source):
                     self._fetched[source] = data
-                open_image(data, "RGB")
+                self.sizes[value] = open_image(data, "RGB").size
             except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
                 problems.append(problem_at(self._loaded, key, f"refused: {exc}"))
             except Exception as exc:
@@ -138,6 +139,13 @@ class InputImages:
         if len(self._cache) > self._size:
             self._cache.popitem(last=False)
         return image
+
+    def with_sizes(self, jobs: list[Job]) -> list[Job]:
+        """``jobs`` with their inputs' sizes: the plan never batches inputs of different sizes."""
+        from dataclasses import replace
+
+        return [replace(j, input_size=(self.sizes.get(j.image), self.sizes.get(j.mask_image or ""))) if j.image else j
+                for j in jobs]
 
     def for_batch(self, jobs: tuple[Job, ...]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {}

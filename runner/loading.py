@@ -1,6 +1,10 @@
 """From a TOML file to one merged dict: ``extends`` chains, ``--set`` overrides, and where each
 key came from (file and line), so that later errors can point at the right place.
 
+A ``[matrix.axes]`` key declared in a later layer (the extending recipe, then ``--set``) replaces
+the same key of an earlier layer's ``[params]``, as tables merge everywhere else; within one layer
+both stays an error ("a parameter is either fixed or an axis").
+
 No validation of meaning happens here (that is :mod:`recipe_runner.recipe`); this module only knows TOML.
 """
 
@@ -201,6 +205,9 @@ def _load_chain(path: Path, seen: list[Path]) -> tuple[dict[str, Any], dict[str,
     own = {k: v for k, v in data.items() if k != "extends"}
     merged_origins = dict(base_origins)
     merged = deep_merge(base, own, merged_origins)
+    for name in _axis_names(own):
+        if name not in (own.get("params") or {}):
+            _drop_param(merged, merged_origins, name)
     merged_origins.update(origins)
     merged["extends"] = parent
     if "name" not in own:
@@ -246,3 +253,29 @@ def apply_set(loaded: LoadedRecipe, item: str) -> None:
         del loaded.origins[stale]
     node[parts[-1]] = value
     loaded.origins[key] = Origin(SET_ORIGIN)
+    for name in _axis_names(_nest(parts, value)):
+        param = loaded.origins.get(f"params.{name}")
+        if param is None or param.file != SET_ORIGIN:  # --set of both stays an error, like one file
+            _drop_param(loaded.data, loaded.origins, name)
+
+
+def _nest(parts: list[str], value: Any) -> dict[str, Any]:
+    for part in reversed(parts):
+        value = {part: value}
+    return value
+
+
+def _axis_names(layer: dict[str, Any]) -> list[str]:
+    """The ``[matrix.axes]`` a layer (a file, or one --set) declares (the scheduler axis aside)."""
+    matrix = layer.get("matrix")
+    axes = matrix.get("axes") if isinstance(matrix, dict) else None
+    return [k for k in axes if k != "scheduler"] if isinstance(axes, dict) else []
+
+
+def _drop_param(data: dict[str, Any], origins: dict[str, Origin], name: str) -> None:
+    """An axis declared in a later layer replaces the same key of an earlier layer's [params]."""
+    params = data.get("params")
+    if isinstance(params, dict) and name in params:
+        del params[name]
+        for stale in [o for o in origins if o == f"params.{name}" or o.startswith(f"params.{name}.")]:
+            del origins[stale]

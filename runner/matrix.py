@@ -41,6 +41,7 @@ class Job:
     params: dict[str, Any] = field(default_factory=dict)  # every call parameter of this image
     scheduler: dict[str, Any] | None = None  # {"name", "options"}; None: the pipeline's own
     axes: dict[str, Any] = field(default_factory=dict)  # this job's value of each [matrix.axes] axis
+    input_size: Any = None  # the sizes of its input image (and mask), once read: jobs of one batch share it
 
     def identity(self) -> dict[str, Any]:
         """What the job *is*: its prompt, seed, input and mask image, var values and axis values.

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .labels import a1111_sampler, scheduler_label
 from .matrix import Job
 from .plan import Batch
 
@@ -141,7 +142,7 @@ class Manifest:
             "mask_image": job.mask_image,
             "vars": dict(job.vars),
             "params": dict(job.params),
-            "scheduler": job.scheduler["name"] if job.scheduler else None,
+            "scheduler": scheduler_label(job.scheduler),  # with its options: "X (use_karras_sigmas=true)"
             "batch": None,
             "batch_size": None,
             "batch_jobs": None,
@@ -186,7 +187,7 @@ class Writer:
             "recipe": self.recipe_json,
             "job": json.dumps(job_info, ensure_ascii=False, default=repr),
             "environment": self.environment_json,
-            "parameters": a1111_parameters(job, record["scheduler"] or self.default_scheduler, self.model),
+            "parameters": a1111_parameters(job, a1111_sampler(job.scheduler, self.default_scheduler), self.model),
         }
 
     def write_batch(self, batch: Batch, images: Sequence[Any], only: set[int] | None = None) -> None:

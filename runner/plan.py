@@ -1,7 +1,9 @@
 """From jobs to batches: the plan fixes batch boundaries, and with them the pixels.
 
-Up to ``batch_size`` consecutive jobs (in matrix order) that share their call parameters and
-scheduler form a batch. Batched kernels round differently per batch size, so every path that
+Up to ``batch_size`` consecutive jobs (in matrix order) that share their call parameters,
+scheduler and input image size form a batch (inputs of different sizes never share a batch:
+diffusers would squash them all to the first one's size). Negative prompts are not part of what
+must be shared: a batch passes one per prompt, so ``{var}`` in ``negative_prompt`` keeps batches full. Batched kernels round differently per batch size, so every path that
 re-creates an image (resume, distributed ranks, --reproduce) re-creates its planned batch.
 """
 
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .matrix import Job
+from .matrix import TEMPLATED_PARAMS, Job
 
 AUTO_START_CPU = 8  # "auto" on a CPU: no out-of-memory error warns before the system swaps
 
@@ -29,7 +31,8 @@ class Batch:
 
 def signature(job: Job) -> str:
     """What must be equal for two jobs to share one pipeline call."""
-    return json.dumps([job.params, job.scheduler], sort_keys=True, default=repr)
+    params = {k: v for k, v in job.params.items() if not (k in TEMPLATED_PARAMS and isinstance(v, str))}
+    return json.dumps([params, job.scheduler, job.input_size], sort_keys=True, default=repr)
 
 
 def plan(jobs: Sequence[Job], batch_size: int) -> list[Batch]:

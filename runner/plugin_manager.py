@@ -17,7 +17,6 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import RecipeError
 from .optimizations import Optimization, Registry
 
 PROJECT = "recipe_runner"
@@ -99,7 +98,9 @@ def _allowed_third_party() -> set[str] | None:
 
 
 def load_plugins(extra_modules: tuple[str, ...] | list[str] = ()) -> Plugins:
-    """Build the PluginManager with every plugin; -p modules that cannot import are exit 2."""
+    """Build the PluginManager with every plugin. A plugin that fails to import or register (an
+    entry point, a ``-p`` module) is recorded on its PluginInfo, never raised: runs name it in a
+    warning and in the manifest; ``--strict-plugins`` refuses to run with it."""
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
     infos: list[PluginInfo] = []
@@ -137,18 +138,54 @@ def load_plugins(extra_modules: tuple[str, ...] | list[str] = ()) -> Plugins:
         _register(pm, plugin, info)
 
     for module_name in extra_modules:
-        try:
-            module = importlib.import_module(module_name)
-        except Exception as exc:
-            raise RecipeError.one(f"cannot import plugin module {module_name!r}: {_error_text(exc)}",
-                                  file="-p") from None
         info = PluginInfo(module_name, "-p", module_name)
         infos.append(info)
+        try:
+            module = import_plugin_module(module_name)
+        except Exception as exc:  # listed as failed; a run names it, --strict-plugins refuses it
+            info.error = _error_text(exc)
+            continue
+        info.distribution, info.version = _distribution_of(module)
         _register(pm, module, info)
-        if info.error:
-            raise RecipeError.one(f"plugin module {module_name!r} is invalid: {info.error}", file="-p")
 
     return Plugins(pm, infos, _collect_optimizations(pm, infos))
+
+
+def import_plugin_module(name: str) -> Any:
+    """``-p NAME``: the module, found as ``python -m`` would, the current folder first."""
+    import sys
+
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(name)
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def _distribution_of(module: Any) -> tuple[str | None, str | None]:
+    """The installed distribution providing ``module`` and its version; else the module's own
+    ``__version__`` (a plugin file in the current folder)."""
+    top = getattr(module, "__name__", "").split(".")[0]
+    try:
+        names = metadata.packages_distributions().get(top) or []
+    except Exception:  # pragma: no cover - broken metadata
+        names = []
+    for name in names:
+        try:
+            return name, metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    version = getattr(module, "__version__", None)
+    return None, version if isinstance(version, str) else None
+
+
+def failed(plugins: Plugins) -> list[PluginInfo]:
+    """The plugins that failed to import or register."""
+    return [i for i in plugins.infos if i.error]
 
 
 def _collect_optimizations(pm: pluggy.PluginManager, infos: list[PluginInfo]) -> Registry:

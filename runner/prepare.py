@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import checks, preflight, safety
 from . import inputs as inputs_mod
-from . import safety
 from .errors import RecipeError
+from .labels import scheduler_label
 from .loading import LoadedRecipe, display_path, load
 from .matrix import Job, expand
 from .optimizations import Enabled
@@ -66,7 +67,10 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
     Every check that needs no torch runs here, so no mode can skip one and ``--dry-run`` refuses
     what a run would refuse before loading. RecipeError (exit 2) lists every problem found.
     """
-    recipe = validate(loaded)
+    try:
+        recipe = validate(loaded)
+    except RecipeError as exc:  # the value checks need no valid tables: report theirs in the same pass
+        raise RecipeError(exc.problems + checks.value_problems(loaded.data, loaded.problem)) from exc
     problems = []
     try:
         jobs = expand(recipe, loaded)
@@ -91,6 +95,7 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
             check()
         except RecipeError as exc:
             problems += exc.problems
+    problems += preflight.problems(recipe, loaded, jobs)
     if problems:
         raise RecipeError(problems)
     return Prepared(loaded, recipe, jobs, enabled, resolved, keys, options.out / recipe.name)
@@ -111,12 +116,13 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
     for name, comp in r.components.items():
         lines.append(f"  component      {name} <- {comp.id}" + (f" ({comp.subfolder})" if comp.subfolder else ""))
     if r.scheduler:
-        lines.append(f"  scheduler      {r.scheduler.name} {json.dumps(r.scheduler.options) if r.scheduler.options else ''}".rstrip())
+        lines.append(f"  scheduler      {scheduler_label(r.scheduler.model_dump())}")
     opts = ", ".join(f"{e.name} {json.dumps(e.settings.model_dump(mode='json'))}" for e in prepared.enabled) or "none"
     lines.append(f"  optimizations  {opts}")
     loaded_plugins = ", ".join(f"{i.name} ({i.source}{', failed' if i.error else ''})" for i in plugins.infos)
     lines.append(f"  plugins        {loaded_plugins}")
     auto = " (auto: halves on out of memory)" if batch_setting == "auto" else ""
+    lines += [f"  {'checks' if i == 0 else '':<15}{note}" for i, note in enumerate(preflight.notes(r, prepared.loaded))]
     lines.append(f"  jobs           {len(prepared.jobs)} in {len(batches)} batch{'es' * (len(batches) != 1)}, "
                  f"batch_size {size}{auto}, generator on {r.run.generator_device}")
     ext = {"jpeg": "jpg"}.get(r.output.format, r.output.format)
@@ -133,7 +139,7 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
             if job.image:
                 bits.append(f"image {job.image}")
             if job.scheduler and "scheduler" in r.matrix.axes:
-                bits.append(job.scheduler["name"])
+                bits.append(str(scheduler_label(job.scheduler)))
             lines.append(f"    {job.filename(ext)}  {', '.join(bits)}")
             shown += 1
     if shown < len(prepared.jobs):

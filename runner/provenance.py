@@ -1,5 +1,5 @@
 """What an image's ``environment`` chunk adds to :mod:`recipe_runner.environment` so that the image alone
-can be re-created: the model revision actually loaded, and the folder of the recipe file (relative
+can be re-created: the model revision actually loaded, the third-party plugins of the run, and the folder of the recipe file (relative
 model and input paths in the embedded recipe resolve against it on ``--reproduce``)."""
 
 from __future__ import annotations
@@ -21,9 +21,14 @@ def model_revision(pipe: Any, requested: str | None) -> str | None:
     return match.group(1) if match else requested
 
 
-def environment_extras(pipe: Any, loaded: LoadedRecipe, location: str) -> dict[str, Any]:
+def environment_extras(pipe: Any, loaded: LoadedRecipe, location: str, plugins: Any = None) -> dict[str, Any]:
+    """``plugins`` (a plugin_manager.Plugins): its third-party plugins, loaded or failed, are recorded
+    (name, version, source, module, error) so that an image says which plugins made it."""
+    from .plugin_checks import records
+
     recipe_file = loaded.path.resolve()
     return {
+        "plugins": records(plugins) if plugins is not None else [],
         "model_revision": model_revision(pipe, loaded.data.get("model", {}).get("revision")),
         "model_location": location,
         "recipe_file": recipe_file.name,

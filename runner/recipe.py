@@ -213,6 +213,18 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return []
 
 
+def _home_of(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    """``seeds`` at the top level -> ``matrix.seeds``: the dotted key of a table one level down that
+    has this very key (a key written in the wrong table), when exactly one has it."""
+    name = str(loc[-1])
+    homes = []
+    for table in _fields_at(model, loc[:-1]):
+        inner = _fields_at(model, (*loc[:-1], table))
+        if name in inner:
+            homes.append(".".join([*map(str, loc[:-1]), table, name]))
+    return homes[0] if len(homes) == 1 else None
+
+
 def _unwrap(annotation: Any) -> Any:
     """Optional[X] / Annotated[X, ...] -> X."""
     while True:
@@ -248,8 +260,11 @@ def problem_from_pydantic(
     if kind == "extra_forbidden":
         allowed = _fields_at(model, loc[:-1])
         close = did_you_mean(str(loc[-1]), allowed)
+        home = _home_of(model, loc)
         message = "unknown key"
-        if close:
+        if home:
+            hint = f"did you mean {home!r}?"
+        elif close:
             hint = f"did you mean {close!r}?"
         elif allowed:
             hint = "expected one of: " + ", ".join(allowed)
@@ -280,5 +295,5 @@ def validate(loaded: LoadedRecipe) -> Recipe:
     try:
         return Recipe.model_validate(loaded.data)
     except ValidationError as exc:
-        problems = [problem_from_pydantic(e, loaded.problem) for e in exc.errors()]
+        problems = [problem_from_pydantic(dict(e), loaded.problem) for e in exc.errors()]
         raise RecipeError(problems) from None

@@ -5,7 +5,12 @@ An exact match needs the image's planned batch (batched kernels round differentl
 size and composition) and the CPU thread count it was made with (it changes CPU kernel rounding):
 the job chunk records ``batch`` and ``batch_jobs``, the environment chunk ``threads``. The whole
 batch is re-computed and only the image asked for is written, to a scratch folder (a new temporary
-folder, or ``--out``), never over the original.
+folder, or ``--out``), never over the original. Without ``--out`` the temporary folder is removed
+before returning when the pixels match (the report then names no file); when they differ, only the
+re-generated image is kept there, and the report names it, for inspection.
+
+Plugins change pixels too: the third-party plugins an image records (``environment.plugins``) that
+are not loaded now (or are loaded in another version) are named in the report.
 
 Exit status: 0 pixel-identical, 1 the pixels differ (the report gives the PSNR), 2 the image
 carries no recipe (written with ``[output] metadata = false``, or not by recipe-run).
@@ -15,9 +20,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,34 +95,59 @@ def pixels(path: Path) -> Any:
 @dataclass
 class Outcome:
     original: Path
-    reproduced: Path
+    reproduced: Path | None  # None: re-generated in a temporary folder, since removed
     identical: bool
     psnr: float
     differing: int  # pixels with any channel different
     total: int
+    missing_plugins: list[str] = field(default_factory=list)
 
     def report(self) -> str:
+        where = f" (re-generated as {self.reproduced})" if self.reproduced is not None else ""
         if self.identical:
-            return f"{self.original}: pixel-identical (re-generated as {self.reproduced})"
-        return (f"{self.original}: differs: PSNR {self.psnr:.2f} dB, {self.differing} of {self.total} pixels "
-                f"(re-generated as {self.reproduced})")
+            text = f"{self.original}: pixel-identical{where}"
+        else:
+            text = f"{self.original}: differs: PSNR {self.psnr:.2f} dB, {self.differing} of {self.total} pixels{where}"
+        if self.missing_plugins:
+            text += "\n  plugins the image records that this run did not have: " + "; ".join(self.missing_plugins)
+        return text
 
 
 def reproduce(image: Path, plugins: Plugins, out: Path | None, *, allow_pickle: bool = False,
               trust_remote_code: bool = False, warn: Callable[[str], None] = print) -> Outcome:
     """Re-generate ``image`` in its planned batch with its recorded thread count; compare pixels."""
+    embedded = read(image)
+    loaded = load_data(embedded.recipe, recipe_path(embedded, image))
+    if out is not None:
+        return _reproduce(image, embedded, loaded, plugins, out, allow_pickle, trust_remote_code, warn)
+    scratch = Path(tempfile.mkdtemp(prefix="recipe-run-reproduce-"))
+    try:
+        outcome = _reproduce(image, embedded, loaded, plugins, scratch, allow_pickle, trust_remote_code, warn)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    if outcome.identical or outcome.reproduced is None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        outcome.reproduced = None
+    else:  # keep only the differing image, for inspection
+        for path in scratch.rglob("*"):
+            if path.is_file() and path != outcome.reproduced:
+                path.unlink()
+    return outcome
+
+
+def _reproduce(image: Path, embedded: Embedded, loaded: Any, plugins: Plugins, scratch: Path, allow_pickle: bool,
+               trust_remote_code: bool, warn: Callable[[str], None]) -> Outcome:
     import torch
 
     from . import environment
     from .execute import Execution
     from .plan import Batch
+    from .plugin_checks import missing
     from .prepare import Options, prepare_loaded
     from .progress import Progress
     from .run import ModelCache, start
 
-    embedded = read(image)
-    loaded = load_data(embedded.recipe, recipe_path(embedded, image))
-    scratch = out if out is not None else Path(tempfile.mkdtemp(prefix="recipe-run-reproduce-"))
     options = Options(out=scratch, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                       progress=False, warn=warn)
     prepared = prepare_loaded(loaded, plugins, options)  # the safety policy applies to embedded recipes too
@@ -155,7 +186,8 @@ def reproduce(image: Path, plugins: Plugins, out: Path | None, *, allow_pickle: 
     if not produced.is_file():
         raise RunError(f"the re-generated image was not written: {produced}")
     a, b = pixels(image), pixels(produced)
+    gone = missing(env.get("plugins"), plugins)
     if a.shape != b.shape:
-        return Outcome(image, produced, False, 0.0, a.shape[0] * a.shape[1], a.shape[0] * a.shape[1])
+        return Outcome(image, produced, False, 0.0, a.shape[0] * a.shape[1], a.shape[0] * a.shape[1], gone)
     differing = int((a != b).any(axis=-1).sum())
-    return Outcome(image, produced, differing == 0, psnr(a, b), differing, a.shape[0] * a.shape[1])
+    return Outcome(image, produced, differing == 0, psnr(a, b), differing, a.shape[0] * a.shape[1], gone)

@@ -108,6 +108,7 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
     if prepared.inputs:
         images = inputs_mod.InputImages(prepared.inputs, loaded, prepared.input_keys)
         images.preflight()
+        prepared.jobs[:] = images.with_sizes(prepared.jobs)
     built = cache.get(prepared, plugins, ctx, model_key(recipe, prepared.enabled, options.allow_pickle))
 
     out_dir = prepared.out_dir
@@ -117,7 +118,7 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
     out_dir.mkdir(parents=True, exist_ok=True)
     env = environment.describe(ctx.device, ctx.dtype, recipe.run.generator_device, recipe.run.deterministic)
     env["world_size"] = dist.world_size
-    env.update(environment_extras(built.pipe, loaded, ctx.location))
+    env.update(environment_extras(built.pipe, loaded, ctx.location, plugins))
     resolved = recipe.model_dump(mode="json")
     manifest_path = distributed.partial_path(out_dir, dist.rank) if dist.world_size > 1 else None
     manifest = Manifest(out_dir, resolved, env, prepared.jobs, EXTENSIONS[recipe.output.format], manifest_path)

@@ -62,7 +62,7 @@ def test_vars_times_axes_times_seeds_gives_eight_images_with_their_prompt_vars_a
         assert record["params"]["negative_prompt"] == f"blurry {who}"
         assert record["params"]["num_inference_steps"] == 2
         assert record["status"] == "done"
-    assert [r["batch"] for r in images] == [0, 0, 1, 1, 2, 2, 3, 3]  # guidance and negative prompt split batches
+    assert [r["batch"] for r in images] == [0, 0, 0, 0, 1, 1, 1, 1]  # guidance splits batches; negative prompts do not
     # the manifest holds the resolved recipe, the template and not the renderings
     assert manifest["recipe"]["matrix"]["prompts"] == ["portrait photo of {who}"]
 
@@ -189,13 +189,13 @@ def test_a1111_parameters_and_environment_in_each_image(matrix_run):
     assert text["parameters"] == (
         "portrait photo of a young chief\n"
         "Negative prompt: blurry a young chief\n"
-        "Steps: 2, Sampler: PNDMScheduler, CFG scale: 8.0, Seed: 1, Size: 64x64, Model: tiny:sd15")
+        "Steps: 2, Sampler: PLMS, CFG scale: 8.0, Seed: 1, Size: 64x64, Model: tiny:sd15")
     env = json.loads(text["environment"])
     assert env["threads"] >= 1 and env["torch"] and env["diffusers"]
     assert "model_revision" in env and Path(env["model_location"]).is_dir()
     assert env["recipe_file"] == "va.toml" and Path(env["recipe_folder"]).is_dir()
     job = json.loads(text["job"])
-    assert job["vars"] == {"who": "a young chief"} and job["batch_jobs"] == [6, 7]
+    assert job["vars"] == {"who": "a young chief"} and job["batch_jobs"] == [4, 5, 6, 7]
 
 
 def test_metadata_false_writes_bare_images_and_reproduce_refuses_them(cli, write_recipe, tmp_path):
@@ -333,7 +333,7 @@ def test_zip_mode_and_a_scheduler_axis_end_to_end(cli, write_recipe, tmp_path):
     images = json.loads((tmp_path / "out" / "zipped" / "manifest.json").read_text())["images"]
     assert [(r["prompt"], r["seed"], r["vars"], r["params"]["guidance_scale"], r["scheduler"]) for r in images] == [
         ("a fox at dawn", 7, {"what": "a fox"}, 5.0, "EulerDiscreteScheduler"),
-        ("a crow at dusk", 8, {"what": "a crow"}, 9.0, "DPMSolverMultistepScheduler")]
+        ("a crow at dusk", 8, {"what": "a crow"}, 9.0, "DPMSolverMultistepScheduler (use_karras_sigmas=true)")]
     assert seen == [("EulerDiscreteScheduler", 5.0, 1), ("DPMSolverMultistepScheduler", 9.0, 1)]
 
 
