@@ -243,7 +243,7 @@ def test_inputs_of_different_sizes_never_share_a_batch(cli, write_recipe, tmp_pa
         assert result.code == 0, result.err
         manifest = json.loads((out / "recipe" / "manifest.json").read_text())
         assert [r["batch_jobs"] for r in manifest["images"]][1] == [1]  # the wide one alone
-        sizes[batch] = [Image.open(p).size for p in image_files(out / "recipe")]
+        sizes[batch] = [Image.open(out / "recipe" / r["file"]).size for r in manifest["images"]]
     assert sizes[1] == sizes[4] == [(64, 64), (96, 64), (64, 64)]
 
 
