@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import shutil
 import time
-from typing import Literal
+from typing import Any, Literal
 
-from recipe_runner import hookimpl
-from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner.api import BuildContext, Optimization, OptimizationSettings, Unsupported, hookimpl, planned_batches
 
 from .common import denoiser
 
@@ -45,22 +44,18 @@ class Settings(OptimizationSettings):
     """run one warm-up call after building, reported as warmup_seconds"""
 
 
-def check(settings: Settings, context) -> None:
+def check(settings: Settings, context: BuildContext) -> None:
     warn_about_batch_shapes(settings, context)
     if settings.backend == "inductor" and str(context.device) == "cpu":
         if not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")):
             raise Unsupported("torch.compile's inductor backend needs a C++ compiler on a CPU (none found)")
 
 
-def warn_about_batch_shapes(settings: Settings, context) -> None:
+def warn_about_batch_shapes(settings: Settings, context: BuildContext) -> None:
     """The plan's batches should share one size: say so when one does not (it compiles again)."""
-    from recipe_runner.matrix import expand
-    from recipe_runner.plan import plan
-
-    size = context.recipe.run.batch_size
-    if settings.dynamic or not isinstance(size, int) or context.loaded is None:
+    if settings.dynamic:
         return
-    sizes = sorted({batch.size for batch in plan(expand(context.recipe, context.loaded), size)})
+    sizes = sorted({batch.size for batch in planned_batches(context)})
     if len(sizes) > 1:
         context.warn(f"optimizations.compile: batches of {' and '.join(map(str, sizes))} images: each new size "
                      "compiles again (a job count that is a multiple of batch_size, or dynamic = true, avoids it)")
@@ -71,7 +66,7 @@ def _options(settings: Settings) -> dict:
             "backend": settings.backend}
 
 
-def warm_up(pipe, context) -> float:
+def warm_up(pipe: Any, context: BuildContext) -> float:
     """One call shaped like the recipe's first batch; returns its seconds (compilation included)."""
     import torch
 
@@ -86,7 +81,7 @@ def warm_up(pipe, context) -> float:
     return time.perf_counter() - start
 
 
-def apply(pipe, settings: Settings, context) -> dict:
+def apply(pipe: Any, settings: Settings, context: BuildContext) -> dict:
     name, model = denoiser(pipe)
     options = _options(settings)
     if settings.regional:
@@ -100,7 +95,7 @@ def apply(pipe, settings: Settings, context) -> dict:
         import torch
 
         pipe.vae.decode = torch.compile(pipe.vae.decode, **options)
-    details = {"compiled": [name] + (["vae.decode"] if settings.vae else [])}
+    details: dict[str, Any] = {"compiled": [name] + (["vae.decode"] if settings.vae else [])}
     if settings.warmup and context.task == "text-to-image":
         details["warmup_seconds"] = round(warm_up(pipe, context), 3)
     return details

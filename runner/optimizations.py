@@ -107,7 +107,7 @@ class Optimization:
     name: str
     settings: type[OptimizationSettings]
     stage: str
-    apply: Callable[..., None]
+    apply: Callable[..., dict[str, Any] | None]
     description: str = ""
     check: Callable[..., None] | None = None
     load_kwargs: Callable[..., dict[str, Any]] | None = None

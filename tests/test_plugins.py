@@ -106,19 +106,19 @@ class Misspelled:
         pass
 
 
-def test_a_misspelled_hook_is_reported_by_name(register_plugin, cli):
-    register_plugin(Misspelled(), "misspelled")
-    result = cli("--list-plugins")
+def test_a_misspelled_hook_is_reported_by_name(recipe_runner_register_plugin, recipe_runner_cli):
+    recipe_runner_register_plugin(Misspelled(), "misspelled")
+    result = recipe_runner_cli("--list-plugins")
     assert result.code == 0
     lines = result.out.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("misspelled  "))
     assert "failed to load" in lines[at + 1] and "before_bach" in lines[at + 1]
 
 
-def test_list_plugins_shows_source_version_and_typed_settings(cli):
+def test_list_plugins_shows_source_version_and_typed_settings(recipe_runner_cli):
     from recipe_runner import __version__
 
-    result = cli("--list-plugins")
+    result = recipe_runner_cli("--list-plugins")
     assert f"compile  [built-in; recipe-runner {__version__}; recipe_runner.plugins.compile]" in result.out
     assert "    [optimizations] offload (stage memory):" in result.out
     assert "        strategy: 'model' | 'sequential' | 'group' = 'model'" in result.out
@@ -173,12 +173,12 @@ class Recorder:
         self._seen("run_finished", output_dir=output_dir, images=len(manifest["images"]))
 
 
-def test_every_hook_is_implemented_by_a_test_plugin_and_called(register_plugin, cli, write_recipe, tmp_path):
-    recorder = register_plugin(Recorder(), "recorder")
+def test_every_hook_is_implemented_by_a_test_plugin_and_called(recipe_runner_register_plugin, recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    recorder = recipe_runner_register_plugin(Recorder(), "recorder")
     implemented = sorted(n for n in dir(Recorder) if hasattr(getattr(Recorder, n), "recipe_runner_impl"))
     assert implemented == HOOKS  # a new hookspec needs a test that exercises it
-    recipe = write_recipe(ONE_IMAGE.replace('seeds = [0]', 'seeds = [0, 1, 2]') + "[run]\nbatch_size = 2\n")
-    result = cli(recipe, "--out", tmp_path / "out", "--no-progress")
+    recipe = recipe_runner_write_recipe(ONE_IMAGE.replace('seeds = [0]', 'seeds = [0, 1, 2]') + "[run]\nbatch_size = 2\n")
+    result = recipe_runner_cli(recipe, "--out", tmp_path / "out", "--no-progress")
     assert result.code == 0, result.err
     assert sorted(recorder.calls) == HOOKS
     assert len(recorder.calls["pipeline_ready"]) == 1
@@ -199,11 +199,11 @@ def example_installed() -> bool:
 
 
 @pytest.mark.skipif(not example_installed(), reason="pip install -e examples/recipe-runner-example")
-def test_the_installed_example_plugin_is_an_entry_point_a_recipe_can_use(cli, write_recipe, tmp_path):
-    listed = cli("--list-plugins")
+def test_the_installed_example_plugin_is_an_entry_point_a_recipe_can_use(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    listed = recipe_runner_cli("--list-plugins")
     assert "freeu  [entry point; recipe-runner-example 0.1.0; recipe_runner_example]" in listed.out
-    recipe = write_recipe(ONE_IMAGE + "[optimizations]\nfreeu = { b1 = 1.3 }\n")
-    result = cli(recipe, "--out", tmp_path / "out", "--no-progress")
+    recipe = recipe_runner_write_recipe(ONE_IMAGE + "[optimizations]\nfreeu = { b1 = 1.3 }\n")
+    result = recipe_runner_cli(recipe, "--out", tmp_path / "out", "--no-progress")
     assert result.code == 0, result.err
     manifest = json.loads((tmp_path / "out" / "recipe" / "manifest.json").read_text())
     assert manifest["optimizations"]["freeu"]["status"] == "applied"
@@ -240,10 +240,10 @@ def test_the_pytest_plugin_is_not_registered_twice_when_installed(tmp_path):
 
 
 @pytest.mark.skipif(not example_installed(), reason="pip install -e examples/recipe-runner-example")
-def test_register_plugin_takes_the_place_of_the_same_installed_plugin(register_plugin, cli):
+def test_register_plugin_takes_the_place_of_the_same_installed_plugin(recipe_runner_register_plugin, recipe_runner_cli):
     import recipe_runner_example
 
-    register_plugin(recipe_runner_example, "freeu-under-test")
-    listed = cli("--list-plugins").out
+    recipe_runner_register_plugin(recipe_runner_example, "freeu-under-test")
+    listed = recipe_runner_cli("--list-plugins").out
     assert "freeu  [entry point" not in listed
     assert "freeu-under-test  [registered" in listed and "failed to load" not in listed

@@ -68,25 +68,25 @@ def run_matrix(cli, write_recipe, tmp_path, batch_size, name):
     return tmp_path / "out" / name
 
 
-def test_same_recipe_twice_gives_pixel_identical_images(cli, write_recipe, tmp_path):
-    first = run_matrix(cli, write_recipe, tmp_path, 2, "first")
-    second = run_matrix(cli, write_recipe, tmp_path, 2, "second")
+def test_same_recipe_twice_gives_pixel_identical_images(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    first = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 2, "first")
+    second = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 2, "second")
     files = image_files(first)
     assert len(files) == 6
     for a in files:
         assert np.array_equal(pixels(a), pixels(second / a.name)), a.name
 
 
-def test_starting_noise_is_bitwise_independent_of_batch_position_and_matrix(cli, write_recipe, tmp_path, capture):
-    run_matrix(cli, write_recipe, tmp_path, 1, "b1")
+def test_starting_noise_is_bitwise_independent_of_batch_position_and_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, capture):
+    run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 1, "b1")
     by_one = dict(capture.latents)
     capture.latents.clear()
-    run_matrix(cli, write_recipe, tmp_path, 4, "b4")  # batches [0..3], [4, 5]: other positions
+    run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 4, "b4")  # batches [0..3], [4, 5]: other positions
     by_four = dict(capture.latents)
     capture.latents.clear()
-    alone = write_recipe(MATRIX.format(batch_size=1).replace("seeds = [0, 1]", "seeds = [1]")
+    alone = recipe_runner_write_recipe(MATRIX.format(batch_size=1).replace("seeds = [0, 1]", "seeds = [1]")
                          .replace('"portrait photo of a old warrior chief", "a cat on a roof", ', ""), "alone.toml")
-    assert cli(alone, "--out", tmp_path / "out").code == 0
+    assert recipe_runner_cli(alone, "--out", tmp_path / "out").code == 0
     assert len(by_one) == len(by_four) == 6
     for index in by_one:
         assert np.array_equal(by_one[index], by_four[index]), index
@@ -96,9 +96,9 @@ def test_starting_noise_is_bitwise_independent_of_batch_position_and_matrix(cli,
     assert np.array_equal(by_one[1], by_one[3]) and not np.array_equal(by_one[0], by_one[1])
 
 
-def test_across_batch_sizes_images_agree_to_float_rounding(cli, write_recipe, tmp_path):
-    one = run_matrix(cli, write_recipe, tmp_path, 1, "one")
-    four = run_matrix(cli, write_recipe, tmp_path, 4, "four")
+def test_across_batch_sizes_images_agree_to_float_rounding(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    one = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 1, "one")
+    four = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 4, "four")
     worst_level, worst_fraction = 0, 0.0
     for a in image_files(one):
         diff = np.abs(pixels(a).astype(int) - pixels(four / a.name).astype(int))
@@ -108,8 +108,8 @@ def test_across_batch_sizes_images_agree_to_float_rounding(cli, write_recipe, tm
     assert worst_fraction < 0.005, worst_fraction  # ... on fewer than 0.5% of pixels
 
 
-def test_manifest_lists_every_job_in_matrix_order_with_hash_batch_and_environment(cli, write_recipe, tmp_path):
-    folder = run_matrix(cli, write_recipe, tmp_path, 4, "manifested")
+def test_manifest_lists_every_job_in_matrix_order_with_hash_batch_and_environment(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    folder = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 4, "manifested")
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["recipe"]["model"]["id"] == "tiny:sd15"
     assert manifest["recipe"]["params"] == {"num_inference_steps": 3, "guidance_scale": 7.5}
@@ -134,10 +134,10 @@ def test_manifest_lists_every_job_in_matrix_order_with_hash_batch_and_environmen
     assert (folder / "grid.png").is_file()
 
 
-def test_images_carry_the_recipe_and_job(cli, write_recipe, tmp_path):
+def test_images_carry_the_recipe_and_job(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     from recipe_runner.outputs import read_embedded
 
-    folder = run_matrix(cli, write_recipe, tmp_path, 2, "carried")
+    folder = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 2, "carried")
     text = read_embedded(image_files(folder)[3])
     assert json.loads(text["recipe"])["matrix"]["seeds"] == [0, 1]
     job = json.loads(text["job"])
@@ -145,10 +145,10 @@ def test_images_carry_the_recipe_and_job(cli, write_recipe, tmp_path):
     assert "Seed: 1" in text["parameters"] and "Steps: 3" in text["parameters"]
 
 
-def test_float16_on_cpu_falls_back_with_one_warning(cli, write_recipe, tmp_path):
-    recipe = write_recipe(MATRIX.format(batch_size=6).replace('device = "cpu"', 'device = "cpu"\ndtype = "float16"'),
+def test_float16_on_cpu_falls_back_with_one_warning(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    recipe = recipe_runner_write_recipe(MATRIX.format(batch_size=6).replace('device = "cpu"', 'device = "cpu"\ndtype = "float16"'),
                           "half.toml")
-    result = cli(recipe, "--out", tmp_path / "out")
+    result = recipe_runner_cli(recipe, "--out", tmp_path / "out")
     assert result.code == 0, result.err
     assert result.err.count("warning:") == 1 and "float32 instead" in result.err
     manifest = json.loads((tmp_path / "out" / "half" / "manifest.json").read_text())
@@ -156,16 +156,16 @@ def test_float16_on_cpu_falls_back_with_one_warning(cli, write_recipe, tmp_path)
     assert manifest["recipe"]["model"]["dtype"] == "float16"
 
 
-def test_attention_slicing_is_applied_and_recorded(cli, write_recipe, tmp_path):
-    recipe = write_recipe(MATRIX.format(batch_size=2) + '[optimizations]\nattention_slicing = { slice_size = "max" }\n',
+def test_attention_slicing_is_applied_and_recorded(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    recipe = recipe_runner_write_recipe(MATRIX.format(batch_size=2) + '[optimizations]\nattention_slicing = { slice_size = "max" }\n',
                           "sliced.toml")
-    assert cli(recipe, "--out", tmp_path / "out").code == 0
+    assert recipe_runner_cli(recipe, "--out", tmp_path / "out").code == 0
     manifest = json.loads((tmp_path / "out" / "sliced" / "manifest.json").read_text())
     assert manifest["optimizations"]["attention_slicing"] == {
         "status": "applied", "settings": {"required": True, "slice_size": "max"}}
 
 
-def test_pipeline_ready_receives_the_built_pipe(cli, write_recipe, tmp_path):
+def test_pipeline_ready_receives_the_built_pipe(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     seen = {}
 
     class Probe:
@@ -181,8 +181,8 @@ def test_pipeline_ready_receives_the_built_pipe(cli, write_recipe, tmp_path):
     probe = Probe()
     plugins.register(probe)
     try:
-        recipe = write_recipe(MATRIX.format(batch_size=6) + "[optimizations]\nattention_slicing = true\n", "probe.toml")
-        assert cli(recipe, "--out", tmp_path / "out").code == 0
+        recipe = recipe_runner_write_recipe(MATRIX.format(batch_size=6) + "[optimizations]\nattention_slicing = true\n", "probe.toml")
+        assert recipe_runner_cli(recipe, "--out", tmp_path / "out").code == 0
     finally:
         plugins.unregister(probe)
     assert seen["processors"] == {"SlicedAttnProcessor"}
