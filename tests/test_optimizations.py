@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from recipe_runner.optimizations import Unsupported
+from recipe_runner.api import Unsupported
 from tests.conftest import image_files, pixels
 
 RECIPE = '''

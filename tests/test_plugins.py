@@ -42,8 +42,7 @@ def fake_distribution(tmp_path) -> Path:
     site.mkdir()
     (site / "broken_plugin.py").write_text('raise RuntimeError("this plugin is broken on purpose")\n')
     (site / "fine_plugin.py").write_text(textwrap.dedent('''
-        from recipe_runner import hookimpl
-        from recipe_runner.optimizations import Optimization, OptimizationSettings
+        from recipe_runner.api import Optimization, OptimizationSettings, hookimpl
 
         class Settings(OptimizationSettings):
             amount: float = 1.0
