@@ -66,9 +66,12 @@ def attribute_docs(model: type[BaseModel]) -> dict[str, str]:
         if not issubclass(cls, BaseModel) or cls is BaseModel:
             continue
         try:
-            body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
-        except (OSError, TypeError, SyntaxError, IndexError, AttributeError):
+            node = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+        except (OSError, TypeError, SyntaxError, IndexError):
             continue  # no source (built on the fly, or frozen): no docstrings
+        if not isinstance(node, ast.ClassDef):
+            continue
+        body = node.body
         for node, after in zip(body, body[1:]):
             if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
                     and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
@@ -175,7 +178,7 @@ class Registry:
                 settings = opt.settings.model_validate({} if value is True else value)
             except ValidationError as exc:
                 for error in exc.errors():
-                    problems.append(problem_from_pydantic(error, problem, model=opt.settings, prefix=key))
+                    problems.append(problem_from_pydantic(dict(error), problem, model=opt.settings, prefix=key))
                 continue
             enabled.append(Enabled(opt, settings))
         if problems:
