@@ -5,6 +5,10 @@
 Anything else under ``recipe_runner`` is internal and may change between releases. The hooks a
 plugin can implement, with what each receives and returns, are in :mod:`recipe_runner.hookspecs`.
 
+Also re-exported, for plugins that keep files: ``cache_dir()`` (recipe-runner's cache folder:
+``$RECIPE_RUNNER_CACHE`` or ``~/.cache/recipe-runner``) and ``atomic_write(path, data)`` (a file
+written whole or not at all).
+
 Light module: importing it imports neither torch nor diffusers (plugins are loaded for
 ``--dry-run``, ``--list-plugins`` and ``--schema`` too); :func:`model_index` imports diffusers
 when it is called.
@@ -19,8 +23,10 @@ from .context import BuildContext
 from .errors import did_you_mean
 from .matrix import Job, expand
 from .optimizations import STAGES, Optimization, OptimizationSettings, Unsupported
+from .outputs import atomic_write
 from .plan import Batch, plan
 from .recipe import Recipe
+from .tiny import cache_dir
 
 __all__ = [
     "STAGES",
@@ -31,6 +37,8 @@ __all__ = [
     "OptimizationSettings",
     "Recipe",
     "Unsupported",
+    "atomic_write",
+    "cache_dir",
     "did_you_mean",
     "hookimpl",
     "is_local_reference",

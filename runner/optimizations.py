@@ -67,11 +67,11 @@ def attribute_docs(model: type[BaseModel]) -> dict[str, str]:
             continue
         try:
             node = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
-        except (OSError, TypeError, SyntaxError, IndexError):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            body = node.body
+        except (OSError, TypeError, SyntaxError, IndexError, AttributeError):
             continue  # no source (built on the fly, or frozen): no docstrings
-        if not isinstance(node, ast.ClassDef):
-            continue
-        body = node.body
         for node, after in zip(body, body[1:]):
             if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
                     and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
