@@ -343,7 +343,7 @@ def test_compile_warns_when_the_plan_has_batches_of_two_sizes(recipe_runner_cli,
     assert "optimizations.compile: batches of 1 and 3 images: each new size compiles again" in uneven.err
 
 
-def test_compile_keeps_its_artifacts_in_the_cache_folder_for_the_next_run(run, monkeypatch, tiny_cache):
+def test_compile_keeps_its_artifacts_in_the_cache_folder_for_the_next_run(run, monkeypatch, recipe_runner_cache):
     """The first run saves torch's compiled artifacts under the recipe-runner cache folder after the
     warm-up; the second run of the same model and settings loads them before compiling."""
     import torch
@@ -357,9 +357,9 @@ def test_compile_keeps_its_artifacts_in_the_cache_folder_for_the_next_run(run, m
     first = run("compile-cold", table)
     assert first.code == 0, first.err
     assert first.manifest["optimizations"]["compile"]["cache"] == "saved" and loaded == []
-    saved = list((tiny_cache / "compile").glob("artifacts-*.bin"))
+    saved = list((recipe_runner_cache / "compile").glob("artifacts-*.bin"))
     assert len(saved) == 1 and saved[0].read_bytes() == b"compiled kernels"
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tiny_cache / "compile" / "inductor")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(recipe_runner_cache / "compile" / "inductor")
     second = run("compile-warm", table)
     assert second.manifest["optimizations"]["compile"]["cache"] == "loaded" and loaded == [b"compiled kernels"]
     off = run("compile-off", table.replace("regional = true", "regional = true, cache = false"))

@@ -101,13 +101,13 @@ def test_progress_bar_moves_with_the_denoising_steps_and_ends_on_the_final_state
     assert "step" not in last
 
 
-def test_a_run_drawn_on_a_terminal_shows_steps_and_makes_the_same_pixels(write_recipe, tmp_path, capsys):
+def test_a_run_drawn_on_a_terminal_shows_steps_and_makes_the_same_pixels(recipe_runner_write_recipe, tmp_path, capsys):
     """The step callback only reports: the images equal those of a run without a bar."""
     from recipe_runner.plugin_manager import load_plugins
     from recipe_runner.prepare import Options, prepare
     from recipe_runner.run import execute
 
-    recipe = write_recipe('''
+    recipe = recipe_runner_write_recipe('''
         [model]
         id = "tiny:sd15"
         [params]
