@@ -12,8 +12,9 @@ is missing is refused before the model loads.
 
 from __future__ import annotations
 
-from recipe_runner import hookimpl
-from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from typing import Any
+
+from recipe_runner.api import BuildContext, Optimization, OptimizationSettings, Unsupported, did_you_mean, hookimpl
 
 from .common import declared_denoiser, denoiser
 
@@ -27,15 +28,13 @@ def _backend(name: str):
 
     known = sorted(b.value for b in AttentionBackendName)
     if name.lower() not in known:
-        from recipe_runner.errors import did_you_mean
-
         close = did_you_mean(name, known)
         raise Unsupported(f"unknown attention backend {name!r}"
                           + (f" (did you mean {close!r}?)" if close else f"; known: {', '.join(known)}"))
     return AttentionBackendName(name.lower())
 
 
-def check(settings: Settings, context) -> None:
+def check(settings: Settings, context: BuildContext) -> None:
     from diffusers.models.attention_dispatch import _check_attention_backend_requirements
 
     backend = _backend(settings.backend)
@@ -48,7 +47,7 @@ def check(settings: Settings, context) -> None:
         raise Unsupported(str(exc).strip().splitlines()[0]) from None
 
 
-def apply(pipe, settings: Settings, context) -> None:
+def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
     name, model = denoiser(pipe)
     processors = [m.processor for m in model.modules() if getattr(m, "processor", None) is not None]
     if not any(hasattr(p, "_attention_backend") for p in processors):

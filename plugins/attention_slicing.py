@@ -9,12 +9,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from recipe_runner import hookimpl
-from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner.api import BuildContext, Optimization, OptimizationSettings, Unsupported, hookimpl
 
 from .common import conflict
 
@@ -23,12 +22,12 @@ class Settings(OptimizationSettings):
     slice_size: Literal["auto", "max"] | Annotated[int, Field(ge=1)] = "auto"
 
 
-def check(settings: Settings, context) -> None:
+def check(settings: Settings, context: BuildContext) -> None:
     conflict(context, ("xformers", "attention_backend", "fuse_qkv"),
              "slicing replaces the attention processors, so the fused attention would be silently undone")
 
 
-def apply(pipe, settings: Settings, context) -> None:
+def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
     if not hasattr(pipe, "enable_attention_slicing"):
         raise Unsupported(f"{type(pipe).__name__} has no enable_attention_slicing")
     pipe.enable_attention_slicing(settings.slice_size)

@@ -19,12 +19,11 @@ such batch) ``is_guidance_distilled`` defaults to true.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from recipe_runner import hookimpl
-from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner.api import BuildContext, Optimization, OptimizationSettings, Unsupported, hookimpl
 
 from .common import declared_denoiser, denoiser
 
@@ -101,12 +100,12 @@ class Settings(OptimizationSettings):
         return self
 
 
-def check(settings: Settings, context) -> None:
+def check(settings: Settings, context: BuildContext) -> None:
     if declared_denoiser(context) == "unet":
         raise Unsupported("diffusers' cache hooks need a transformer denoiser; this pipeline's is a UNet")
 
 
-def config(settings: Settings, pipe, context):
+def config(settings: Settings, pipe: Any, context: BuildContext):
     """The diffusers config object for these settings."""
     import diffusers
     import torch
@@ -137,7 +136,7 @@ def config(settings: Settings, pipe, context):
         raise Unsupported(f"{CONFIGS[settings.type]}: {str(exc).strip().splitlines()[0]}") from None
 
 
-def apply(pipe, settings: Settings, context) -> None:
+def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
     name, model = denoiser(pipe)
     if not hasattr(model, "enable_cache"):
         raise Unsupported(f"the {name} ({type(model).__name__}) has no cache hooks (enable_cache): "

@@ -10,8 +10,9 @@ Same arithmetic, different memory layout: images agree with the plain run to flo
 
 from __future__ import annotations
 
-from recipe_runner import hookimpl
-from recipe_runner.optimizations import Optimization, OptimizationSettings
+from typing import Any
+
+from recipe_runner.api import BuildContext, Optimization, OptimizationSettings, hookimpl
 
 from .common import denoiser
 
@@ -21,7 +22,7 @@ class Settings(OptimizationSettings):
     """also convert the VAE"""
 
 
-def apply(pipe, settings: Settings, context) -> None:
+def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
     import torch
 
     _, model = denoiser(pipe)

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recipe_runner.optimizations import Unsupported
+from recipe_runner.api import BuildContext, Unsupported
 
 
 def denoiser(pipe: Any) -> tuple[str, Any]:
@@ -33,13 +33,13 @@ def require_package(name: str, purpose: str, install: str | None = None) -> None
                           f"(pip install {install or name})")
 
 
-def require_cuda(context: Any, purpose: str) -> None:
+def require_cuda(context: BuildContext, purpose: str) -> None:
     """Refuse unless the run's device is a CUDA device."""
     if not str(context.device).startswith("cuda"):
         raise Unsupported(f"{purpose} needs a CUDA GPU; this run's device is {context.device!r}")
 
 
-def model_index(context: Any) -> dict[str, Any] | None:
+def local_model_index(context: BuildContext) -> dict[str, Any] | None:
     """The pipeline's model_index.json when the model is a local folder (None for a Hub id):
     lets a check see the pipeline's layout before any weights load."""
     path = Path(context.location) / "model_index.json"
@@ -48,9 +48,9 @@ def model_index(context: Any) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def declared_denoiser(context: Any) -> str | None:
+def declared_denoiser(context: BuildContext) -> str | None:
     """``"transformer"`` or ``"unet"`` as model_index.json declares it, or None when unknown."""
-    index = model_index(context)
+    index = local_model_index(context)
     if index is None:
         return None
     for name in ("transformer", "unet"):
@@ -60,7 +60,7 @@ def declared_denoiser(context: Any) -> str | None:
     return None
 
 
-def conflict(context: Any, others: tuple[str, ...], reason: str) -> None:
+def conflict(context: BuildContext, others: tuple[str, ...], reason: str) -> None:
     """Refuse when any of ``others`` is enabled too (``context.enabled``): a known-bad combination."""
     clash = [name for name in others if name in context.enabled]
     if clash:

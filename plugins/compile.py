@@ -35,8 +35,16 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from recipe_runner import hookimpl
-from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner.api import (
+    BuildContext,
+    Optimization,
+    OptimizationSettings,
+    Unsupported,
+    atomic_write,
+    cache_dir,
+    hookimpl,
+    planned_batches,
+)
 
 from .common import denoiser
 
@@ -62,22 +70,18 @@ class Settings(OptimizationSettings):
     (saved after the warm-up, so it needs warmup = true)"""
 
 
-def check(settings: Settings, context) -> None:
+def check(settings: Settings, context: BuildContext) -> None:
     warn_about_batch_shapes(settings, context)
     if settings.backend == "inductor" and str(context.device) == "cpu":
         if not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")):
             raise Unsupported("torch.compile's inductor backend needs a C++ compiler on a CPU (none found)")
 
 
-def warn_about_batch_shapes(settings: Settings, context) -> None:
+def warn_about_batch_shapes(settings: Settings, context: BuildContext) -> None:
     """The plan's batches should share one size: say so when one does not (it compiles again)."""
-    from recipe_runner.matrix import expand
-    from recipe_runner.plan import plan
-
-    size = context.recipe.run.batch_size
-    if settings.dynamic or not isinstance(size, int) or context.loaded is None:
+    if settings.dynamic:
         return
-    sizes = sorted({batch.size for batch in plan(expand(context.recipe, context.loaded), size)})
+    sizes = sorted({batch.size for batch in planned_batches(context)})
     if len(sizes) > 1:
         context.warn(f"optimizations.compile: batches of {' and '.join(map(str, sizes))} images: each new size "
                      "compiles again (a job count that is a multiple of batch_size, or dynamic = true, avoids it)")
@@ -88,7 +92,7 @@ def _options(settings: Settings) -> dict:
             "backend": settings.backend}
 
 
-def warm_up(pipe, context) -> float:
+def warm_up(pipe: Any, context: BuildContext) -> float:
     """One call shaped like the recipe's first batch; returns its seconds (compilation included)."""
     import torch
 
@@ -104,12 +108,10 @@ def warm_up(pipe, context) -> float:
 
 
 def cache_folder() -> Path:
-    from recipe_runner.tiny import cache_dir
-
     return cache_dir() / "compile"
 
 
-def artifacts_path(settings: Settings, context, name: str) -> Path:
+def artifacts_path(settings: Settings, context: BuildContext, name: str) -> Path:
     """Where the compiled artifacts of this model, denoiser, settings and batch size are kept."""
     import torch
 
@@ -120,7 +122,7 @@ def artifacts_path(settings: Settings, context, name: str) -> Path:
     return cache_folder() / f"artifacts-{hashlib.sha256(key.encode()).hexdigest()[:24]}.bin"
 
 
-def load_artifacts(path: Path, context) -> bool:
+def load_artifacts(path: Path, context: BuildContext) -> bool:
     """Load earlier compiled artifacts into torch's caches; a broken file is only a slower start."""
     import torch
 
@@ -141,8 +143,6 @@ def load_artifacts(path: Path, context) -> bool:
 def save_artifacts(path: Path) -> bool:
     import torch
 
-    from recipe_runner.outputs import atomic_write
-
     saved = torch.compiler.save_cache_artifacts()
     if not saved or not saved[0]:
         return False
@@ -151,7 +151,7 @@ def save_artifacts(path: Path) -> bool:
     return True
 
 
-def apply(pipe, settings: Settings, context) -> dict:
+def apply(pipe: Any, settings: Settings, context: BuildContext) -> dict:
     name, model = denoiser(pipe)
     options = _options(settings)
     artifacts = artifacts_path(settings, context, name) if settings.cache else None

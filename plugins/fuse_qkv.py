@@ -10,8 +10,9 @@ Same weights, concatenated: images agree with the plain run to float rounding.
 
 from __future__ import annotations
 
-from recipe_runner import hookimpl
-from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from typing import Any
+
+from recipe_runner.api import BuildContext, Optimization, OptimizationSettings, Unsupported, hookimpl
 
 from .common import denoiser
 
@@ -21,7 +22,7 @@ class Settings(OptimizationSettings):
     """also fuse the VAE's attention (AutoencoderKL only)"""
 
 
-def apply(pipe, settings: Settings, context) -> None:
+def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
     name, model = denoiser(pipe)
     if not hasattr(model, "fuse_qkv_projections"):
         raise Unsupported(f"the {name} ({type(model).__name__}) has no fused QKV projections")

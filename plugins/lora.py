@@ -20,12 +20,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from recipe_runner import hookimpl
-from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner.api import (
+    BuildContext,
+    Optimization,
+    OptimizationSettings,
+    Unsupported,
+    hookimpl,
+    is_local_reference,
+)
 
 from .common import require_package
 
@@ -60,10 +66,8 @@ def adapter_names(settings: Settings) -> list[str]:
     return names
 
 
-def source(adapter: Adapter, index: int, context) -> str:
+def source(adapter: Adapter, index: int, context: BuildContext) -> str:
     """A local file or folder (relative to the recipe that wrote it), else a Hub repo id."""
-    from recipe_runner.build import is_local_reference
-
     loaded = context.loaded
     folder = loaded.origin(f"optimizations.lora.adapters.{index}.id").folder if loaded else Path.cwd()
     candidate = (folder / Path(adapter.id).expanduser()).resolve()
@@ -74,13 +78,13 @@ def source(adapter: Adapter, index: int, context) -> str:
     return adapter.id
 
 
-def check(settings: Settings, context) -> None:
+def check(settings: Settings, context: BuildContext) -> None:
     require_package("peft", "lora")
     for index, adapter in enumerate(settings.adapters):
         source(adapter, index, context)
 
 
-def apply(pipe, settings: Settings, context) -> dict:
+def apply(pipe: Any, settings: Settings, context: BuildContext) -> dict:
     if not hasattr(pipe, "load_lora_weights"):
         raise Unsupported(f"{type(pipe).__name__} cannot load LoRA adapters")
     names = adapter_names(settings)

@@ -18,8 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from recipe_runner import hookimpl
-from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner.api import BuildContext, Optimization, OptimizationSettings, Unsupported, hookimpl
 
 from .common import conflict
 
@@ -46,7 +45,7 @@ class Settings(OptimizationSettings):
         return self
 
 
-def check(settings: Settings, context) -> None:
+def check(settings: Settings, context: BuildContext) -> None:
     if settings.strategy == "sequential":
         conflict(context, ("compile",), "sequential offload moves weights inside every forward call, "
                                         "which torch.compile cannot trace")
@@ -55,7 +54,7 @@ def check(settings: Settings, context) -> None:
                           "device is 'cpu': the weights already live in CPU memory")
 
 
-def apply(pipe, settings: Settings, context) -> None:
+def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
     device = context.device
     if settings.strategy == "model":
         pipe.enable_model_cpu_offload(device=device)

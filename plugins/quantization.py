@@ -15,12 +15,11 @@ bitsandbytes needs a CUDA GPU; torchao runs on a CPU too. A missing package (``t
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import model_validator
 
-from recipe_runner import hookimpl
-from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner.api import BuildContext, Optimization, OptimizationSettings, Unsupported, hookimpl, model_index
 
 from .common import declared_denoiser, require_cuda, require_package
 
@@ -55,13 +54,13 @@ class Settings(OptimizationSettings):
         return self
 
 
-def check(settings: Settings, context) -> None:
+def check(settings: Settings, context: BuildContext) -> None:
     if settings.backend in GPU_ONLY:
         require_cuda(context, f"quantization backend {settings.backend!r}")
     require_package(PACKAGE[settings.backend], f"quantization backend {settings.backend!r}")
 
 
-def components(settings: Settings, context) -> list[str]:
+def components(settings: Settings, context: BuildContext) -> list[str]:
     if settings.components:
         return list(settings.components)
     return [declared_denoiser(context) or "transformer"]
@@ -86,7 +85,7 @@ CONFIG_CLASS = {"torchao": "TorchAoConfig", "bitsandbytes_4bit": "BitsAndBytesCo
                 "bitsandbytes_8bit": "BitsAndBytesConfig"}
 
 
-def load_kwargs(settings: Settings, context) -> dict:
+def load_kwargs(settings: Settings, context: BuildContext) -> dict:
     """A ``PipelineQuantizationConfig`` with one config per component (``quant_mapping``): the
     diffusers config class for diffusers models, the transformers one for text encoders. (With
     ``quant_backend`` instead, diffusers 0.42 refuses torchao: the two libraries' TorchAoConfig
@@ -95,9 +94,7 @@ def load_kwargs(settings: Settings, context) -> dict:
     import transformers
     from diffusers import PipelineQuantizationConfig
 
-    from recipe_runner.build import _model_index
-
-    index = _model_index(context.location, context.recipe.model.revision)
+    index = model_index(context.location, context.recipe.model.revision)
     mapping = {}
     for name in components(settings, context):
         entry = index.get(name)
@@ -111,7 +108,7 @@ def load_kwargs(settings: Settings, context) -> dict:
     return {"quantization_config": PipelineQuantizationConfig(quant_mapping=mapping)}
 
 
-def apply(pipe, settings: Settings, context) -> dict:
+def apply(pipe: Any, settings: Settings, context: BuildContext) -> dict:
     """Loading did the work: confirm that each named component came out quantized."""
     done = []
     for name in components(settings, context):

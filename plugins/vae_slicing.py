@@ -10,15 +10,16 @@ kernels round differently (at batch_size 1 it changes nothing).
 
 from __future__ import annotations
 
-from recipe_runner import hookimpl
-from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from typing import Any
+
+from recipe_runner.api import BuildContext, Optimization, OptimizationSettings, Unsupported, hookimpl
 
 
 class Settings(OptimizationSettings):
     pass
 
 
-def apply(pipe, settings: Settings, context) -> None:
+def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
     vae = getattr(pipe, "vae", None)
     if vae is None or not hasattr(vae, "enable_slicing"):
         raise Unsupported(f"{type(pipe).__name__} has no VAE that supports slicing")

@@ -11,12 +11,11 @@ The tile size defaults to the VAE's own (its config's ``sample_size``).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 
-from recipe_runner import hookimpl
-from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner.api import BuildContext, Optimization, OptimizationSettings, Unsupported, hookimpl
 
 
 class Settings(OptimizationSettings):
@@ -26,7 +25,7 @@ class Settings(OptimizationSettings):
     """fraction of a tile shared with its neighbour (diffusers' default 0.25)"""
 
 
-def apply(pipe, settings: Settings, context) -> None:
+def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
     vae = getattr(pipe, "vae", None)
     if vae is None or not hasattr(vae, "enable_tiling"):
         raise Unsupported(f"{type(pipe).__name__} has no VAE that supports tiling")

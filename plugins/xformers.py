@@ -9,8 +9,9 @@ PyTorch 2's scaled-dot-product attention (diffusers' default) it rarely helps an
 
 from __future__ import annotations
 
-from recipe_runner import hookimpl
-from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from typing import Any
+
+from recipe_runner.api import BuildContext, Optimization, OptimizationSettings, Unsupported, hookimpl
 
 from .common import conflict, require_cuda, require_package
 
@@ -19,13 +20,13 @@ class Settings(OptimizationSettings):
     pass
 
 
-def check(settings: Settings, context) -> None:
+def check(settings: Settings, context: BuildContext) -> None:
     conflict(context, ("attention_backend",), "both choose the attention kernel; keep one")
     require_package("xformers", "xformers")
     require_cuda(context, "xformers")
 
 
-def apply(pipe, settings: Settings, context) -> None:
+def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
     if not hasattr(pipe, "enable_xformers_memory_efficient_attention"):
         raise Unsupported(f"{type(pipe).__name__} has no enable_xformers_memory_efficient_attention")
     pipe.enable_xformers_memory_efficient_attention()

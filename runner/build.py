@@ -14,10 +14,11 @@ import inspect
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .context import BuildContext  # the dataclass lives in a light module (recipe_runner.api exposes it)
 from .errors import RecipeError, RunError
 from .loading import LoadedRecipe, problem_at
 from .matrix import SCHEDULER_AXIS, Job
@@ -29,28 +30,6 @@ TASK_PIPELINES = {
     "image-to-image": ("diffusers.pipelines.auto_pipeline", "AutoPipelineForImage2Image"),
     "inpainting": ("diffusers.pipelines.auto_pipeline", "AutoPipelineForInpainting"),
 }
-
-
-@dataclass
-class BuildContext:
-    """What plugins know about the pipeline being built (the ``context`` of every hook)."""
-
-    recipe: Recipe
-    device: str
-    dtype: str  # "float32" | "float16" | "bfloat16": the dtype actually used
-    task: str
-    location: str  # the resolved model: a local folder or a Hub id
-    enabled: list[str] = field(default_factory=list)  # optimization names switched on
-    allow_pickle: bool = False
-    trust_remote_code: bool = False  # --trust-remote-code: model.custom_pipeline / trust_remote_code may run
-    warn: Callable[[str], None] = print
-    loaded: LoadedRecipe | None = None  # key origins: plugins resolve paths against the recipe's folder
-
-    @property
-    def torch_dtype(self) -> Any:
-        import torch
-
-        return getattr(torch, self.dtype)
 
 
 @dataclass

@@ -10,42 +10,53 @@ All hooks run in the one process that runs the recipe (under torchrun, in every 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import pluggy
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from .context import BuildContext
+    from .optimizations import Optimization
+    from .plan import Batch
+    from .recipe import Recipe
 
 hookspec = pluggy.HookspecMarker("recipe_runner")
 
 
 @hookspec
-def register_optimizations():
+def register_optimizations() -> list[Optimization]:  # type: ignore[empty-body]  # a specification: never called
     """Declare the optimizations this plugin provides.
 
     Called once, when the plugins are loaded: before any recipe is validated, for ``--dry-run``,
     ``--list-plugins`` and ``--schema`` too, so it must stay cheap (no torch import here).
 
-    Returns a list of :class:`recipe_runner.optimizations.Optimization`: each has the key it owns under
-    ``[optimizations]``, a pydantic settings model (subclass of
-    :class:`recipe_runner.optimizations.OptimizationSettings`) that validates that key's table, the stage
+    Receives nothing. Returns a list of :class:`recipe_runner.api.Optimization`: each has the key it
+    owns under ``[optimizations]``, a pydantic settings model (subclass of
+    :class:`recipe_runner.api.OptimizationSettings`) that validates that key's table, the stage
     that orders it, and the functions that check, configure loading and apply it.
     """
 
 
 @hookspec
-def pipeline_ready(pipe, recipe, context):
+def pipeline_ready(pipe: Any, recipe: Recipe, context: BuildContext) -> None:
     """The pipeline is built: weights loaded, components swapped, scheduler set, moved to its
     device and every optimization applied. Called once per loaded pipeline, before the first batch.
 
     Receives ``pipe`` (the diffusers pipeline; a plugin may wrap or patch it, for example to record
-    latents), ``recipe`` (the validated :class:`recipe_runner.recipe.Recipe`) and ``context`` (a
-    :class:`recipe_runner.build.BuildContext`: device, dtype, task, the resolved model location).
+    latents), ``recipe`` (the validated :class:`recipe_runner.api.Recipe`) and ``context`` (a
+    :class:`recipe_runner.api.BuildContext`: device, dtype, task, the resolved model location).
     Returns nothing.
     """
 
 
 @hookspec
-def before_batch(pipe, batch, call_kwargs):
+def before_batch(pipe: Any, batch: Batch, call_kwargs: dict[str, Any]) -> None:
     """A planned batch is about to be generated.
 
-    Receives ``pipe``, ``batch`` (a :class:`recipe_runner.plan.Batch`: its index and jobs) and
+    Receives ``pipe``, ``batch`` (a :class:`recipe_runner.api.Batch`: its index and jobs) and
     ``call_kwargs``, the exact keyword arguments of the pipeline call (prompt list, one generator
     per image, every parameter). Mutating ``call_kwargs`` changes the call; raising stops the run,
     except that an out-of-memory error makes the runner retry the same jobs in smaller batches.
@@ -54,7 +65,7 @@ def before_batch(pipe, batch, call_kwargs):
 
 
 @hookspec
-def after_batch(pipe, batch, images):
+def after_batch(pipe: Any, batch: Batch, images: list[Image]) -> None:
     """A batch has been generated and its images are about to be written.
 
     Receives ``pipe``, ``batch`` and ``images`` (one PIL image per job of the batch, in job order).
@@ -63,7 +74,7 @@ def after_batch(pipe, batch, images):
 
 
 @hookspec
-def run_finished(recipe, output_dir, manifest):
+def run_finished(recipe: Recipe, output_dir: Path, manifest: dict[str, Any]) -> None:
     """A recipe has finished: every image is written and the manifest is complete.
 
     Receives ``recipe``, ``output_dir`` (a pathlib.Path: the recipe's output folder; a plugin may

@@ -178,7 +178,7 @@ class Registry:
                 settings = opt.settings.model_validate({} if value is True else value)
             except ValidationError as exc:
                 for error in exc.errors():
-                    problems.append(problem_from_pydantic(error, problem, model=opt.settings, prefix=key))
+                    problems.append(problem_from_pydantic(dict(error), problem, model=opt.settings, prefix=key))
                 continue
             enabled.append(Enabled(opt, settings))
         if problems:

@@ -188,14 +188,23 @@ def failed(plugins: Plugins) -> list[PluginInfo]:
     return [i for i in plugins.infos if i.error]
 
 
+def _provided_by(pm: pluggy.PluginManager, plugin: object) -> list[Any]:
+    """One plugin's ``register_optimizations``, called through pluggy (a hook caller restricted to
+    that plugin), so pluggy's own calling rules (arguments, wrappers) apply."""
+    others = [p for p in pm.get_plugins() if p is not plugin]
+    results = pm.subset_hook_caller("register_optimizations", remove_plugins=others)()
+    return [opt for result in results for opt in (result or [])]
+
+
 def _collect_optimizations(pm: pluggy.PluginManager, infos: list[PluginInfo]) -> Registry:
-    """Ask each plugin for its optimizations, one at a time so a failure names its plugin."""
+    """Ask each plugin for its optimizations, one at a time so a failure names its plugin (and the
+    registry records which plugin provides which key)."""
     registry = Registry()
     by_name = {i.name: i for i in infos}
     for impl in pm.hook.register_optimizations.get_hookimpls():
         info = by_name.get(impl.plugin_name)
         try:
-            provided = list(impl.function() or [])
+            provided = _provided_by(pm, impl.plugin)
             for opt in provided:
                 if not isinstance(opt, Optimization):
                     raise TypeError(f"register_optimizations returned {type(opt).__name__}, not Optimization")

@@ -4,9 +4,9 @@ session, a fixture that registers a plugin for one test, and an in-process ``rec
 Installed with recipe-runner as a pytest plugin (entry point ``pytest11``), so an external
 plugin's test suite gets these fixtures with no conftest at all::
 
-    def test_my_plugin(register_plugin, cli, write_recipe, tmp_path):
-        register_plugin(my_plugin)
-        recipe = write_recipe('''
+    def test_my_plugin(recipe_runner_register_plugin, recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+        recipe_runner_register_plugin(my_plugin)
+        recipe = recipe_runner_write_recipe('''
             [model]
             id = "tiny:sd15"
             [params]
@@ -16,13 +16,23 @@ plugin's test suite gets these fixtures with no conftest at all::
             [optimizations]
             my_optimization = true
         ''')
-        assert cli(recipe, "--out", tmp_path).code == 0
+        assert recipe_runner_cli(recipe, "--out", tmp_path).code == 0
 
-Fixtures: ``tiny_cache`` (session, autouse: every tiny pipeline of the session, and of the
-subprocesses it starts, is built once into one temporary folder), ``tiny_sd15``, ``tiny_sdxl``,
-``tiny_sd3``, ``tiny_cogview4`` (session: the folder of that tiny pipeline; recipes can also
-just say ``id = "tiny:sd15"``), ``tiny_vae``, ``register_plugin``, ``cli``, ``write_recipe``.
+Every fixture's name starts with ``recipe_runner_``, and nothing happens to a test session that
+uses none of them: no autouse fixture, no environment change at import. Fixtures:
 
+- ``recipe_runner_cache`` (session): points ``RECIPE_RUNNER_CACHE`` at one temporary folder from
+  its first use to the end of the session, so the tiny pipelines (of the tests and of the
+  subprocesses they start) are built once, there; the fixtures below use it.
+- ``recipe_runner_tiny_sd15``, ``recipe_runner_tiny_sdxl``, ``recipe_runner_tiny_sd3``,
+  ``recipe_runner_tiny_cogview4`` (session): the folder of that tiny pipeline (recipes can also
+  just say ``id = "tiny:sd15"``); ``recipe_runner_tiny_vae``: a standalone VAE folder.
+- ``recipe_runner_register_plugin``: load a plugin object in every ``recipe-run`` of one test.
+- ``recipe_runner_cli``: run ``recipe-run`` in this process (with the session's tiny cache).
+- ``recipe_runner_write_recipe``: write a recipe file into ``tmp_path``.
+
+The CPU thread count is left alone: a project that wants pixels independent of the machine's core
+count sets ``OMP_NUM_THREADS=1`` itself (this repository's ``tests/conftest.py`` does).
 torch and diffusers are imported only when a tiny pipeline is first built.
 """
 
@@ -30,28 +40,29 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-# One CPU thread per test process (and every subprocess it starts): tests stay fast when several
-# run side by side on a small machine, and pixels do not depend on the machine's core count.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+CACHE_ENV = "RECIPE_RUNNER_CACHE"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def tiny_cache(tmp_path_factory) -> Path:
-    """Every test (and every subprocess it starts) builds tiny pipelines into one session folder."""
-    folder = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("RECIPE_RUNNER_CACHE")
-    os.environ["RECIPE_RUNNER_CACHE"] = str(folder)
+@pytest.fixture(scope="session")
+def recipe_runner_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One temporary cache folder for the session: ``RECIPE_RUNNER_CACHE`` points at it from the
+    first test that asks for it (directly or through another ``recipe_runner_`` fixture) to the end
+    of the session, then is restored."""
+    folder = tmp_path_factory.mktemp("recipe-runner-cache")
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
     yield folder
     if old is None:
-        os.environ.pop("RECIPE_RUNNER_CACHE", None)
+        os.environ.pop(CACHE_ENV, None)
     else:
-        os.environ["RECIPE_RUNNER_CACHE"] = old
+        os.environ[CACHE_ENV] = old
 
 
 def _tiny(kind: str) -> Path:
@@ -61,31 +72,31 @@ def _tiny(kind: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_sd15(tiny_cache) -> Path:
+def recipe_runner_tiny_sd15(recipe_runner_cache: Path) -> Path:
     """The tiny SD 1.5-layout pipeline (UNet, CLIP, PNDM) folder."""
     return _tiny("sd15")
 
 
 @pytest.fixture(scope="session")
-def tiny_sdxl(tiny_cache) -> Path:
+def recipe_runner_tiny_sdxl(recipe_runner_cache: Path) -> Path:
     """The tiny SDXL-layout pipeline folder."""
     return _tiny("sdxl")
 
 
 @pytest.fixture(scope="session")
-def tiny_sd3(tiny_cache) -> Path:
+def recipe_runner_tiny_sd3(recipe_runner_cache: Path) -> Path:
     """The tiny SD3-layout pipeline (MMDiT transformer) folder."""
     return _tiny("sd3")
 
 
 @pytest.fixture(scope="session")
-def tiny_cogview4(tiny_cache) -> Path:
+def recipe_runner_tiny_cogview4(recipe_runner_cache: Path) -> Path:
     """The tiny CogView4 pipeline folder: a transformer that supports diffusers' cache hooks."""
     return _tiny("cogview4")
 
 
 @pytest.fixture(scope="session")
-def tiny_vae(tmp_path_factory) -> Path:
+def recipe_runner_tiny_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A standalone AutoencoderKL folder (sd15's config, other weights): a [components.vae]."""
     from recipe_runner import tiny
 
@@ -93,8 +104,8 @@ def tiny_vae(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def register_plugin():
-    """``register_plugin(plugin, name=None)``: load a plugin object (module or instance) in every
+def recipe_runner_register_plugin() -> Iterator[Callable[..., Any]]:
+    """``recipe_runner_register_plugin(plugin, name=None)``: load a plugin object (module or instance) in every
     ``recipe-run`` of this test (through :func:`recipe_runner.plugin_manager.register`); unregistered after it."""
     from recipe_runner import plugin_manager as plugins
 
@@ -112,7 +123,7 @@ def register_plugin():
 
 @dataclass
 class Result:
-    """What ``cli(...)`` returns: the exit code, stdout and stderr."""
+    """What ``recipe_runner_cli(...)`` returns: the exit code, stdout and stderr."""
 
     code: int
     out: str
@@ -120,8 +131,8 @@ class Result:
 
 
 @pytest.fixture
-def cli(capsys):
-    """Run recipe-run in this process: returns exit code, stdout, stderr."""
+def recipe_runner_cli(capsys: pytest.CaptureFixture[str], recipe_runner_cache: Path) -> Callable[..., Result]:
+    """Run recipe-run in this process: returns exit code, stdout, stderr (a :class:`Result`)."""
     from recipe_runner.cli import main
 
     def run(*args: Any) -> Result:
@@ -133,7 +144,7 @@ def cli(capsys):
 
 
 @pytest.fixture
-def write_recipe(tmp_path):
+def recipe_runner_write_recipe(tmp_path: Path) -> Callable[..., Path]:
     """Write a recipe file (dedented TOML) into tmp_path; returns its path."""
 
     def write(text: str, name: str = "recipe.toml") -> Path:

@@ -1,8 +1,15 @@
-"""The project's own test helpers. The shared fixtures (tiny pipelines, ``cli``, ``write_recipe``,
-``register_plugin``) live in :mod:`recipe_runner.testing`, the pytest plugin recipe-runner installs for
-plugin authors too; loaded here by name for an uninstalled checkout. When recipe-runner is
-installed, its ``pytest11`` entry point is named ``recipe_runner.testing`` as well, so pytest sees the
-plugin already registered and does not load it twice."""
+"""The project's own test helpers. The shared fixtures (``recipe_runner_cli``,
+``recipe_runner_write_recipe``, ``recipe_runner_register_plugin``, the tiny pipelines) live in
+:mod:`recipe_runner.testing`, the pytest plugin recipe-runner installs for plugin authors too; loaded
+here by name for an uninstalled checkout. When recipe-runner is installed, its ``pytest11`` entry
+point is named ``recipe_runner.testing`` as well, so pytest sees the plugin already registered and
+does not load it twice.
+
+What this repository's own suite sets for itself (the installed plugin changes nothing on its own):
+one CPU thread per test process and every subprocess it starts (tests stay fast when several run
+side by side on a small machine, and pixels do not depend on the machine's core count), and one
+temporary recipe-runner cache for the whole session (``recipe_runner_cache``), subprocesses included.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +19,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before any test imports torch
 
 pytest_plugins = ["recipe_runner.testing"]
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(recipe_runner_cache: Path) -> Path:
+    """Every test of this suite, and every subprocess it starts, uses the session's tiny cache."""
+    return recipe_runner_cache
 
 
 def run_subprocess(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):

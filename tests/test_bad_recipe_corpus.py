@@ -33,11 +33,11 @@ def test_the_corpus_has_at_least_30_recipes_each_with_an_expectation():
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
-def test_bad_recipe(cli, tmp_path, monkeypatch, path):
+def test_bad_recipe(recipe_runner_cli, tmp_path, monkeypatch, path):
     monkeypatch.chdir(CORPUS)  # messages name the file as the user would: relative to the current folder
     expects, args = expectations(path)
     out = tmp_path / "out"
-    result = cli(path.name, "--out", out, "--no-progress", *args)
+    result = recipe_runner_cli(path.name, "--out", out, "--no-progress", *args)
     assert result.code == 2, result.err
     assert "Traceback" not in result.err
     for fragment in expects:

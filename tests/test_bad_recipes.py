@@ -83,10 +83,10 @@ CASES = [
 
 
 @pytest.mark.parametrize(("text", "args", "fragments"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_recipe_exits_2_with_a_clear_message(cli, write_recipe, tmp_path, text, args, fragments):
-    recipe = write_recipe(text)
+def test_bad_recipe_exits_2_with_a_clear_message(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, text, args, fragments):
+    recipe = recipe_runner_write_recipe(text)
     out = tmp_path / "out"
-    result = cli(recipe, "--out", out, *args)
+    result = recipe_runner_cli(recipe, "--out", out, *args)
     assert result.code == 2, result.err
     assert "Traceback" not in result.err
     for fragment in fragments:
@@ -98,17 +98,17 @@ def test_there_are_at_least_15_distinct_bad_recipes():
     assert len({c[0] for c in CASES}) >= 15
 
 
-def test_bad_command_lines_exit_2(cli, tmp_path):
-    assert cli().code == 2
+def test_bad_command_lines_exit_2(recipe_runner_cli, tmp_path):
+    assert recipe_runner_cli().code == 2
     with pytest.raises(SystemExit) as info:
-        cli("--no-such-flag")
+        recipe_runner_cli("--no-such-flag")
     assert info.value.code == 2
-    missing = cli(tmp_path / "missing.toml")
+    missing = recipe_runner_cli(tmp_path / "missing.toml")
     assert missing.code == 2 and "missing.toml" in missing.err and "cannot read recipe" in missing.err
 
 
-def test_every_problem_of_a_recipe_is_listed_at_once(cli, write_recipe):
+def test_every_problem_of_a_recipe_is_listed_at_once(recipe_runner_cli, recipe_runner_write_recipe):
     text = BASE.replace('device = "cpu"', 'devise = "cpu"').replace("seeds = 1", 'seeds = "x"')
-    result = cli(write_recipe(text), "--dry-run")
+    result = recipe_runner_cli(recipe_runner_write_recipe(text), "--dry-run")
     assert result.code == 2
     assert "model.devise" in result.err and "matrix.seeds" in result.err

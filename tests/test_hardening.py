@@ -28,22 +28,22 @@ seeds = 1
 '''
 
 
-def test_two_recipes_the_second_misspelled_nothing_written_for_the_first(cli, write_recipe, tmp_path):
-    first = write_recipe(BASE, "first.toml")
-    late = write_recipe(BASE.replace("num_inference_steps = 2", "num_inference_steps = 2\nguidance_scael = 7.0"), "late.toml")
+def test_two_recipes_the_second_misspelled_nothing_written_for_the_first(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    first = recipe_runner_write_recipe(BASE, "first.toml")
+    late = recipe_runner_write_recipe(BASE.replace("num_inference_steps = 2", "num_inference_steps = 2\nguidance_scael = 7.0"), "late.toml")
     out = tmp_path / "out"
-    result = cli(first, late, "--out", out)
+    result = recipe_runner_cli(first, late, "--out", out)
     assert result.code == 2
     assert "late.toml:6: params.guidance_scael: not a parameter of StableDiffusionPipeline" in result.err
     assert "did you mean 'guidance_scale'?" in result.err and "Traceback" not in result.err
     assert not out.exists()
 
 
-def test_a_recipe_with_five_problems_reports_five(cli, write_recipe, tmp_path):
-    recipe = write_recipe(BASE.replace("num_inference_steps = 2", 'num_inference_steps = "many"\nguidance_scael = 7.0\n'
+def test_a_recipe_with_five_problems_reports_five(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    recipe = recipe_runner_write_recipe(BASE.replace("num_inference_steps = 2", 'num_inference_steps = "many"\nguidance_scael = 7.0\n'
                                        "height = 70\nguidance_scale = nan")
                           + '[scheduler]\nname = "EulerDiscreteSchedular"\n')
-    result = cli(recipe, "--dry-run")
+    result = recipe_runner_cli(recipe, "--dry-run")
     assert result.code == 2
     errors = [line for line in result.err.splitlines() if line.startswith("error:")]
     assert len(errors) == 5, result.err
@@ -52,11 +52,11 @@ def test_a_recipe_with_five_problems_reports_five(cli, write_recipe, tmp_path):
         assert key in result.err
 
 
-def test_height_ten_million_is_refused_in_well_under_a_second(cli, write_recipe, tmp_path):
-    recipe = write_recipe(BASE.replace("num_inference_steps = 2", "num_inference_steps = 2\nheight = 10000000"))
-    cli(write_recipe(BASE, "warm.toml"), "--dry-run")  # plugins and modules imported once
+def test_height_ten_million_is_refused_in_well_under_a_second(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    recipe = recipe_runner_write_recipe(BASE.replace("num_inference_steps = 2", "num_inference_steps = 2\nheight = 10000000"))
+    recipe_runner_cli(recipe_runner_write_recipe(BASE, "warm.toml"), "--dry-run")  # plugins and modules imported once
     start = time.perf_counter()
-    result = cli(recipe, "--out", tmp_path / "out")
+    result = recipe_runner_cli(recipe, "--out", tmp_path / "out")
     seconds = time.perf_counter() - start
     assert result.code == 2 and "params.height" in result.err and "MAX_IMAGE_PIXELS" in result.err
     assert seconds < 0.5, seconds
@@ -75,12 +75,12 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused():
     assert "lower height/width or run.batch_size" in str(found[0])
 
 
-def test_the_dry_run_says_which_checks_wait_for_the_model(cli, write_recipe):
-    result = cli(write_recipe(BASE), "--dry-run")
+def test_the_dry_run_says_which_checks_wait_for_the_model(recipe_runner_cli, recipe_runner_write_recipe):
+    result = recipe_runner_cli(recipe_runner_write_recipe(BASE), "--dry-run")
     assert result.code == 0
     assert "checks         checked now:" in result.out and "StableDiffusionPipeline call parameters" in result.out
     assert "after loading: scheduler compatibility" in result.out
-    hub = cli(write_recipe(BASE.replace("tiny:sd15", "someorg/not-cached-model"), "hub.toml"), "--dry-run")
+    hub = recipe_runner_cli(recipe_runner_write_recipe(BASE.replace("tiny:sd15", "someorg/not-cached-model"), "hub.toml"), "--dry-run")
     assert "waits for the model (someorg/not-cached-model is not in the local Hub cache yet)" in hub.out
 
 
@@ -101,22 +101,22 @@ def _broken_entry_point(monkeypatch) -> None:
     monkeypatch.setattr(plugin_manager, "metadata", fake)
 
 
-def test_a_failed_entry_point_plugin_is_named_in_stderr_and_the_manifest(cli, write_recipe, tmp_path, monkeypatch):
+def test_a_failed_entry_point_plugin_is_named_in_stderr_and_the_manifest(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, monkeypatch):
     _broken_entry_point(monkeypatch)
     out = tmp_path / "out"
-    result = cli(write_recipe(BASE), "--out", out)
+    result = recipe_runner_cli(recipe_runner_write_recipe(BASE), "--out", out)
     assert result.code == 0, result.err
     warnings = [line for line in result.err.splitlines() if "broken_watermark" in line]
     assert len(warnings) == 1 and warnings[0].startswith("warning: plugin 'broken_watermark'")
     manifest = json.loads((out / "recipe" / "manifest.json").read_text())
     record = next(p for p in manifest["environment"]["plugins"] if p["name"] == "broken_watermark")
     assert record["source"] == "entry point" and "ModuleNotFoundError" in record["error"]
-    strict = cli(write_recipe(BASE), "--out", tmp_path / "strict", "--strict-plugins")
+    strict = recipe_runner_cli(recipe_runner_write_recipe(BASE), "--out", tmp_path / "strict", "--strict-plugins")
     assert strict.code == 2 and "broken_watermark" in strict.err and not (tmp_path / "strict").exists()
 
 
 def test_p_finds_a_plugin_in_the_current_folder_records_it_and_reproduce_names_it_missing(
-        cli, write_recipe, tmp_path, monkeypatch):
+        recipe_runner_cli, recipe_runner_write_recipe, tmp_path, monkeypatch):
     import tempfile
 
     monkeypatch.chdir(tmp_path)
@@ -125,7 +125,7 @@ def test_p_finds_a_plugin_in_the_current_folder_records_it_and_reproduce_names_i
     scratch_root.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))
     out = tmp_path / "out"
-    result = cli(write_recipe(BASE), "--out", out, "-p", "myplug")
+    result = recipe_runner_cli(recipe_runner_write_recipe(BASE), "--out", out, "-p", "myplug")
     assert result.code == 0, result.err
     manifest = json.loads((out / "recipe" / "manifest.json").read_text())
     assert {"name": "myplug", "version": "1.2", "source": "-p"}.items() <= next(
@@ -135,28 +135,28 @@ def test_p_finds_a_plugin_in_the_current_folder_records_it_and_reproduce_names_i
 
     assert any(p["name"] == "myplug" for p in json.loads(read_embedded(image)["environment"])["plugins"])
     sys.modules.pop("myplug", None)
-    again = cli("--reproduce", image)
+    again = recipe_runner_cli("--reproduce", image)
     assert again.code == 0, again.err
     assert "pixel-identical" in again.out and "myplug 1.2 (-p): not loaded now" in again.out
     assert list(scratch_root.iterdir()) == []  # no recipe-run-reproduce-* folder left behind
 
 
-def test_a_broken_p_plugin_is_listed_as_failed_and_refused_by_a_run(cli, write_recipe, tmp_path, monkeypatch):
+def test_a_broken_p_plugin_is_listed_as_failed_and_refused_by_a_run(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "badplug.py").write_text("raise RuntimeError('half-written plugin')\n")
-    listed = cli("--list-plugins", "-p", "badplug")
+    listed = recipe_runner_cli("--list-plugins", "-p", "badplug")
     assert listed.code == 0 and "badplug  [-p" in listed.out and "failed to load: RuntimeError: half-written plugin" in listed.out
-    run = cli(write_recipe(BASE), "--out", tmp_path / "out", "-p", "badplug")
+    run = recipe_runner_cli(recipe_runner_write_recipe(BASE), "--out", tmp_path / "out", "-p", "badplug")
     assert run.code == 2 and "cannot import plugin module 'badplug'" in run.err and "Traceback" not in run.err
 
 
-def test_an_axis_replaces_an_inherited_param_through_extends_and_through_set(cli, write_recipe, tmp_path):
-    write_recipe(BASE.replace("num_inference_steps = 2", "num_inference_steps = 2\nguidance_scale = 7.5"), "base.toml")
-    sweep = write_recipe('extends = "base.toml"\n[matrix.axes]\nguidance_scale = [6.0, 8.0]\n', "sweep.toml")
+def test_an_axis_replaces_an_inherited_param_through_extends_and_through_set(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    recipe_runner_write_recipe(BASE.replace("num_inference_steps = 2", "num_inference_steps = 2\nguidance_scale = 7.5"), "base.toml")
+    sweep = recipe_runner_write_recipe('extends = "base.toml"\n[matrix.axes]\nguidance_scale = [6.0, 8.0]\n', "sweep.toml")
     for recipe, sets, expected in ((sweep, [], [6.0, 8.0]),
                                    (tmp_path / "base.toml", ["--set", "matrix.axes.guidance_scale=[5.0,7.0]"], [5.0, 7.0])):
         out = tmp_path / f"out-{recipe.stem}"
-        result = cli(recipe, "--out", out, *sets)
+        result = recipe_runner_cli(recipe, "--out", out, *sets)
         assert result.code == 0, result.err
         folder = out / recipe.stem
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -167,12 +167,12 @@ def test_an_axis_replaces_an_inherited_param_through_extends_and_through_set(cli
 
         embedded = [json.loads(read_embedded(p)["job"])["params"]["guidance_scale"] for p in image_files(folder)]
         assert sorted(embedded) == expected  # files are named by job, not listed in matrix order
-    both = write_recipe(BASE.replace("num_inference_steps = 2", "num_inference_steps = 2\nguidance_scale = 7.5")
+    both = recipe_runner_write_recipe(BASE.replace("num_inference_steps = 2", "num_inference_steps = 2\nguidance_scale = 7.5")
                         + "[matrix.axes]\nguidance_scale = [6.0]\n", "both.toml")
-    assert "a parameter is either fixed or an axis" in cli(both, "--dry-run").err
+    assert "a parameter is either fixed or an axis" in recipe_runner_cli(both, "--dry-run").err
 
 
-def test_scheduler_labels_and_a1111_sampler_names(cli, write_recipe):
+def test_scheduler_labels_and_a1111_sampler_names(recipe_runner_cli, recipe_runner_write_recipe):
     from recipe_runner.labels import a1111_sampler, scheduler_label
 
     karras = {"name": "DPMSolverMultistepScheduler", "options": {"use_karras_sigmas": True}}
@@ -182,16 +182,16 @@ def test_scheduler_labels_and_a1111_sampler_names(cli, write_recipe):
     assert a1111_sampler(None, "PNDMScheduler") == "PLMS"
     assert a1111_sampler({"name": "EulerDiscreteScheduler", "options": {"timestep_spacing": "trailing"}}) == \
         "EulerDiscreteScheduler (timestep_spacing=trailing)"
-    recipe = write_recipe(BASE + '[scheduler]\nname = "DPMSolverMultistepScheduler"\noptions = { use_karras_sigmas = true }\n')
-    assert "scheduler      DPMSolverMultistepScheduler (use_karras_sigmas=true)" in cli(recipe, "--dry-run").out
+    recipe = recipe_runner_write_recipe(BASE + '[scheduler]\nname = "DPMSolverMultistepScheduler"\noptions = { use_karras_sigmas = true }\n')
+    assert "scheduler      DPMSolverMultistepScheduler (use_karras_sigmas=true)" in recipe_runner_cli(recipe, "--dry-run").out
 
 
-def test_a1111_text_and_manifest_job_carry_the_scheduler_options(cli, write_recipe, tmp_path):
+def test_a1111_text_and_manifest_job_carry_the_scheduler_options(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     from recipe_runner.outputs import read_embedded
 
-    recipe = write_recipe(BASE + '[scheduler]\nname = "DPMSolverMultistepScheduler"\noptions = { use_karras_sigmas = true }\n')
+    recipe = recipe_runner_write_recipe(BASE + '[scheduler]\nname = "DPMSolverMultistepScheduler"\noptions = { use_karras_sigmas = true }\n')
     out = tmp_path / "out"
-    assert cli(recipe, "--out", out).code == 0
+    assert recipe_runner_cli(recipe, "--out", out).code == 0
     manifest = json.loads((out / "recipe" / "manifest.json").read_text())
     assert manifest["images"][0]["scheduler"] == "DPMSolverMultistepScheduler (use_karras_sigmas=true)"
     assert "Sampler: DPM++ 2M Karras" in read_embedded(image_files(out / "recipe")[0])["parameters"]
@@ -228,7 +228,7 @@ def test_offline_hub_says_so_fast(tmp_path):
     assert "cannot be reached" in result.err and not (tmp_path / "out").exists()
 
 
-def test_inputs_of_different_sizes_never_share_a_batch(cli, write_recipe, tmp_path):
+def test_inputs_of_different_sizes_never_share_a_batch(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     from PIL import Image
 
     rng = np.random.default_rng(3)
@@ -239,7 +239,7 @@ def test_inputs_of_different_sizes_never_share_a_batch(cli, write_recipe, tmp_pa
     sizes = {}
     for batch in (1, 4):
         out = tmp_path / f"out{batch}"
-        result = cli(write_recipe(text + f"[run]\nbatch_size = {batch}\n"), "--out", out)
+        result = recipe_runner_cli(recipe_runner_write_recipe(text + f"[run]\nbatch_size = {batch}\n"), "--out", out)
         assert result.code == 0, result.err
         manifest = json.loads((out / "recipe" / "manifest.json").read_text())
         assert [r["batch_jobs"] for r in manifest["images"]][1] == [1]  # the wide one alone
@@ -257,17 +257,17 @@ def test_jobs_that_differ_only_in_negative_prompt_share_a_batch():
     assert [b.size for b in plan(jobs, 8)] == [8]
 
 
-def test_negative_prompt_templates_in_a_full_batch_give_the_same_pixels(cli, write_recipe, tmp_path):
+def test_negative_prompt_templates_in_a_full_batch_give_the_same_pixels(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     text = BASE.replace("num_inference_steps = 2", 'num_inference_steps = 2\nnegative_prompt = "blurry {who}"').replace(
         'prompts = ["a photo of a cat"]', 'prompts = ["a photo of {who}"]').replace("seeds = 1", "seeds = 2") + \
         '[matrix.vars]\nwho = ["a cat", "a dog"]\n'
     out = tmp_path / "out"
-    assert cli(write_recipe(text + "[run]\nbatch_size = 4\n"), "--out", out).code == 0
+    assert recipe_runner_cli(recipe_runner_write_recipe(text + "[run]\nbatch_size = 4\n"), "--out", out).code == 0
     manifest = json.loads((out / "recipe" / "manifest.json").read_text())
     assert {r["batch_size"] for r in manifest["images"]} == {4}
 
 
-def test_help_names_the_lock_file_as_written(cli, capsys):
+def test_help_names_the_lock_file_as_written(recipe_runner_cli, capsys):
     from recipe_runner.cli import parser
     from recipe_runner.lock import lock_path
 

@@ -46,12 +46,12 @@ def recipe(write_recipe, model="tiny:sd15", extra="", head="", name="recipe.toml
 # --- pickled weights ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def pickled_pipeline(tiny_sd15, tmp_path_factory) -> Path:
+def pickled_pipeline(recipe_runner_tiny_sd15, tmp_path_factory) -> Path:
     """The tiny pipeline re-saved with pickled (.bin) weights only."""
     from diffusers import DiffusionPipeline
 
     dest = tmp_path_factory.mktemp("pickled") / "sd15-pickled"
-    DiffusionPipeline.from_pretrained(tiny_sd15).save_pretrained(dest, safe_serialization=False)
+    DiffusionPipeline.from_pretrained(recipe_runner_tiny_sd15).save_pretrained(dest, safe_serialization=False)
     import torch
     from safetensors.torch import load_file
 
@@ -63,22 +63,22 @@ def pickled_pipeline(tiny_sd15, tmp_path_factory) -> Path:
     return dest
 
 
-def test_pickled_weights_are_refused_with_exit_2_naming_safetensors(cli, write_recipe, tmp_path, pickled_pipeline):
-    result = cli(recipe(write_recipe, model=str(pickled_pipeline)), "--out", tmp_path / "out")
+def test_pickled_weights_are_refused_with_exit_2_naming_safetensors(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, pickled_pipeline):
+    result = recipe_runner_cli(recipe(recipe_runner_write_recipe, model=str(pickled_pipeline)), "--out", tmp_path / "out")
     assert result.code == 2, result.err
     assert "model.id" in result.err and "only safetensors weights load" in result.err
     assert "--allow-pickle" in result.err and "Traceback" not in result.err
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.png"))
 
 
-def test_allow_pickle_lets_a_trusted_pickled_model_run(cli, write_recipe, tmp_path, pickled_pipeline):
-    result = cli(recipe(write_recipe, model=str(pickled_pipeline)), "--out", tmp_path / "out", "--allow-pickle")
+def test_allow_pickle_lets_a_trusted_pickled_model_run(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, pickled_pipeline):
+    result = recipe_runner_cli(recipe(recipe_runner_write_recipe, model=str(pickled_pipeline)), "--out", tmp_path / "out", "--allow-pickle")
     assert result.code == 0, result.err
     assert len(image_files(tmp_path / "out" / "recipe")) == 1
 
 
-def test_a_pickled_weights_file_as_model_id_is_refused(cli, write_recipe, tmp_path):
-    result = cli(recipe(write_recipe, model="someone/model.ckpt"), "--dry-run")
+def test_a_pickled_weights_file_as_model_id_is_refused(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    result = recipe_runner_cli(recipe(recipe_runner_write_recipe, model="someone/model.ckpt"), "--dry-run")
     assert result.code == 2 and "model.id: 'someone/model.ckpt' is a pickled weights file" in result.err
 
 
@@ -88,8 +88,8 @@ PINNED = 'revision = "' + "a" * 40 + '"'
 
 
 @pytest.mark.parametrize("key", ['custom_pipeline = "lpw_stable_diffusion"', "trust_remote_code = true"])
-def test_remote_code_needs_the_command_line_flag(cli, write_recipe, key):
-    result = cli(recipe(write_recipe, extra=f"{key}\n{PINNED}"), "--dry-run")
+def test_remote_code_needs_the_command_line_flag(recipe_runner_cli, recipe_runner_write_recipe, key):
+    result = recipe_runner_cli(recipe(recipe_runner_write_recipe, extra=f"{key}\n{PINNED}"), "--dry-run")
     assert result.code == 2
     name = key.split(" ")[0]
     assert f"recipe.toml:4: model.{name}: runs code from the model's repository: refused" in result.err
@@ -97,11 +97,11 @@ def test_remote_code_needs_the_command_line_flag(cli, write_recipe, key):
 
 
 @pytest.mark.parametrize("key", ['custom_pipeline = "lpw_stable_diffusion"', "trust_remote_code = true"])
-def test_remote_code_needs_a_pinned_commit_revision(cli, write_recipe, key):
-    result = cli(recipe(write_recipe, extra=f'{key}\nrevision = "main"'), "--dry-run", "--trust-remote-code")
+def test_remote_code_needs_a_pinned_commit_revision(recipe_runner_cli, recipe_runner_write_recipe, key):
+    result = recipe_runner_cli(recipe(recipe_runner_write_recipe, extra=f'{key}\nrevision = "main"'), "--dry-run", "--trust-remote-code")
     assert result.code == 2 and "model.revision: remote code needs model.revision pinned to a commit" in result.err
-    assert cli(recipe(write_recipe, extra=key), "--dry-run", "--trust-remote-code").code == 2
-    allowed = cli(recipe(write_recipe, extra=f"{key}\n{PINNED}"), "--dry-run", "--trust-remote-code")
+    assert recipe_runner_cli(recipe(recipe_runner_write_recipe, extra=key), "--dry-run", "--trust-remote-code").code == 2
+    allowed = recipe_runner_cli(recipe(recipe_runner_write_recipe, extra=f"{key}\n{PINNED}"), "--dry-run", "--trust-remote-code")
     assert allowed.code == 0, allowed.err
 
 
@@ -149,22 +149,22 @@ def test_remote_code_keys_reach_diffusers_only_with_the_flag():
     ("", ["--set", "name=../escape"]),
     ("", ["--set", "name=/tmp/escape"]),
 ])
-def test_output_names_cannot_leave_the_output_root(cli, write_recipe, tmp_path, head, args):
-    result = cli(recipe(write_recipe, head=head), "--out", tmp_path / "out", *args)
+def test_output_names_cannot_leave_the_output_root(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, head, args):
+    result = recipe_runner_cli(recipe(recipe_runner_write_recipe, head=head), "--out", tmp_path / "out", *args)
     assert result.code == 2 and "name: a recipe name names its output folder" in result.err
 
 
-def test_a_symlink_planted_as_the_output_folder_is_refused(cli, write_recipe, tmp_path):
+def test_a_symlink_planted_as_the_output_folder_is_refused(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     victim = tmp_path / "victim"
     victim.mkdir()
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "recipe").symlink_to(victim)
-    result = cli(recipe(write_recipe), "--out", tmp_path / "out")
+    result = recipe_runner_cli(recipe(recipe_runner_write_recipe), "--out", tmp_path / "out")
     assert result.code == 2 and "is a symbolic link: refusing to write through it" in result.err
     assert list(victim.iterdir()) == []
 
 
-def test_symlinks_planted_at_an_image_name_and_its_temporary_name_are_not_written_through(cli, write_recipe, tmp_path):
+def test_symlinks_planted_at_an_image_name_and_its_temporary_name_are_not_written_through(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     folder = tmp_path / "out" / "recipe"
     folder.mkdir(parents=True)
     victim_final, victim_tmp = tmp_path / "victim-final", tmp_path / "victim-tmp"
@@ -176,7 +176,7 @@ def test_symlinks_planted_at_an_image_name_and_its_temporary_name_are_not_writte
     (folder / name).symlink_to(victim_final)
     (folder / f".{name}.tmp-{os.getpid()}").symlink_to(victim_tmp)  # the in-process run's temporary name
     (folder / ".manifest.journal.jsonl").symlink_to(victim_tmp)
-    result = cli(recipe(write_recipe), "--out", tmp_path / "out")
+    result = recipe_runner_cli(recipe(recipe_runner_write_recipe), "--out", tmp_path / "out")
     assert result.code == 0, result.err
     assert victim_final.read_text() == "precious" and victim_tmp.read_text() == "precious too"
     assert not (folder / name).is_symlink() and (folder / name).stat().st_size > 0
@@ -201,18 +201,18 @@ def run_i2i(cli, write_recipe, tmp_path, image: str, *args):
     return result
 
 
-def test_a_decompression_bomb_is_refused_with_exit_2(cli, write_recipe, tmp_path):
+def test_a_decompression_bomb_is_refused_with_exit_2(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     (tmp_path / "bomb.png").write_bytes(png_claiming(60_000, 60_000))
-    result = run_i2i(cli, write_recipe, tmp_path, "bomb.png")
+    result = run_i2i(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, "bomb.png")
     assert result.code == 2 and "matrix.images.0: refused:" in result.err and "decompression bomb" in result.err
 
 
-def test_the_decompression_limit_applies_below_twice_the_limit_too(cli, write_recipe, tmp_path, monkeypatch):
+def test_the_decompression_limit_applies_below_twice_the_limit_too(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, monkeypatch):
     from PIL import Image
 
     Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 - 1)  # over the limit, under twice it: a warning in Pillow
-    result = run_i2i(cli, write_recipe, tmp_path, "big.png")
+    result = run_i2i(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, "big.png")
     assert result.code == 2 and "refused:" in result.err
 
 
@@ -221,21 +221,21 @@ def test_the_decompression_limit_applies_below_twice_the_limit_too(cli, write_re
     (b"%PDF-1.4\n%%EOF\n", "cannot identify image file"),
     (png_claiming(64, 64)[:30], "cannot"),  # truncated
 ])
-def test_an_unreadable_input_fails_the_recipe_before_generation(cli, write_recipe, tmp_path, content, fragment):
+def test_an_unreadable_input_fails_the_recipe_before_generation(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, content, fragment):
     (tmp_path / "broken.png").write_bytes(content)
-    result = run_i2i(cli, write_recipe, tmp_path, "broken.png")
+    result = run_i2i(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, "broken.png")
     assert result.code == 2 and "matrix.images.0: cannot read image 'broken.png'" in result.err
     assert fragment in result.err
 
 
-def test_a_url_that_does_not_answer_fails_the_recipe_before_generation(cli, write_recipe, tmp_path):
-    result = run_i2i(cli, write_recipe, tmp_path, "https://127.0.0.1:9/cat.png")
+def test_a_url_that_does_not_answer_fails_the_recipe_before_generation(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    result = run_i2i(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, "https://127.0.0.1:9/cat.png")
     assert result.code == 2 and "matrix.images.0: cannot read image 'https://127.0.0.1:9/cat.png'" in result.err
 
 
-def test_urls_are_refused_offline(cli, write_recipe, tmp_path, monkeypatch):
+def test_urls_are_refused_offline(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result = run_i2i(cli, write_recipe, tmp_path, "https://example.org/cat.png", "--dry-run")
+    result = run_i2i(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, "https://example.org/cat.png", "--dry-run")
     assert result.code == 2 and "is a URL, but the run is offline" in result.err
 
 
@@ -266,10 +266,10 @@ def test_url_downloads_are_size_capped(monkeypatch):
     assert seen["timeout"] == inputs.URL_TIMEOUT
 
 
-def test_recipe_files_beyond_the_size_cap_are_refused(cli, tmp_path):
+def test_recipe_files_beyond_the_size_cap_are_refused(recipe_runner_cli, tmp_path):
     from recipe_runner.loading import MAX_RECIPE_BYTES
 
     path = tmp_path / "huge.toml"
     path.write_text("# " + "x" * MAX_RECIPE_BYTES + "\n")
-    result = cli(path, "--dry-run")
+    result = recipe_runner_cli(path, "--dry-run")
     assert result.code == 2 and "huge.toml: recipe is" in result.err and "limited to" in result.err

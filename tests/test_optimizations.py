@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from recipe_runner.optimizations import Unsupported
+from recipe_runner.api import Unsupported
 from tests.conftest import image_files, pixels
 
 RECIPE = '''
@@ -31,7 +31,7 @@ batch_size = 2
 
 
 @pytest.fixture
-def run(cli, write_recipe, tmp_path):
+def run(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     """Run a recipe with extra ``[optimizations]`` lines; returns (code, err, images, manifest)."""
 
     def go(name: str, optimizations: str = "", kind: str = "sd15", steps: int = 3, guidance: float = 7.5,
@@ -39,7 +39,7 @@ def run(cli, write_recipe, tmp_path):
         text = RECIPE.format(kind=kind, steps=steps, guidance=guidance) + extra
         if optimizations:
             text += "[optimizations]\n" + optimizations + "\n"
-        result = cli(write_recipe(text, f"{name}.toml"), "--out", tmp_path / "out", "--no-progress")
+        result = recipe_runner_cli(recipe_runner_write_recipe(text, f"{name}.toml"), "--out", tmp_path / "out", "--no-progress")
         folder = tmp_path / "out" / name
         if result.code != 0:
             return SimpleNamespace(code=result.code, err=result.err, images=[], manifest=None)
@@ -88,7 +88,7 @@ def test_compile_reports_its_warm_up_apart_from_batch_times(run):
     assert [b["size"] for b in result.manifest["timings"]["batches"]] == [2]
 
 
-def test_vae_tiling_gives_the_pixels_of_the_diffusers_code(run, tiny_sd15):
+def test_vae_tiling_gives_the_pixels_of_the_diffusers_code(run, recipe_runner_tiny_sd15):
     """Tiling blends overlapping tiles, so it is not close to the plain run on a random VAE
     (whose decoder depends on all its context): the promise is the diffusers code's pixels."""
     import torch
@@ -96,7 +96,7 @@ def test_vae_tiling_gives_the_pixels_of_the_diffusers_code(run, tiny_sd15):
 
     tiled = run("tiled", "vae_tiling = true")
     assert tiled.code == 0, tiled.err
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15, use_safetensors=True)
+    pipe = StableDiffusionPipeline.from_pretrained(recipe_runner_tiny_sd15, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     pipe.vae.enable_tiling()
     out = pipe(["a cat on a roof", "pixel-art coffee shop"], num_inference_steps=3, guidance_scale=7.5,
@@ -258,7 +258,7 @@ def test_quantization_settings_of_another_backend_are_an_error(run):
 # --- LoRA ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def tiny_lora(tiny_sd15, tmp_path_factory):
+def tiny_lora(recipe_runner_tiny_sd15, tmp_path_factory):
     """A rank-4 LoRA on the tiny sd15 UNet's attention, random (non-zero) weights, made with peft
     and saved the way diffusers' training scripts save one."""
     import torch
@@ -266,7 +266,7 @@ def tiny_lora(tiny_sd15, tmp_path_factory):
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
 
-    unet = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet", use_safetensors=True)
+    unet = UNet2DConditionModel.from_pretrained(recipe_runner_tiny_sd15, subfolder="unet", use_safetensors=True)
     torch.manual_seed(0)
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
@@ -332,18 +332,18 @@ def test_what_a_loaded_pipeline_cannot_do_stops_with_exit_2(run, kind, table, me
     assert result.code == 2 and message in result.err, result.err
 
 
-def test_compile_warns_when_the_plan_has_batches_of_two_sizes(cli, write_recipe, tmp_path):
+def test_compile_warns_when_the_plan_has_batches_of_two_sizes(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     text = RECIPE.format(kind="sd15", steps=2, guidance=7.5).replace("seeds = [0]", "seeds = [0, 1]")
     table = '[optimizations]\ncompile = { backend = "aot_eager", regional = true, warmup = false }\n'
-    even = cli(write_recipe(text + table, "even.toml"), "--out", tmp_path / "out", "--no-progress")
+    even = recipe_runner_cli(recipe_runner_write_recipe(text + table, "even.toml"), "--out", tmp_path / "out", "--no-progress")
     assert even.code == 0 and "batches of" not in even.err, even.err  # 4 jobs in batches of 2
-    uneven = cli(write_recipe(text.replace("batch_size = 2", "batch_size = 3") + table, "uneven.toml"),
+    uneven = recipe_runner_cli(recipe_runner_write_recipe(text.replace("batch_size = 2", "batch_size = 3") + table, "uneven.toml"),
                  "--out", tmp_path / "out", "--no-progress")
     assert uneven.code == 0, uneven.err
     assert "optimizations.compile: batches of 1 and 3 images: each new size compiles again" in uneven.err
 
 
-def test_compile_keeps_its_artifacts_in_the_cache_folder_for_the_next_run(run, monkeypatch, tiny_cache):
+def test_compile_keeps_its_artifacts_in_the_cache_folder_for_the_next_run(run, monkeypatch, recipe_runner_cache):
     """The first run saves torch's compiled artifacts under the recipe-runner cache folder after the
     warm-up; the second run of the same model and settings loads them before compiling."""
     import torch
@@ -357,9 +357,9 @@ def test_compile_keeps_its_artifacts_in_the_cache_folder_for_the_next_run(run, m
     first = run("compile-cold", table)
     assert first.code == 0, first.err
     assert first.manifest["optimizations"]["compile"]["cache"] == "saved" and loaded == []
-    saved = list((tiny_cache / "compile").glob("artifacts-*.bin"))
+    saved = list((recipe_runner_cache / "compile").glob("artifacts-*.bin"))
     assert len(saved) == 1 and saved[0].read_bytes() == b"compiled kernels"
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tiny_cache / "compile" / "inductor")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(recipe_runner_cache / "compile" / "inductor")
     second = run("compile-warm", table)
     assert second.manifest["optimizations"]["compile"]["cache"] == "loaded" and loaded == [b"compiled kernels"]
     off = run("compile-off", table.replace("regional = true", "regional = true, cache = false"))

@@ -26,19 +26,19 @@ def toml_list(values):
     return "[" + ", ".join(f'"{v}"' for v in values) + "]"
 
 
-def test_batch_doc_list_of_prompts_one_generator_each(cli, write_recipe, tmp_path, tiny_sd15):
+def test_batch_doc_list_of_prompts_one_generator_each(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, recipe_runner_tiny_sd15):
     """Batch inference guide: pipeline(prompt=prompts, generator=[Generator.manual_seed(i) ...])."""
     import torch
     from diffusers import DiffusionPipeline
 
-    pipeline = DiffusionPipeline.from_pretrained(tiny_sd15, dtype=torch.float32)
+    pipeline = DiffusionPipeline.from_pretrained(recipe_runner_tiny_sd15, dtype=torch.float32)
     generator = [torch.Generator(device="cpu").manual_seed(i) for i in range(3)]
     hand = pipeline(prompt=PROMPTS, generator=generator, num_inference_steps=4).images
 
-    recipe = write_recipe(f"""
+    recipe = recipe_runner_write_recipe(f"""
         name = "batch"
         [model]
-        id = "{tiny_sd15}"
+        id = "{recipe_runner_tiny_sd15}"
         [params]
         num_inference_steps = 4
         [matrix]
@@ -48,30 +48,30 @@ def test_batch_doc_list_of_prompts_one_generator_each(cli, write_recipe, tmp_pat
         [run]
         batch_size = 3
     """)
-    assert cli(recipe, "--out", tmp_path / "out").code == 0
+    assert recipe_runner_cli(recipe, "--out", tmp_path / "out").code == 0
     assert_same_pixels(tmp_path / "out" / "batch", hand)
 
 
-def test_efficient_diffusion_doc_vae_and_scheduler_swap_one_prompt_n_seeds(cli, write_recipe, tmp_path, tiny_sd15, tiny_vae):
+def test_efficient_diffusion_doc_vae_and_scheduler_swap_one_prompt_n_seeds(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, recipe_runner_tiny_sd15, recipe_runner_tiny_vae):
     """Effective and efficient diffusion: a better VAE, DPMSolverMultistepScheduler.from_config,
     get_inputs(batch_size=4): one prompt, generators seeded 0..3, in one batch."""
     import torch
     from diffusers import AutoencoderKL, DiffusionPipeline, DPMSolverMultistepScheduler
 
     prompt = "portrait photo of a old warrior chief"
-    pipeline = DiffusionPipeline.from_pretrained(tiny_sd15, dtype=torch.float32, use_safetensors=True)
+    pipeline = DiffusionPipeline.from_pretrained(recipe_runner_tiny_sd15, dtype=torch.float32, use_safetensors=True)
     pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
-    pipeline.vae = AutoencoderKL.from_pretrained(tiny_vae, dtype=torch.float32)
+    pipeline.vae = AutoencoderKL.from_pretrained(recipe_runner_tiny_vae, dtype=torch.float32)
     inputs = {"prompt": 4 * [prompt], "generator": [torch.Generator("cpu").manual_seed(i) for i in range(4)],
               "num_inference_steps": 5}
     hand = pipeline(**inputs).images
 
-    recipe = write_recipe(f"""
+    recipe = recipe_runner_write_recipe(f"""
         name = "efficient"
         [model]
-        id = "{tiny_sd15}"
+        id = "{recipe_runner_tiny_sd15}"
         [components.vae]
-        id = "{tiny_vae}"
+        id = "{recipe_runner_tiny_vae}"
         [scheduler]
         name = "DPMSolverMultistepScheduler"
         [params]
@@ -82,7 +82,7 @@ def test_efficient_diffusion_doc_vae_and_scheduler_swap_one_prompt_n_seeds(cli, 
         [run]
         batch_size = 4
     """)
-    assert cli(recipe, "--out", tmp_path / "out").code == 0
+    assert recipe_runner_cli(recipe, "--out", tmp_path / "out").code == 0
     assert_same_pixels(tmp_path / "out" / "efficient", hand)
 
 
@@ -100,14 +100,14 @@ def input_images(tmp_path):
     return paths
 
 
-def test_batch_doc_image_to_image_sdxl_list_of_images(cli, write_recipe, tmp_path, tiny_sdxl, input_images):
+def test_batch_doc_image_to_image_sdxl_list_of_images(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, recipe_runner_tiny_sdxl, input_images):
     """Batch inference guide's image-to-image example, done right: an SDXL image-to-image pipeline,
     a list of input images with their prompts, strength 0.5, guidance 8.0, one generator each."""
     import torch
     from diffusers import AutoPipelineForImage2Image
     from diffusers.utils import load_image
 
-    pipeline = AutoPipelineForImage2Image.from_pretrained(tiny_sdxl, dtype=torch.float32)
+    pipeline = AutoPipelineForImage2Image.from_pretrained(recipe_runner_tiny_sdxl, dtype=torch.float32)
     hand = pipeline(
         prompt=PROMPTS,
         image=[load_image(str(p)) for p in input_images],
@@ -117,10 +117,10 @@ def test_batch_doc_image_to_image_sdxl_list_of_images(cli, write_recipe, tmp_pat
         generator=[torch.Generator("cpu").manual_seed(i) for i in range(3)],
     ).images
 
-    recipe = write_recipe(f"""
+    recipe = recipe_runner_write_recipe(f"""
         name = "img2img"
         [model]
-        id = "{tiny_sdxl}"
+        id = "{recipe_runner_tiny_sdxl}"
         task = "image-to-image"
         [params]
         strength = 0.5
@@ -134,26 +134,26 @@ def test_batch_doc_image_to_image_sdxl_list_of_images(cli, write_recipe, tmp_pat
         [run]
         batch_size = 3
     """)
-    result = cli(recipe, "--out", tmp_path / "out")
+    result = recipe_runner_cli(recipe, "--out", tmp_path / "out")
     assert result.code == 0, result.err
     assert_same_pixels(tmp_path / "out" / "img2img", hand)
 
 
-def test_sdxl_docs_image_to_image_mistake_is_refused(cli, write_recipe, tmp_path, tiny_sdxl, input_images):
+def test_sdxl_docs_image_to_image_mistake_is_refused(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, recipe_runner_tiny_sdxl, input_images):
     """The guide's version (a text-to-image pipeline given image=) would silently ignore the image:
     a recipe cannot say that; task = "text-to-image" with images is an error."""
-    recipe = write_recipe(f"""
+    recipe = recipe_runner_write_recipe(f"""
         [model]
-        id = "{tiny_sdxl}"
+        id = "{recipe_runner_tiny_sdxl}"
         [matrix]
         prompts = ["a"]
         images = ["inputs/input-0.png"]
     """)
-    result = cli(recipe, "--out", tmp_path / "out")
+    result = recipe_runner_cli(recipe, "--out", tmp_path / "out")
     assert result.code == 2 and "text-to-image takes no input images" in result.err
 
 
-def test_inpainting_runs_with_masks(cli, write_recipe, tmp_path, tiny_sd15, input_images):
+def test_inpainting_runs_with_masks(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, recipe_runner_tiny_sd15, input_images):
     import torch
     from diffusers import AutoPipelineForInpainting
     from diffusers.utils import load_image
@@ -163,13 +163,13 @@ def test_inpainting_runs_with_masks(cli, write_recipe, tmp_path, tiny_sd15, inpu
     m = Image.new("L", (64, 64), 0)
     m.paste(255, (16, 16, 48, 48))
     m.save(mask)
-    pipeline = AutoPipelineForInpainting.from_pretrained(tiny_sd15, dtype=torch.float32)
+    pipeline = AutoPipelineForInpainting.from_pretrained(recipe_runner_tiny_sd15, dtype=torch.float32)
     hand = pipeline(prompt=["a cat"], image=[load_image(str(input_images[0]))], mask_image=[m.convert("L")],
                     num_inference_steps=4, generator=[torch.Generator("cpu").manual_seed(3)]).images
-    recipe = write_recipe(f"""
+    recipe = recipe_runner_write_recipe(f"""
         name = "inpaint"
         [model]
-        id = "{tiny_sd15}"
+        id = "{recipe_runner_tiny_sd15}"
         task = "inpainting"
         [params]
         num_inference_steps = 4
@@ -179,6 +179,6 @@ def test_inpainting_runs_with_masks(cli, write_recipe, tmp_path, tiny_sd15, inpu
         mask_images = ["inputs/mask.png"]
         seeds = [3]
     """)
-    result = cli(recipe, "--out", tmp_path / "out")
+    result = recipe_runner_cli(recipe, "--out", tmp_path / "out")
     assert result.code == 0, result.err
     assert_same_pixels(tmp_path / "out" / "inpaint", hand)

@@ -42,8 +42,7 @@ def fake_distribution(tmp_path) -> Path:
     site.mkdir()
     (site / "broken_plugin.py").write_text('raise RuntimeError("this plugin is broken on purpose")\n')
     (site / "fine_plugin.py").write_text(textwrap.dedent('''
-        from recipe_runner import hookimpl
-        from recipe_runner.optimizations import Optimization, OptimizationSettings
+        from recipe_runner.api import Optimization, OptimizationSettings, hookimpl
 
         class Settings(OptimizationSettings):
             amount: float = 1.0
@@ -106,19 +105,19 @@ class Misspelled:
         pass
 
 
-def test_a_misspelled_hook_is_reported_by_name(register_plugin, cli):
-    register_plugin(Misspelled(), "misspelled")
-    result = cli("--list-plugins")
+def test_a_misspelled_hook_is_reported_by_name(recipe_runner_register_plugin, recipe_runner_cli):
+    recipe_runner_register_plugin(Misspelled(), "misspelled")
+    result = recipe_runner_cli("--list-plugins")
     assert result.code == 0
     lines = result.out.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("misspelled  "))
     assert "failed to load" in lines[at + 1] and "before_bach" in lines[at + 1]
 
 
-def test_list_plugins_shows_source_version_and_typed_settings(cli):
+def test_list_plugins_shows_source_version_and_typed_settings(recipe_runner_cli):
     from recipe_runner import __version__
 
-    result = cli("--list-plugins")
+    result = recipe_runner_cli("--list-plugins")
     assert f"compile  [built-in; recipe-runner {__version__}; recipe_runner.plugins.compile]" in result.out
     assert "    [optimizations] offload (stage memory):" in result.out
     assert "        strategy: 'model' | 'sequential' | 'group' = 'model'" in result.out
@@ -173,12 +172,12 @@ class Recorder:
         self._seen("run_finished", output_dir=output_dir, images=len(manifest["images"]))
 
 
-def test_every_hook_is_implemented_by_a_test_plugin_and_called(register_plugin, cli, write_recipe, tmp_path):
-    recorder = register_plugin(Recorder(), "recorder")
+def test_every_hook_is_implemented_by_a_test_plugin_and_called(recipe_runner_register_plugin, recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    recorder = recipe_runner_register_plugin(Recorder(), "recorder")
     implemented = sorted(n for n in dir(Recorder) if hasattr(getattr(Recorder, n), "recipe_runner_impl"))
     assert implemented == HOOKS  # a new hookspec needs a test that exercises it
-    recipe = write_recipe(ONE_IMAGE.replace('seeds = [0]', 'seeds = [0, 1, 2]') + "[run]\nbatch_size = 2\n")
-    result = cli(recipe, "--out", tmp_path / "out", "--no-progress")
+    recipe = recipe_runner_write_recipe(ONE_IMAGE.replace('seeds = [0]', 'seeds = [0, 1, 2]') + "[run]\nbatch_size = 2\n")
+    result = recipe_runner_cli(recipe, "--out", tmp_path / "out", "--no-progress")
     assert result.code == 0, result.err
     assert sorted(recorder.calls) == HOOKS
     assert len(recorder.calls["pipeline_ready"]) == 1
@@ -199,11 +198,11 @@ def example_installed() -> bool:
 
 
 @pytest.mark.skipif(not example_installed(), reason="pip install -e examples/recipe-runner-example")
-def test_the_installed_example_plugin_is_an_entry_point_a_recipe_can_use(cli, write_recipe, tmp_path):
-    listed = cli("--list-plugins")
+def test_the_installed_example_plugin_is_an_entry_point_a_recipe_can_use(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    listed = recipe_runner_cli("--list-plugins")
     assert "freeu  [entry point; recipe-runner-example 0.1.0; recipe_runner_example]" in listed.out
-    recipe = write_recipe(ONE_IMAGE + "[optimizations]\nfreeu = { b1 = 1.3 }\n")
-    result = cli(recipe, "--out", tmp_path / "out", "--no-progress")
+    recipe = recipe_runner_write_recipe(ONE_IMAGE + "[optimizations]\nfreeu = { b1 = 1.3 }\n")
+    result = recipe_runner_cli(recipe, "--out", tmp_path / "out", "--no-progress")
     assert result.code == 0, result.err
     manifest = json.loads((tmp_path / "out" / "recipe" / "manifest.json").read_text())
     assert manifest["optimizations"]["freeu"]["status"] == "applied"
@@ -240,10 +239,162 @@ def test_the_pytest_plugin_is_not_registered_twice_when_installed(tmp_path):
 
 
 @pytest.mark.skipif(not example_installed(), reason="pip install -e examples/recipe-runner-example")
-def test_register_plugin_takes_the_place_of_the_same_installed_plugin(register_plugin, cli):
+def test_register_plugin_takes_the_place_of_the_same_installed_plugin(recipe_runner_register_plugin, recipe_runner_cli):
     import recipe_runner_example
 
-    register_plugin(recipe_runner_example, "freeu-under-test")
-    listed = cli("--list-plugins").out
+    recipe_runner_register_plugin(recipe_runner_example, "freeu-under-test")
+    listed = recipe_runner_cli("--list-plugins").out
     assert "freeu  [entry point" not in listed
     assert "freeu-under-test  [registered" in listed and "failed to load" not in listed
+
+
+# --- register_optimizations: one plugin at a time, through pluggy ----------------------------------
+
+class Raising:
+    @hookimpl
+    def register_optimizations(self):
+        raise RuntimeError("cannot declare anything today")
+
+
+class Duplicate:
+    @hookimpl
+    def register_optimizations(self):
+        from recipe_runner.api import Optimization, OptimizationSettings
+
+        return [Optimization(name="vae_tiling", settings=OptimizationSettings, stage="memory",
+                             apply=lambda pipe, settings, context: None)]
+
+
+def test_a_plugin_whose_register_optimizations_raises_is_named_and_the_rest_works(
+        recipe_runner_register_plugin, recipe_runner_cli, recipe_runner_write_recipe):
+    recipe_runner_register_plugin(Raising(), "raising")
+    recipe_runner_register_plugin(Duplicate(), "duplicate")
+    listed = recipe_runner_cli("--list-plugins")
+    assert listed.code == 0
+    lines = listed.out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("raising  "))
+    assert lines[at + 1] == "    failed to load: RuntimeError: cannot declare anything today"
+    at = next(i for i, line in enumerate(lines) if line.startswith("duplicate  "))
+    assert lines[at + 1] == "    failed to load: ValueError: optimization 'vae_tiling' is already provided by 'vae_tiling'"
+    at = next(i for i, line in enumerate(lines) if line.startswith("vae_tiling  [built-in"))
+    assert lines[at + 1].startswith("    [optimizations] vae_tiling (stage memory)")
+
+    from recipe_runner import plugin_manager
+
+    loaded = plugin_manager.load_plugins()
+    assert loaded.registry.providers["vae_tiling"] == "vae_tiling"
+    assert {"raising", "duplicate"} <= set(loaded.registry.broken)
+    recipe = recipe_runner_write_recipe(ONE_IMAGE + "[optimizations]\nvae_tiling = true\nattention_slicing = true\n")
+    result = recipe_runner_cli(recipe, "--dry-run")
+    assert result.code == 0, result.err
+
+
+def test_register_optimizations_goes_through_the_pluggy_hook(recipe_runner_register_plugin, monkeypatch):
+    """Called by pluggy (its hook-call monitoring sees each call), one plugin per call."""
+    import pluggy
+
+    from recipe_runner import plugin_manager
+
+    seen: list[list[str]] = []
+    real_init = pluggy.PluginManager.__init__
+
+    def monitored(pm, *args, **kwargs):
+        real_init(pm, *args, **kwargs)
+        pm.add_hookcall_monitoring(
+            lambda name, impls, kwargs: seen.append([i.plugin_name for i in impls]) if name == "register_optimizations" else None,
+            lambda outcome, name, impls, kwargs: None)
+
+    monkeypatch.setattr(pluggy.PluginManager, "__init__", monitored)
+    recipe_runner_register_plugin(Raising(), "raising")
+    loaded = plugin_manager.load_plugins()
+    assert sorted(name for names in seen for name in names) == sorted(
+        impl.plugin_name for impl in loaded.pm.hook.register_optimizations.get_hookimpls())
+    assert all(len(names) == 1 for names in seen)
+    assert "attention_slicing" in [names[0] for names in seen]
+
+
+# --- what an installed recipe-runner does to other projects ---------------------------------------
+
+UNRELATED_TEST = '''
+import os
+
+def test_nothing_of_recipe_runner(request):
+    print("OMP_NUM_THREADS=" + repr(os.environ.get("OMP_NUM_THREADS")))
+    print("RECIPE_RUNNER_CACHE=" + repr(os.environ.get("RECIPE_RUNNER_CACHE")))
+    print("FIXTURES=" + ",".join(sorted(request.fixturenames)))
+'''
+
+
+def test_an_unrelated_pytest_session_sees_no_environment_change_and_no_generic_fixture(tmp_path):
+    """Another project's tests, in the same venv: recipe-runner's pytest plugin is loaded (the
+    pytest11 entry point of an installed recipe-runner; named with -p here for a checkout) and
+    changes nothing a test did not ask for."""
+    project = tmp_path / "other-project"
+    project.mkdir()
+    (project / "test_other.py").write_text(UNRELATED_TEST)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "RECIPE_RUNNER_CACHE", "PYTHONPATH")}
+    base = [sys.executable, "-m", "pytest", "-p", "recipe_runner.testing", "-p", "no:cacheprovider",
+            "--rootdir", str(project)]
+    proc = subprocess.run([*base, "-q", "-s", "test_other.py"], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "OMP_NUM_THREADS=None" in proc.stdout
+    assert "RECIPE_RUNNER_CACHE=None" in proc.stdout
+    assert "FIXTURES=request\n" in proc.stdout
+
+    fixtures = subprocess.run([*base, "--fixtures", "test_other.py"], cwd=project, env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert fixtures.returncode == 0, fixtures.stdout + fixtures.stderr
+    section = fixtures.stdout.split("fixtures defined from recipe_runner.testing", 1)[1].split("\n\n=", 1)[0]
+    names = [line.split()[0] for line in section.splitlines() if " -- " in line and not line.startswith(" ")]
+    assert "recipe_runner_cli" in names and "recipe_runner_tiny_sd15" in names
+    assert all(name.startswith("recipe_runner_") for name in names), names
+
+
+# --- a folder with its own plugins/ and runner/ packages ------------------------------------------
+
+def test_a_folder_with_its_own_plugins_and_runner_packages_gets_the_built_ins(tmp_path):
+    """A team's recipe repository often has its own `plugins/` (and `runner/`) packages; run from
+    there, recipe-run still loads its built-ins (its import names are recipe_runner.*)."""
+    team = tmp_path / "team-recipes"
+    for package in ("plugins", "runner"):
+        (team / package).mkdir(parents=True)
+        (team / package / "__init__.py").write_text(f"raise ImportError('the team\\'s own {package} package')\n")
+        (team / package / "attention_slicing.py").write_text("junk = True\n")
+        (team / package / "cli.py").write_text("junk = True\n")
+    recipe = team / "sliced.toml"
+    recipe.write_text(ONE_IMAGE + "[optimizations]\nattention_slicing = true\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def recipe_run(*args, command=(sys.executable, "-m", "recipe_runner"), **extra):
+        proc = subprocess.run([*command, *map(str, args)], cwd=team, env={**env, **extra}, capture_output=True,
+                              text=True, timeout=600)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    # python -m puts the current folder first on sys.path: the team's packages are importable there
+    code, out, err = recipe_run("--list-plugins")
+    assert code == 0, err
+    assert "failed to load" not in out
+    for module in plugin_manager_builtins():
+        assert f"; {module}]" in out
+    code, out, err = recipe_run(recipe, "--dry-run")
+    assert code == 0, err
+    assert "attention_slicing" in out
+    code, out, err = recipe_run(recipe, "--out", team / "out", "--no-progress")
+    assert code == 0, err
+    manifest = json.loads((team / "out" / "sliced" / "manifest.json").read_text())
+    assert manifest["optimizations"]["attention_slicing"]["status"] == "applied"
+
+    script = Path(sys.executable).with_name("recipe-run")
+    if script.exists():  # the installed command, with the team's folder on the import path
+        code, out, err = recipe_run("--list-plugins", command=(str(script),), PYTHONPATH=str(team))
+        assert code == 0, err
+        assert "failed to load" not in out and "attention_slicing  [built-in" in out
+        code, out, err = recipe_run(recipe, "--dry-run", command=(str(script),), PYTHONPATH=str(team))
+        assert code == 0, err
+
+
+def plugin_manager_builtins() -> tuple[str, ...]:
+    from recipe_runner.plugin_manager import BUILTIN
+
+    return BUILTIN

@@ -38,7 +38,7 @@ batch_size = 4
 
 
 @pytest.fixture(scope="module")
-def matrix_run(tmp_path_factory, tiny_cache):
+def matrix_run(tmp_path_factory, recipe_runner_cache):
     """One run of 2 vars x 2 guidance scales x 2 seeds, shared by the tests that read its outputs."""
     from recipe_runner.cli import main
 
@@ -198,17 +198,17 @@ def test_a1111_parameters_and_environment_in_each_image(matrix_run):
     assert job["vars"] == {"who": "a young chief"} and job["batch_jobs"] == [4, 5, 6, 7]
 
 
-def test_metadata_false_writes_bare_images_and_reproduce_refuses_them(cli, write_recipe, tmp_path):
+def test_metadata_false_writes_bare_images_and_reproduce_refuses_them(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     from recipe_runner.outputs import read_embedded
 
-    recipe = write_recipe(VARS_AXES.replace("guidance_scale = [6.0, 8.0]", "guidance_scale = [6.0]")
+    recipe = recipe_runner_write_recipe(VARS_AXES.replace("guidance_scale = [6.0, 8.0]", "guidance_scale = [6.0]")
                           .replace('who = ["an old chief", "a young chief"]', 'who = ["x"]')
                           .replace("seeds = [0, 1]", "seeds = [0]") + "[output]\nmetadata = false\ngallery = false\n", "bare.toml")
-    assert cli(recipe, "--out", tmp_path / "out").code == 0
+    assert recipe_runner_cli(recipe, "--out", tmp_path / "out").code == 0
     (image,) = image_files(tmp_path / "out" / "bare")
     assert read_embedded(image) == {}
     assert not (tmp_path / "out" / "bare" / "index.html").exists()
-    result = cli("--reproduce", image)
+    result = recipe_runner_cli("--reproduce", image)
     assert result.code == 2 and "carries no recipe" in result.err
 
 
@@ -241,16 +241,16 @@ class ThreadProbe:
         self.threads.append(torch.get_num_threads())
 
 
-def test_reproduce_matches_an_untouched_image_and_catches_one_changed_pixel(cli, write_recipe, tmp_path):
+def test_reproduce_matches_an_untouched_image_and_catches_one_changed_pixel(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     import torch
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    recipe = write_recipe(REPRO.format(fmt="png"), "repro.toml")
+    recipe = recipe_runner_write_recipe(REPRO.format(fmt="png"), "repro.toml")
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # the run records 2 threads; --reproduce must use them again
     try:
-        assert cli(recipe, "--out", tmp_path / "out").code == 0
+        assert recipe_runner_cli(recipe, "--out", tmp_path / "out").code == 0
     finally:
         torch.set_num_threads(before)
     folder = tmp_path / "out" / "repro"
@@ -258,7 +258,7 @@ def test_reproduce_matches_an_untouched_image_and_catches_one_changed_pixel(cli,
     probe = ThreadProbe()
     plugins.register(probe)
     try:
-        result = cli("--reproduce", image, "--out", tmp_path / "scratch")
+        result = recipe_runner_cli("--reproduce", image, "--out", tmp_path / "scratch")
     finally:
         plugins.unregister(probe)
     assert result.code == 0, result.err
@@ -278,26 +278,26 @@ def test_reproduce_matches_an_untouched_image_and_catches_one_changed_pixel(cli,
     changed.putpixel((x, y), ((r + 1) % 256, g, b))
     copy = tmp_path / "changed.png"
     changed.save(copy, pnginfo=info)
-    result = cli("--reproduce", copy)
+    result = recipe_runner_cli("--reproduce", copy)
     assert result.code == 1
     assert "differs: PSNR" in result.out and "1 of 4096 pixels" in result.out
 
 
-def test_webp_images_carry_the_metadata_in_exif_and_reproduce(cli, write_recipe, tmp_path):
+def test_webp_images_carry_the_metadata_in_exif_and_reproduce(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     from recipe_runner.outputs import read_embedded
 
-    recipe = write_recipe(REPRO.format(fmt="webp").replace("seeds = [3, 4]", "seeds = [3]"), "repro-webp.toml")
-    assert cli(recipe, "--out", tmp_path / "out").code == 0
+    recipe = recipe_runner_write_recipe(REPRO.format(fmt="webp").replace("seeds = [3, 4]", "seeds = [3]"), "repro-webp.toml")
+    assert recipe_runner_cli(recipe, "--out", tmp_path / "out").code == 0
     image = next((tmp_path / "out" / "repro-webp").glob("a-red-barn-s3-*.webp"))
     text = read_embedded(image)
     assert json.loads(text["job"])["prompt"] == "a red barn"
     assert json.loads(text["recipe"])["output"]["format"] == "webp"
     assert text["parameters"].startswith("a red barn\nSteps: 2")
-    result = cli("--reproduce", image)
+    result = recipe_runner_cli("--reproduce", image)
     assert result.code == 0 and "pixel-identical" in result.out, result.err
 
 
-def test_zip_mode_and_a_scheduler_axis_end_to_end(cli, write_recipe, tmp_path):
+def test_zip_mode_and_a_scheduler_axis_end_to_end(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     seen = []
 
     class SchedulerProbe:
@@ -306,7 +306,7 @@ def test_zip_mode_and_a_scheduler_axis_end_to_end(cli, write_recipe, tmp_path):
             seen.append((type(pipe.scheduler).__name__, call_kwargs["guidance_scale"], len(batch.jobs)))
 
     probe = SchedulerProbe()
-    recipe = write_recipe('''
+    recipe = recipe_runner_write_recipe('''
         [model]
         id = "tiny:sd15"
         device = "cpu"
@@ -326,7 +326,7 @@ def test_zip_mode_and_a_scheduler_axis_end_to_end(cli, write_recipe, tmp_path):
     ''', "zipped.toml")
     plugins.register(probe)
     try:
-        result = cli(recipe, "--out", tmp_path / "out")
+        result = recipe_runner_cli(recipe, "--out", tmp_path / "out")
     finally:
         plugins.unregister(probe)
     assert result.code == 0, result.err
@@ -337,7 +337,7 @@ def test_zip_mode_and_a_scheduler_axis_end_to_end(cli, write_recipe, tmp_path):
     assert seen == [("EulerDiscreteScheduler", 5.0, 1), ("DPMSolverMultistepScheduler", 9.0, 1)]
 
 
-def test_extends_chain_of_three_plus_set_resolves_into_the_manifest_and_a_cycle_is_refused(cli, tmp_path):
+def test_extends_chain_of_three_plus_set_resolves_into_the_manifest_and_a_cycle_is_refused(recipe_runner_cli, tmp_path):
     (tmp_path / "bases").mkdir()
     (tmp_path / "bases" / "root.toml").write_text(textwrap.dedent('''
         description = "root"
@@ -354,7 +354,7 @@ def test_extends_chain_of_three_plus_set_resolves_into_the_manifest_and_a_cycle_
     (tmp_path / "mid.toml").write_text('extends = "bases/root.toml"\n[params]\nnum_inference_steps = 2\n'
                                        '[output]\ngrid = false\n')
     (tmp_path / "top.toml").write_text('extends = "mid.toml"\nname = "chained"\n[matrix]\nprompts = ["c"]\n')
-    result = cli(tmp_path / "top.toml", "--set", "params.guidance_scale=5", "--set", "matrix.seeds=1",
+    result = recipe_runner_cli(tmp_path / "top.toml", "--set", "params.guidance_scale=5", "--set", "matrix.seeds=1",
                  "--out", tmp_path / "out")
     assert result.code == 0, result.err
     manifest = json.loads((tmp_path / "out" / "chained" / "manifest.json").read_text())
@@ -366,16 +366,16 @@ def test_extends_chain_of_three_plus_set_resolves_into_the_manifest_and_a_cycle_
     assert [r["prompt"] for r in manifest["images"]] == ["c"]
 
     (tmp_path / "bases" / "root.toml").write_text('extends = "../top.toml"\n')
-    result = cli(tmp_path / "top.toml", "--out", tmp_path / "out")
+    result = recipe_runner_cli(tmp_path / "top.toml", "--out", tmp_path / "out")
     assert result.code == 2
     assert "extends cycle" in result.err and "top.toml -> " in result.err and "root.toml -> " in result.err
 
 
 # --- lock files ------------------------------------------------------------------------------------
 
-def test_lock_then_locked_passes_and_a_changed_weight_file_is_refused(cli, write_recipe, tmp_path, tiny_sd15):
-    shutil.copytree(tiny_sd15, tmp_path / "models" / "sd15")
-    recipe = write_recipe('''
+def test_lock_then_locked_passes_and_a_changed_weight_file_is_refused(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, recipe_runner_tiny_sd15):
+    shutil.copytree(recipe_runner_tiny_sd15, tmp_path / "models" / "sd15")
+    recipe = recipe_runner_write_recipe('''
         [model]
         id = "./models/sd15"
         device = "cpu"
@@ -386,7 +386,7 @@ def test_lock_then_locked_passes_and_a_changed_weight_file_is_refused(cli, write
         [output]
         grid = false
     ''', "pinned.toml")
-    result = cli("--lock", recipe)
+    result = recipe_runner_cli("--lock", recipe)
     assert result.code == 0, result.err
     lock = json.loads((tmp_path / "pinned.lock").read_text())
     entry = lock["models"]["model"]
@@ -394,7 +394,7 @@ def test_lock_then_locked_passes_and_a_changed_weight_file_is_refused(cli, write
     assert "unet/diffusion_pytorch_model.safetensors" in entry["files"]
     assert not (tmp_path / "out").exists()  # --lock writes the lock, runs nothing
 
-    result = cli("--locked", recipe, "--out", tmp_path / "out")
+    result = recipe_runner_cli("--locked", recipe, "--out", tmp_path / "out")
     assert result.code == 0, result.err
     assert len(image_files(tmp_path / "out" / "pinned")) == 1
 
@@ -402,14 +402,14 @@ def test_lock_then_locked_passes_and_a_changed_weight_file_is_refused(cli, write
     data = bytearray(weights.read_bytes())
     data[-8] ^= 0xFF
     weights.write_bytes(bytes(data))
-    result = cli("--locked", recipe, "--out", tmp_path / "out2")
+    result = recipe_runner_cli("--locked", recipe, "--out", tmp_path / "out2")
     assert result.code == 2
     assert "pinned.toml:2: model.id: differs from " in result.err and "pinned.lock: files differ" in result.err
     assert "changed: unet/diffusion_pytorch_model.safetensors" in result.err
     assert not (tmp_path / "out2").exists()
 
     (tmp_path / "pinned.lock").unlink()
-    result = cli("--locked", recipe, "--dry-run")
+    result = recipe_runner_cli("--locked", recipe, "--dry-run")
     assert result.code == 2 and "no lock file" in result.err
 
 
@@ -417,7 +417,6 @@ def test_file_hashes_are_remembered_until_the_file_changes(monkeypatch, tmp_path
     """--locked and resume keys hash whole model folders: each file once per version, not per run."""
     import hashlib
     import os
-    import time
 
     from recipe_runner import filehashes, outputs
     from recipe_runner.filehashes import FileHashes
@@ -448,8 +447,13 @@ def test_file_hashes_are_remembered_until_the_file_changes(monkeypatch, tmp_path
     assert again.folder(model) == {"unet/w.safetensors": hashlib.sha256(b"one").hexdigest()}
     assert hashed == ["w.safetensors"] and again.hashed == 0  # the second time: from memory
 
+    # A rewrite in place changes the file's change time, which cannot be put back by hand. Whether
+    # it moves depends on the clock ticking between the two writes; the memory is set one tick back
+    # instead of waiting for one:
+    remembered = json.loads(memory.read_text())
+    remembered[str(weights.resolve())]["stat"][2] -= 1
+    memory.write_text(json.dumps(remembered))
     mtime = weights.stat().st_mtime_ns
-    time.sleep(0.05)  # past the file system's clock tick (what SETTLED_NS guards against in real use)
     weights.write_bytes(b"two")  # same size; even with the modification time put back ...
     os.utime(weights, ns=(mtime, mtime))
     changed = FileHashes(memory)

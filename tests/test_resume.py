@@ -90,13 +90,13 @@ def reference(tmp_path_factory):
     return uninterrupted(tmp_path_factory, RECIPE.format(batch_size=2), "longrun")
 
 
-def test_rerun_skips_every_finished_job_and_touches_nothing(cli, write_recipe, tmp_path, counter):
-    recipe = write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
-    run(cli, recipe, tmp_path / "out")
+def test_rerun_skips_every_finished_job_and_touches_nothing(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, counter):
+    recipe = recipe_runner_write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
+    run(recipe_runner_cli, recipe, tmp_path / "out")
     folder = tmp_path / "out" / "longrun"
     before = snapshot(folder)
     counter.calls.clear()
-    run(cli, recipe, tmp_path / "out")
+    run(recipe_runner_cli, recipe, tmp_path / "out")
     assert counter.calls == []
     assert snapshot(folder) == before
     records = manifest_of(folder)["images"]
@@ -105,28 +105,28 @@ def test_rerun_skips_every_finished_job_and_touches_nothing(cli, write_recipe, t
     assert not (folder / JOURNAL_NAME).exists()
 
 
-def test_a_missing_image_recomputes_its_whole_batch_and_writes_only_it(cli, write_recipe, tmp_path, counter, reference):
-    recipe = write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
-    run(cli, recipe, tmp_path / "out")
+def test_a_missing_image_recomputes_its_whole_batch_and_writes_only_it(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, counter, reference):
+    recipe = recipe_runner_write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
+    run(recipe_runner_cli, recipe, tmp_path / "out")
     folder = tmp_path / "out" / "longrun"
     missing = image_files(folder)[3]
     missing.unlink()
     before = snapshot(folder)
     counter.calls.clear()
-    run(cli, recipe, tmp_path / "out")
+    run(recipe_runner_cli, recipe, tmp_path / "out")
     assert counter.calls == [[2, 3]]
     after = snapshot(folder)
     assert {k: v for k, v in after.items() if k != missing.name} == before
     assert_same_pixels(reference, folder)
 
 
-def test_changed_jobs_are_stale_and_left_untouched(cli, write_recipe, tmp_path, counter):
-    recipe = write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
-    run(cli, recipe, tmp_path / "out")
+def test_changed_jobs_are_stale_and_left_untouched(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, counter):
+    recipe = recipe_runner_write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
+    run(recipe_runner_cli, recipe, tmp_path / "out")
     folder = tmp_path / "out" / "longrun"
     before = snapshot(folder)
     counter.calls.clear()
-    result = run(cli, recipe, tmp_path / "out", "--set", "params.guidance_scale=5.0")
+    result = run(recipe_runner_cli, recipe, tmp_path / "out", "--set", "params.guidance_scale=5.0")
     assert counter.calls == []
     assert snapshot(folder) == before
     assert "6 existing images no longer match the recipe (stale, kept untouched" in result.err
@@ -136,7 +136,7 @@ def test_changed_jobs_are_stale_and_left_untouched(cli, write_recipe, tmp_path, 
     assert len(manifest["stale"]) == 6
     # a changed prompt: the old file is no longer made by any job, the new one is generated
     counter.calls.clear()
-    result = run(cli, recipe, tmp_path / "out", "--set", 'matrix.prompts=["a red fox", "a blue house", "a pink tree"]')
+    result = run(recipe_runner_cli, recipe, tmp_path / "out", "--set", 'matrix.prompts=["a red fox", "a blue house", "a pink tree"]')
     assert counter.calls == [[4, 5]]
     stale = {s["file"]: s["reason"] for s in manifest_of(folder)["stale"]}
     assert all(s["key"] and s["sha256"] for s in manifest_of(folder)["stale"])
@@ -145,14 +145,14 @@ def test_changed_jobs_are_stale_and_left_untouched(cli, write_recipe, tmp_path, 
     assert (folder / "0004-s0-a-green-tree.png").stat().st_ino == before["0004-s0-a-green-tree.png"][0]
     # back to the original recipe: every old image is recognised again, nothing runs
     counter.calls.clear()
-    result = run(cli, recipe, tmp_path / "out")
+    result = run(recipe_runner_cli, recipe, tmp_path / "out")
     assert counter.calls == []
     assert "2 existing images no longer match" in result.err and "0004-s0-a-pink-tree.png" in result.err
     assert {k: v for k, v in snapshot(folder).items() if k in before} == before
     assert [r["status"] for r in manifest_of(folder)["images"]] == ["done"] * 6
 
 
-def test_weights_changed_in_place_make_the_old_images_stale_not_done(cli, write_recipe, tmp_path, counter):
+def test_weights_changed_in_place_make_the_old_images_stale_not_done(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, counter):
     """A local model retrained into the same folder: the images of the old weights are not taken
     for the new weights' work (the model's files are part of every job's key)."""
     import shutil
@@ -162,12 +162,12 @@ def test_weights_changed_in_place_make_the_old_images_stale_not_done(cli, write_
     from recipe_runner import tiny
 
     shutil.copytree(tiny.ensure("sd15"), tmp_path / "my-model")
-    recipe = write_recipe(RECIPE.format(batch_size=2).replace('"tiny:sd15"', '"./my-model"'), "local.toml")
-    run(cli, recipe, tmp_path / "out")
+    recipe = recipe_runner_write_recipe(RECIPE.format(batch_size=2).replace('"tiny:sd15"', '"./my-model"'), "local.toml")
+    run(recipe_runner_cli, recipe, tmp_path / "out")
     folder = tmp_path / "out" / "local"
     before = snapshot(folder)
     counter.calls.clear()
-    run(cli, recipe, tmp_path / "out")
+    run(recipe_runner_cli, recipe, tmp_path / "out")
     assert counter.calls == []  # the same weights: every image is done
 
     weights = tmp_path / "my-model" / "unet" / "diffusion_pytorch_model.safetensors"
@@ -175,20 +175,20 @@ def test_weights_changed_in_place_make_the_old_images_stale_not_done(cli, write_
     name = sorted(tensors)[0]
     tensors[name] = tensors[name] + 0.01
     save_file(tensors, weights, metadata={"format": "pt"})
-    result = run(cli, recipe, tmp_path / "out")
+    result = run(recipe_runner_cli, recipe, tmp_path / "out")
     assert counter.calls == []
     assert snapshot(folder) == before
     assert "6 existing images no longer match the recipe (stale, kept untouched" in result.err
     assert [r["status"] for r in manifest_of(folder)["images"]] == ["stale"] * 6
 
 
-def test_a_hub_model_s_jobs_carry_the_commit_it_was_loaded_from(write_recipe, tmp_path):
+def test_a_hub_model_s_jobs_carry_the_commit_it_was_loaded_from(recipe_runner_write_recipe, tmp_path):
     """A Hub model's "main" moves: images made from another commit are stale, not done."""
     from recipe_runner.journal import common_identity
     from recipe_runner.prepare import Options, prepare
     from recipe_runner.run import loaded_models
 
-    recipe = write_recipe('[model]\nid = "some-org/some-model"\n[matrix]\nprompts = ["a"]\n', "hub.toml")
+    recipe = recipe_runner_write_recipe('[model]\nid = "some-org/some-model"\n[matrix]\nprompts = ["a"]\n', "hub.toml")
     prepared = prepare(recipe, [], plugins.load_plugins([]), Options(out=tmp_path / "out"))
 
     def identity(commit: str) -> dict:
@@ -198,14 +198,14 @@ def test_a_hub_model_s_jobs_carry_the_commit_it_was_loaded_from(write_recipe, tm
     assert identity("a" * 40) != identity("b" * 40)
 
 
-def test_a_file_changed_on_disk_is_stale_not_overwritten(cli, write_recipe, tmp_path, counter):
-    recipe = write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
-    run(cli, recipe, tmp_path / "out")
+def test_a_file_changed_on_disk_is_stale_not_overwritten(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, counter):
+    recipe = recipe_runner_write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
+    run(recipe_runner_cli, recipe, tmp_path / "out")
     folder = tmp_path / "out" / "longrun"
     edited = image_files(folder)[0]
     edited.write_bytes(edited.read_bytes() + b"edited")
     counter.calls.clear()
-    result = run(cli, recipe, tmp_path / "out")
+    result = run(recipe_runner_cli, recipe, tmp_path / "out")
     assert counter.calls == [] and edited.read_bytes().endswith(b"edited")
     assert [(s["file"], s["reason"]) for s in manifest_of(folder)["stale"]] == [
         (edited.name, "changed on disk since it was written")]
@@ -262,7 +262,7 @@ def assert_folder_is_clean(folder: Path) -> None:
             image.verify()
 
 
-def test_sigint_keeps_finished_images_and_the_rerun_completes_them(cli, tmp_path, counter, reference):
+def test_sigint_keeps_finished_images_and_the_rerun_completes_them(recipe_runner_cli, tmp_path, counter, reference):
     recipe = tmp_path / "longrun.toml"
     recipe.write_text(RECIPE.format(batch_size=2))
     proc = start(tmp_path, recipe, "interrupt")
@@ -279,14 +279,14 @@ def test_sigint_keeps_finished_images_and_the_rerun_completes_them(cli, tmp_path
     assert not (folder / JOURNAL_NAME).exists()
     finished = snapshot(folder)
     counter.calls.clear()
-    run(cli, recipe, tmp_path / "out")
+    run(recipe_runner_cli, recipe, tmp_path / "out")
     assert counter.calls == [[2, 3], [4, 5]]
     assert {k: v for k, v in snapshot(folder).items() if k in finished} == finished
     assert_same_pixels(reference, folder)
     assert_folder_is_clean(folder)
 
 
-def test_a_hard_crash_loses_at_most_the_batch_in_flight(cli, tmp_path, counter, reference):
+def test_a_hard_crash_loses_at_most_the_batch_in_flight(recipe_runner_cli, tmp_path, counter, reference):
     recipe = tmp_path / "longrun.toml"
     recipe.write_text(RECIPE.format(batch_size=2))
     proc = start(tmp_path, recipe, "crash")
@@ -297,7 +297,7 @@ def test_a_hard_crash_loses_at_most_the_batch_in_flight(cli, tmp_path, counter, 
     assert [r["index"] for r in read_journal(folder / JOURNAL_NAME)] == [0, 1]  # ... but journaled
     finished = snapshot(folder)
     counter.calls.clear()
-    run(cli, recipe, tmp_path / "out")
+    run(recipe_runner_cli, recipe, tmp_path / "out")
     assert counter.calls == [[2, 3], [4, 5]]
     assert {k: v for k, v in snapshot(folder).items() if k in finished} == finished
     assert_same_pixels(reference, folder)
@@ -349,12 +349,12 @@ def reference_2(tmp_path_factory):
 
 
 @pytest.mark.parametrize("setting", ["4", '"auto"'])
-def test_out_of_memory_halves_the_batch_and_matches_a_run_at_the_size_that_fit(cli, write_recipe, tmp_path, counter,
+def test_out_of_memory_halves_the_batch_and_matches_a_run_at_the_size_that_fit(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, counter,
                                                                                reference_2, setting):
     plugin = OutOfMemoryAbove2()
     plugins.register(plugin, "oom")
     try:
-        result = run(cli, write_recipe(OOM_RECIPE.format(batch_size=setting), "oom.toml"), tmp_path / "out")
+        result = run(recipe_runner_cli, recipe_runner_write_recipe(OOM_RECIPE.format(batch_size=setting), "oom.toml"), tmp_path / "out")
     finally:
         plugins.unregister(plugin)
     assert plugin.tried == [4, 2, 2]  # halves once, then stays at the size that fit
@@ -365,44 +365,44 @@ def test_out_of_memory_halves_the_batch_and_matches_a_run_at_the_size_that_fit(c
     assert_same_pixels(reference_2, folder)
 
 
-def test_resume_honours_the_batches_recorded_after_a_backoff(cli, write_recipe, tmp_path, counter, reference_2):
-    recipe = write_recipe(OOM_RECIPE.format(batch_size=4), "oom.toml")
+def test_resume_honours_the_batches_recorded_after_a_backoff(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, counter, reference_2):
+    recipe = recipe_runner_write_recipe(OOM_RECIPE.format(batch_size=4), "oom.toml")
     plugin = OutOfMemoryAbove2()
     plugins.register(plugin, "oom")
     try:
-        run(cli, recipe, tmp_path / "out")
+        run(recipe_runner_cli, recipe, tmp_path / "out")
     finally:
         plugins.unregister(plugin)
     folder = tmp_path / "out" / "oom"
     image_files(folder)[1].unlink()
     counter.calls.clear()
-    run(cli, recipe, tmp_path / "out")  # no out-of-memory now: a fresh plan would be one batch of 4
+    run(recipe_runner_cli, recipe, tmp_path / "out")  # no out-of-memory now: a fresh plan would be one batch of 4
     assert counter.calls == [[0, 1]]
     assert_same_pixels(reference_2, folder)
 
 
-def test_cuda_style_out_of_memory_runtime_errors_back_off_too(cli, write_recipe, tmp_path):
+def test_cuda_style_out_of_memory_runtime_errors_back_off_too(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     plugin = OutOfMemoryAbove2(RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)"))
     plugins.register(plugin, "oom")
     try:
-        run(cli, write_recipe(OOM_RECIPE.format(batch_size=4), "oom.toml"), tmp_path / "out")
+        run(recipe_runner_cli, recipe_runner_write_recipe(OOM_RECIPE.format(batch_size=4), "oom.toml"), tmp_path / "out")
     finally:
         plugins.unregister(plugin)
     assert plugin.tried == [4, 2, 2]
 
 
-def test_other_errors_are_not_swallowed(cli, write_recipe, tmp_path):
+def test_other_errors_are_not_swallowed(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     plugin = OutOfMemoryAbove2(ValueError("a real bug"))
     plugins.register(plugin, "oom")
     try:
-        result = cli(write_recipe(OOM_RECIPE.format(batch_size=4), "oom.toml"), "--out", tmp_path / "out")
+        result = recipe_runner_cli(recipe_runner_write_recipe(OOM_RECIPE.format(batch_size=4), "oom.toml"), "--out", tmp_path / "out")
     finally:
         plugins.unregister(plugin)
     assert result.code == 1 and "ValueError: a real bug" in result.err
     assert plugin.tried == [4]
 
 
-def test_out_of_memory_at_batch_size_1_fails_clearly(cli, write_recipe, tmp_path):
+def test_out_of_memory_at_batch_size_1_fails_clearly(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     import torch
 
     class Always:
@@ -413,7 +413,7 @@ def test_out_of_memory_at_batch_size_1_fails_clearly(cli, write_recipe, tmp_path
     plugin = Always()
     plugins.register(plugin, "always")
     try:
-        result = cli(write_recipe(OOM_RECIPE.format(batch_size=2), "oom.toml"), "--out", tmp_path / "out")
+        result = recipe_runner_cli(recipe_runner_write_recipe(OOM_RECIPE.format(batch_size=2), "oom.toml"), "--out", tmp_path / "out")
     finally:
         plugins.unregister(plugin)
     assert result.code == 1 and "out of memory at batch size 1" in result.err

@@ -69,25 +69,25 @@ def run_matrix(cli, write_recipe, tmp_path, batch_size, name):
     return tmp_path / "out" / name
 
 
-def test_same_recipe_twice_gives_pixel_identical_images(cli, write_recipe, tmp_path):
-    first = run_matrix(cli, write_recipe, tmp_path, 2, "first")
-    second = run_matrix(cli, write_recipe, tmp_path, 2, "second")
+def test_same_recipe_twice_gives_pixel_identical_images(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    first = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 2, "first")
+    second = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 2, "second")
     files = image_files(first)
     assert len(files) == 6
     for a in files:
         assert np.array_equal(pixels(a), pixels(second / a.name)), a.name
 
 
-def test_starting_noise_is_bitwise_independent_of_batch_position_and_matrix(cli, write_recipe, tmp_path, capture):
-    run_matrix(cli, write_recipe, tmp_path, 1, "b1")
+def test_starting_noise_is_bitwise_independent_of_batch_position_and_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, capture):
+    run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 1, "b1")
     by_one = dict(capture.latents)
     capture.latents.clear()
-    run_matrix(cli, write_recipe, tmp_path, 4, "b4")  # batches [0..3], [4, 5]: other positions
+    run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 4, "b4")  # batches [0..3], [4, 5]: other positions
     by_four = dict(capture.latents)
     capture.latents.clear()
-    alone = write_recipe(MATRIX.format(batch_size=1).replace("seeds = [0, 1]", "seeds = [1]")
+    alone = recipe_runner_write_recipe(MATRIX.format(batch_size=1).replace("seeds = [0, 1]", "seeds = [1]")
                          .replace('"portrait photo of a old warrior chief", "a cat on a roof", ', ""), "alone.toml")
-    assert cli(alone, "--out", tmp_path / "out").code == 0
+    assert recipe_runner_cli(alone, "--out", tmp_path / "out").code == 0
     assert len(by_one) == len(by_four) == 6
     for index in by_one:
         assert np.array_equal(by_one[index], by_four[index]), index
@@ -97,9 +97,9 @@ def test_starting_noise_is_bitwise_independent_of_batch_position_and_matrix(cli,
     assert np.array_equal(by_one[1], by_one[3]) and not np.array_equal(by_one[0], by_one[1])
 
 
-def test_across_batch_sizes_images_agree_to_float_rounding(cli, write_recipe, tmp_path):
-    one = run_matrix(cli, write_recipe, tmp_path, 1, "one")
-    four = run_matrix(cli, write_recipe, tmp_path, 4, "four")
+def test_across_batch_sizes_images_agree_to_float_rounding(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    one = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 1, "one")
+    four = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 4, "four")
     worst_level, worst_fraction = 0, 0.0
     for a in image_files(one):
         diff = np.abs(pixels(a).astype(int) - pixels(four / a.name).astype(int))
@@ -109,8 +109,8 @@ def test_across_batch_sizes_images_agree_to_float_rounding(cli, write_recipe, tm
     assert worst_fraction < 0.005, worst_fraction  # ... on fewer than 0.5% of pixels
 
 
-def test_manifest_lists_every_job_in_matrix_order_with_hash_batch_and_environment(cli, write_recipe, tmp_path):
-    folder = run_matrix(cli, write_recipe, tmp_path, 4, "manifested")
+def test_manifest_lists_every_job_in_matrix_order_with_hash_batch_and_environment(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    folder = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 4, "manifested")
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["recipe"]["model"]["id"] == "tiny:sd15"
     assert manifest["recipe"]["params"] == {"num_inference_steps": 3, "guidance_scale": 7.5}
@@ -135,10 +135,10 @@ def test_manifest_lists_every_job_in_matrix_order_with_hash_batch_and_environmen
     assert (folder / "grid.png").is_file()
 
 
-def test_images_carry_the_recipe_and_job(cli, write_recipe, tmp_path):
+def test_images_carry_the_recipe_and_job(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     from recipe_runner.outputs import read_embedded
 
-    folder = run_matrix(cli, write_recipe, tmp_path, 2, "carried")
+    folder = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 2, "carried")
     fourth = json.loads((folder / "manifest.json").read_text())["images"][3]["file"]
     text = read_embedded(folder / fourth)
     assert json.loads(text["recipe"])["matrix"]["seeds"] == [0, 1]
@@ -147,10 +147,10 @@ def test_images_carry_the_recipe_and_job(cli, write_recipe, tmp_path):
     assert "Seed: 1" in text["parameters"] and "Steps: 3" in text["parameters"]
 
 
-def test_float16_on_cpu_falls_back_with_one_warning(cli, write_recipe, tmp_path):
-    recipe = write_recipe(MATRIX.format(batch_size=6).replace('device = "cpu"', 'device = "cpu"\ndtype = "float16"'),
+def test_float16_on_cpu_falls_back_with_one_warning(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    recipe = recipe_runner_write_recipe(MATRIX.format(batch_size=6).replace('device = "cpu"', 'device = "cpu"\ndtype = "float16"'),
                           "half.toml")
-    result = cli(recipe, "--out", tmp_path / "out")
+    result = recipe_runner_cli(recipe, "--out", tmp_path / "out")
     assert result.code == 0, result.err
     assert result.err.count("warning:") == 1 and "float32 instead" in result.err
     manifest = json.loads((tmp_path / "out" / "half" / "manifest.json").read_text())
@@ -158,16 +158,16 @@ def test_float16_on_cpu_falls_back_with_one_warning(cli, write_recipe, tmp_path)
     assert manifest["recipe"]["model"]["dtype"] == "float16"
 
 
-def test_attention_slicing_is_applied_and_recorded(cli, write_recipe, tmp_path):
-    recipe = write_recipe(MATRIX.format(batch_size=2) + '[optimizations]\nattention_slicing = { slice_size = "max" }\n',
+def test_attention_slicing_is_applied_and_recorded(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    recipe = recipe_runner_write_recipe(MATRIX.format(batch_size=2) + '[optimizations]\nattention_slicing = { slice_size = "max" }\n',
                           "sliced.toml")
-    assert cli(recipe, "--out", tmp_path / "out").code == 0
+    assert recipe_runner_cli(recipe, "--out", tmp_path / "out").code == 0
     manifest = json.loads((tmp_path / "out" / "sliced" / "manifest.json").read_text())
     assert manifest["optimizations"]["attention_slicing"] == {
         "status": "applied", "settings": {"required": True, "slice_size": "max"}}
 
 
-def test_pipeline_ready_receives_the_built_pipe(cli, write_recipe, tmp_path):
+def test_pipeline_ready_receives_the_built_pipe(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     seen = {}
 
     class Probe:
@@ -183,8 +183,8 @@ def test_pipeline_ready_receives_the_built_pipe(cli, write_recipe, tmp_path):
     probe = Probe()
     plugins.register(probe)
     try:
-        recipe = write_recipe(MATRIX.format(batch_size=6) + "[optimizations]\nattention_slicing = true\n", "probe.toml")
-        assert cli(recipe, "--out", tmp_path / "out").code == 0
+        recipe = recipe_runner_write_recipe(MATRIX.format(batch_size=6) + "[optimizations]\nattention_slicing = true\n", "probe.toml")
+        assert recipe_runner_cli(recipe, "--out", tmp_path / "out").code == 0
     finally:
         plugins.unregister(probe)
     assert seen["processors"] == {"SlicedAttnProcessor"}
@@ -213,17 +213,40 @@ def test_dry_run_of_every_recipe_imports_neither_torch_nor_diffusers():
     assert "batch 0" in proc.stdout
 
 
+HEAVY = ("torch", "diffusers", "transformers", "accelerate")
+
+
 def test_help_is_light_and_lists_the_options():
-    result = run_subprocess("--help")
-    assert result.code == 0
+    """`recipe-run --help` (through python -m recipe_runner, the console entry) imports none of the
+    heavy libraries: measured in the process that printed the help."""
+    code = (
+        "import json, runpy, sys\n"
+        "sys.argv = ['recipe-run', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('recipe_runner', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as exc:\n"
+        "    rc = exc.code\n"
+        f"heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
+        "sys.stderr.write(json.dumps({'rc': rc, 'heavy': heavy}))\n"
+    )
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert report == {"rc": 0, "heavy": []}
     for option in ("--out", "--set", "--plugin", "--dry-run", "--list-plugins", "--allow-pickle"):
-        assert option in result.out
+        assert option in proc.stdout
 
 
 def test_the_command_skips_the_final_collection_only_after_main_returned(monkeypatch):
     """recipe-run (and python -m recipe_runner) end with gc.freeze(), saving the interpreter's last full
     collection over torch's and diffusers' objects: after main() has returned (main is what tests
     and programs embedding the runner call), and with main's exit status."""
+    import runpy
+    from importlib import metadata
+
     from recipe_runner import cli
 
     calls = []
@@ -233,10 +256,15 @@ def test_the_command_skips_the_final_collection_only_after_main_returned(monkeyp
         cli.console()
     assert exited.value.code == 2
     assert calls == ["main", "freeze"]
-    import tomllib
 
-    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["recipe-run"] == "recipe_runner.cli:console"
-    assert "console()" in (REPO / "runner" / "__main__.py").read_text()
+    calls.clear()  # python -m recipe_runner takes the same path
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("recipe_runner", run_name="__main__")
+    assert exited.value.code == 2
+    assert calls == ["main", "freeze"]
+
+    scripts = metadata.distribution("recipe-runner").entry_points.select(group="console_scripts")
+    assert scripts["recipe-run"].load() is cli.console  # the installed command
 
 
 def test_tiny_demo_runs_from_the_command_line(tmp_path):

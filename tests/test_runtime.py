@@ -57,7 +57,7 @@ def test_progress_bar_counts_images_with_an_eta_and_is_silent_off_a_terminal():
     assert quiet.getvalue() == ""
 
 
-def test_images_are_on_disk_before_the_next_batch_starts(cli, write_recipe, tmp_path):
+def test_images_are_on_disk_before_the_next_batch_starts(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     """Memory grows with the batch, not the matrix: each batch's images are written before the
     next batch is generated."""
     seen = []
@@ -70,7 +70,7 @@ def test_images_are_on_disk_before_the_next_batch_starts(cli, write_recipe, tmp_
     watch = Watch()
     plugins.register(watch)
     try:
-        recipe = write_recipe('''
+        recipe = recipe_runner_write_recipe('''
             name = "streamed"
             [model]
             id = "tiny:sd15"
@@ -82,7 +82,7 @@ def test_images_are_on_disk_before_the_next_batch_starts(cli, write_recipe, tmp_
             [run]
             batch_size = 2
         ''')
-        assert cli(recipe, "--out", tmp_path / "out").code == 0
+        assert recipe_runner_cli(recipe, "--out", tmp_path / "out").code == 0
     finally:
         plugins.unregister(watch)
     assert [(index, len(files)) for index, files in seen] == [(0, 0), (1, 2), (2, 4)]
@@ -101,13 +101,13 @@ def test_progress_bar_moves_with_the_denoising_steps_and_ends_on_the_final_state
     assert "step" not in last
 
 
-def test_a_run_drawn_on_a_terminal_shows_steps_and_makes_the_same_pixels(write_recipe, tmp_path, capsys):
+def test_a_run_drawn_on_a_terminal_shows_steps_and_makes_the_same_pixels(recipe_runner_write_recipe, tmp_path, capsys):
     """The step callback only reports: the images equal those of a run without a bar."""
     from recipe_runner.plugin_manager import load_plugins
     from recipe_runner.prepare import Options, prepare
     from recipe_runner.run import execute
 
-    recipe = write_recipe('''
+    recipe = recipe_runner_write_recipe('''
         [model]
         id = "tiny:sd15"
         [params]

@@ -58,9 +58,9 @@ def run_torchrun(*args) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(torchrun() is None, reason="torchrun is not installed")
-def test_torchrun_two_ranks_equal_one_process(cli, write_recipe, tmp_path):
-    recipe = write_recipe(RECIPE.format(name="spread", extra=""))
-    single = cli(recipe, "--out", tmp_path / "one")  # one process, one thread (OMP_NUM_THREADS=1)
+def test_torchrun_two_ranks_equal_one_process(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    recipe = recipe_runner_write_recipe(RECIPE.format(name="spread", extra=""))
+    single = recipe_runner_cli(recipe, "--out", tmp_path / "one")  # one process, one thread (OMP_NUM_THREADS=1)
     assert single.code == 0, single.err
     proc = run_torchrun(recipe, "--out", tmp_path / "two")
     folder = tmp_path / "two" / "spread"
@@ -91,7 +91,7 @@ class ReadyCounter:
         self.pipelines.append(type(pipe).__name__)
 
 
-def test_recipes_on_one_model_load_it_once_and_give_the_same_pixels(cli, write_recipe, tmp_path, monkeypatch):
+def test_recipes_on_one_model_load_it_once_and_give_the_same_pixels(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, monkeypatch):
     from PIL import Image
 
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "in.png")
@@ -101,16 +101,16 @@ def test_recipes_on_one_model_load_it_once_and_give_the_same_pixels(cli, write_r
     counter = ReadyCounter()
     plugins.register(counter)
     try:
-        a = write_recipe(RECIPE.format(name="a", extra=""), "a.toml")
-        b = write_recipe(RECIPE.format(name="b", extra="[scheduler]\nname = \"EulerDiscreteScheduler\""), "b.toml")
-        c = write_recipe(RECIPE.format(name="c", extra="").replace('device = "cpu"', 'device = "cpu"\ntask = "image-to-image"')
+        a = recipe_runner_write_recipe(RECIPE.format(name="a", extra=""), "a.toml")
+        b = recipe_runner_write_recipe(RECIPE.format(name="b", extra="[scheduler]\nname = \"EulerDiscreteScheduler\""), "b.toml")
+        c = recipe_runner_write_recipe(RECIPE.format(name="c", extra="").replace('device = "cpu"', 'device = "cpu"\ntask = "image-to-image"')
                          .replace("seeds = [0, 1]", 'seeds = [0, 1]\nimages = ["in.png"]'), "c.toml")
-        together = cli(a, b, c, "--out", tmp_path / "together")
+        together = recipe_runner_cli(a, b, c, "--out", tmp_path / "together")
         assert together.code == 0, together.err
         assert len(loads) == 1, "one from_pretrained for three recipes on one model"
         assert counter.pipelines == ["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"]
         for name, path in (("b", b), ("c", c)):
-            assert cli(path, "--out", tmp_path / "alone").code == 0
+            assert recipe_runner_cli(path, "--out", tmp_path / "alone").code == 0
             for file in image_files(tmp_path / "alone" / name):
                 assert np.array_equal(pixels(file), pixels(tmp_path / "together" / name / file.name)), file.name
         assert len(loads) == 3
@@ -118,8 +118,8 @@ def test_recipes_on_one_model_load_it_once_and_give_the_same_pixels(cli, write_r
         plugins.unregister(counter)
 
 
-def test_manifest_records_timings_and_the_run_prints_a_summary(cli, write_recipe, tmp_path):
-    result = cli(write_recipe(RECIPE.format(name="timed", extra="")), "--out", tmp_path)
+def test_manifest_records_timings_and_the_run_prints_a_summary(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    result = recipe_runner_cli(recipe_runner_write_recipe(RECIPE.format(name="timed", extra="")), "--out", tmp_path)
     assert result.code == 0
     timings = json.loads((tmp_path / "timed" / "manifest.json").read_text())["timings"]
     for key in ("load_seconds", "setup_seconds", "generate_seconds", "write_seconds"):
@@ -131,9 +131,9 @@ def test_manifest_records_timings_and_the_run_prints_a_summary(cli, write_recipe
 
 
 @pytest.mark.skipif(torchrun() is None, reason="torchrun is not installed")
-def test_a_distributed_run_resumes_only_the_missing_batches(cli, write_recipe, tmp_path):
-    recipe = write_recipe(RECIPE.format(name="resumed", extra=""))
-    assert cli(recipe, "--out", tmp_path).code == 0
+def test_a_distributed_run_resumes_only_the_missing_batches(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    recipe = recipe_runner_write_recipe(RECIPE.format(name="resumed", extra=""))
+    assert recipe_runner_cli(recipe, "--out", tmp_path).code == 0
     folder = tmp_path / "resumed"
     reference = {p.name: pixels(p) for p in image_files(folder)}
     kept = {p.name: p.stat().st_mtime_ns for p in image_files(folder)}

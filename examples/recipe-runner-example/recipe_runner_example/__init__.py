@@ -6,10 +6,11 @@ UNet decoder's backbone and skip features, as ``[optimizations] freeu``.
     freeu = { s1 = 0.6, s2 = 0.4, b1 = 1.1, b2 = 1.2 }   # SDXL's
 """
 
+from typing import Any
+
 from pydantic import Field
 
-from recipe_runner import hookimpl
-from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
+from recipe_runner.api import BuildContext, Optimization, OptimizationSettings, Unsupported, hookimpl
 
 
 class Settings(OptimizationSettings):
@@ -21,13 +22,13 @@ class Settings(OptimizationSettings):
     b2: float = Field(1.6, gt=0)
 
 
-def apply(pipe, settings, context):
+def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
     if not hasattr(pipe, "enable_freeu"):
         raise Unsupported(f"{type(pipe).__name__} has no FreeU (it needs a UNet)")
     pipe.enable_freeu(s1=settings.s1, s2=settings.s2, b1=settings.b1, b2=settings.b2)
 
 
 @hookimpl
-def register_optimizations():
+def register_optimizations() -> list[Optimization]:
     return [Optimization(name="freeu", settings=Settings, stage="layout", apply=apply,
                          description="FreeU: re-weight the UNet decoder's features")]

@@ -1,0 +1,74 @@
+"""The public plugin API: everything a recipe-runner plugin (built-in or third-party) may import.
+
+    from recipe_runner.api import Optimization, OptimizationSettings, Unsupported, hookimpl
+
+Anything else under ``recipe_runner`` is internal and may change between releases. The hooks a
+plugin can implement, with what each receives and returns, are in :mod:`recipe_runner.hookspecs`.
+
+Also re-exported, for plugins that keep files: ``cache_dir()`` (recipe-runner's cache folder:
+``$RECIPE_RUNNER_CACHE`` or ``~/.cache/recipe-runner``) and ``atomic_write(path, data)`` (a file
+written whole or not at all).
+
+Light module: importing it imports neither torch nor diffusers (plugins are loaded for
+``--dry-run``, ``--list-plugins`` and ``--schema`` too); :func:`model_index` imports diffusers
+when it is called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import hookimpl
+from .context import BuildContext
+from .errors import did_you_mean
+from .matrix import Job, expand
+from .optimizations import STAGES, Optimization, OptimizationSettings, Unsupported
+from .outputs import atomic_write
+from .plan import Batch, plan
+from .recipe import Recipe
+from .tiny import cache_dir
+
+__all__ = [
+    "STAGES",
+    "Batch",
+    "BuildContext",
+    "Job",
+    "Optimization",
+    "OptimizationSettings",
+    "Recipe",
+    "Unsupported",
+    "atomic_write",
+    "cache_dir",
+    "did_you_mean",
+    "hookimpl",
+    "is_local_reference",
+    "model_index",
+    "planned_batches",
+]
+
+
+def model_index(location: str, revision: str | None = None) -> dict[str, Any]:
+    """The pipeline's ``model_index.json`` as a dict (which class each component has), for a local
+    folder or a Hub id (``context.location``, ``context.recipe.model.revision``), read the way the
+    runner reads it. Imports diffusers; a config that cannot be read is a ``RunError``."""
+    from .build import _model_index  # build is not loaded on the light paths that load plugins
+
+    return _model_index(location, revision)
+
+
+def is_local_reference(value: str) -> bool:
+    """Whether a recipe value names a local path (``/``, ``./``, ``../``, ``~``, a drive letter)
+    rather than a Hub id: a missing local path is an error, never a download."""
+    from .build import is_local_reference as local  # build is not loaded on the light paths
+
+    return local(value)
+
+
+def planned_batches(context: BuildContext) -> list[Batch]:
+    """The batches the recipe being built will run, in order (its matrix expanded and cut into
+    ``run.batch_size`` batches). Empty when the batch size is decided at run time (``"auto"``)
+    or the recipe did not come from a file (``context.loaded`` is None)."""
+    size = context.recipe.run.batch_size
+    if not isinstance(size, int) or context.loaded is None:
+        return []
+    return plan(expand(context.recipe, context.loaded), size)
