@@ -62,7 +62,7 @@ def adapter_names(settings: Settings) -> list[str]:
 
 def source(adapter: Adapter, index: int, context) -> str:
     """A local file or folder (relative to the recipe that wrote it), else a Hub repo id."""
-    from recipe_runner.build import is_local_reference
+    from recipe_runner.paths import is_local_reference
 
     loaded = context.loaded
     folder = loaded.origin(f"optimizations.lora.adapters.{index}.id").folder if loaded else Path.cwd()

@@ -22,6 +22,7 @@ from .errors import RecipeError, RunError
 from .loading import LoadedRecipe, problem_at
 from .matrix import SCHEDULER_AXIS, Job
 from .optimizations import Enabled, Unsupported, settle
+from .paths import locate
 from .recipe import Recipe
 
 TASK_PIPELINES = {
@@ -114,28 +115,6 @@ def choose_dtype(spec: str | None, device: str, warn: Callable[[str], None], key
         warn(f"{key} = \"float16\" on a CPU: using float32 instead")
         return "float32"
     return spec
-
-
-def is_local_reference(value: str) -> bool:
-    return value.startswith(("/", "./", "../", "~", ".\\", "..\\")) or (len(value) > 1 and value[1] == ":")
-
-
-def locate(model_id: str, folder: Path, key: str, loaded: LoadedRecipe | None) -> str:
-    """A model or component ``id`` as from_pretrained takes it: a built-in tiny pipeline
-    (``tiny:sd15``), a local folder (relative to the recipe file that wrote it), or a Hub id."""
-    from . import tiny
-
-    if model_id.startswith("tiny:"):
-        try:
-            return tiny.resolve_model_id(model_id)
-        except ValueError as exc:
-            raise _error(loaded, key, str(exc)) from None
-    candidate = (folder / Path(model_id).expanduser()).resolve()
-    if candidate.is_dir():
-        return str(candidate)
-    if is_local_reference(model_id):
-        raise _error(loaded, key, f"no such folder: {candidate}")
-    return model_id
 
 
 def _error(loaded: LoadedRecipe | None, key: str, message: str, hint: str | None = None) -> RecipeError:

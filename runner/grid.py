@@ -158,7 +158,7 @@ def make_grid(folder: Path, records: Sequence[dict[str, Any]]) -> Path | None:
     """Write ``folder/grid.png`` from the done records; returns its path (None when no image)."""
     import io
 
-    from .outputs import atomic_write
+    from .paths import atomic_write
 
     composed = compose(folder, records)
     if composed is None:

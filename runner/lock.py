@@ -27,6 +27,7 @@ from typing import Any
 from .errors import Problem, RecipeError, RunError
 from .filehashes import FileHashes, combined
 from .loading import LoadedRecipe, display_path
+from .paths import atomic_write, locate
 from .recipe import Recipe
 
 LOCK_VERSION = 1
@@ -61,7 +62,10 @@ def hub_commit(repo_id: str, revision: str | None) -> str:
     try:
         from huggingface_hub import HfApi
 
-        return HfApi().model_info(repo_id, revision=revision).sha
+        commit = HfApi().model_info(repo_id, revision=revision).sha
+        if commit is None:
+            raise ValueError("the Hub named no commit")
+        return commit
     except Exception as exc:  # offline, private, gone: try the local Hub cache's refs
         cached = _cached_commit(repo_id, revision or "main")
         if cached:
@@ -83,8 +87,6 @@ def _cached_commit(repo_id: str, revision: str) -> str | None:
 
 def local_root(ref: Reference, loaded: LoadedRecipe) -> Path | None:
     """The folder a local (or ``tiny:``) reference loads from; None for a Hub id."""
-    from .build import locate
-
     location = Path(locate(ref.id, ref.folder, f"{ref.key}.id", loaded))
     if not location.is_dir():
         return None
@@ -135,8 +137,6 @@ def make_lock(recipe: Recipe, loaded: LoadedRecipe) -> dict[str, Any]:
 
 def write_lock(recipe: Recipe, loaded: LoadedRecipe) -> Path:
     """Write the lock file beside the recipe; returns its path."""
-    from .outputs import atomic_write
-
     path = lock_path(loaded.path)
     text = json.dumps(make_lock(recipe, loaded), indent=2, sort_keys=True) + "\n"
     atomic_write(path, text.encode("utf-8"))

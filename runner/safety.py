@@ -18,11 +18,11 @@ from pathlib import Path
 
 from .errors import Problem, RecipeError
 from .loading import LoadedRecipe, problem_at
+from .paths import locate
 from .recipe import Recipe
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 COMMIT = re.compile(r"[0-9a-f]{40}")
-
 
 
 def check_recipe(recipe: Recipe, loaded: LoadedRecipe | None, *, trust_remote_code: bool, allow_pickle: bool) -> None:
@@ -80,9 +80,7 @@ def check_weights(recipe: Recipe, loaded: LoadedRecipe | None, location: str, al
     """Refuse local folders whose weights are pickled only, before anything is loaded."""
     if allow_pickle:
         return
-    from .build import locate
-
-    targets = [("model.id", Path(location), None)]
+    targets: list[tuple[str, Path, str | None]] = [("model.id", Path(location), None)]
     for name, spec in recipe.components.items():
         key = f"components.{name}.id"
         folder = loaded.origin(key).folder if loaded else Path.cwd()
