@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .errors import Problem, RecipeError, RunError
 from .filehashes import FileHashes, combined
 from .loading import LoadedRecipe, display_path
@@ -71,7 +72,7 @@ def hub_commit(repo_id: str, revision: str | None) -> str:
         if cached:
             return cached
         raise RunError(f"cannot resolve {repo_id}@{revision or 'main'} to a commit: {type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+                       f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
 def _cached_commit(repo_id: str, revision: str) -> str | None:
@@ -122,8 +123,6 @@ def local_weights(recipe: Recipe, loaded: LoadedRecipe, hashes: FileHashes) -> d
 
 
 def make_lock(recipe: Recipe, loaded: LoadedRecipe) -> dict[str, Any]:
-    from recipe_runner import __version__
-
     hashes = FileHashes()
     models = {ref.key: resolve(ref, loaded, hashes) for ref in references(recipe, loaded)}
     hashes.save()
@@ -150,7 +149,7 @@ def read_lock(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise RecipeError.one(f"unreadable lock file: {exc}", file=shown) from None
+        raise RecipeError.one(f"unreadable lock file: {exc}", file=shown) from exc
     if not isinstance(data, dict) or data.get("lock_version") != LOCK_VERSION or not isinstance(data.get("models"), dict):
         raise RecipeError.one(f"not a lock file of version {LOCK_VERSION}: re-lock with recipe-run --lock", file=shown)
     return data

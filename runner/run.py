@@ -193,7 +193,7 @@ class Started:
     dist: Any  # distributed.Dist
     built: Any  # build.Built
     images: inputs_mod.InputImages | None
-    manifest: Any  # outputs.Manifest
+    manifest: Any  # manifest.Manifest
     writer: Any  # outputs.Writer
 
 
