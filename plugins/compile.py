@@ -13,15 +13,27 @@ per-batch times in ``timings`` are then steady-state times. Batches keep one sha
 batch size), so nothing recompiles mid-run, except a smaller last batch when the job count is
 not a multiple of ``batch_size`` (one more compilation, or none with ``dynamic = true``).
 
+Compilation is paid once per machine, not once per run (``cache = true``, the default): inductor's
+and triton's caches live in the recipe-runner cache folder (``compile/``, unless
+``TORCHINDUCTOR_CACHE_DIR`` / ``TRITON_CACHE_DIR`` say otherwise), and after the warm-up the
+compiled artifacts (``torch.compiler.save_cache_artifacts``, the "mega-cache") are saved under a
+key of the torch version, device, dtype, model, denoiser, settings and batch size; the next run
+with the same key loads them before compiling. The manifest records ``cache`` as ``saved``,
+``loaded``, ``not saved`` (no warm-up, or a backend that leaves no artifacts) or ``off``.
+
 Compiled kernels fuse and reorder operations: images agree with the plain run to float rounding,
 not bit for bit. Cannot be combined with sequential offload.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 import time
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from recipe_runner import hookimpl
 from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsupported
@@ -29,6 +41,8 @@ from recipe_runner.optimizations import Optimization, OptimizationSettings, Unsu
 from .common import denoiser
 
 WARMUP_STEPS = 2
+CACHE_VARIABLES = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}
+USER_SET = {name for name in CACHE_VARIABLES if name in os.environ}  # at start-up, before torch looks
 
 
 class Settings(OptimizationSettings):
@@ -43,6 +57,9 @@ class Settings(OptimizationSettings):
     """also compile the VAE's decode"""
     warmup: bool = True
     """run one warm-up call after building, reported as warmup_seconds"""
+    cache: bool = True
+    """keep compiled artifacts in the recipe-runner cache folder: later runs skip most of the compile
+    (saved after the warm-up, so it needs warmup = true)"""
 
 
 def check(settings: Settings, context) -> None:
@@ -86,9 +103,59 @@ def warm_up(pipe, context) -> float:
     return time.perf_counter() - start
 
 
+def cache_folder() -> Path:
+    from recipe_runner.paths import cache_dir
+
+    return cache_dir() / "compile"
+
+
+def artifacts_path(settings: Settings, context, name: str) -> Path:
+    """Where the compiled artifacts of this model, denoiser, settings and batch size are kept."""
+    import torch
+
+    key = json.dumps({"torch": torch.__version__, "device": str(context.device), "dtype": context.dtype,
+                      "model": context.location, "denoiser": name, "task": context.task,
+                      "settings": settings.model_dump(mode="json", exclude={"required", "warmup", "cache"}),
+                      "batch_size": context.recipe.run.batch_size}, sort_keys=True)
+    return cache_folder() / f"artifacts-{hashlib.sha256(key.encode()).hexdigest()[:24]}.bin"
+
+
+def load_artifacts(path: Path, context) -> bool:
+    """Load earlier compiled artifacts into torch's caches; a broken file is only a slower start."""
+    import torch
+
+    folder = cache_folder()
+    for name, sub in CACHE_VARIABLES.items():
+        if name not in USER_SET:  # torch itself fills in its default once it has looked
+            os.environ[name] = str(folder / sub)
+    if not path.is_file():
+        return False
+    try:
+        torch.compiler.load_cache_artifacts(path.read_bytes())
+    except Exception as exc:
+        context.warn(f"optimizations.compile: cannot load the compile cache {path}: {exc}")
+        return False
+    return True
+
+
+def save_artifacts(path: Path) -> bool:
+    import torch
+
+    from recipe_runner.paths import atomic_write
+
+    saved = torch.compiler.save_cache_artifacts()
+    if not saved or not saved[0]:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, saved[0])
+    return True
+
+
 def apply(pipe, settings: Settings, context) -> dict:
     name, model = denoiser(pipe)
     options = _options(settings)
+    artifacts = artifacts_path(settings, context, name) if settings.cache else None
+    loaded = load_artifacts(artifacts, context) if artifacts is not None else False
     if settings.regional:
         if not getattr(model, "_repeated_blocks", None):
             raise Unsupported(f"the {name} ({type(model).__name__}) declares no repeated blocks for "
@@ -100,9 +167,12 @@ def apply(pipe, settings: Settings, context) -> dict:
         import torch
 
         pipe.vae.decode = torch.compile(pipe.vae.decode, **options)
-    details = {"compiled": [name] + (["vae.decode"] if settings.vae else [])}
+    details: dict[str, Any] = {"compiled": [name] + (["vae.decode"] if settings.vae else [])}
     if settings.warmup and context.task == "text-to-image":
         details["warmup_seconds"] = round(warm_up(pipe, context), 3)
+    details["cache"] = "off" if artifacts is None else "loaded" if loaded else "not saved"
+    if artifacts is not None and not loaded and settings.warmup and save_artifacts(artifacts):
+        details["cache"] = "saved"
     return details
 
 

@@ -14,7 +14,7 @@ refuses before the model loads. Sequential offload cannot be combined with ``com
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -64,7 +64,7 @@ def apply(pipe, settings: Settings, context) -> None:
     else:
         if not hasattr(pipe, "enable_group_offload"):
             raise Unsupported(f"{type(pipe).__name__} has no enable_group_offload")
-        options = dict(offload_type=settings.offload_type, non_blocking=settings.non_blocking,
+        options: dict[str, Any] = dict(offload_type=settings.offload_type, non_blocking=settings.non_blocking,
                        use_stream=settings.use_stream,
                        record_stream=settings.record_stream, low_cpu_mem_usage=settings.low_cpu_mem_usage)
         if settings.offload_type == "block_level":

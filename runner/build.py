@@ -236,13 +236,14 @@ def make_scheduler(pipe: Any, base: Any, spec: dict[str, Any], key: str, loaded:
 
     name, options = spec["name"], dict(spec.get("options") or {})
     compatible = sorted({c.__name__ for c in getattr(base, "compatibles", [])} | {type(base).__name__})
-    cls = getattr(diffusers, name, None)
-    if cls is None or not (isinstance(cls, type) and name.endswith("Scheduler")):
+    found = getattr(diffusers, name, None)
+    if not (isinstance(found, type) and name.endswith("Scheduler")):
         raise _error(loaded, key, f"unknown scheduler {name!r}", _hint(name, compatible) + f"; compatible: {', '.join(compatible)}")
+    cls: Any = found
     if name not in compatible:
         raise _error(loaded, key, f"{name} is not compatible with {type(pipe).__name__}",
                      "compatible: " + ", ".join(compatible))
-    accepted = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+    accepted = [n for n in inspect.signature(cls).parameters if n != "self"]
     for option in options:
         if option not in accepted:
             raise _error(loaded, f"scheduler.options.{option}" if key == "scheduler.name" else key,
@@ -339,8 +340,11 @@ def derive(built: Built, recipe: Recipe, loaded: LoadedRecipe | None, jobs: list
     import time
 
     start = time.perf_counter()
+    cls: Any
     if recipe.model.task == "text-to-image":
-        from diffusers import AutoPipelineForText2Image as cls
+        from diffusers import AutoPipelineForText2Image
+
+        cls = AutoPipelineForText2Image
     else:
         module_name, class_name = TASK_PIPELINES[recipe.model.task]
         cls = getattr(importlib.import_module(module_name), class_name)

@@ -11,6 +11,7 @@ import argparse
 import gc
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
 from .errors import RecipeError, RunError
@@ -19,7 +20,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own usage errors: exit 2, one line
+    def error(self, message: str) -> NoReturn:  # argparse's own usage errors: exit 2, one line
         self.print_usage(sys.stderr)
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_INVALID)
@@ -110,42 +111,80 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+# --- modes ------------------------------------------------------------------------------------------
+# One mode per invocation. Each option names the modes it means something in; any other
+# combination is refused (exit 2) naming both flags, never silently ignored.
+
+MODES = {  # mode -> its flag
+    "dry_run": "--dry-run",
+    "list_plugins": "--list-plugins",
+    "schema": "--schema",
+    "reproduce": "--reproduce",
+    "lock": "--lock",
+}
+RUN = "run"  # no mode flag: run the recipes
+RECIPE_MODES = {RUN, "dry_run", "lock"}  # the modes that take RECIPE arguments
+APPLIES = {  # option (dest) -> (its flag, the modes it applies to)
+    "recipes": ("RECIPE", RECIPE_MODES),
+    "sets": ("--set", RECIPE_MODES),
+    "out": ("--out", {RUN, "dry_run", "reproduce"}),
+    "locked": ("--locked", {RUN, "dry_run"}),
+    "plugins": ("-p", {RUN, "dry_run", "lock", "list_plugins", "schema", "reproduce"}),
+    "allow_pickle": ("--allow-pickle", {RUN, "dry_run", "lock", "reproduce"}),
+    "trust_remote_code": ("--trust-remote-code", {RUN, "dry_run", "lock", "reproduce"}),
+    "no_progress": ("--no-progress", {RUN, "reproduce"}),
+}
+
+
+def mode_of(args: argparse.Namespace) -> str:
+    """The one mode this invocation asks for; RecipeError (exit 2) for a combination that makes no sense."""
+    asked = [mode for mode in MODES if getattr(args, mode) not in (None, False)]
+    if len(asked) > 1:
+        first, second = (MODES[m] for m in asked[:2])
+        raise RecipeError.one(f"{first} and {second} cannot be combined: one mode per invocation", file="recipe-run")
+    mode = asked[0] if asked else RUN
+    for dest, (flag, modes) in APPLIES.items():
+        if getattr(args, dest) in (None, False, []) or mode in modes:
+            continue
+        raise RecipeError.one(f"{MODES[mode]} takes no recipes" if dest == "recipes"
+                              else f"{flag} has no effect with {MODES[mode]}: leave one of them out", file="recipe-run")
+    if mode in RECIPE_MODES and not args.recipes:
+        usage = f"recipe-run {MODES[mode]} RECIPE [RECIPE ...]" if mode != RUN else "recipe-run RECIPE [RECIPE ...]"
+        raise RecipeError.one(f"no recipe given: {usage}", file="recipe-run")
+    return mode
+
+
 def _main(args: argparse.Namespace) -> int:
     from .plugin_manager import load_plugins
-    from .run import Options, describe_plan, prepare
-    from .safety import check_recipe
 
+    mode = mode_of(args)
     plugins = load_plugins(args.plugins)
-    if args.list_plugins:
+    if mode == "list_plugins":
         print(list_plugins(plugins))
         return EXIT_OK
-    if args.schema:
+    if mode == "schema":
         from .schema import dumps
 
         print(dumps(plugins))
         return EXIT_OK
-    if args.reproduce is not None:
+    if mode == "reproduce":
+        from .prepare import warn
         from .reproduce import reproduce
-
-        if args.recipes:
-            raise RecipeError.one("--reproduce takes an image, not recipes", file="recipe-run")
-        from .run import warn
 
         outcome = reproduce(args.reproduce, plugins, args.out, allow_pickle=args.allow_pickle,
                             trust_remote_code=args.trust_remote_code, warn=warn)
         print(outcome.report())
         return EXIT_OK if outcome.identical else EXIT_FAILED
-    args.out = args.out if args.out is not None else Path("outputs")
-    if not args.recipes:
-        raise RecipeError.one("no recipe given: recipe-run RECIPE [RECIPE ...]", file="recipe-run")
+
+    from .prepare import Options, describe_plan, prepare
+
+    options = Options(out=args.out if args.out is not None else Path("outputs"), allow_pickle=args.allow_pickle,
+                      trust_remote_code=args.trust_remote_code, progress=False if args.no_progress else None)
     problems = []
     prepared = []
-    for path in args.recipes:  # validate every recipe before anything runs
+    for path in args.recipes:  # every recipe is checked before any of them runs
         try:
-            item = prepare(path, args.sets, plugins, args.out)
-            check_recipe(item.recipe, item.loaded, trust_remote_code=args.trust_remote_code,
-                         allow_pickle=args.allow_pickle)
-            prepared.append(item)
+            prepared.append(prepare(path, args.sets, plugins, options))
         except RecipeError as exc:
             problems += exc.problems
     if problems:
@@ -155,24 +194,24 @@ def _main(args: argparse.Namespace) -> int:
     if duplicated:
         raise RecipeError.one(f"several recipes write to the same output folder {duplicated[0]!r}: give them distinct names",
                               file="recipe-run")
-    if args.lock or args.locked:
+    if mode == "lock":
         from . import lock
 
-        if args.lock:
-            for item in prepared:
-                print(f"{item.recipe.name}: locked -> {lock.write_lock(item.recipe, item.loaded)}")
-            return EXIT_OK
+        for item in prepared:
+            print(f"{item.recipe.name}: locked -> {lock.write_lock(item.recipe, item.loaded)}")
+        return EXIT_OK
+    if args.locked:
+        from . import lock
+
         for item in prepared:
             lock.verify(item.recipe, item.loaded)
-    if args.dry_run:
+    if mode == "dry_run":
         print("\n\n".join(describe_plan(p, plugins) for p in prepared))
         return EXIT_OK
 
     from .interrupts import graceful
     from .run import ModelCache, execute
 
-    options = Options(out=args.out, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
-                      progress=False if args.no_progress else None)
     cache = ModelCache()
     with graceful():  # first Ctrl-C: finish writing, flush the manifest, exit 130; second: at once
         for item in prepared:

@@ -11,9 +11,9 @@ from typing import Any
 
 
 def _version(dist: str) -> str | None:
-    module = sys.modules.get(dist)  # already imported: its own __version__, no metadata scan
-    if isinstance(getattr(module, "__version__", None), str):
-        return module.__version__
+    version = getattr(sys.modules.get(dist), "__version__", None)  # already imported: no metadata scan
+    if isinstance(version, str):
+        return version
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:

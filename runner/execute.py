@@ -8,13 +8,14 @@ before the next batch starts.
 from __future__ import annotations
 
 import gc
+import inspect
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .build import Built
+from .build import Built, call_parameters
 from .errors import RunError
 from .inputs import InputImages
 from .matrix import TEMPLATED_PARAMS, Job
@@ -51,6 +52,19 @@ def generators(jobs: tuple[Job, ...], device: str) -> list[Any]:
     return [torch.Generator(device=device).manual_seed(job.seed) for job in jobs]
 
 
+def denoising_steps(pipe: Any, kwargs: dict[str, Any]) -> int:
+    """How many denoising steps a call with ``kwargs`` takes (for the progress bar): the pipeline's
+    default ``num_inference_steps`` when not given, scaled by ``strength`` for image-to-image."""
+    steps = kwargs.get("num_inference_steps")
+    if steps is None:
+        parameter = inspect.signature(pipe.__call__).parameters.get("num_inference_steps")
+        steps = parameter.default if parameter is not None else 0
+    if not isinstance(steps, int):
+        return 0
+    strength = kwargs.get("strength")
+    return max(1, int(steps * strength)) if isinstance(strength, (int, float)) and steps else steps
+
+
 @dataclass
 class Execution:
     built: Built
@@ -78,9 +92,25 @@ class Execution:
             kwargs.update(self.inputs.for_batch(batch.jobs))
         return kwargs
 
+    def step_callback(self, kwargs: dict[str, Any]) -> None:
+        """Move the progress bar with the denoising steps, where the pipeline takes a step callback
+        (only when the bar is drawn: the callback returns the tensors it was given, unchanged)."""
+        if not self.progress.enabled or "callback_on_step_end" not in call_parameters(self.built.pipe):
+            return
+        progress = self.progress
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            progress.advance_step(step + 1)
+            return tensors
+
+        kwargs["callback_on_step_end"] = on_step_end
+
     def generate(self, batch: Batch, only: set[int] | None) -> None:
         self.built.use_scheduler(batch.jobs[0])
         kwargs = self.call_kwargs(batch)
+        self.progress.begin_batch(batch.size if only is None else len([j for j in batch.jobs if j.index in only]),
+                                  denoising_steps(self.built.pipe, kwargs))
+        self.step_callback(kwargs)
         self.hook.before_batch(pipe=self.built.pipe, batch=batch, call_kwargs=kwargs)
         start = time.perf_counter()
         output = self.built.pipe(**kwargs)

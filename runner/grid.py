@@ -41,7 +41,7 @@ def _fields(record: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def layout(records: Sequence[dict[str, Any]]) -> tuple[str | None, list[str], list[tuple[str, list[dict[str, Any]]]], list[str]]:
+def layout(records: Sequence[dict[str, Any]]) -> tuple[str | None, list[str], list[tuple[str, list[dict[str, Any] | None]]], list[str]]:
     """(column field, column labels, [(row label, records in column order)], row fields)."""
     rows_fields = [_fields(r) for r in records]
     names = list(dict.fromkeys(k for f in rows_fields for k in f))

@@ -141,8 +141,10 @@ class InputImages:
 
     def for_batch(self, jobs: tuple[Job, ...]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {}
-        if jobs[0].image is not None:
-            out["image"] = [self.get(j.image) for j in jobs]
-        if jobs[0].mask_image is not None:
-            out["mask_image"] = [self.get(j.mask_image, "L") for j in jobs]
+        images = [j.image for j in jobs if j.image is not None]
+        masks = [j.mask_image for j in jobs if j.mask_image is not None]
+        if images:
+            out["image"] = [self.get(image) for image in images]
+        if masks:
+            out["mask_image"] = [self.get(mask, "L") for mask in masks]
         return out

@@ -63,10 +63,10 @@ def hub_commit(repo_id: str, revision: str | None) -> str:
     try:
         from huggingface_hub import HfApi
 
-        commit = HfApi().model_info(repo_id, revision=revision).sha
-        if commit is None:
-            raise ValueError("the Hub named no commit")
-        return commit
+        sha = HfApi().model_info(repo_id, revision=revision).sha
+        if sha is None:
+            raise ValueError(f"the Hub gave no commit for {repo_id!r}")
+        return sha
     except Exception as exc:  # offline, private, gone: try the local Hub cache's refs
         cached = _cached_commit(repo_id, revision or "main")
         if cached:

@@ -72,7 +72,7 @@ def _scheduler_values(recipe: Recipe) -> list[dict[str, Any] | None]:
             return [None]
         return [{"name": recipe.scheduler.name, "options": dict(recipe.scheduler.options)}]
     options = dict(recipe.scheduler.options) if recipe.scheduler else {}
-    out = []
+    out: list[dict[str, Any] | None] = []
     for value in values:
         if isinstance(value, str):
             out.append({"name": value, "options": options})
@@ -183,7 +183,8 @@ def _iter_jobs(recipe: Recipe) -> Iterator[Job]:
     m = recipe.matrix
     schedulers = _scheduler_values(recipe)
     param_axes = {k: v for k, v in m.axes.items() if k != SCHEDULER_AXIS}
-    inputs = list(zip(m.images, m.mask_images or [None] * len(m.images))) or [(None, None)]
+    masks: list[str | None] = list(m.mask_images) or [None] * len(m.images)
+    inputs: list[tuple[str | None, str | None]] = list(zip(m.images, masks)) or [(None, None)]
     make = _counter()
     if m.mode == "zip":
         for i, (template, seed) in enumerate(zip(m.prompts, m.seeds)):

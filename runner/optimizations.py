@@ -66,7 +66,10 @@ def attribute_docs(model: type[BaseModel]) -> dict[str, str]:
         if not issubclass(cls, BaseModel) or cls is BaseModel:
             continue
         try:
-            body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+            node = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+            if not isinstance(node, ast.ClassDef):
+                continue
+            body = node.body
         except (OSError, TypeError, SyntaxError, IndexError, AttributeError):
             continue  # no source (built on the fly, or frozen): no docstrings
         for node, after in zip(body, body[1:]):
@@ -107,7 +110,7 @@ class Optimization:
     name: str
     settings: type[OptimizationSettings]
     stage: str
-    apply: Callable[..., None]
+    apply: Callable[..., dict[str, Any] | None]
     description: str = ""
     check: Callable[..., None] | None = None
     load_kwargs: Callable[..., dict[str, Any]] | None = None

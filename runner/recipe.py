@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -229,7 +229,7 @@ def _unwrap(annotation: Any) -> Any:
 
 
 def problem_from_pydantic(
-    error: dict[str, Any],
+    error: Mapping[str, Any],
     problem: Callable[..., Problem],
     model: type[BaseModel] | None = None,
     prefix: str = "",

@@ -110,13 +110,16 @@ def reproduce(image: Path, plugins: Plugins, out: Path | None, *, allow_pickle: 
     from . import environment
     from .execute import Execution
     from .plan import Batch
+    from .prepare import Options, prepare_loaded
     from .progress import Progress
-    from .run import ModelCache, Options, prepare_loaded, start
+    from .run import ModelCache, start
 
     embedded = read(image)
     loaded = load_data(embedded.recipe, recipe_path(embedded, image))
     scratch = out if out is not None else Path(tempfile.mkdtemp(prefix="recipe-run-reproduce-"))
-    prepared = prepare_loaded(loaded, plugins, scratch)
+    options = Options(out=scratch, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                      progress=False, warn=warn)
+    prepared = prepare_loaded(loaded, plugins, options)  # the safety policy applies to embedded recipes too
     job_info, env = embedded.job, embedded.environment
     index = job_info.get("index")
     jobs = prepared.jobs
@@ -141,8 +144,6 @@ def reproduce(image: Path, plugins: Plugins, out: Path | None, *, allow_pickle: 
     if isinstance(threads, int) and threads > 0:
         torch.set_num_threads(threads)
     try:
-        options = Options(out=scratch, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                          progress=False, warn=warn)
         started = start(prepared, plugins, options, ModelCache())
         execution = Execution(started.built, started.writer, plugins.hook, started.images,
                               Progress(1, recipe.name, enabled=False), warn)

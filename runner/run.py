@@ -1,5 +1,4 @@
-"""One recipe, end to end: ``prepare`` (light: load, validate, expand, check inputs and plugin
-tables; this is all --dry-run does) and ``execute`` (heavy: build, generate, write).
+"""Running a prepared recipe (see :mod:`recipe_runner.prepare`): build, generate, write.
 
 Several recipes in one invocation share loaded pipelines through a :class:`ModelCache`.
 """
@@ -9,122 +8,17 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import inputs as inputs_mod
 from .errors import RecipeError
-from .loading import LoadedRecipe, display_path, load
-from .matrix import Job, expand
+from .loading import display_path
 from .optimizations import Enabled
-from .plan import initial_batch_size, plan
+from .plan import initial_batch_size
 from .plugin_manager import Plugins
-from .recipe import Recipe, validate
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
-@dataclass
-class Options:
-    out: Path = Path("outputs")
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
-    progress: bool | None = None  # None: when stderr is a terminal
-    warn: Callable[[str], None] = warn
-
-
-@dataclass
-class Prepared:
-    """A recipe that validated: ready to print as a plan or to run."""
-
-    loaded: LoadedRecipe
-    recipe: Recipe
-    jobs: list[Job]
-    enabled: list[Enabled]
-    inputs: dict[str, str]  # as written -> absolute path or URL
-    input_keys: dict[str, str]  # as written -> dotted key
-    out_dir: Path
-
-
-def prepare(path: str | Path, sets: list[str], plugins: Plugins, out_root: Path) -> Prepared:
-    """Everything that can be checked without torch: RecipeError (exit 2) on any problem."""
-    return prepare_loaded(load(path, sets), plugins, out_root)
-
-
-def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, out_root: Path) -> Prepared:
-    """:func:`prepare` for a recipe already loaded (from a file, or from an image's metadata)."""
-    recipe = validate(loaded)
-    problems = []
-    try:
-        jobs = expand(recipe, loaded)
-    except RecipeError as exc:
-        problems += exc.problems
-        jobs = []
-    try:
-        enabled = plugins.registry.enable(recipe.optimizations, loaded.problem)
-    except RecipeError as exc:
-        problems += exc.problems
-        enabled = []
-    keys = inputs_mod.inputs_of(recipe.matrix)
-    try:
-        resolved = inputs_mod.resolve(keys, loaded)
-    except RecipeError as exc:
-        problems += exc.problems
-        resolved = {}
-    if problems:
-        raise RecipeError(problems)
-    return Prepared(loaded, recipe, jobs, enabled, resolved, keys, out_root / recipe.name)
-
-
-def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
-    """The --dry-run text: model, optimizations, plugins, jobs and batches."""
-    r = prepared.recipe
-    batch_setting = r.run.batch_size
-    size = batch_setting if batch_setting != "auto" else initial_batch_size("auto", prepared.jobs, "cpu")
-    batches = plan(prepared.jobs, size)
-    lines = [f"{r.name}  ({display_path(prepared.loaded.path)} -> {display_path(prepared.out_dir)}/)"]
-    if r.description:
-        lines.append(f"  {r.description}")
-    m = r.model
-    extras = ", ".join(f"{k} {getattr(m, k)}" for k in ("revision", "variant") if getattr(m, k))
-    lines.append(f"  model          {m.id}  [{m.task}, dtype {m.dtype}, device {m.device}{', ' + extras if extras else ''}]")
-    for name, comp in r.components.items():
-        lines.append(f"  component      {name} <- {comp.id}" + (f" ({comp.subfolder})" if comp.subfolder else ""))
-    if r.scheduler:
-        lines.append(f"  scheduler      {r.scheduler.name} {json.dumps(r.scheduler.options) if r.scheduler.options else ''}".rstrip())
-    opts = ", ".join(f"{e.name} {json.dumps(e.settings.model_dump(mode='json'))}" for e in prepared.enabled) or "none"
-    lines.append(f"  optimizations  {opts}")
-    loaded_plugins = ", ".join(f"{i.name} ({i.source}{', failed' if i.error else ''})" for i in plugins.infos)
-    lines.append(f"  plugins        {loaded_plugins}")
-    auto = " (auto: halves on out of memory)" if batch_setting == "auto" else ""
-    lines.append(f"  jobs           {len(prepared.jobs)} in {len(batches)} batch{'es' * (len(batches) != 1)}, "
-                 f"batch_size {size}{auto}, generator on {r.run.generator_device}")
-    width = max(4, len(str(max(len(prepared.jobs) - 1, 0))))
-    ext = {"jpeg": "jpg"}.get(r.output.format, r.output.format)
-    shown = 0
-    for batch in batches:
-        if shown >= show:
-            break
-        lines.append(f"  batch {batch.index}")
-        for job in batch.jobs:
-            if shown >= show:
-                break
-            extra = {k: v for k, v in job.params.items() if k not in r.params or r.params[k] != v}
-            bits = [f"seed {job.seed}"] + [f"{k}={v}" for k, v in extra.items()]
-            if job.image:
-                bits.append(f"image {job.image}")
-            if job.scheduler and "scheduler" in r.matrix.axes:
-                bits.append(job.scheduler["name"])
-            lines.append(f"    {job.filename(width, ext)}  {', '.join(bits)}")
-            shown += 1
-    if shown < len(prepared.jobs):
-        lines.append(f"    ... {len(prepared.jobs) - shown} more")
-    return "\n".join(lines)
-
+from .prepare import Options, Prepared
+from .recipe import Recipe
 
 # --- running ---------------------------------------------------------------------------------------
 
@@ -200,7 +94,7 @@ class Started:
 def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache) -> Started:
     """Everything before the first batch, shared by runs and --reproduce: device and dtype, the
     weight and input checks, the (possibly shared) pipeline, the output folder, manifest and writer."""
-    from . import build, distributed, environment, safety
+    from . import build, distributed, environment
     from .manifest import Manifest
     from .outputs import EXTENSIONS, Writer
     from .provenance import environment_extras
@@ -208,7 +102,6 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
     recipe, loaded = prepared.recipe, prepared.loaded
     ctx = build.prepare(recipe, loaded, prepared.enabled, allow_pickle=options.allow_pickle,
                         trust_remote_code=options.trust_remote_code, warn=options.warn)
-    safety.check_weights(recipe, loaded, ctx.location, options.allow_pickle)
     dist = distributed.detect(ctx.device)
     ctx.device = dist.device(ctx.device)
     environment.set_deterministic(recipe.run.deterministic)

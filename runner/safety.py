@@ -16,7 +16,8 @@ import json
 import re
 from pathlib import Path
 
-from .errors import Problem, RecipeError
+from . import tiny
+from .errors import Problem, RecipeError, did_you_mean
 from .loading import LoadedRecipe, problem_at
 from .paths import locate
 from .recipe import Recipe
@@ -76,27 +77,33 @@ def weight_folders(location: Path, subfolder: str | None = None) -> list[Path]:
     return [root / name for name in names if (root / name).is_dir()]
 
 
-def check_weights(recipe: Recipe, loaded: LoadedRecipe | None, location: str, allow_pickle: bool) -> None:
-    """Refuse local folders whose weights are pickled only, before anything is loaded."""
-    if allow_pickle:
-        return
-    targets: list[tuple[str, Path, str | None]] = [("model.id", Path(location), None)]
-    for name, spec in recipe.components.items():
-        key = f"components.{name}.id"
-        folder = loaded.origin(key).folder if loaded else Path.cwd()
-        try:
-            targets.append((key, Path(locate(spec.id, folder, key, loaded)), spec.subfolder))
-        except RecipeError:
-            continue  # reported where the component is loaded, after its name is checked
+def check_sources(recipe: Recipe, loaded: LoadedRecipe, *, allow_pickle: bool) -> None:
+    """What each model and component ``id`` names on this machine, checked without loading it: a
+    built-in tiny kind that exists, a local folder that exists and (without ``--allow-pickle``)
+    does not hold pickled weights only. Hub ids are checked when they load."""
     problems = []
-    for key, path, subfolder in targets:
-        if not path.is_dir():
+    targets: list[tuple[str, str, str | None]] = [("model.id", recipe.model.id, None)]
+    targets += [(f"components.{name}.id", spec.id, spec.subfolder) for name, spec in recipe.components.items()]
+    for key, model_id, subfolder in targets:
+        if model_id.startswith(tiny.MODEL_ID_PREFIX):
+            kind = model_id[len(tiny.MODEL_ID_PREFIX):]
+            if kind not in tiny.KINDS:
+                close = did_you_mean(kind, tiny.KINDS)
+                problems.append(problem_at(loaded, key, f"unknown tiny pipeline kind {kind!r}; known kinds: {', '.join(tiny.KINDS)}",
+                                           f"did you mean 'tiny:{close}'?" if close else None))
+            continue  # built here, in safetensors
+        try:
+            location = Path(locate(model_id, loaded.origin(key).folder, key, loaded))
+        except RecipeError as exc:
+            problems += exc.problems
+            continue
+        if allow_pickle or not location.is_dir():
             continue  # a Hub id: diffusers is asked for safetensors only
-        for folder in weight_folders(path, subfolder):
+        for folder in weight_folders(location, subfolder):
             found = pickled_only(folder)
             if found:
                 names = ", ".join(p.name for p in found[:3])
                 problems.append(problem_at(loaded, key, f"{folder} holds pickled weights only ({names}): only safetensors weights load",
-                                         "convert them to safetensors, or pass --allow-pickle if you trust them"))
+                                           "convert them to safetensors, or pass --allow-pickle if you trust them"))
     if problems:
         raise RecipeError(problems)

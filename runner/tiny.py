@@ -356,7 +356,7 @@ def _make_t5_encoder(tokenizer, seed: int):
     """A 2-layer T5 (v1.1-style, gated-gelu) encoder whose vocabulary matches ``tokenizer``."""
     from transformers import T5Config, T5EncoderModel
 
-    config = T5Config(
+    config = T5Config(  # type: ignore[call-arg]  # decoder_start_token_id goes to PretrainedConfig's **kwargs
         vocab_size=len(tokenizer),
         d_model=T5_HIDDEN_SIZE,
         d_kv=8,
@@ -368,7 +368,7 @@ def _make_t5_encoder(tokenizer, seed: int):
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
-    )  # type: ignore[call-arg]  # a PretrainedConfig keyword the stubs of T5Config omit
+    )
     return _seeded(seed, T5EncoderModel, config)
 
 

@@ -6,6 +6,7 @@ or skipped with ``required = false``."""
 from __future__ import annotations
 
 import json
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -340,3 +341,40 @@ def test_compile_warns_when_the_plan_has_batches_of_two_sizes(cli, write_recipe,
                  "--out", tmp_path / "out", "--no-progress")
     assert uneven.code == 0, uneven.err
     assert "optimizations.compile: batches of 1 and 3 images: each new size compiles again" in uneven.err
+
+
+def test_compile_keeps_its_artifacts_in_the_cache_folder_for_the_next_run(run, monkeypatch, tiny_cache):
+    """The first run saves torch's compiled artifacts under the recipe-runner cache folder after the
+    warm-up; the second run of the same model and settings loads them before compiling."""
+    import torch
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    loaded: list[bytes] = []
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"compiled kernels", None))
+    monkeypatch.setattr(torch.compiler, "load_cache_artifacts", lambda data: loaded.append(data))
+    table = 'compile = { backend = "aot_eager", regional = true }'
+    first = run("compile-cold", table)
+    assert first.code == 0, first.err
+    assert first.manifest["optimizations"]["compile"]["cache"] == "saved" and loaded == []
+    saved = list((tiny_cache / "compile").glob("artifacts-*.bin"))
+    assert len(saved) == 1 and saved[0].read_bytes() == b"compiled kernels"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tiny_cache / "compile" / "inductor")
+    second = run("compile-warm", table)
+    assert second.manifest["optimizations"]["compile"]["cache"] == "loaded" and loaded == [b"compiled kernels"]
+    off = run("compile-off", table.replace("regional = true", "regional = true, cache = false"))
+    assert off.manifest["optimizations"]["compile"]["cache"] == "off" and len(loaded) == 1
+
+
+def test_compile_artifacts_are_keyed_by_what_compiles_them():
+    from recipe_runner.plugins import compile as plugin
+
+    def path(settings=None, **context):
+        defaults = dict(device="cpu", dtype="float32", location="/models/a", task="text-to-image",
+                        recipe=SimpleNamespace(run=SimpleNamespace(batch_size=2)))
+        return plugin.artifacts_path(settings or plugin.Settings(), SimpleNamespace(**{**defaults, **context}), "unet")
+
+    assert path() == path(plugin.Settings(warmup=True, cache=True, required=False))  # no effect on kernels
+    others = [path(plugin.Settings(mode="max-autotune")), path(location="/models/b"), path(dtype="float16"),
+              path(recipe=SimpleNamespace(run=SimpleNamespace(batch_size=4))), path(device="cuda")]
+    assert len({path(), *others}) == 1 + len(others)

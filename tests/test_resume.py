@@ -185,10 +185,11 @@ def test_weights_changed_in_place_make_the_old_images_stale_not_done(cli, write_
 def test_a_hub_model_s_jobs_carry_the_commit_it_was_loaded_from(write_recipe, tmp_path):
     """A Hub model's "main" moves: images made from another commit are stale, not done."""
     from recipe_runner.keys import common_identity
-    from recipe_runner.run import loaded_models, prepare
+    from recipe_runner.prepare import Options, prepare
+    from recipe_runner.run import loaded_models
 
     recipe = write_recipe('[model]\nid = "some-org/some-model"\n[matrix]\nprompts = ["a"]\n', "hub.toml")
-    prepared = prepare(recipe, [], plugins.load_plugins([]), tmp_path / "out")
+    prepared = prepare(recipe, [], plugins.load_plugins([]), Options(out=tmp_path / "out"))
 
     def identity(commit: str) -> dict:
         return common_identity(prepared.recipe, "float32", [], loaded_models(prepared, commit))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import re
 
+import numpy as np
 import pytest
 
 from recipe_runner import build, hookimpl
 from recipe_runner import plugin_manager as plugins
 from recipe_runner.errors import RunError
 from recipe_runner.progress import Progress
+from tests.conftest import image_files, pixels
 
 
 def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
@@ -83,3 +86,51 @@ def test_images_are_on_disk_before_the_next_batch_starts(cli, write_recipe, tmp_
     finally:
         plugins.unregister(watch)
     assert [(index, len(files)) for index, files in seen] == [(0, 0), (1, 2), (2, 4)]
+
+
+def test_progress_bar_moves_with_the_denoising_steps_and_ends_on_the_final_state():
+    stream = io.StringIO()
+    bar = Progress(8, "warrior", stream=stream, enabled=True)
+    bar.begin_batch(4, 20)
+    bar.advance_step(10)  # half of a 4-image batch: 2 of 8 images' worth
+    assert "0/8 images  step 10/20" in stream.getvalue() and "[######.................." in stream.getvalue()
+    bar.advance(4)
+    bar.close()
+    last = stream.getvalue().split("\r")[-1]
+    assert last.startswith("warrior [############............] 4/8 images") and last.endswith("\n")
+    assert "step" not in last
+
+
+def test_a_run_drawn_on_a_terminal_shows_steps_and_makes_the_same_pixels(write_recipe, tmp_path, capsys):
+    """The step callback only reports: the images equal those of a run without a bar."""
+    from recipe_runner.plugin_manager import load_plugins
+    from recipe_runner.prepare import Options, prepare
+    from recipe_runner.run import execute
+
+    recipe = write_recipe('''
+        [model]
+        id = "tiny:sd15"
+        [params]
+        num_inference_steps = 3
+        [matrix]
+        prompts = ["a lighthouse"]
+        seeds = 2
+        [run]
+        batch_size = 2
+        [output]
+        grid = false
+        gallery = false
+    ''', "steps.toml")
+    plugins = load_plugins([])
+    folders = {}
+    for drawn in (True, False):
+        options = Options(out=tmp_path / str(drawn), progress=drawn)
+        execute(prepare(recipe, [], plugins, options), plugins, options)
+        folders[drawn] = tmp_path / str(drawn) / "steps"
+    err = capsys.readouterr().err
+    assert re.search(r"0/2 images  step [123]/3", err), err  # drawn mid-batch (redraws are throttled)
+    assert "2/2 images" in err.split("\r")[-1]
+    drawn_files, plain_files = image_files(folders[True]), image_files(folders[False])
+    assert [p.name for p in drawn_files] == [p.name for p in plain_files]
+    for a, b in zip(drawn_files, plain_files):
+        assert np.array_equal(pixels(a), pixels(b))

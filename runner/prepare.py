@@ -1,0 +1,142 @@
+"""Prepare: everything about a recipe that can be checked without torch, on the one path every
+mode takes (runs, ``--dry-run``, ``--reproduce``, ``--lock``, ``--watch``), and the ``--dry-run`` text.
+
+``prepare`` loads (extends, ``--set``), validates, expands the matrix, enables the optimizations,
+resolves the input images, and applies the safety policy: remote code and pickled weights need the
+command line's permission, local model folders must exist, tiny kinds must be known. Every problem
+is collected and raised as one :class:`RecipeError` (exit 2). No model is loaded, torch and
+diffusers are never imported.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import inputs as inputs_mod
+from . import safety
+from .errors import RecipeError
+from .loading import LoadedRecipe, display_path, load
+from .matrix import Job, expand
+from .optimizations import Enabled
+from .plan import initial_batch_size, plan
+from .plugin_manager import Plugins
+from .recipe import Recipe, validate
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+@dataclass
+class Options:
+    """What the command line decides for every recipe of an invocation."""
+
+    out: Path = Path("outputs")  # the output root: a recipe writes to out/<name>/
+    allow_pickle: bool = False  # --allow-pickle
+    trust_remote_code: bool = False  # --trust-remote-code
+    progress: bool | None = None  # None: when stderr is a terminal
+    warn: Callable[[str], None] = warn
+
+
+@dataclass
+class Prepared:
+    """A recipe that validated: ready to print as a plan or to run."""
+
+    loaded: LoadedRecipe
+    recipe: Recipe
+    jobs: list[Job]
+    enabled: list[Enabled]
+    inputs: dict[str, str]  # as written -> absolute path or URL
+    input_keys: dict[str, str]  # as written -> dotted key
+    out_dir: Path
+
+
+def prepare(path: str | Path, sets: list[str], plugins: Plugins, options: Options) -> Prepared:
+    """Load the recipe file ``path`` (with ``--set`` overrides) and prepare it: see :func:`prepare_loaded`."""
+    return prepare_loaded(load(path, sets), plugins, options)
+
+
+def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> Prepared:
+    """A loaded recipe (from a file, or from an image's metadata) made ready to describe or run.
+
+    Every check that needs no torch runs here, so no mode can skip one and ``--dry-run`` refuses
+    what a run would refuse before loading. RecipeError (exit 2) lists every problem found.
+    """
+    recipe = validate(loaded)
+    problems = []
+    try:
+        jobs = expand(recipe, loaded)
+    except RecipeError as exc:
+        problems += exc.problems
+        jobs = []
+    try:
+        enabled = plugins.registry.enable(recipe.optimizations, loaded.problem)
+    except RecipeError as exc:
+        problems += exc.problems
+        enabled = []
+    keys = inputs_mod.inputs_of(recipe.matrix)
+    try:
+        resolved = inputs_mod.resolve(keys, loaded)
+    except RecipeError as exc:
+        problems += exc.problems
+        resolved = {}
+    for check in (lambda: safety.check_recipe(recipe, loaded, trust_remote_code=options.trust_remote_code,
+                                              allow_pickle=options.allow_pickle),
+                  lambda: safety.check_sources(recipe, loaded, allow_pickle=options.allow_pickle)):
+        try:
+            check()
+        except RecipeError as exc:
+            problems += exc.problems
+    if problems:
+        raise RecipeError(problems)
+    return Prepared(loaded, recipe, jobs, enabled, resolved, keys, options.out / recipe.name)
+
+
+def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
+    """The --dry-run text: model, optimizations, plugins, jobs and batches."""
+    r = prepared.recipe
+    batch_setting = r.run.batch_size
+    size = batch_setting if batch_setting != "auto" else initial_batch_size("auto", prepared.jobs, "cpu")
+    batches = plan(prepared.jobs, size)
+    lines = [f"{r.name}  ({display_path(prepared.loaded.path)} -> {display_path(prepared.out_dir)}/)"]
+    if r.description:
+        lines.append(f"  {r.description}")
+    m = r.model
+    extras = ", ".join(f"{k} {getattr(m, k)}" for k in ("revision", "variant") if getattr(m, k))
+    lines.append(f"  model          {m.id}  [{m.task}, dtype {m.dtype}, device {m.device}{', ' + extras if extras else ''}]")
+    for name, comp in r.components.items():
+        lines.append(f"  component      {name} <- {comp.id}" + (f" ({comp.subfolder})" if comp.subfolder else ""))
+    if r.scheduler:
+        lines.append(f"  scheduler      {r.scheduler.name} {json.dumps(r.scheduler.options) if r.scheduler.options else ''}".rstrip())
+    opts = ", ".join(f"{e.name} {json.dumps(e.settings.model_dump(mode='json'))}" for e in prepared.enabled) or "none"
+    lines.append(f"  optimizations  {opts}")
+    loaded_plugins = ", ".join(f"{i.name} ({i.source}{', failed' if i.error else ''})" for i in plugins.infos)
+    lines.append(f"  plugins        {loaded_plugins}")
+    auto = " (auto: halves on out of memory)" if batch_setting == "auto" else ""
+    lines.append(f"  jobs           {len(prepared.jobs)} in {len(batches)} batch{'es' * (len(batches) != 1)}, "
+                 f"batch_size {size}{auto}, generator on {r.run.generator_device}")
+    width = max(4, len(str(max(len(prepared.jobs) - 1, 0))))
+    ext = {"jpeg": "jpg"}.get(r.output.format, r.output.format)
+    shown = 0
+    for batch in batches:
+        if shown >= show:
+            break
+        lines.append(f"  batch {batch.index}")
+        for job in batch.jobs:
+            if shown >= show:
+                break
+            extra = {k: v for k, v in job.params.items() if k not in r.params or r.params[k] != v}
+            bits = [f"seed {job.seed}"] + [f"{k}={v}" for k, v in extra.items()]
+            if job.image:
+                bits.append(f"image {job.image}")
+            if job.scheduler and "scheduler" in r.matrix.axes:
+                bits.append(job.scheduler["name"])
+            lines.append(f"    {job.filename(width, ext)}  {', '.join(bits)}")
+            shown += 1
+    if shown < len(prepared.jobs):
+        lines.append(f"    ... {len(prepared.jobs) - shown} more")
+    return "\n".join(lines)
