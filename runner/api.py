@@ -23,10 +23,9 @@ from .context import BuildContext
 from .errors import did_you_mean
 from .matrix import Job, expand
 from .optimizations import STAGES, Optimization, OptimizationSettings, Unsupported
-from .outputs import atomic_write
+from .paths import atomic_write, cache_dir, is_local_reference
 from .plan import Batch, plan
 from .recipe import Recipe
-from .tiny import cache_dir
 
 __all__ = [
     "STAGES",
@@ -51,17 +50,9 @@ def model_index(location: str, revision: str | None = None) -> dict[str, Any]:
     """The pipeline's ``model_index.json`` as a dict (which class each component has), for a local
     folder or a Hub id (``context.location``, ``context.recipe.model.revision``), read the way the
     runner reads it. Imports diffusers; a config that cannot be read is a ``RunError``."""
-    from .build import _model_index  # build is not loaded on the light paths that load plugins
+    from .build import read_model_index  # build is not loaded on the light paths that load plugins
 
-    return _model_index(location, revision)
-
-
-def is_local_reference(value: str) -> bool:
-    """Whether a recipe value names a local path (``/``, ``./``, ``../``, ``~``, a drive letter)
-    rather than a Hub id: a missing local path is an error, never a download."""
-    from .build import is_local_reference as local  # build is not loaded on the light paths
-
-    return local(value)
+    return read_model_index(location, revision)
 
 
 def planned_batches(context: BuildContext) -> list[Batch]:

@@ -23,6 +23,7 @@ from .errors import RecipeError, RunError
 from .loading import LoadedRecipe, problem_at
 from .matrix import SCHEDULER_AXIS, Job
 from .optimizations import Enabled, Unsupported, settle
+from .paths import locate
 from .recipe import Recipe
 
 TASK_PIPELINES = {
@@ -95,35 +96,13 @@ def choose_dtype(spec: str | None, device: str, warn: Callable[[str], None], key
     return spec
 
 
-def is_local_reference(value: str) -> bool:
-    return value.startswith(("/", "./", "../", "~", ".\\", "..\\")) or (len(value) > 1 and value[1] == ":")
-
-
-def locate(model_id: str, folder: Path, key: str, loaded: LoadedRecipe | None) -> str:
-    """A model or component ``id`` as from_pretrained takes it: a built-in tiny pipeline
-    (``tiny:sd15``), a local folder (relative to the recipe file that wrote it), or a Hub id."""
-    from . import tiny
-
-    if model_id.startswith("tiny:"):
-        try:
-            return str(tiny.ensure(model_id[len(tiny.MODEL_ID_PREFIX):]))
-        except ValueError as exc:
-            raise _error(loaded, key, str(exc)) from None
-    candidate = (folder / Path(model_id).expanduser()).resolve()
-    if candidate.is_dir():
-        return str(candidate)
-    if is_local_reference(model_id):
-        raise _error(loaded, key, f"no such folder: {candidate}")
-    return model_id
-
-
 def _error(loaded: LoadedRecipe | None, key: str, message: str, hint: str | None = None) -> RecipeError:
     return RecipeError([problem_at(loaded, key, message, hint)])
 
 
 # --- loading ---------------------------------------------------------------------------------------
 
-def _model_index(location: str, revision: str | None) -> dict[str, Any]:
+def read_model_index(location: str, revision: str | None) -> dict[str, Any]:
     from diffusers import DiffusionPipeline
 
     try:
@@ -180,7 +159,7 @@ def _first_line(exc: BaseException) -> str:
 def load_pipeline(recipe: Recipe, loaded: LoadedRecipe | None, ctx: BuildContext, extra: dict[str, Any]) -> Any:
     module_name, class_name = TASK_PIPELINES[recipe.model.task]
     cls = getattr(importlib.import_module(module_name), class_name)
-    index = _model_index(ctx.location, recipe.model.revision)
+    index = read_model_index(ctx.location, recipe.model.revision)
     components = load_components(recipe, loaded, index, ctx)
     kwargs: dict[str, Any] = {"dtype": ctx.torch_dtype, "use_safetensors": not ctx.allow_pickle}
     if recipe.model.revision is not None:

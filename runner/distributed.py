@@ -8,14 +8,17 @@ Each rank writes its own images and a partial manifest; after a barrier, rank 0 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from .manifest import MANIFEST_NAME, Manifest
 from .plan import Batch
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 PARTIAL = ".manifest.rank-{rank}.json"
 PARTIAL_GLOB = ".manifest.rank-*.json"
@@ -27,19 +30,19 @@ class Dist:
 
     rank: int = 0
     world_size: int = 1
-    state: Any = None  # accelerate.PartialState when launched
+    state: PartialState | None = None  # when launched
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     def barrier(self) -> None:
-        if self.world_size > 1:
+        if self.world_size > 1 and self.state is not None:
             self.state.wait_for_everyone()
 
     def device(self, device: str) -> str:
         """Each rank on its own accelerator: "cuda" becomes this rank's "cuda:N"."""
-        if self.world_size > 1 and device == "cuda":
+        if self.world_size > 1 and self.state is not None and device == "cuda":
             return str(self.state.device)
         return device
 
@@ -78,14 +81,16 @@ def partial_path(folder: Path, rank: int) -> Path:
     return folder / PARTIAL.format(rank=rank)
 
 
-def merge(folder: Path, world_size: int) -> dict[str, Any]:
-    """Fold the ranks' partial manifests into one: each job's record from the rank that did it."""
-    parts = [json.loads(partial_path(folder, r).read_text(encoding="utf-8")) for r in range(world_size)]
+def merge(folder: Path, world_size: int) -> Manifest:
+    """Fold the ranks' partial manifests into one, ``manifest.json`` of ``folder`` (not yet saved):
+    each job's record from the rank that did it, the ranks' timings side by side."""
+    parts = [Manifest.load(partial_path(folder, r)) for r in range(world_size)]
     merged = parts[0]
     for part in parts[1:]:
-        for i, record in enumerate(part["images"]):
-            if record.get("status") == "done":
-                merged["images"][i] = record
-    merged["environment"]["world_size"] = world_size
-    merged["timings"] = {"ranks": [part["timings"] for part in parts]}
+        for i, record in enumerate(part.images):
+            if record.status == "done":
+                merged.images[i] = record
+    merged.environment["world_size"] = world_size
+    merged.timings = {"ranks": [part.timings for part in parts]}
+    merged.path = folder / MANIFEST_NAME
     return merged

@@ -19,6 +19,9 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
+
+from .paths import atomic_write, cache_dir, sha256_file
 
 FILE_NAME = "file-hashes.json"
 SETTLED_NS = 2_000_000_000  # a file is remembered once it has not changed for this long
@@ -28,21 +31,15 @@ class FileHashes:
     """The remembered hashes, loaded once; :meth:`save` writes back what this instance hashed."""
 
     def __init__(self, path: Path | None = None):
-        if path is None:
-            from .tiny import cache_dir
-
-            path = cache_dir() / FILE_NAME
-        self.path = path
+        self.path = path if path is not None else cache_dir() / FILE_NAME
         try:
-            known = json.loads(path.read_text(encoding="utf-8"))
+            known = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             known = {}
-        self.known: dict[str, dict] = known if isinstance(known, dict) else {}
+        self.known: dict[str, dict[str, Any]] = known if isinstance(known, dict) else {}
         self.hashed = 0  # files read and hashed by this instance (the rest came from memory)
 
     def sha256(self, file: Path) -> str:
-        from .outputs import sha256_file
-
         resolved = file.resolve()
         st = resolved.stat()
         stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
@@ -72,8 +69,6 @@ class FileHashes:
         """Remember what was hashed (entries of files that no longer exist are dropped)."""
         if not self.hashed:
             return
-        from .outputs import atomic_write
-
         kept = {name: entry for name, entry in self.known.items() if os.path.isfile(name)}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

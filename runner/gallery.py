@@ -86,7 +86,7 @@ def write_gallery(folder: Path, manifest: dict[str, Any]) -> Path:
     """Write ``folder/index.html`` for ``manifest`` (atomically); returns its path."""
     from PIL import Image
 
-    from .outputs import atomic_write
+    from .paths import atomic_write
 
     size = None
     first = next((r for r in manifest.get("images", []) if r.get("status") == "done"), None)

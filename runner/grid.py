@@ -41,7 +41,7 @@ def _fields(record: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def layout(records: Sequence[dict[str, Any]]) -> tuple[str | None, list[str], list[tuple[str, list[dict[str, Any]]]], list[str]]:
+def layout(records: Sequence[dict[str, Any]]) -> tuple[str | None, list[str], list[tuple[str, list[dict[str, Any] | None]]], list[str]]:
     """(column field, column labels, [(row label, records in column order)], row fields)."""
     rows_fields = [_fields(r) for r in records]
     names = list(dict.fromkeys(k for f in rows_fields for k in f))
@@ -158,7 +158,7 @@ def make_grid(folder: Path, records: Sequence[dict[str, Any]]) -> Path | None:
     """Write ``folder/grid.png`` from the done records; returns its path (None when no image)."""
     import io
 
-    from .outputs import atomic_write
+    from .paths import atomic_write
 
     composed = compose(folder, records)
     if composed is None:

@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .errors import Problem, RecipeError, RunError
 from .filehashes import FileHashes, combined
 from .loading import LoadedRecipe, display_path
+from .paths import atomic_write, locate
 from .recipe import Recipe
 
 LOCK_VERSION = 1
@@ -70,7 +72,7 @@ def hub_commit(repo_id: str, revision: str | None) -> str:
         if cached:
             return cached
         raise RunError(f"cannot resolve {repo_id}@{revision or 'main'} to a commit: {type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+                       f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
 def _cached_commit(repo_id: str, revision: str) -> str | None:
@@ -86,8 +88,6 @@ def _cached_commit(repo_id: str, revision: str) -> str | None:
 
 def local_root(ref: Reference, loaded: LoadedRecipe) -> Path | None:
     """The folder a local (or ``tiny:``) reference loads from; None for a Hub id."""
-    from .build import locate
-
     location = Path(locate(ref.id, ref.folder, f"{ref.key}.id", loaded))
     if not location.is_dir():
         return None
@@ -123,8 +123,6 @@ def local_weights(recipe: Recipe, loaded: LoadedRecipe, hashes: FileHashes) -> d
 
 
 def make_lock(recipe: Recipe, loaded: LoadedRecipe) -> dict[str, Any]:
-    from recipe_runner import __version__
-
     hashes = FileHashes()
     models = {ref.key: resolve(ref, loaded, hashes) for ref in references(recipe, loaded)}
     hashes.save()
@@ -138,8 +136,6 @@ def make_lock(recipe: Recipe, loaded: LoadedRecipe) -> dict[str, Any]:
 
 def write_lock(recipe: Recipe, loaded: LoadedRecipe) -> Path:
     """Write the lock file beside the recipe; returns its path."""
-    from .outputs import atomic_write
-
     path = lock_path(loaded.path)
     text = json.dumps(make_lock(recipe, loaded), indent=2, sort_keys=True) + "\n"
     atomic_write(path, text.encode("utf-8"))
@@ -153,7 +149,7 @@ def read_lock(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise RecipeError.one(f"unreadable lock file: {exc}", file=shown) from None
+        raise RecipeError.one(f"unreadable lock file: {exc}", file=shown) from exc
     if not isinstance(data, dict) or data.get("lock_version") != LOCK_VERSION or not isinstance(data.get("models"), dict):
         raise RecipeError.one(f"not a lock file of version {LOCK_VERSION}: re-lock with recipe-run --lock", file=shown)
     return data

@@ -1,8 +1,8 @@
-"""What a run writes: images (atomically, with the recipe and job embedded), ``manifest.json``
-(rewritten atomically after every batch, so it always describes what is on disk) and ``grid.png``.
+"""What a run writes: images (atomically, with the recipe and job embedded) and, batch by batch,
+the manifest (:mod:`recipe_runner.manifest`) or its journal (:mod:`recipe_runner.journal`), so that
+``manifest.json`` always describes what is on disk.
 
-No half-written file ever exists under a final name: bytes go to a hidden temporary file in the
-same folder, are flushed and fsynced, then ``os.replace``d into place.
+No half-written file ever exists under a final name (:func:`recipe_runner.paths.atomic_write`).
 """
 
 from __future__ import annotations
@@ -10,49 +10,21 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .labels import a1111_sampler, scheduler_label
+from .interrupts import critical
+from .journal import Journal
+from .labels import a1111_sampler
+from .manifest import ImageRecord, Manifest
 from .matrix import Job
+from .paths import atomic_write
 from .plan import Batch
 
-TMP_MARK = ".tmp-"
 EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
 PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either absent, the old file, or complete."""
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    if tmp.is_symlink():
-        tmp.unlink()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        with os.fdopen(os.open(tmp, flags, 0o644), "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists() or tmp.is_symlink():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def a1111_parameters(job: Job, scheduler: str | None, model: str) -> str:
@@ -116,73 +88,34 @@ def read_embedded(path: Path) -> dict[str, str]:
         return text
 
 
-class Manifest:
-    """``manifest.json``: the resolved recipe, the environment and one record per job."""
-
-    def __init__(self, folder: Path, recipe: dict[str, Any], environment: dict[str, Any], jobs: Sequence[Job],
-                 ext: str, path: Path | None = None):
-        self.folder = folder
-        self.path = path or folder / "manifest.json"
-        self.data: dict[str, Any] = {
-            "recipe": recipe,
-            "environment": environment,
-            "optimizations": {},
-            "timings": {},
-            "images": [self._record(job, job.filename(ext)) for job in jobs],
-        }
-
-    @staticmethod
-    def _record(job: Job, file: str) -> dict[str, Any]:
-        return {
-            "file": file,
-            "index": job.index,
-            "prompt": job.prompt,
-            "seed": job.seed,
-            "image": job.image,
-            "mask_image": job.mask_image,
-            "vars": dict(job.vars),
-            "params": dict(job.params),
-            "scheduler": scheduler_label(job.scheduler),  # with its options: "X (use_karras_sigmas=true)"
-            "batch": None,
-            "batch_size": None,
-            "batch_jobs": None,
-            "key": None,
-            "status": "pending",
-            "sha256": None,
-            "rank": None,
-        }
-
-    def record(self, job: Job) -> dict[str, Any]:
-        return self.data["images"][job.index]
-
-    def file_for(self, job: Job) -> Path:
-        return self.folder / self.record(job)["file"]
-
-    def save(self) -> None:
-        text = json.dumps(self.data, indent=2, ensure_ascii=False, default=repr)
-        atomic_write(self.path, text.encode("utf-8"))
-
-
+@dataclass
 class Writer:
-    """Writes each finished batch's images and then the manifest, in that order."""
+    """Writes each finished batch's images and then the manifest, in that order; with a ``journal``,
+    each image's key is recorded and the images are journaled instead of the manifest re-saved."""
 
-    def __init__(self, manifest: Manifest, fmt: str, quality: int, metadata: bool, model: str, recipe_json: str,
-                 rank: int = 0):
-        self.manifest = manifest
-        self.rank = rank
-        self.fmt = fmt
-        self.quality = quality
-        self.metadata = metadata
-        self.model = model
-        self.recipe_json = recipe_json
-        self.environment_json = json.dumps(manifest.data["environment"], sort_keys=True)
-        self.default_scheduler: str | None = None  # the pipeline's own, named in "parameters" as its Sampler
-        self.journal: Any = None  # a recipe_runner.journal.Journal: images are journaled, not re-saved per batch
+    manifest: Manifest
+    fmt: str
+    quality: int
+    metadata: bool  # embed the recipe, job and environment in each image
+    model: str
+    recipe_json: str
+    default_scheduler: str | None = None  # the pipeline's own, named in "parameters" as its Sampler
+    rank: int = 0
+    journal: Journal | None = None
+    environment_json: str = field(init=False)
 
-    def embedded_text(self, job: Job, batch: Batch, record: dict[str, Any]) -> dict[str, str]:
-        job_info = {k: record[k] for k in ("index", "file", "prompt", "seed", "image", "mask_image", "vars", "params", "scheduler")}
+    def __post_init__(self) -> None:
+        self.environment_json = json.dumps(self.manifest.environment, sort_keys=True)
+
+    def journaled(self, journal: Journal) -> Writer:
+        """This writer, writing through ``journal``."""
+        return replace(self, journal=journal)
+
+    def embedded_text(self, job: Job, batch: Batch, record: ImageRecord) -> dict[str, str]:
+        job_info: dict[str, Any] = {k: getattr(record, k) for k in
+                                    ("index", "file", "prompt", "seed", "image", "mask_image", "vars", "params", "scheduler")}
         job_info.update(batch=batch.index, batch_size=batch.size, batch_jobs=[j.index for j in batch.jobs],
-                        key=record.get("key"))
+                        key=record.key)
         return {
             "recipe": self.recipe_json,
             "job": json.dumps(job_info, ensure_ascii=False, default=repr),
@@ -193,32 +126,19 @@ class Writer:
     def write_batch(self, batch: Batch, images: Sequence[Any], only: set[int] | None = None) -> None:
         """Write the images of ``batch`` (those in ``only`` when given), then the manifest (or its
         journal). A first Ctrl-C waits until the whole batch is written."""
-        from .interrupts import critical
-
         with critical():
             for job, image in zip(batch.jobs, images):
                 if only is not None and job.index not in only:
                     continue  # its record keeps describing how its file was made
-                record = self.manifest.record(job)
-                record.update(batch=batch.index, batch_size=batch.size, batch_jobs=[j.index for j in batch.jobs])
-                if self.journal is not None:
-                    record["key"] = self.journal.keys.for_batch(batch, job)
+                key = self.journal.keys.for_batch(batch, job) if self.journal is not None else None
+                record = self.manifest.place(job, batch, key)
                 text = self.embedded_text(job, batch, record) if self.metadata else None
                 data = encode(image, self.fmt, self.quality, text)
-                path = self.manifest.file_for(job)
-                atomic_write(path, data)
-                record.update(status="done", sha256=hashlib.sha256(data).hexdigest(), rank=self.rank)
+                atomic_write(self.manifest.file_for(job), data)
+                self.manifest.written(job, hashlib.sha256(data).hexdigest(), self.rank)
                 if self.journal is not None:
                     self.journal.append(record)
             if self.journal is not None:
                 self.journal.commit()
             else:
                 self.manifest.save()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

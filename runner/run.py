@@ -87,7 +87,7 @@ class Started:
     dist: Any  # distributed.Dist
     built: Any  # build.Built
     images: inputs_mod.InputImages | None
-    manifest: Any  # outputs.Manifest
+    manifest: Any  # manifest.Manifest
     writer: Any  # outputs.Writer
 
 
@@ -95,7 +95,8 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
     """Everything before the first batch, shared by runs and --reproduce: device and dtype, the
     weight and input checks, the (possibly shared) pipeline, the output folder, manifest and writer."""
     from . import build, distributed, environment
-    from .outputs import EXTENSIONS, Manifest, Writer
+    from .manifest import Manifest
+    from .outputs import EXTENSIONS, Writer
     from .provenance import environment_extras
 
     recipe, loaded = prepared.recipe, prepared.loaded
@@ -121,11 +122,11 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
     env.update(environment_extras(built.pipe, loaded, ctx.location, plugins))
     resolved = recipe.model_dump(mode="json")
     manifest_path = distributed.partial_path(out_dir, dist.rank) if dist.world_size > 1 else None
-    manifest = Manifest(out_dir, resolved, env, prepared.jobs, EXTENSIONS[recipe.output.format], manifest_path)
-    manifest.data["optimizations"] = {e.name: e.record() for e in prepared.enabled}
+    manifest = Manifest.for_jobs(out_dir, resolved, env, prepared.jobs, EXTENSIONS[recipe.output.format],
+                                 path=manifest_path, optimizations={e.name: e.record() for e in prepared.enabled})
     writer = Writer(manifest, recipe.output.format, recipe.output.quality, recipe.output.metadata,
-                    recipe.model.id, json.dumps(resolved, ensure_ascii=False, sort_keys=True), rank=dist.rank)
-    writer.default_scheduler = type(built.base_scheduler).__name__
+                    recipe.model.id, json.dumps(resolved, ensure_ascii=False, sort_keys=True),
+                    default_scheduler=type(built.base_scheduler).__name__, rank=dist.rank)
     return Started(ctx, dist, built, images, manifest, writer)
 
 
@@ -153,8 +154,10 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
     from .gallery import write_gallery
     from .grid import make_grid
     from .interrupts import critical
-    from .journal import Journal, Keys, adopt, common_identity, merge, read_previous, remove_leftovers, stale_message
+    from .journal import Journal
+    from .keys import Keys, common_identity
     from .progress import Progress
+    from .resume import remove_leftovers, resume, stale_message
 
     recipe = prepared.recipe
     started = start(prepared, plugins, options, cache if cache is not None else ModelCache())
@@ -165,21 +168,19 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
 
     # Resume: what the folder already holds (manifests, journals) decides what still runs, and how.
     # Every rank reads the same folder and so reaches the same plan before anyone writes.
-    revision = manifest.data["environment"].get("model_revision")
+    revision = manifest.environment.get("model_revision")
     keys = Keys(common_identity(recipe, ctx.dtype, prepared.enabled, loaded_models(prepared, revision)),
                 prepared.jobs, images.digests if images else {})
-    previous, records = read_previous(out_dir)
-    files = [r["file"] for r in manifest.data["images"]]
-    state = merge(out_dir, prepared.jobs, files, keys, size, recipe.run.batch_size, previous, records)
-    adopt(manifest, state, records, keys)
+    state = resume(manifest, prepared.jobs, keys, size, recipe.run.batch_size)
+    state.apply(manifest)
     if state.stale and dist.is_main:
         options.warn(stale_message(recipe.name, state.stale))
     dist.barrier()
-    writer.journal = journal = Journal(manifest, keys, rank=dist.rank if dist.world_size > 1 else None)
+    journal = Journal(manifest, keys, rank=dist.rank if dist.world_size > 1 else None)
+    writer = writer.journaled(journal)
     with critical():
         journal.fold()  # the manifest now describes the folder and every job's planned batch
-    todo = [b for b in state.batches if any(j.index in state.pending for j in b.jobs)]
-    mine = distributed.shard(todo, dist.world_size)[dist.rank]
+    mine = distributed.shard(state.todo(), dist.world_size)[dist.rank]
     progress = Progress(sum(1 for b in mine for j in b.jobs if j.index in state.pending), recipe.name,
                         enabled=options.progress if dist.is_main else False)
     execution = Execution(built, writer, plugins.hook, images, progress, options.warn)
@@ -189,24 +190,17 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
     finally:
         progress.close()
         generate_seconds = time.perf_counter() - began
-        manifest.data["timings"] = {
-            "load_seconds": round(built.load_seconds, 4),
-            "setup_seconds": round(built.setup_seconds, 4),
-            "generate_seconds": round(generate_seconds, 4),
-            "write_seconds": round(sum(b["write_seconds"] for b in execution.batch_times), 4),
-            "batches": execution.batch_times,
-        }
+        manifest.record_timings(built.load_seconds, built.setup_seconds, generate_seconds, execution.batch_times)
         with critical():
             journal.close()
     dist.barrier()
     if not dist.is_main:
-        return manifest.data
-    data = manifest.data
+        return manifest.to_json()
     if dist.world_size > 1:
-        data = distributed.merge(out_dir, dist.world_size)
-        manifest.path, manifest.data = out_dir / "manifest.json", data
+        manifest = distributed.merge(out_dir, dist.world_size)
         with critical():
             manifest.save()
+    data = manifest.to_json()
     remove_leftovers(out_dir)  # partial manifests and journals of earlier (distributed) runs
     if recipe.output.grid:
         make_grid(out_dir, data["images"])

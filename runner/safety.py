@@ -19,6 +19,7 @@ from pathlib import Path
 from . import tiny
 from .errors import Problem, RecipeError, did_you_mean
 from .loading import LoadedRecipe, problem_at
+from .paths import locate
 from .recipe import Recipe
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
@@ -80,8 +81,6 @@ def check_sources(recipe: Recipe, loaded: LoadedRecipe, *, allow_pickle: bool) -
     """What each model and component ``id`` names on this machine, checked without loading it: a
     built-in tiny kind that exists, a local folder that exists and (without ``--allow-pickle``)
     does not hold pickled weights only. Hub ids are checked when they load."""
-    from .build import locate
-
     problems = []
     targets: list[tuple[str, str, str | None]] = [("model.id", recipe.model.id, None)]
     targets += [(f"components.{name}.id", spec.id, spec.subfolder) for name, spec in recipe.components.items()]

@@ -29,6 +29,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from . import paths
+
 KINDS: tuple[str, ...] = ("sd15", "sdxl", "sd3", "cogview4")
 
 # Bump when any config, seed or vocabulary below changes, so that stale cached
@@ -152,14 +154,6 @@ COGVIEW4_VAE = {
 # --------------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """Root of recipe-runner's cache: $RECIPE_RUNNER_CACHE or ~/.cache/recipe-runner."""
-    env = os.environ.get("RECIPE_RUNNER_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "recipe-runner"
-
-
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown tiny pipeline kind {kind!r}; known kinds: {', '.join(KINDS)}")
@@ -168,7 +162,7 @@ def _check_kind(kind: str) -> None:
 def cached_path(kind: str) -> Path:
     """Where ``ensure(kind)`` keeps the tiny pipeline of this kind."""
     _check_kind(kind)
-    return cache_dir() / "tiny" / f"{kind}-{FORMAT_VERSION}"
+    return paths.cache_dir() / "tiny" / f"{kind}-{FORMAT_VERSION}"
 
 
 def ensure(kind: str) -> Path:

@@ -125,15 +125,15 @@ def test_remote_code_keys_reach_diffusers_only_with_the_flag():
     for allowed in (False, True):
         captured.clear()
         ctx = BuildContext(r, "cpu", "float32", "text-to-image", "loc", trust_remote_code=allowed)
-        original = (build._model_index, build.TASK_PIPELINES)
-        build._model_index = lambda location, revision: {}
+        original = (build.read_model_index, build.TASK_PIPELINES)
+        build.read_model_index = lambda location, revision: {}
         build.TASK_PIPELINES = {"text-to-image": (__name__, "Fake")}
         globals()["Fake"] = Fake
         try:
             with pytest.raises(build.RunError):
                 build.load_pipeline(r, None, ctx, {})
         finally:
-            build._model_index, build.TASK_PIPELINES = original
+            build.read_model_index, build.TASK_PIPELINES = original
         if allowed:
             assert captured["custom_pipeline"] == "p" and captured["trust_remote_code"] is True
         else:

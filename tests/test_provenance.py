@@ -418,7 +418,7 @@ def test_file_hashes_are_remembered_until_the_file_changes(monkeypatch, tmp_path
     import hashlib
     import os
 
-    from recipe_runner import filehashes, outputs
+    from recipe_runner import filehashes
     from recipe_runner.filehashes import FileHashes
 
     model = tmp_path / "model"
@@ -429,8 +429,8 @@ def test_file_hashes_are_remembered_until_the_file_changes(monkeypatch, tmp_path
     (model / ".cache" / "x").write_bytes(b"hidden")
     memory = tmp_path / "hashes.json"
     hashed = []
-    real = outputs.sha256_file
-    monkeypatch.setattr(outputs, "sha256_file", lambda path: hashed.append(path.name) or real(path))
+    real = filehashes.sha256_file
+    monkeypatch.setattr(filehashes, "sha256_file", lambda path: hashed.append(path.name) or real(path))
 
     fresh = FileHashes(memory)  # a file written just now is hashed but not remembered
     assert fresh.folder(model) == {"unet/w.safetensors": hashlib.sha256(b"one").hexdigest()}

@@ -184,7 +184,7 @@ def test_weights_changed_in_place_make_the_old_images_stale_not_done(recipe_runn
 
 def test_a_hub_model_s_jobs_carry_the_commit_it_was_loaded_from(recipe_runner_write_recipe, tmp_path):
     """A Hub model's "main" moves: images made from another commit are stale, not done."""
-    from recipe_runner.journal import common_identity
+    from recipe_runner.keys import common_identity
     from recipe_runner.prepare import Options, prepare
     from recipe_runner.run import loaded_models
 

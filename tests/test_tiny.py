@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from recipe_runner import tiny
+from recipe_runner import paths, tiny
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["portrait photo of a old warrior chief, tribal panther make up", "a cat"]
@@ -96,13 +96,13 @@ def test_unknown_kind_lists_known_kinds(tmp_path):
 
 def test_cache_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("RECIPE_RUNNER_CACHE", str(tmp_path / "cache"))
-    assert tiny.cache_dir() == tmp_path / "cache"
+    assert paths.cache_dir() == tmp_path / "cache"
 
 
 def test_cache_dir_default(monkeypatch, tmp_path):
     monkeypatch.delenv("RECIPE_RUNNER_CACHE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert tiny.cache_dir() == tmp_path / ".cache" / "recipe-runner"
+    assert paths.cache_dir() == tmp_path / ".cache" / "recipe-runner"
 
 
 def test_resolve_model_id_builds_once_into_cache(monkeypatch, tmp_path):

@@ -1,0 +1,182 @@
+"""``manifest.json`` as a typed record: the resolved recipe, the environment, the optimizations'
+outcomes, the timings, one record per job and the stale files.
+
+Built whole at the start of a run (:meth:`Manifest.for_jobs`); changed only through its methods
+(a job placed in its batch, written, kept from an earlier run, files found stale, timings);
+written by :meth:`Manifest.save` (atomically). The JSON on disk is a user-facing contract: its
+keys and their order are those of :meth:`Manifest.to_json` and :meth:`ImageRecord.to_json`.
+Light module: no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .labels import scheduler_label
+from .matrix import Job
+from .paths import atomic_write
+from .plan import Batch
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class ImageRecord:
+    """One job's entry in ``images``: what it is, its planned batch and key, and its file's state
+    (``status``: pending, done, or stale: a file made by another job is kept and described)."""
+
+    file: str
+    index: int
+    prompt: str
+    seed: int
+    image: str | None
+    mask_image: str | None
+    vars: dict[str, Any]
+    params: dict[str, Any]
+    scheduler: str | None
+    batch: int | None = None
+    batch_size: int | None = None
+    batch_jobs: list[int] | None = None
+    key: str | None = None
+    status: str = "pending"
+    sha256: str | None = None
+    rank: int | None = None
+
+    @classmethod
+    def for_job(cls, job: Job, file: str) -> ImageRecord:
+        return cls(file, job.index, job.prompt, job.seed, job.image, job.mask_image, dict(job.vars),
+                   dict(job.params), scheduler_label(job.scheduler))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImageRecord:
+        return cls(**{f.name: data.get(f.name, f.default) for f in fields(cls)})
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class Stale:
+    """An existing file no job of this run makes as it is: why, and how it was made (``made``:
+    index, key, sha256 and batch fields when known), so that a later run can still recognise it."""
+
+    file: str
+    reason: str
+    made: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Stale:
+        return cls(data["file"], data["reason"], {k: v for k, v in data.items() if k not in ("file", "reason")})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "reason": self.reason, **self.made}
+
+
+class Manifest:
+    """``manifest.json`` (or a rank's partial manifest under a launcher, at ``path``)."""
+
+    def __init__(self, folder: Path, recipe: dict[str, Any], environment: dict[str, Any], images: list[ImageRecord],
+                 *, path: Path | None = None, optimizations: dict[str, dict[str, Any]] | None = None,
+                 timings: dict[str, Any] | None = None, stale: list[Stale] | None = None):
+        self.folder = folder
+        self.path = path or folder / MANIFEST_NAME
+        self.recipe = recipe
+        self.environment = environment
+        self.optimizations: dict[str, dict[str, Any]] = optimizations if optimizations is not None else {}
+        self.timings: dict[str, Any] = timings if timings is not None else {}
+        self.images = images
+        self.stale = stale  # None until the folder's earlier state was looked at (no "stale" key then)
+
+    @classmethod
+    def for_jobs(cls, folder: Path, recipe: dict[str, Any], environment: dict[str, Any], jobs: Sequence[Job],
+                 ext: str, *, path: Path | None = None,
+                 optimizations: dict[str, dict[str, Any]] | None = None) -> Manifest:
+        """A new run's manifest: every job pending, named by what it is (:meth:`Job.filename`)."""
+        images = [ImageRecord.for_job(job, job.filename(ext)) for job in jobs]
+        return cls(folder, recipe, environment, images, path=path, optimizations=optimizations)
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        """A manifest written by :meth:`save` (ValueError or OSError when it is not readable)."""
+        data = json.loads(path.read_text(encoding="utf-8"))
+        stale = data.get("stale")
+        return cls(path.parent, data["recipe"], data["environment"],
+                   [ImageRecord.from_json(r) for r in data["images"]], path=path,
+                   optimizations=data.get("optimizations"), timings=data.get("timings"),
+                   stale=None if stale is None else [Stale.from_json(s) for s in stale])
+
+    # --- the jobs' records --------------------------------------------------------------------
+
+    def record(self, job: Job) -> ImageRecord:
+        return self.images[job.index]
+
+    def file_for(self, job: Job) -> Path:
+        return self.folder / self.record(job).file
+
+    def files(self) -> list[str]:
+        """Each job's file name, in job order."""
+        return [record.file for record in self.images]
+
+    def place(self, job: Job, batch: Batch, key: str | None = None) -> ImageRecord:
+        """Record the batch ``job`` is planned in (and its key in that batch, when given)."""
+        record = self.record(job)
+        record.batch, record.batch_size, record.batch_jobs = batch.index, batch.size, [j.index for j in batch.jobs]
+        if key is not None:
+            record.key = key
+        return record
+
+    def written(self, job: Job, sha256: str, rank: int) -> None:
+        """``job``'s image is on disk, with these bytes, written by process ``rank``."""
+        record = self.record(job)
+        record.status, record.sha256, record.rank = "done", sha256, rank
+
+    def kept(self, job: Job, sha256: str) -> None:
+        """``job``'s image was made by an earlier run and is kept as it is."""
+        record = self.record(job)
+        record.status, record.sha256 = "done", sha256
+
+    def set_stale(self, stale: Iterable[Stale]) -> None:
+        """The files that no job makes as they are: listed, and a job's record whose file is stale
+        keeps describing the file on disk (how it was made), with status "stale"."""
+        self.stale = list(stale)
+        by_file = {s.file: s for s in self.stale}
+        for record in self.images:
+            made = by_file.get(record.file)
+            if made is not None:
+                record.key, record.sha256 = made.made.get("key"), made.made.get("sha256")
+                record.batch, record.batch_size = made.made.get("batch"), made.made.get("batch_size")
+                record.batch_jobs, record.status = made.made.get("batch_jobs"), "stale"
+
+    def record_timings(self, load_seconds: float, setup_seconds: float, generate_seconds: float,
+                       batches: list[dict[str, Any]]) -> None:
+        """This process's timings: loading, optimizations' setup, generation, writing, and per batch."""
+        self.timings = {
+            "load_seconds": round(load_seconds, 4),
+            "setup_seconds": round(setup_seconds, 4),
+            "generate_seconds": round(generate_seconds, 4),
+            "write_seconds": round(sum(b["write_seconds"] for b in batches), 4),
+            "batches": batches,
+        }
+
+    # --- on disk ------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as written: recipe, environment, optimizations, timings, images (and stale)."""
+        data: dict[str, Any] = {
+            "recipe": self.recipe,
+            "environment": self.environment,
+            "optimizations": self.optimizations,
+            "timings": self.timings,
+            "images": [record.to_json() for record in self.images],
+        }
+        if self.stale is not None:
+            data["stale"] = [s.to_json() for s in self.stale]
+        return data
+
+    def save(self) -> None:
+        text = json.dumps(self.to_json(), indent=2, ensure_ascii=False, default=repr)
+        atomic_write(self.path, text.encode("utf-8"))
