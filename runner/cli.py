@@ -56,6 +56,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow model.custom_pipeline / model.trust_remote_code (with a pinned commit revision); "
                         "never implied by a recipe")
+    p.add_argument("--force", action="store_true",
+                   help="regenerate every image, even unchanged ones (the images replaced are kept in the run's history folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.add_argument("--debug", action="store_true", help="show the traceback of a failure while running")
     p.add_argument("--version", action="version", version=f"recipe-run {__version__}")
@@ -143,7 +145,8 @@ APPLIES = {  # option (dest) -> (its flag, the modes it applies to)
     "plugins": ("-p", {RUN, "dry_run", "lock", "list_plugins", "schema", "reproduce"}),
     "allow_pickle": ("--allow-pickle", {RUN, "dry_run", "lock", "reproduce"}),
     "trust_remote_code": ("--trust-remote-code", {RUN, "dry_run", "lock", "reproduce"}),
-    "no_progress": ("--no-progress", {RUN, "reproduce"}),
+    "no_progress": ("--no-progress", {RUN, "dry_run", "lock", "reproduce"}),  # harmless where nothing is drawn
+    "force": ("--force", {RUN}),
     "strict_plugins": ("--strict-plugins", {RUN, "dry_run", "lock", "reproduce", "schema"}),
 }
 
@@ -207,7 +210,8 @@ def _main(args: argparse.Namespace) -> int:
     from .prepare import Options, describe_plan, prepare
 
     options = Options(out=args.out if args.out is not None else Path("outputs"), allow_pickle=args.allow_pickle,
-                      trust_remote_code=args.trust_remote_code, progress=False if args.no_progress else None)
+                      trust_remote_code=args.trust_remote_code, force=args.force,
+                      progress=False if args.no_progress else None)
     problems = []
     prepared = []
     for path in args.recipes:  # every recipe is checked before any of them runs
@@ -236,17 +240,9 @@ def _main(args: argparse.Namespace) -> int:
     if mode == "dry_run":
         print("\n\n".join(describe_plan(p, plugins) for p in prepared))
         return EXIT_OK
-    from .preflight import before_loading
+    from .run import Session
 
-    before_loading(prepared)  # every recipe, before the first image of the first one
-
-    from .interrupts import graceful
-    from .run import ModelCache, execute
-
-    cache = ModelCache()
-    with graceful():  # first Ctrl-C: finish writing, flush the manifest, exit 130; second: at once
-        for item in prepared:
-            execute(item, plugins, options, cache)
+    Session(plugins, options).run(prepared)
     return EXIT_OK
 
 

@@ -1,11 +1,10 @@
 """Job keys: what decides an image's pixels, hashed.
 
-A job's identity hashes everything that decides its pixels alone: model and component ids,
-revisions and variants, the content of local model folders and the Hub commit loaded, the dtype
-used, optimizations, scheduler, call parameters, prompt, the *content* of its input images, seed,
-task and generator device. Its key adds the identities of the jobs in its batch, in order, since
-batch membership changes kernel rounding. Resume (:mod:`recipe_runner.resume`) skips a job whose
-file exists with the key the manifest recorded; every written image carries its key.
+A job's key hashes everything that decides its pixels: model and component ids, revisions and
+variants, the content of local model folders and the Hub commit loaded, the dtype used,
+optimizations, scheduler, call parameters, prompt, the *content* of its input images, seed, task
+and generator device. Resume (:mod:`recipe_runner.resume`) keeps a job whose file exists with the
+key and sha256 the manifest recorded; every written image carries its key.
 Light module: no torch.
 """
 
@@ -18,7 +17,6 @@ from typing import Any
 
 from .matrix import Job
 from .optimizations import Enabled
-from .plan import Batch
 from .recipe import Recipe
 
 
@@ -28,15 +26,18 @@ def digest(value: Any) -> str:
 
 
 class Keys:
-    """Job keys for one recipe run. ``identity`` is what decides a job's pixels alone; ``key``
-    adds the identities of its batch's jobs, in order."""
+    """Job keys for one recipe run, by job index: everything that decides a job's pixels, hashed.
+
+    A key never depends on the job's position in the matrix or on the other jobs of its batch
+    (batch membership changes kernel rounding only, and the manifest records each image's batch),
+    so adding a seed or a prompt leaves every other job's key alone."""
 
     def __init__(self, common: dict[str, Any], jobs: Sequence[Job], input_hashes: dict[str, str]):
         self.common = common
         self.inputs = input_hashes
-        self.identities = [self._identity(job) for job in jobs]
+        self.keys = [self._key(job) for job in jobs]
 
-    def _identity(self, job: Job) -> str:
+    def _key(self, job: Job) -> str:
         return digest({
             **self.common,
             "scheduler": job.scheduler,
@@ -47,12 +48,9 @@ class Keys:
             "mask_image": self.inputs.get(job.mask_image) if job.mask_image is not None else None,
         })
 
-    def key(self, index: int, members: Sequence[int]) -> str:
-        """The key of job ``index`` in a batch of the jobs ``members`` (indices, in order)."""
-        return digest({"job": self.identities[index], "batch": [self.identities[m] for m in members]})
-
-    def for_batch(self, batch: Batch, job: Job) -> str:
-        return self.key(job.index, [j.index for j in batch.jobs])
+    def of(self, job: Job) -> str:
+        """The key of ``job``."""
+        return self.keys[job.index]
 
 
 def common_identity(recipe: Recipe, dtype: str, enabled: Sequence[Enabled],

@@ -122,6 +122,18 @@ def local_weights(recipe: Recipe, loaded: LoadedRecipe, hashes: FileHashes) -> d
     return found
 
 
+def loaded_models(recipe: Recipe, loaded: LoadedRecipe, model_revision: str | None) -> dict[str, Any]:
+    """What the recipe's model ids stood for in a run: each local folder's content hash (hashed
+    once per version of its files) and, for a Hub model, ``model_revision``: the commit it was
+    loaded from (the manifest's ``environment.model_revision``). Part of every job's key."""
+    hashes = FileHashes()
+    found: dict[str, Any] = local_weights(recipe, loaded, hashes)
+    hashes.save()
+    if "model" not in found:
+        found["model_commit"] = model_revision
+    return found
+
+
 def make_lock(recipe: Recipe, loaded: LoadedRecipe) -> dict[str, Any]:
     hashes = FileHashes()
     models = {ref.key: resolve(ref, loaded, hashes) for ref in references(recipe, loaded)}

@@ -90,6 +90,8 @@ class Manifest:
         self.timings: dict[str, Any] = timings if timings is not None else {}
         self.images = images
         self.stale = stale  # None until the folder's earlier state was looked at (no "stale" key then)
+        self.history: str | None = None  # where this run moved the images it replaced
+        self.replaced: list[dict[str, str]] = []
 
     @classmethod
     def for_jobs(cls, folder: Path, recipe: dict[str, Any], environment: dict[str, Any], jobs: Sequence[Job],
@@ -134,10 +136,19 @@ class Manifest:
         record = self.record(job)
         record.status, record.sha256, record.rank = "done", sha256, rank
 
-    def kept(self, job: Job, sha256: str) -> None:
-        """``job``'s image was made by an earlier run and is kept as it is."""
+    def kept(self, job: Job, sha256: str, key: str, made: dict[str, Any]) -> None:
+        """``job``'s image was made by an earlier run and is kept as it is: its record says how it
+        was made (``made``: batch, batch_size, batch_jobs, rank as recorded then)."""
         record = self.record(job)
-        record.status, record.sha256 = "done", sha256
+        record.status, record.sha256, record.key = "done", sha256, key
+        record.batch, record.batch_size = made.get("batch"), made.get("batch_size")
+        record.batch_jobs, record.rank = made.get("batch_jobs"), made.get("rank")
+
+    def set_history(self, folder: str | None, replaced: Iterable[tuple[str, str]]) -> None:
+        """This run moved the files it replaced into ``folder`` (relative to the manifest's): their
+        names and why."""
+        self.history = folder
+        self.replaced = [{"file": name, "reason": reason} for name, reason in replaced]
 
     def set_stale(self, stale: Iterable[Stale]) -> None:
         """The files that no job makes as they are: listed, and a job's record whose file is stale
@@ -175,6 +186,8 @@ class Manifest:
         }
         if self.stale is not None:
             data["stale"] = [s.to_json() for s in self.stale]
+        if self.history is not None:
+            data["history"] = {"folder": self.history, "replaced": self.replaced}
         return data
 
     def save(self) -> None:

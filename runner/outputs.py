@@ -130,7 +130,7 @@ class Writer:
             for job, image in zip(batch.jobs, images):
                 if only is not None and job.index not in only:
                     continue  # its record keeps describing how its file was made
-                key = self.journal.keys.for_batch(batch, job) if self.journal is not None else None
+                key = self.journal.keys.of(job) if self.journal is not None else None
                 record = self.manifest.place(job, batch, key)
                 text = self.embedded_text(job, batch, record) if self.metadata else None
                 data = encode(image, self.fmt, self.quality, text)

@@ -26,6 +26,7 @@ from .optimizations import Enabled
 from .plan import initial_batch_size, plan
 from .plugin_manager import Plugins
 from .recipe import Recipe, validate
+from .resume import peek
 
 
 def warn(message: str) -> None:
@@ -39,6 +40,7 @@ class Options:
     out: Path = Path("outputs")  # the output root: a recipe writes to out/<name>/
     allow_pickle: bool = False  # --allow-pickle
     trust_remote_code: bool = False  # --trust-remote-code
+    force: bool = False  # --force: regenerate every job (what it replaces is kept in the history folder)
     progress: bool | None = None  # None: when stderr is a terminal
     warn: Callable[[str], None] = warn
 
@@ -125,6 +127,13 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
     lines += [f"  {'checks' if i == 0 else '':<15}{note}" for i, note in enumerate(preflight.notes(r, prepared.loaded))]
     lines.append(f"  jobs           {len(prepared.jobs)} in {len(batches)} batch{'es' * (len(batches) != 1)}, "
                  f"batch_size {size}{auto}, generator on {r.run.generator_device}")
+    now = peek(prepared)
+    lines.append(f"  a run now      {now.summary()}" if now is not None else
+                 "  a run now      decides after loading what is unchanged (the folder's last run was elsewhere "
+                 "or its inputs are not local)")
+    fixed = {k: v for k, v in r.params.items()}
+    if fixed:
+        lines.append(f"  params         {', '.join(f'{k}={v!r}' for k, v in fixed.items())}")
     ext = {"jpeg": "jpg"}.get(r.output.format, r.output.format)
     shown = 0
     for batch in batches:
@@ -138,6 +147,8 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
             bits = [f"seed {job.seed}"] + [f"{k}={v}" for k, v in extra.items()]
             if job.image:
                 bits.append(f"image {job.image}")
+            if job.mask_image:
+                bits.append(f"mask {job.mask_image}")
             if job.scheduler and "scheduler" in r.matrix.axes:
                 bits.append(str(scheduler_label(job.scheduler)))
             lines.append(f"    {job.filename(ext)}  {', '.join(bits)}")

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import inputs as inputs_mod
@@ -130,21 +132,6 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
     return Started(ctx, dist, built, images, manifest, writer)
 
 
-def loaded_models(prepared: Prepared, model_revision: str | None) -> dict[str, Any]:
-    """What the recipe's model ids stood for in this run: each local folder's content hash (hashed
-    once per version of its files) and, for a Hub model, ``model_revision``: the commit it was
-    loaded from (the manifest's ``environment.model_revision``)."""
-    from .filehashes import FileHashes
-    from .lock import local_weights
-
-    hashes = FileHashes()
-    found: dict[str, Any] = local_weights(prepared.recipe, prepared.loaded, hashes)
-    hashes.save()
-    if "model" not in found:
-        found["model_commit"] = model_revision
-    return found
-
-
 def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None = None) -> dict[str, Any]:
     """Build (or reuse) the pipeline, resume from what the output folder holds, generate this
     process's share of the pending batches, write images, manifest, grid and gallery. Under a
@@ -156,8 +143,9 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
     from .interrupts import critical
     from .journal import Journal
     from .keys import Keys, common_identity
+    from .lock import loaded_models
     from .progress import Progress
-    from .resume import remove_leftovers, resume, stale_message
+    from .resume import remove_leftovers, resume
 
     recipe = prepared.recipe
     started = start(prepared, plugins, options, cache if cache is not None else ModelCache())
@@ -169,12 +157,14 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
     # Resume: what the folder already holds (manifests, journals) decides what still runs, and how.
     # Every rank reads the same folder and so reaches the same plan before anyone writes.
     revision = manifest.environment.get("model_revision")
-    keys = Keys(common_identity(recipe, ctx.dtype, prepared.enabled, loaded_models(prepared, revision)),
+    keys = Keys(common_identity(recipe, ctx.dtype, prepared.enabled, loaded_models(prepared.recipe, prepared.loaded, revision)),
                 prepared.jobs, images.digests if images else {})
-    state = resume(manifest, prepared.jobs, keys, size, recipe.run.batch_size)
+    state = resume(manifest, prepared.jobs, keys, size, recipe.run.batch_size, force=options.force)
     state.apply(manifest)
-    if state.stale and dist.is_main:
-        options.warn(stale_message(recipe.name, state.stale))
+    if dist.is_main:  # the images this run replaces stay reachable: moved, never deleted
+        history = state.retire(out_dir)
+        if history is not None:
+            manifest.set_history(history.relative_to(out_dir).as_posix(), [(r.file, r.reason) for r in state.replaced])
     dist.barrier()
     journal = Journal(manifest, keys, rank=dist.rank if dist.world_size > 1 else None)
     writer = writer.journaled(journal)
@@ -210,9 +200,67 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
     done = sum(1 for b in mine for j in b.jobs if j.index in state.pending)
     rate = done / generate_seconds if generate_seconds > 0 else 0.0
     ranks = f" ({done} by rank 0 of {dist.world_size})" if dist.world_size > 1 else ""
-    kept = f", {len(state.done)} already done" if state.done else ""
-    stale = f", {len(state.stale)} stale" if state.stale else ""
-    print(f"{recipe.name}: {len(prepared.jobs)} images{kept}{stale}; made {done}{ranks} in {generate_seconds:.1f} s "
-          f"({rate:.2f} images/s), load {built.load_seconds:.1f} s, {peak_memory(ctx.device)} "
-          f"-> {display_path(out_dir)}/")
+    print(f"{recipe.name}: {len(prepared.jobs)} images: {state.summary()}; made {done}{ranks} in "
+          f"{generate_seconds:.1f} s ({rate:.2f} images/s), load {built.load_seconds:.1f} s, "
+          f"{peak_memory(ctx.device)} -> {display_path(out_dir)}/")
+    print(where_to_look(out_dir, recipe.output.gallery, manifest.history))
     return data
+
+
+def where_to_look(out_dir: Path, gallery: bool, history: str | None) -> str:
+    """The summary's second line: the gallery, and where replaced images went."""
+    parts = [f"gallery {display_path(out_dir / 'index.html')}"] if gallery else []
+    if history is not None:
+        parts.append(f"replaced images kept in {display_path(out_dir / history)}/")
+    return "  " + "; ".join(parts) if parts else ""
+
+
+def up_to_date(prepared: Prepared, plugins: Plugins, options: Options) -> dict[str, Any] | None:
+    """When every job of ``prepared`` is unchanged on disk (decided without torch, see
+    :func:`recipe_runner.resume.peek`): say so and return the folder's manifest; else None."""
+    import os
+
+    from .resume import peek
+
+    if options.force or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return None
+    found = peek(prepared)
+    if found is None or not found.nothing_to_do:
+        return None
+    out_dir = prepared.out_dir
+    data: dict[str, Any] = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
+    plugins.hook.run_finished(recipe=prepared.recipe, output_dir=out_dir, manifest=data)
+    print(f"{prepared.recipe.name}: {len(prepared.jobs)} images: {found.summary()}; nothing to do, "
+          f"nothing loaded -> {display_path(out_dir)}/")
+    return data
+
+
+@dataclass
+class Session:
+    """The runs of one invocation: the plugins and options they share, and the pipelines they load
+    (shared by recipes on the same model, and kept warm between ``--watch`` rounds)."""
+
+    plugins: Plugins
+    options: Options
+    cache: ModelCache = field(default_factory=ModelCache)
+
+    def run(self, prepared: Sequence[Prepared]) -> list[dict[str, Any]]:
+        """Run every recipe: those with nothing to do are said so without importing torch; the
+        others are checked against their pipeline classes, all of them before the first image of
+        the first one, then generated. A first Ctrl-C finishes writing and flushes the manifest."""
+        from .interrupts import graceful
+        from .preflight import before_loading
+
+        manifests: list[dict[str, Any]] = []
+        todo = []
+        for item in prepared:
+            unchanged = up_to_date(item, self.plugins, self.options)
+            if unchanged is None:
+                todo.append(item)
+            else:
+                manifests.append(unchanged)
+        before_loading(todo)
+        with graceful():  # first Ctrl-C: finish writing, flush the manifest, exit 130; second: at once
+            for item in todo:
+                manifests.append(execute(item, self.plugins, self.options, self.cache))
+        return manifests

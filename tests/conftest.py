@@ -52,5 +52,14 @@ def pixels(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB")).copy()
 
 
+def images_in_matrix_order(folder: Path) -> list[Path]:
+    """The images of a run folder in the order of its manifest's jobs (file names say what a job
+    is, so sorting them gives no matrix order)."""
+    import json
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return [folder / record["file"] for record in manifest["images"]]
+
+
 def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix in (".png", ".webp", ".jpg") and p.name != "grid.png")

@@ -28,7 +28,8 @@ INCOMPATIBLE = [
     (["--reproduce", "x.png", "--set", "params.x=1"], ("--set", "--reproduce")),
     (["--reproduce", "x.png", "--locked"], ("--locked", "--reproduce")),
     (["--lock", "--out", "somewhere", "RECIPE"], ("--out", "--lock")),
-    (["--dry-run", "--no-progress", "RECIPE"], ("--no-progress", "--dry-run")),
+    (["--list-plugins", "--no-progress"], ("--no-progress", "--list-plugins")),
+    (["--dry-run", "--force", "RECIPE"], ("--force", "--dry-run")),
     (["--schema", "--allow-pickle"], ("--allow-pickle", "--schema")),
 ]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import image_files, pixels
+from tests.conftest import images_in_matrix_order, pixels
 
 PROMPTS = [
     "cinematic photo of A beautiful sunset over mountains, 35mm photograph, film, professional, 4k, highly detailed",
@@ -16,7 +16,7 @@ PROMPTS = [
 
 
 def assert_same_pixels(folder, hand_images):
-    files = image_files(folder)
+    files = images_in_matrix_order(folder)
     assert len(files) == len(hand_images)
     for path, image in zip(files, hand_images):
         assert np.array_equal(pixels(path), np.asarray(image.convert("RGB"))), path.name
