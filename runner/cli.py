@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reproduce", type=Path, metavar="IMAGE",
                    help="re-generate one image from the recipe embedded in it, into a scratch folder (or --out); "
                         "exit 0 pixel-identical, 1 differs")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="compare two runs (folders or their manifest.json): pairs by job, pixels and recipe; "
+                        "report into --out (default compare-report); exit 0 identical, 1 differs, 2 bad input")
     p.add_argument("--schema", action="store_true", help="print the JSON Schema of the recipe format (plugin tables included)")
     p.add_argument("--lock", action="store_true",
                    help="write RECIPE's lock file (RECIPE.lock: model commits and weight hashes) and exit")
@@ -115,6 +118,10 @@ def _main(args: argparse.Namespace) -> int:
     from .run import Options, describe_plan, prepare
     from .safety import check_recipe
 
+    if args.compare is not None:  # files only: no plugins, no torch
+        from . import compare
+
+        return compare.main(args.compare[0], args.compare[1], args.out)
     plugins = load_plugins(args.plugins)
     if args.list_plugins:
         print(list_plugins(plugins))
