@@ -198,7 +198,7 @@ def _chip(name: str, value: Any) -> str:
 def _sheets(sheets: Sequence[Sheet]) -> str:
     if not sheets:
         return ""
-    parts = [f'<details class="sheets" open><summary>Contact sheet{"s" if len(sheets) > 1 else ""} ({len(sheets)})</summary>']
+    parts = [f'<details class="sheets"{" open" if len(sheets) == 1 else ""}><summary>Contact sheet{"s" if len(sheets) > 1 else ""} ({len(sheets)})</summary>']
     for sheet in sheets:
         w, h = sheet.size
         caption = " · ".join(t for t in (sheet.z, f"page {sheet.page} of {sheet.pages}" if sheet.pages > 1 else "") if t)
