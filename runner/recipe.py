@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_serializer, field_validator
@@ -159,7 +159,7 @@ def _bool_or_table(schema: dict[str, Any]) -> None:
 
 class OutputSpec(Strict):
     format: Literal["png", "webp", "jpeg"] = "png"
-    grid: GridSpec = Field(GridSpec(), json_schema_extra=_bool_or_table)  # written as true, false or a table
+    grid: GridSpec = Field(default=GridSpec(), json_schema_extra=_bool_or_table)  # written as true, false or a table
     gallery: bool = True  # index.html beside the images
     metadata: bool = True
     quality: Annotated[int, Field(ge=1, le=100)] = 95  # webp / jpeg only
@@ -295,7 +295,7 @@ def _unwrap(annotation: Any) -> Any:
 
 
 def problem_from_pydantic(
-    error: dict[str, Any],
+    error: Mapping[str, Any],
     problem: Callable[..., Problem],
     model: type[BaseModel] | None = None,
     prefix: str = "",
