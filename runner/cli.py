@@ -46,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reproduce", type=Path, metavar="IMAGE",
                    help="re-generate one image from the recipe embedded in it, into a scratch folder (or --out); "
                         "exit 0 pixel-identical, 1 differs")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="compare two runs (folders or their manifest.json): pairs by job, pixels and recipe; "
+                        "report into --out (default compare-report); exit 0 identical, 1 differs, 2 bad input")
     p.add_argument("--schema", action="store_true", help="print the JSON Schema of the recipe format (plugin tables included)")
     p.add_argument("--lock", action="store_true",
                    help="write each recipe's lock file beside it, the recipe's name with .lock for .toml "
@@ -134,13 +137,14 @@ MODES = {  # mode -> its flag
     "schema": "--schema",
     "reproduce": "--reproduce",
     "lock": "--lock",
+    "compare": "--compare",
 }
 RUN = "run"  # no mode flag: run the recipes
 RECIPE_MODES = {RUN, "dry_run", "lock"}  # the modes that take RECIPE arguments
 APPLIES = {  # option (dest) -> (its flag, the modes it applies to)
     "recipes": ("RECIPE", RECIPE_MODES),
     "sets": ("--set", RECIPE_MODES),
-    "out": ("--out", {RUN, "dry_run", "reproduce"}),
+    "out": ("--out", {RUN, "dry_run", "reproduce", "compare"}),
     "locked": ("--locked", {RUN, "dry_run"}),
     "plugins": ("-p", {RUN, "dry_run", "lock", "list_plugins", "schema", "reproduce"}),
     "allow_pickle": ("--allow-pickle", {RUN, "dry_run", "lock", "reproduce"}),
@@ -185,6 +189,10 @@ def _main(args: argparse.Namespace) -> int:
     from .plugin_manager import load_plugins
 
     mode = mode_of(args)
+    if mode == "compare":  # files only: no plugins, no torch
+        from . import compare
+
+        return compare.main(args.compare[0], args.compare[1], args.out)
     plugins = load_plugins(args.plugins)
     if mode == "list_plugins":
         print(list_plugins(plugins))

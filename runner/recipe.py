@@ -13,7 +13,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_serializer, field_validator
 
 from .errors import Problem, RecipeError, did_you_mean
 from .loading import LoadedRecipe
@@ -126,12 +126,57 @@ class RunSpec(Strict):
         return value
 
 
+GRID_FIELDS = ("seed", "prompt", "image", "mask_image", "scheduler")  # besides var and axis names
+
+
+class GridSpec(Strict):
+    """``[output.grid]``: the contact sheet's layout (see :mod:`recipe_runner.grid`); ``grid = true``
+    / ``false`` is this table with only ``enabled`` set. Truthy when enabled."""
+
+    enabled: bool = True
+    x: list[str] = []  # fields across (columns)
+    y: list[str] = []  # fields down (rows)
+    z: list[str] = []  # one sheet per value
+    layout: Literal["auto", "list"] = "auto"
+
+    @field_validator("x", "y", "z", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> list[str]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ValueError(f'expected a field name ("seed", "prompt", a var or an axis) or a list of them, got {value!r}')
+        return value
+
+    def __bool__(self) -> bool:
+        return self.enabled
+
+
+def _bool_or_table(schema: dict[str, Any]) -> None:
+    ref = schema.pop("$ref", None) or schema.pop("allOf", [{}])[0].get("$ref")
+    schema.update(anyOf=[{"type": "boolean"}, {"$ref": ref}], default=True)
+
+
 class OutputSpec(Strict):
     format: Literal["png", "webp", "jpeg"] = "png"
-    grid: bool = True
+    grid: GridSpec = Field(default=GridSpec(), json_schema_extra=_bool_or_table)  # written as true, false or a table
     gallery: bool = True  # index.html beside the images
     metadata: bool = True
     quality: Annotated[int, Field(ge=1, le=100)] = 95  # webp / jpeg only
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _grid(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return {"enabled": value}
+        if not isinstance(value, dict):
+            raise ValueError(f'expected true, false or a table such as {{ x = "seed", y = "prompt" }}, got {value!r}')
+        return value
+
+    @field_serializer("grid")
+    def _grid_out(self, grid: GridSpec) -> bool | dict[str, Any]:
+        table = grid.model_dump(exclude_defaults=True)
+        return grid.enabled if set(table) <= {"enabled"} else grid.model_dump()
 
 
 class Recipe(Strict):
@@ -164,6 +209,27 @@ class Recipe(Strict):
                 raise ValueError(
                     f"optimizations.{name}: expected true, false or a table of settings, got {setting!r}"
                 )
+        return value
+
+    @field_validator("output")
+    @classmethod
+    def _grid_fields(cls, value: OutputSpec, info: ValidationInfo) -> OutputSpec:
+        matrix = info.data.get("matrix")
+        if matrix is None:
+            return value
+        known = list(GRID_FIELDS) + list(matrix.vars) + [a for a in matrix.axes if a != "scheduler"]
+        known += [f"vars.{v}" for v in matrix.vars] + [f"params.{a}" for a in matrix.axes if a != "scheduler"]
+        placed: dict[str, str] = {}
+        for key in ("x", "y", "z"):
+            for i, name in enumerate(getattr(value.grid, key)):
+                if name not in known:
+                    close = did_you_mean(name, known)
+                    hint = f"did you mean {close!r}?" if close else "expected seed, prompt, image, scheduler, a var or an axis"
+                    raise ValueError(f"output.grid.{key}.{i}: {name!r} is neither a field of the matrix nor an axis ({hint})")
+                short = name.split(".", 1)[-1]
+                if short in placed:
+                    raise ValueError(f"output.grid.{key}.{i}: {name!r} is already in output.grid.{placed[short]}")
+                placed[short] = key
         return value
 
     @field_validator("params")

@@ -193,7 +193,7 @@ def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: Model
     data = manifest.to_json()
     remove_leftovers(out_dir)  # partial manifests and journals of earlier (distributed) runs
     if recipe.output.grid:
-        make_grid(out_dir, data["images"])
+        make_grid(out_dir, data)
     if recipe.output.gallery:
         write_gallery(out_dir, data)
     plugins.hook.run_finished(recipe=recipe, output_dir=out_dir, manifest=data)
