@@ -267,7 +267,7 @@ def _recorded_members(record: dict[str, Any] | None, old_files: dict[int, str], 
     for old_index in record["batch_jobs"]:
         name = old_files.get(old_index) if isinstance(old_index, int) else None
         job = by_file.get(name) if name is not None else None
-        if job is None or (records.get(name) or {}).get("key") != keys.of(job):
+        if name is None or job is None or (records.get(name) or {}).get("key") != keys.of(job):
             return None
         members.append(job)
     return tuple(members)
