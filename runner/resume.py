@@ -241,17 +241,18 @@ def _batches(jobs: Sequence[Job], files: Sequence[str], keys: Keys, batch_size: 
             batches.append(Batch(len(batches), b.jobs))
         loose.clear()
 
-    started: set[tuple[Job, ...]] = set()
+    started: set[tuple[int, ...]] = set()
     for job in jobs:
         members = placed.get(job.index)
         if members is None:
             if job.index in pending:
                 loose.append(job)
             continue
-        if members in started:
+        indices = tuple(m.index for m in members)
+        if indices in started:
             continue
         flush()
-        started.add(members)
+        started.add(indices)
         batches.append(Batch(len(batches), members))
     flush()
     return batches

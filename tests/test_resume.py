@@ -16,7 +16,8 @@ import pytest
 from recipe_runner import hookimpl
 from recipe_runner import plugin_manager as plugins
 from recipe_runner.journal import JOURNAL_NAME, read_journal
-from tests.conftest import REPO, image_files, pixels
+from recipe_runner.paths import sha256_file
+from tests.conftest import REPO, image_files, images_in_matrix_order, pixels, run_subprocess
 
 RECIPE = '''
 [model]
@@ -109,7 +110,7 @@ def test_a_missing_image_recomputes_its_whole_batch_and_writes_only_it(recipe_ru
     recipe = recipe_runner_write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
     run(recipe_runner_cli, recipe, tmp_path / "out")
     folder = tmp_path / "out" / "longrun"
-    missing = image_files(folder)[3]
+    missing = images_in_matrix_order(folder)[3]
     missing.unlink()
     before = snapshot(folder)
     counter.calls.clear()
@@ -120,41 +121,90 @@ def test_a_missing_image_recomputes_its_whole_batch_and_writes_only_it(recipe_ru
     assert_same_pixels(reference, folder)
 
 
-def test_changed_jobs_are_stale_and_left_untouched(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, counter):
+def hashes_in(folder: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in image_files(folder)}
+
+
+def history_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in (folder / "history").glob("*/*.png")}
+
+
+def test_adding_a_seed_makes_only_the_new_images(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, counter):
+    """2 prompts x 3 seeds, then a fourth seed: exactly 2 images are made, no duplicate files, the
+    6 others keep their bytes and mtime."""
+    text = RECIPE.format(batch_size=2).replace('"a red fox", "a blue house", "a green tree"', '"a red fox", "a blue house"')
+    recipe = recipe_runner_write_recipe(text.replace("seeds = [0, 1]", "seeds = [0, 1, 2]"), "grow.toml")
+    run(recipe_runner_cli, recipe, tmp_path / "out")
+    folder = tmp_path / "out" / "grow"
+    before = snapshot(folder)
+    old_hashes = hashes_in(folder)
+    counter.calls.clear()
+    result = run(recipe_runner_cli, recipe, tmp_path / "out", "--set", "matrix.seeds=4")
+    assert counter.calls == [[3, 7]]
+    after = snapshot(folder)
+    assert len(after) == 8 and {k: after[k] for k in before} == before
+    assert {k: v for k, v in hashes_in(folder).items() if k in old_hashes} == old_hashes
+    assert "2 new, 0 regenerated, 6 unchanged" in result.out
+    assert not (folder / "history").exists()
+    assert [r["status"] for r in manifest_of(folder)["images"]] == ["done"] * 8
+
+
+def test_an_edited_param_regenerates_every_job_and_keeps_what_it_replaces(recipe_runner_cli, recipe_runner_write_recipe,
+                                                                          tmp_path, counter):
     recipe = recipe_runner_write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
     run(recipe_runner_cli, recipe, tmp_path / "out")
     folder = tmp_path / "out" / "longrun"
-    before = snapshot(folder)
+    first = hashes_in(folder)
     counter.calls.clear()
     result = run(recipe_runner_cli, recipe, tmp_path / "out", "--set", "params.guidance_scale=5.0")
-    assert counter.calls == []
-    assert snapshot(folder) == before
-    assert "6 existing images no longer match the recipe (stale, kept untouched" in result.err
-    assert result.err.count("\n") == 1  # one line
+    assert counter.calls == [[0, 1], [2, 3], [4, 5]]
+    assert "0 new, 6 regenerated, 0 unchanged" in result.out and "replaced images kept in" in result.out
+    assert history_hashes(folder) == first  # every replaced image, byte for byte
     manifest = manifest_of(folder)
-    assert [r["status"] for r in manifest["images"]] == ["stale"] * 6
-    assert len(manifest["stale"]) == 6
-    # a changed prompt: the old file is no longer made by any job, the new one is generated
+    assert [r["status"] for r in manifest["images"]] == ["done"] * 6
+    assert manifest["history"]["folder"].startswith("history/") and len(manifest["history"]["replaced"]) == 6
+    assert set(hashes_in(folder).values()).isdisjoint(first.values())
+    # a changed prompt: its jobs are generated, the other prompts' images keep bytes and mtime,
+    # and the images no job makes any more join the history
+    second = snapshot(folder)
     counter.calls.clear()
-    result = run(recipe_runner_cli, recipe, tmp_path / "out", "--set", 'matrix.prompts=["a red fox", "a blue house", "a pink tree"]')
-    assert counter.calls == [[4, 5]]
-    stale = {s["file"]: s["reason"] for s in manifest_of(folder)["stale"]}
-    assert all(s["key"] and s["sha256"] for s in manifest_of(folder)["stale"])
-    assert stale == {"0004-s0-a-green-tree.png": "no job of this recipe makes it any more",
-                     "0005-s1-a-green-tree.png": "no job of this recipe makes it any more"}
-    assert (folder / "0004-s0-a-green-tree.png").stat().st_ino == before["0004-s0-a-green-tree.png"][0]
-    # back to the original recipe: every old image is recognised again, nothing runs
+    result = run(recipe_runner_cli, recipe, tmp_path / "out", "--set", "params.guidance_scale=5.0",
+                 "--set", 'matrix.prompts=["a red fox", "a blue house", "a pink tree"]')
+    assert counter.calls == [[4, 5]] and "2 new, 0 regenerated, 4 unchanged" in result.out
+    kept = {k: v for k, v in snapshot(folder).items() if k in second}
+    assert kept == {k: v for k, v in second.items() if "green-tree" not in k}
+    assert len([k for k in history_hashes(folder) if "green-tree" in k]) == 2
+    # --force regenerates everything and still keeps what it replaces
     counter.calls.clear()
-    result = run(recipe_runner_cli, recipe, tmp_path / "out")
-    assert counter.calls == []
-    assert "2 existing images no longer match" in result.err and "0004-s0-a-pink-tree.png" in result.err
-    assert {k: v for k, v in snapshot(folder).items() if k in before} == before
-    assert [r["status"] for r in manifest_of(folder)["images"]] == ["done"] * 6
+    result = run(recipe_runner_cli, recipe, tmp_path / "out", "--set", "params.guidance_scale=5.0",
+                 "--set", 'matrix.prompts=["a red fox", "a blue house", "a pink tree"]', "--force")
+    assert counter.calls == [[0, 1], [2, 3], [4, 5]] and "0 new, 6 regenerated, 0 unchanged" in result.out
+    assert len(list((folder / "history").iterdir())) == 3
 
 
-def test_weights_changed_in_place_make_the_old_images_stale_not_done(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, counter):
+def test_a_rerun_with_nothing_to_do_imports_neither_torch_nor_diffusers(recipe_runner_write_recipe, tmp_path):
+    recipe = recipe_runner_write_recipe(RECIPE.format(batch_size=2).replace("seeds = [0, 1]", "seeds = [0]"), "idle.toml")
+    out = tmp_path / "out"
+    assert run_subprocess(recipe, "--out", out, "--no-progress").code == 0
+    probe = ("import runpy, sys\n"
+             f"sys.argv = ['recipe-run', {str(recipe)!r}, '--out', {str(out)!r}]\n"
+             "code = None\n"
+             "try:\n    runpy.run_module('recipe_runner', run_name='__main__')\n"
+             "except SystemExit as exc:\n    code = exc.code\n"
+             "print('HEAVY', sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules)), code)\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert "HEAVY [] 0" in proc.stdout, proc.stdout + proc.stderr
+    assert "0 new, 0 to regenerate, 3 unchanged; nothing to do, nothing loaded" in proc.stdout
+    dry = run_subprocess("--dry-run", recipe, "--out", out)
+    assert "a run now      0 new, 0 to regenerate, 3 unchanged" in dry.out
+    edited = run_subprocess("--dry-run", recipe, "--out", out, "--set", "params.guidance_scale=6.0")
+    assert "a run now      0 new, 3 to regenerate, 0 unchanged" in edited.out
+
+
+def test_weights_changed_in_place_regenerate_the_old_images(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, counter):
     """A local model retrained into the same folder: the images of the old weights are not taken
-    for the new weights' work (the model's files are part of every job's key)."""
+    for the new weights' work (the model's files are part of every job's key); they are kept in the history."""
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -169,6 +219,7 @@ def test_weights_changed_in_place_make_the_old_images_stale_not_done(recipe_runn
     counter.calls.clear()
     run(recipe_runner_cli, recipe, tmp_path / "out")
     assert counter.calls == []  # the same weights: every image is done
+    first = set(hashes_in(folder).values())
 
     weights = tmp_path / "my-model" / "unet" / "diffusion_pytorch_model.safetensors"
     tensors = load_file(weights)
@@ -176,40 +227,41 @@ def test_weights_changed_in_place_make_the_old_images_stale_not_done(recipe_runn
     tensors[name] = tensors[name] + 0.01
     save_file(tensors, weights, metadata={"format": "pt"})
     result = run(recipe_runner_cli, recipe, tmp_path / "out")
-    assert counter.calls == []
-    assert snapshot(folder) == before
-    assert "6 existing images no longer match the recipe (stale, kept untouched" in result.err
-    assert [r["status"] for r in manifest_of(folder)["images"]] == ["stale"] * 6
+    assert counter.calls == [[0, 1], [2, 3], [4, 5]]  # the new weights make every image again
+    assert "0 new, 6 regenerated, 0 unchanged" in result.out
+    assert set(history_hashes(folder).values()) == first and set(before) == set(snapshot(folder))
 
 
 def test_a_hub_model_s_jobs_carry_the_commit_it_was_loaded_from(recipe_runner_write_recipe, tmp_path):
-    """A Hub model's "main" moves: images made from another commit are stale, not done."""
+    """A Hub model's "main" moves: images made from another commit are regenerated, not done."""
     from recipe_runner.keys import common_identity
+    from recipe_runner.lock import loaded_models
     from recipe_runner.prepare import Options, prepare
-    from recipe_runner.run import loaded_models
 
     recipe = recipe_runner_write_recipe('[model]\nid = "some-org/some-model"\n[matrix]\nprompts = ["a"]\n', "hub.toml")
     prepared = prepare(recipe, [], plugins.load_plugins([]), Options(out=tmp_path / "out"))
 
     def identity(commit: str) -> dict:
-        return common_identity(prepared.recipe, "float32", [], loaded_models(prepared, commit))
+        return common_identity(prepared.recipe, "float32", [], loaded_models(prepared.recipe, prepared.loaded, commit))
 
     assert identity("a" * 40)["loaded_models"] == {"model_commit": "a" * 40}
     assert identity("a" * 40) != identity("b" * 40)
 
 
-def test_a_file_changed_on_disk_is_stale_not_overwritten(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, counter):
+def test_a_file_changed_on_disk_is_remade_and_the_edited_one_kept(recipe_runner_cli, recipe_runner_write_recipe, tmp_path,
+                                                                  counter, reference):
     recipe = recipe_runner_write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
     run(recipe_runner_cli, recipe, tmp_path / "out")
     folder = tmp_path / "out" / "longrun"
-    edited = image_files(folder)[0]
+    edited = images_in_matrix_order(folder)[0]
     edited.write_bytes(edited.read_bytes() + b"edited")
     counter.calls.clear()
     result = run(recipe_runner_cli, recipe, tmp_path / "out")
-    assert counter.calls == [] and edited.read_bytes().endswith(b"edited")
-    assert [(s["file"], s["reason"]) for s in manifest_of(folder)["stale"]] == [
-        (edited.name, "changed on disk since it was written")]
-    assert "1 existing image no longer matches" in result.err
+    assert counter.calls == [[0, 1]] and "0 new, 1 regenerated, 5 unchanged" in result.out
+    (kept,) = (folder / "history").glob("*/*.png")
+    assert kept.name == edited.name and kept.read_bytes().endswith(b"edited")
+    assert manifest_of(folder)["history"]["replaced"] == [{"file": edited.name, "reason": "changed on disk since it was written"}]
+    assert_same_pixels(reference, folder)
 
 
 def test_torn_journal_line_is_ignored(tmp_path):
@@ -273,7 +325,7 @@ def test_sigint_keeps_finished_images_and_the_rerun_completes_them(recipe_runner
     assert "interrupted" in err and "Traceback" not in err
     folder = tmp_path / "out" / "longrun"
     assert_folder_is_clean(folder)
-    assert [p.name for p in image_files(folder)] == [p.name for p in image_files(reference)][:2]
+    assert {p.name for p in image_files(folder)} == {p.name for p in images_in_matrix_order(reference)[:2]}
     manifest = manifest_of(folder)  # flushed: the journal is folded in
     assert [r["status"] for r in manifest["images"]] == ["done"] * 2 + ["pending"] * 4
     assert not (folder / JOURNAL_NAME).exists()
@@ -374,7 +426,7 @@ def test_resume_honours_the_batches_recorded_after_a_backoff(recipe_runner_cli, 
     finally:
         plugins.unregister(plugin)
     folder = tmp_path / "out" / "oom"
-    image_files(folder)[1].unlink()
+    images_in_matrix_order(folder)[1].unlink()
     counter.calls.clear()
     run(recipe_runner_cli, recipe, tmp_path / "out")  # no out-of-memory now: a fresh plan would be one batch of 4
     assert counter.calls == [[0, 1]]

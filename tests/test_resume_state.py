@@ -17,7 +17,7 @@ from recipe_runner.keys import Keys
 from recipe_runner.manifest import Manifest
 from recipe_runner.matrix import Job
 from recipe_runner.paths import is_local_reference, locate, sha256_file
-from recipe_runner.resume import ResumeState, remove_leftovers, resume, stale_message
+from recipe_runner.resume import HISTORY, ResumeState, remove_leftovers, resume
 
 JOBS = [Job(index=i, prompt=f"prompt {i}", seed=i, params={"width": 8, "height": 8}) for i in range(3)]
 RECIPE = {"name": "rooms", "run": {"batch_size": 1}}
@@ -44,40 +44,60 @@ def first_run(folder: Path, batch_size: int = 1, batch_setting: int | str = 1) -
     return manifest
 
 
-def test_a_folder_with_a_done_a_stale_and_a_missing_image(tmp_path):
+def test_a_folder_with_an_unchanged_an_edited_and_a_missing_image(tmp_path):
     before = first_run(tmp_path)
     done, edited, missing = (before.file_for(job) for job in JOBS)
     edited.write_bytes(b"edited by hand")
     missing.unlink()
+    done_stat = done.stat()
 
     manifest = new_manifest(tmp_path)
     state = resume(manifest, JOBS, keys(), 1, 1)
     assert isinstance(state, ResumeState)
     assert state.done == {0: sha256_file(done)}
-    assert state.pending == {2}
-    assert [(s.file, s.reason) for s in state.stale] == [(edited.name, "changed on disk since it was written")]
-    assert [[j.index for j in b.jobs] for b in state.todo()] == [[2]]
-    assert "1 existing image no longer matches" in stale_message("rooms", state.stale)
+    assert state.pending == {1, 2} and state.regenerated == {1}
+    assert [(r.file, r.reason) for r in state.replaced] == [(edited.name, "changed on disk since it was written")]
+    assert [[j.index for j in b.jobs] for b in state.todo()] == [[1], [2]]  # as the first run planned them
+    assert state.summary() == "1 new, 1 regenerated, 1 unchanged"
 
     state.apply(manifest)
+    history = state.retire(tmp_path)
+    assert history is not None and history.parent == tmp_path / HISTORY
+    assert not edited.exists() and (history / edited.name).read_bytes() == b"edited by hand"  # moved, kept
+    described = json.loads((history / "manifest.json").read_text())
+    assert [(r["file"], r["replaced_because"], r["sha256"]) for r in described["images"]] == [
+        (edited.name, "changed on disk since it was written", before.to_json()["images"][1]["sha256"])]
+    assert described["recipe"] == before.recipe
     data = manifest.to_json()
-    assert list(data) == ["recipe", "environment", "optimizations", "timings", "images", "stale"]
-    assert [r["status"] for r in data["images"]] == ["done", "stale", "pending"]
-    old = before.to_json()["images"][1]
-    assert data["images"][1]["sha256"] == old["sha256"] != sha256_file(edited)  # describes the file as made
-    assert data["stale"] == [{"file": edited.name, "reason": "changed on disk since it was written",
-                              **{k: old[k] for k in ("index", "key", "sha256", "batch", "batch_size", "batch_jobs")}}]
-    assert data["images"][0]["key"] == keys().key(0, [0]) and data["images"][0]["sha256"] == sha256_file(done)
+    assert [r["status"] for r in data["images"]] == ["done", "pending", "pending"]
+    assert [r["key"] for r in data["images"]] == keys().keys
+    assert data["images"][0]["sha256"] == sha256_file(done) and data["images"][0]["batch_jobs"] == [0]
+    assert (done.stat().st_mtime_ns, done.stat().st_ino) == (done_stat.st_mtime_ns, done_stat.st_ino)
 
 
-def test_a_changed_job_makes_its_file_stale_and_a_file_no_job_makes_is_listed(tmp_path):
-    first_run(tmp_path)
+def test_a_changed_job_is_regenerated_and_a_file_no_job_makes_goes_to_history(tmp_path):
+    before = first_run(tmp_path)
+    hashes = {job.index: sha256_file(before.file_for(job)) for job in JOBS}
     fewer = JOBS[:2]
     manifest = Manifest.for_jobs(tmp_path, RECIPE, {}, fewer, "png")
     state = resume(manifest, fewer, Keys({"model": "other"}, fewer, {}), 1, 1)
-    assert state.done == {} and state.pending == set()
-    assert [s.reason for s in state.stale] == ["its job changed since it was made"] * 2 + [
+    assert state.done == {} and state.pending == state.regenerated == {0, 1}
+    assert [r.reason for r in state.replaced] == ["its job changed since it was made"] * 2 + [
         "no job of this recipe makes it any more"]
+    history = state.retire(tmp_path)
+    assert history is not None
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == []
+    assert {sha256_file(history / before.record(job).file) for job in JOBS} == set(hashes.values())
+    again = resume(Manifest.for_jobs(tmp_path, RECIPE, {}, fewer, "png"), fewer, Keys({"model": "other"}, fewer, {}),
+                   1, 1)
+    assert again.replaced == [] and again.regenerated == set()  # nothing left to move
+
+
+def test_force_regenerates_every_job_and_keeps_what_it_replaces(tmp_path):
+    first_run(tmp_path)
+    state = resume(new_manifest(tmp_path), JOBS, keys(), 1, 1, force=True)
+    assert state.done == {} and state.regenerated == {0, 1, 2}
+    assert {r.reason for r in state.replaced} == {"--force"}
 
 
 def test_recorded_batches_are_kept_while_the_batch_setting_is_unchanged(tmp_path):
@@ -86,9 +106,19 @@ def test_recorded_batches_are_kept_while_the_batch_setting_is_unchanged(tmp_path
         path.unlink()
     kept = resume(new_manifest(tmp_path, "auto"), JOBS, keys(), 1, "auto")
     assert [[j.index for j in b.jobs] for b in kept.batches] == [[0, 1], [2]]
-    assert kept.pending == {0, 1, 2}
+    assert kept.pending == {0, 1, 2} and kept.regenerated == set()
     fresh = resume(new_manifest(tmp_path, 1), JOBS, keys(), 1, 1)
     assert [[j.index for j in b.jobs] for b in fresh.batches] == [[0], [1], [2]]
+
+
+def test_new_jobs_are_planned_among_themselves(tmp_path):
+    """Adding jobs: the unchanged ones are not recomputed to fill a batch with the new ones."""
+    first_run(tmp_path, batch_size=2, batch_setting=2)
+    grown = [*JOBS, Job(index=3, prompt="prompt 3", seed=3, params={"width": 8, "height": 8})]
+    manifest = Manifest.for_jobs(tmp_path, {**RECIPE, "run": {"batch_size": 2}}, {}, grown, "png")
+    state = resume(manifest, grown, Keys({"model": "m"}, grown, {}), 2, 2)
+    assert sorted(state.done) == [0, 1, 2] and state.pending == {3}
+    assert [[j.index for j in b.jobs] for b in state.todo()] == [[3]]
 
 
 def test_an_image_written_before_its_journal_line_is_done_by_its_embedded_key(tmp_path):
@@ -99,9 +129,9 @@ def test_an_image_written_before_its_journal_line_is_done_by_its_embedded_key(tm
 
     manifest = new_manifest(tmp_path)
     path = manifest.file_for(JOBS[1])
-    path.write_bytes(encode(Image.new("RGB", (8, 8)), "png", 90, {"job": json.dumps({"key": keys().key(1, [1])})}))
+    path.write_bytes(encode(Image.new("RGB", (8, 8)), "png", 90, {"job": json.dumps({"key": keys().of(JOBS[1])})}))
     state = resume(manifest, JOBS, keys(), 1, 1)
-    assert state.done == {1: sha256_file(path)} and state.pending == {0, 2} and state.stale == []
+    assert state.done == {1: sha256_file(path)} and state.pending == {0, 2} and state.replaced == []
 
 
 def test_journal_lines_win_over_the_manifest_and_leftovers_are_removed(tmp_path):
