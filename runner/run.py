@@ -57,6 +57,8 @@ class ModelCache:
             by_task[task] = built
             self.derived += 1
         else:
+            print(f"{recipe.name}: loading {recipe.model.id} ({task}, {ctx.device}, {ctx.dtype}) ...",
+                  file=sys.stderr, flush=True)
             built = build.build(recipe, loaded, prepared.jobs, prepared.enabled, plugins.hook, ctx)
             by_task[task] = built
             self.loads += 1
