@@ -281,4 +281,5 @@ def test_tiny_demo_runs_from_the_command_line(tmp_path):
         code, err = result.code, result.err
     assert code == 0, err
     assert len(image_files(tmp_path / "tiny")) == 4
-    assert err.strip() == "", err  # quiet: no library chatter, no progress bar when not a terminal
+    # quiet: no library chatter, no progress bar when not a terminal; one line before the load
+    assert err.strip() == "tiny: loading tiny:sd15 (text-to-image, cpu, float32) ...", err

@@ -126,8 +126,10 @@ def test_manifest_records_timings_and_the_run_prints_a_summary(recipe_runner_cli
         assert timings[key] >= 0, key
     assert [b["size"] for b in timings["batches"]] == [2, 2, 2]
     assert all(b["seconds"] > 0 for b in timings["batches"])
-    line = result.out.strip().splitlines()[-1]
-    assert line.startswith("timed: 6 images; made 6 in ") and "images/s" in line and "MiB peak RSS" in line
+    summary, where = result.out.strip().splitlines()[-2:]
+    assert summary.startswith("timed: 6 images: 6 new, 0 regenerated, 0 unchanged; made 6 in ")
+    assert "images/s" in summary and "MiB peak RSS" in summary
+    assert where == f"  gallery {tmp_path / 'timed' / 'index.html'}"
 
 
 @pytest.mark.skipif(torchrun() is None, reason="torchrun is not installed")
@@ -141,7 +143,7 @@ def test_a_distributed_run_resumes_only_the_missing_batches(recipe_runner_cli, r
     (folder / lost).unlink()
     del kept[lost]
     proc = run_torchrun(recipe, "--out", tmp_path)
-    assert "resumed: 6 images, 5 already done; made 1" in proc.stdout
+    assert "resumed: 6 images: 1 new, 0 regenerated, 5 unchanged; made 1" in proc.stdout
     for path in image_files(folder):
         assert np.array_equal(pixels(path), reference[path.name]), path.name
         if path.name in kept:
