@@ -1,9 +1,10 @@
 """``index.html``: a static gallery of a run, written beside the images and the manifest.
 
-One self-contained file: inline CSS, no script, no external asset; images are linked by their
-relative file names, so the folder can be copied, zipped or served as it is. Every job of the
-manifest is listed in matrix order with its prompt, seed, vars, parameters, scheduler, batch and
-hash; a job that has no image yet (a run still going, or interrupted) is listed as pending.
+One self-contained file: inline CSS, no script (except under ``--watch``, which adds the one of
+:mod:`recipe_runner.refresh`), no external asset; images are linked by their relative file names,
+so the folder can be copied, zipped or served as it is. Every job of the manifest is listed in
+matrix order with its prompt, seed, vars, parameters, scheduler, batch and hash; a job that has
+no image yet (a run still going, or interrupted) is listed as pending.
 Written atomically, so a browser never sees half a page.
 """
 
@@ -13,6 +14,8 @@ import json
 from html import escape
 from pathlib import Path
 from typing import Any
+
+from . import refresh
 
 CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; background: #fafafa; }
@@ -78,8 +81,8 @@ def render(manifest: dict[str, Any], image_size: tuple[int, int] | None = None, 
         parts.append('<p class="grid-link"><a href="grid.png"><img src="grid.png" alt="contact sheet"></a></p>')
     parts.append('<div class="cards">')
     parts += [_card(r, width, height) for r in images]
-    parts.append("</div></body></html>\n")
-    return "\n".join(parts)
+    parts.append("</div>")
+    return refresh.with_script("\n".join(parts)) + "</body></html>\n"  # the script: --watch only
 
 
 def write_gallery(folder: Path, manifest: dict[str, Any]) -> Path:
@@ -94,5 +97,7 @@ def write_gallery(folder: Path, manifest: dict[str, Any]) -> Path:
         with Image.open(folder / first["file"]) as image:
             size = image.size
     path = folder / "index.html"
-    atomic_write(path, render(manifest, size, grid=(folder / "grid.png").is_file()).encode("utf-8"))
+    page = render(manifest, size, grid=(folder / "grid.png").is_file())
+    atomic_write(path, page.encode("utf-8"))
+    refresh.write_stamp(folder, page)  # --watch: after the page, so a reload finds it
     return path
