@@ -42,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
                    help="refuse to run (exit 2) when an installed plugin failed to load; without it, a warning")
     p.add_argument("--dry-run", action="store_true",
                    help="validate and print the plan; loads no model, imports neither torch nor diffusers")
+    p.add_argument("--watch", action="store_true",
+                   help="run, then keep the pipelines loaded and run again on every save of a recipe, of a file "
+                        "it extends or of an input image (only new or changed jobs); Ctrl-C ends it")
     p.add_argument("--list-plugins", action="store_true", help="list the installed plugins and their settings")
     p.add_argument("--reproduce", type=Path, metavar="IMAGE",
                    help="re-generate one image from the recipe embedded in it, into a scratch folder (or --out); "
@@ -138,20 +141,21 @@ MODES = {  # mode -> its flag
     "reproduce": "--reproduce",
     "lock": "--lock",
     "compare": "--compare",
+    "watch": "--watch",
 }
 RUN = "run"  # no mode flag: run the recipes
-RECIPE_MODES = {RUN, "dry_run", "lock"}  # the modes that take RECIPE arguments
+RECIPE_MODES = {RUN, "dry_run", "lock", "watch"}  # the modes that take RECIPE arguments
 APPLIES = {  # option (dest) -> (its flag, the modes it applies to)
     "recipes": ("RECIPE", RECIPE_MODES),
     "sets": ("--set", RECIPE_MODES),
-    "out": ("--out", {RUN, "dry_run", "reproduce", "compare"}),
-    "locked": ("--locked", {RUN, "dry_run"}),
-    "plugins": ("-p", {RUN, "dry_run", "lock", "list_plugins", "schema", "reproduce"}),
-    "allow_pickle": ("--allow-pickle", {RUN, "dry_run", "lock", "reproduce"}),
-    "trust_remote_code": ("--trust-remote-code", {RUN, "dry_run", "lock", "reproduce"}),
-    "no_progress": ("--no-progress", {RUN, "dry_run", "lock", "reproduce"}),  # harmless where nothing is drawn
+    "out": ("--out", {RUN, "dry_run", "reproduce", "compare", "watch"}),
+    "locked": ("--locked", {RUN, "dry_run", "watch"}),
+    "plugins": ("-p", {RUN, "dry_run", "lock", "list_plugins", "schema", "reproduce", "watch"}),
+    "allow_pickle": ("--allow-pickle", {RUN, "dry_run", "lock", "reproduce", "watch"}),
+    "trust_remote_code": ("--trust-remote-code", {RUN, "dry_run", "lock", "reproduce", "watch"}),
+    "no_progress": ("--no-progress", {RUN, "dry_run", "lock", "reproduce", "watch"}),  # harmless where nothing is drawn
     "force": ("--force", {RUN}),
-    "strict_plugins": ("--strict-plugins", {RUN, "dry_run", "lock", "reproduce", "schema"}),
+    "strict_plugins": ("--strict-plugins", {RUN, "dry_run", "lock", "reproduce", "schema", "watch"}),
 }
 
 
@@ -220,6 +224,12 @@ def _main(args: argparse.Namespace) -> int:
     options = Options(out=args.out if args.out is not None else Path("outputs"), allow_pickle=args.allow_pickle,
                       trust_remote_code=args.trust_remote_code, force=args.force,
                       progress=False if args.no_progress else None)
+    if mode == "watch":
+        from .preflight import before_loading
+        from .watch import watch
+
+        return watch([Path(p) for p in args.recipes], args.sets, plugins, options, locked=args.locked,
+                     debug=args.debug, check=before_loading)
     problems = []
     prepared = []
     for path in args.recipes:  # every recipe is checked before any of them runs

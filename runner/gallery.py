@@ -17,7 +17,8 @@ fast.
 - Input and mask images are shown as small thumbnails (embedded once, as CSS backgrounds).
 
 A job with no image yet (a run still going, or interrupted) is listed as pending. Written
-atomically, so a browser never sees half a page.
+atomically, so a browser never sees half a page. Under ``--watch`` the page also refreshes itself when
+new images land (:mod:`recipe_runner.refresh`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import refresh
 from .jobfields import Described, describe, scheduler_label, short_name, value_text
 
 if TYPE_CHECKING:
@@ -257,8 +259,7 @@ def render(manifest: Mapping[str, Any], image_size: tuple[int, int] | None = Non
     parts += [_card(r, f, described, filters, image_size, thumbs) for r, f in zip(described.records, described.fields)]
     parts.append("</div>")
     parts.append(f"<script>{SCRIPT}</script>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    return refresh.with_script("\n".join(parts)) + "</body></html>\n"  # the refresh script: --watch only
 
 
 def _chip_name(name: str) -> str:
@@ -282,6 +283,8 @@ def write_gallery(folder: Path, manifest: Mapping[str, Any]) -> Path:
     if grid_config(manifest.get("recipe") or {}).get("enabled", True):
         sheets = [s for s in sheets_for(folder, manifest) if (folder / s.file).is_file()]
     path = folder / "index.html"
-    atomic_write(path, render(manifest, size, sheets, folder).encode("utf-8"))
+    page = render(manifest, size, sheets, folder)
+    atomic_write(path, page.encode("utf-8"))
+    refresh.write_stamp(folder, page)  # --watch: after the page, so a reload finds it
     return path
 
