@@ -8,8 +8,8 @@ by browsers; script elements are not. ``gallery-stamp.js`` is written beside ``i
 it, with the stamp of the page just written (a hash of the page without the script), so a tab
 reloads only when what it shows changed.
 
-Outside watch mode nothing changes: the page has no script and no stamp file is written (a plain
-run's page stays a static, script-free file). Light module: nothing but the standard library.
+Outside watch mode nothing changes: the page has no refresh script (only its filter) and no
+stamp file is written. Light module: nothing but the standard library.
 """
 
 from __future__ import annotations
