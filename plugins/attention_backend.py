@@ -44,7 +44,7 @@ def check(settings: Settings, context: BuildContext) -> None:
     try:
         _check_attention_backend_requirements(backend)
     except (RuntimeError, ImportError) as exc:
-        raise Unsupported(str(exc).strip().splitlines()[0]) from None
+        raise Unsupported(str(exc).strip().splitlines()[0]) from exc
 
 
 def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
@@ -55,7 +55,7 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
     try:
         model.set_attention_backend(_backend(settings.backend).value)
     except (ValueError, RuntimeError, ImportError) as exc:
-        raise Unsupported(str(exc).strip().splitlines()[0]) from None
+        raise Unsupported(str(exc).strip().splitlines()[0]) from exc
 
 
 @hookimpl

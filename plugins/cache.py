@@ -133,7 +133,7 @@ def config(settings: Settings, pipe: Any, context: BuildContext):
     try:
         return getattr(diffusers, CONFIGS[settings.type])(**options)
     except (ValueError, TypeError) as exc:
-        raise Unsupported(f"{CONFIGS[settings.type]}: {str(exc).strip().splitlines()[0]}") from None
+        raise Unsupported(f"{CONFIGS[settings.type]}: {str(exc).strip().splitlines()[0]}") from exc
 
 
 def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
@@ -147,7 +147,7 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
     try:
         model.enable_cache(config(settings, pipe, context))
     except (ValueError, TypeError) as exc:
-        raise Unsupported(str(exc).strip().splitlines()[0]) from None
+        raise Unsupported(str(exc).strip().splitlines()[0]) from exc
 
 
 @hookimpl

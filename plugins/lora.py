@@ -95,7 +95,7 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> dict:
         try:
             pipe.load_lora_weights(source(adapter, index, context), **kwargs)
         except (OSError, ValueError, KeyError) as exc:
-            raise Unsupported(f"adapters[{index}] ({adapter.id}): {str(exc).strip().splitlines()[0]}") from None
+            raise Unsupported(f"adapters[{index}] ({adapter.id}): {str(exc).strip().splitlines()[0]}") from exc
     pipe.set_adapters(names, adapter_weights=[a.scale for a in settings.adapters])
     if settings.fuse:
         pipe.fuse_lora(adapter_names=names)

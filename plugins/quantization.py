@@ -104,7 +104,7 @@ def load_kwargs(settings: Settings, context: BuildContext) -> dict:
         try:
             mapping[name] = getattr(library, CONFIG_CLASS[settings.backend])(**quant_kwargs(settings))
         except (ValueError, ImportError, TypeError) as exc:
-            raise Unsupported(f"{name}: {str(exc).strip().splitlines()[0]}") from None
+            raise Unsupported(f"{name}: {str(exc).strip().splitlines()[0]}") from exc
     return {"quantization_config": PipelineQuantizationConfig(quant_mapping=mapping)}
 
 

@@ -26,7 +26,7 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
     try:
         vae.enable_slicing()
     except NotImplementedError as exc:
-        raise Unsupported(str(exc)) from None
+        raise Unsupported(str(exc)) from exc
 
 
 @hookimpl

@@ -32,7 +32,7 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
     try:
         vae.enable_tiling()
     except NotImplementedError as exc:
-        raise Unsupported(str(exc)) from None
+        raise Unsupported(str(exc)) from exc
     if settings.tile_sample_min_size is not None:
         if not hasattr(vae, "tile_latent_min_size"):
             raise Unsupported(f"{type(vae).__name__} has no tile size setting")

@@ -108,7 +108,7 @@ def read_model_index(location: str, revision: str | None) -> dict[str, Any]:
     try:
         return dict(DiffusionPipeline.load_config(location, revision=revision))
     except Exception as exc:
-        raise RunError(f"cannot read the pipeline config (model_index.json) of {location!r}: {exc}") from None
+        raise RunError(f"cannot read the pipeline config (model_index.json) of {location!r}: {exc}") from exc
 
 
 def load_components(recipe: Recipe, loaded: LoadedRecipe | None, index: dict[str, Any], ctx: BuildContext) -> dict[str, Any]:
@@ -134,7 +134,7 @@ def load_components(recipe: Recipe, loaded: LoadedRecipe | None, index: dict[str
         try:
             components[name] = cls.from_pretrained(location, **kwargs)
         except Exception as exc:
-            raise RunError(f"{key}: cannot load {spec.id!r} as {class_name}: {_first_line(exc)}") from None
+            raise RunError(f"{key}: cannot load {spec.id!r} as {class_name}: {_first_line(exc)}") from exc
     return components
 
 
@@ -177,8 +177,8 @@ def load_pipeline(recipe: Recipe, loaded: LoadedRecipe | None, ctx: BuildContext
     except Exception as exc:
         if "safetensors" in str(exc).lower() and not ctx.allow_pickle:
             raise _error(loaded, "model.id", f"cannot load {recipe.model.id!r}: only safetensors weights load "
-                         f"({_first_line(exc)})", "pickled .bin/.ckpt weights need --allow-pickle") from None
-        raise RunError(f"cannot load model {recipe.model.id!r}: {_first_line(exc)}") from None
+                         f"({_first_line(exc)})", "pickled .bin/.ckpt weights need --allow-pickle") from exc
+        raise RunError(f"cannot load model {recipe.model.id!r}: {_first_line(exc)}") from exc
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -230,7 +230,7 @@ def make_scheduler(pipe: Any, base: Any, spec: dict[str, Any], key: str, loaded:
     try:
         return cls.from_config(base.config, **options)
     except Exception as exc:
-        raise _error(loaded, key, f"cannot build {name}: {_first_line(exc)}") from None
+        raise _error(loaded, key, f"cannot build {name}: {_first_line(exc)}") from exc
 
 
 def build_schedulers(pipe: Any, base: Any, jobs: list[Job], recipe: Recipe, loaded: LoadedRecipe | None) -> dict[str, Any]:
@@ -332,7 +332,7 @@ def derive(built: Built, recipe: Recipe, loaded: LoadedRecipe | None, jobs: list
         pipe = cls.from_pipe(built.pipe)
     except Exception as exc:
         raise RunError(f"cannot make a {recipe.model.task} pipeline from the loaded {type(built.pipe).__name__}: "
-                       f"{_first_line(exc)}") from None
+                       f"{_first_line(exc)}") from exc
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     check_parameters(pipe, recipe, loaded)

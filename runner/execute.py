@@ -141,7 +141,7 @@ class Execution:
                     raise
                 if batch.size == 1:
                     raise RunError("out of memory at batch size 1: the model does not fit this device; "
-                                   "try [optimizations] offload, attention_slicing or vae_tiling") from None
+                                   "try [optimizations] offload, attention_slicing or vae_tiling") from exc
                 size = max(1, batch.size // 2)
                 self.warn(f"out of memory at batch size {batch.size}: retrying at {size}")
                 free_memory()

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import inputs as inputs_mod
 from .errors import RecipeError
@@ -21,6 +21,13 @@ from .plan import initial_batch_size
 from .plugin_manager import Plugins
 from .prepare import Options, Prepared
 from .recipe import Recipe
+
+if TYPE_CHECKING:  # heavy or run-only modules: imported when a run starts, not for --dry-run
+    from .build import Built
+    from .context import BuildContext
+    from .distributed import Dist
+    from .manifest import Manifest
+    from .outputs import Writer
 
 # --- running ---------------------------------------------------------------------------------------
 
@@ -43,7 +50,7 @@ class ModelCache:
     loads: int = 0
     derived: int = 0
 
-    def get(self, prepared: Prepared, plugins: Plugins, ctx: Any, key: str) -> Any:
+    def get(self, prepared: Prepared, plugins: Plugins, ctx: BuildContext, key: str) -> Built:
         from . import build
 
         recipe, loaded, task = prepared.recipe, prepared.loaded, prepared.recipe.model.task
@@ -87,12 +94,12 @@ def peak_memory(device: str) -> str:
 class Started:
     """A recipe ready for its first batch: the pipeline, where it runs, and what writes its images."""
 
-    ctx: Any  # build.BuildContext
-    dist: Any  # distributed.Dist
-    built: Any  # build.Built
+    ctx: BuildContext
+    dist: Dist
+    built: Built
     images: inputs_mod.InputImages | None
-    manifest: Any  # manifest.Manifest
-    writer: Any  # outputs.Writer
+    manifest: Manifest
+    writer: Writer
 
 
 def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache) -> Started:
