@@ -1,8 +1,9 @@
 """Generating the planned batches: one torch.Generator per image, images streamed to disk as each
 batch finishes, out-of-memory backoff that halves the batch and retries the same jobs.
 
-Memory grows with the batch, never with the matrix: a batch's images are written and dropped
-before the next batch starts.
+A finished batch is handed to the background writer (:mod:`recipe_runner.writing`), which writes
+it while the next batch generates. Memory grows with the batch, never with the matrix: at most one
+batch waits for the writer while another is written.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .matrix import TEMPLATED_PARAMS, Job
 from .outputs import Writer
 from .plan import Batch, plan
 from .progress import Progress
+from .writing import Handed, Writes, background_writes, batch_times, writes_for
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -74,6 +76,7 @@ class Execution:
     progress: Progress
     warn: Callable[[str], None]
     batch_times: list[dict[str, Any]] = field(default_factory=list)
+    background_writes: bool = field(default_factory=background_writes)  # off: RECIPE_RUNNER_SYNC_WRITES=1
 
     @property
     def generator_device(self) -> str:
@@ -105,7 +108,8 @@ class Execution:
 
         kwargs["callback_on_step_end"] = on_step_end
 
-    def generate(self, batch: Batch, only: set[int] | None) -> None:
+    def generate(self, batch: Batch, only: set[int] | None) -> Handed:
+        """Run the pipeline on ``batch``: its images, ready to hand to the writer."""
         self.built.use_scheduler(batch.jobs[0])
         kwargs = self.call_kwargs(batch)
         self.progress.begin_batch(batch.size if only is None else len([j for j in batch.jobs if j.index in only]),
@@ -119,23 +123,33 @@ class Execution:
         if len(images) != batch.size:
             raise RunError(f"the pipeline returned {len(images)} images for a batch of {batch.size}")
         self.hook.after_batch(pipe=self.built.pipe, batch=batch, images=images)
-        write_start = time.perf_counter()
-        self.writer.write_batch(batch, images, only)
-        self.batch_times.append({"batch": batch.index, "size": batch.size, "seconds": round(seconds, 4),
-                                 "write_seconds": round(time.perf_counter() - write_start, 4)})
-        self.progress.advance(batch.size if only is None else len([j for j in batch.jobs if j.index in only]))
+        mine = None if only is None else {j.index for j in batch.jobs if j.index in only}
+        return Handed(batch, images, mine, batch_times(batch, seconds))
 
     def run(self, batches: list[Batch], pending: set[int] | None = None) -> None:
         """Generate ``batches`` in order; with ``pending``, only the batches holding a pending job
         (re-computed whole, only the pending images written). On out of memory, the failed batch
-        and everything after it are re-planned at half the size."""
+        and everything after it are re-planned at half the size. Returns once every image is
+        written; on Ctrl-C or a failure, once the batches already generated are written (a second
+        Ctrl-C abandons them)."""
+        writes = writes_for(self.writer, self.batch_times, self.background_writes)
+        try:
+            self._generate_all(batches, pending, writes)
+            writes.finish()
+        except BaseException as exc:
+            writes.settle(exc)
+            raise
+        finally:
+            writes.close()
+
+    def _generate_all(self, batches: list[Batch], pending: set[int] | None, writes: Writes) -> None:
         queue = deque(batches)
         while queue:
             batch = queue.popleft()
             if pending is not None and not any(job.index in pending for job in batch.jobs):
                 continue
             try:
-                self.generate(batch, pending)
+                handed = self.generate(batch, pending)
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -147,3 +161,8 @@ class Execution:
                 free_memory()
                 rest = [job for b in [batch, *queue] for job in b.jobs]
                 queue = deque(Batch(batch.index + b.index, b.jobs) for b in plan(rest, size))
+                continue
+            count = len(handed.images) if handed.only is None else len(handed.only)
+            writes.hand(handed)
+            del handed  # the writer holds the images now: memory stays bounded by the batch
+            self.progress.advance(count)

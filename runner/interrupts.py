@@ -4,6 +4,10 @@ the images being written finish and the manifest be flushed; a second one stops 
 Writes that must not be cut short run inside :func:`critical`: a first SIGINT that arrives there
 is held until the section ends. Even a second, immediate interrupt never leaves a half-written
 file under a final name (writes are atomic) nor a temporary file (``atomic_write`` removes it).
+
+Signals reach the main thread only. A critical section entered on another thread (the background
+writer, :mod:`recipe_runner.writing`) neither holds nor raises anything: the main thread protects
+that thread's work by waiting for it after a first Ctrl-C (and abandons it after a second one).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ class _State:
         self.depth = 0  # nesting of critical sections
         self.held = False  # a first SIGINT arrived inside a critical section
 
-    def handler(self, signum, frame) -> None:
+    def handler(self, signum: int, frame: object) -> None:
         self.count += 1
         if self.count == 1 and self.depth:
             self.held = True
@@ -49,11 +53,17 @@ def graceful() -> Iterator[None]:
         _state = previous_state
 
 
+def repeated() -> bool:
+    """Whether a second Ctrl-C arrived (the run must stop at once, waiting for nothing)."""
+    return _state is not None and _state.count >= 2
+
+
 @contextmanager
 def critical() -> Iterator[None]:
-    """A section a first Ctrl-C waits for (writing a batch's images, flushing the manifest)."""
+    """A section a first Ctrl-C waits for (writing a batch's images, flushing the manifest).
+    Off the main thread, a plain section: signals are handled on the main thread only."""
     state = _state
-    if state is None:
+    if state is None or threading.current_thread() is not threading.main_thread():
         yield
         return
     state.depth += 1

@@ -4,7 +4,8 @@
 Why a journal: rewriting ``manifest.json`` after every batch costs O(images) per batch. Instead
 each written image appends one JSON line to the journal (fsynced at the end of its batch); the
 journal is folded into ``manifest.json`` (atomically) every few batches and when the run ends or
-is interrupted, then emptied. A crash loses at most the batch in flight; a torn last line is
+is interrupted, then emptied. A crash loses at most the batches in flight (the one generating and
+those handed to the writer); a torn last line is
 ignored when the journal is read back (:mod:`recipe_runner.resume` folds it into a folder's state).
 Light module: no torch.
 """

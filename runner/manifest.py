@@ -164,12 +164,15 @@ class Manifest:
 
     def record_timings(self, load_seconds: float, setup_seconds: float, generate_seconds: float,
                        batches: list[dict[str, Any]]) -> None:
-        """This process's timings: loading, optimizations' setup, generation, writing, and per batch."""
+        """This process's timings: loading, optimizations' setup, generation, writing, how long the
+        device waited for the writes (``write_wait_seconds``: below ``write_seconds`` when the
+        writes overlapped the next batches), and per batch."""
         self.timings = {
             "load_seconds": round(load_seconds, 4),
             "setup_seconds": round(setup_seconds, 4),
             "generate_seconds": round(generate_seconds, 4),
             "write_seconds": round(sum(b["write_seconds"] for b in batches), 4),
+            "write_wait_seconds": round(sum(b.get("wait_seconds", b["write_seconds"]) for b in batches), 4),
             "batches": batches,
         }
 

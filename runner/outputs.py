@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .interrupts import critical
 from .journal import Journal
@@ -22,6 +23,9 @@ from .manifest import ImageRecord, Manifest
 from .matrix import Job
 from .paths import atomic_write
 from .plan import Batch
+
+if TYPE_CHECKING:
+    from .writing import Gate
 
 EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
 PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}
@@ -123,22 +127,32 @@ class Writer:
             "parameters": a1111_parameters(job, a1111_sampler(job.scheduler, self.default_scheduler), self.model),
         }
 
-    def write_batch(self, batch: Batch, images: Sequence[Any], only: set[int] | None = None) -> None:
+    def write_batch(self, batch: Batch, images: Sequence[Any], only: set[int] | None = None,
+                    gate: Gate | None = None) -> None:
         """Write the images of ``batch`` (those in ``only`` when given), then the manifest (or its
-        journal). A first Ctrl-C waits until the whole batch is written."""
+        journal). A first Ctrl-C waits until the whole batch is written. On the background writer
+        (:mod:`recipe_runner.writing`), every record change goes through ``gate``, which the main
+        thread closes to stop the writer at once (a second Ctrl-C)."""
+        records: Callable[[], AbstractContextManager[None]] = gate.records if gate is not None else nullcontext
         with critical():
             for job, image in zip(batch.jobs, images):
                 if only is not None and job.index not in only:
                     continue  # its record keeps describing how its file was made
-                key = self.journal.keys.of(job) if self.journal is not None else None
-                record = self.manifest.place(job, batch, key)
-                text = self.embedded_text(job, batch, record) if self.metadata else None
+                with records():
+                    key = self.journal.keys.of(job) if self.journal is not None else None
+                    record = self.manifest.place(job, batch, key)
+                    text = self.embedded_text(job, batch, record) if self.metadata else None
                 data = encode(image, self.fmt, self.quality, text)
+                if gate is not None:
+                    gate.check()  # no new file once abandoned
                 atomic_write(self.manifest.file_for(job), data)
-                self.manifest.written(job, hashlib.sha256(data).hexdigest(), self.rank)
+                sha256 = hashlib.sha256(data).hexdigest()
+                with records():
+                    self.manifest.written(job, sha256, self.rank)
+                    if self.journal is not None:
+                        self.journal.append(record)
+            with records():
                 if self.journal is not None:
-                    self.journal.append(record)
-            if self.journal is not None:
-                self.journal.commit()
-            else:
-                self.manifest.save()
+                    self.journal.commit()
+                else:
+                    self.manifest.save()

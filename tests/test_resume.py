@@ -282,6 +282,11 @@ def before_batch(pipe, batch, call_kwargs):
     """Batch 0 goes through; at batch 1 signal the test, then wait to be interrupted (or crash)."""
     if batch.index == 1:
         if os.environ.get("STOPPER") == "crash":
+            journal = pathlib.Path("out/longrun/.manifest.journal.jsonl")  # batch 0 is written in the
+            for _ in range(600):  # background while batch 1 starts: crash once it is journaled
+                if journal.exists() and journal.read_bytes().count(b"\\n") >= 2:
+                    break
+                time.sleep(0.05)
             os._exit(9)  # a hard crash: no cleanup at all
         pathlib.Path(os.environ["STOPPER_MARK"]).write_text("at batch 1")
         time.sleep(300)

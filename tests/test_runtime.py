@@ -57,9 +57,13 @@ def test_progress_bar_counts_images_with_an_eta_and_is_silent_off_a_terminal():
     assert quiet.getvalue() == ""
 
 
-def test_images_are_on_disk_before_the_next_batch_starts(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
-    """Memory grows with the batch, not the matrix: each batch's images are written before the
-    next batch is generated."""
+@pytest.mark.parametrize("sync", ["1", "0"])
+def test_images_are_on_disk_before_the_next_batch_starts(recipe_runner_cli, recipe_runner_write_recipe, tmp_path,
+                                                         monkeypatch, sync):
+    """Memory grows with the batch, not the matrix: with synchronous writes each batch's images are
+    written before the next batch is generated; with the background writer (the default), at most
+    one batch waits while another is written, so batch k starts with every batch up to k - 3 on disk."""
+    monkeypatch.setenv("RECIPE_RUNNER_SYNC_WRITES", sync)
     seen = []
 
     class Watch:
@@ -77,7 +81,7 @@ def test_images_are_on_disk_before_the_next_batch_starts(recipe_runner_cli, reci
             [params]
             num_inference_steps = 2
             [matrix]
-            prompts = ["a", "b", "c"]
+            prompts = ["a", "b", "c", "d", "e"]
             seeds = 2
             [run]
             batch_size = 2
@@ -85,7 +89,12 @@ def test_images_are_on_disk_before_the_next_batch_starts(recipe_runner_cli, reci
         assert recipe_runner_cli(recipe, "--out", tmp_path / "out").code == 0
     finally:
         plugins.unregister(watch)
-    assert [(index, len(files)) for index, files in seen] == [(0, 0), (1, 2), (2, 4)]
+    counts = [(index, len(files)) for index, files in seen]
+    if sync == "1":
+        assert counts == [(0, 0), (1, 2), (2, 4), (3, 6), (4, 8)]
+    else:
+        assert [index for index, _ in counts] == [0, 1, 2, 3, 4]
+        assert all(2 * max(0, index - 2) <= count <= 2 * index for index, count in counts), counts
 
 
 def test_progress_bar_moves_with_the_denoising_steps_and_ends_on_the_final_state():
