@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         _stdout_to_devnull()
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("\ninterrupted: every image written so far is complete and listed in its manifest", file=sys.stderr)
+        print(f"\ninterrupted: {_images_written()} image(s) written by this run, every one complete and listed in "
+              "its manifest; run the same command again to finish", file=sys.stderr)
         return EXIT_INTERRUPTED
     except RunError as exc:
         if args.debug:
@@ -175,6 +176,12 @@ def mode_of(args: argparse.Namespace) -> str:
         usage = f"recipe-run {MODES[mode]} RECIPE [RECIPE ...]" if mode != RUN else "recipe-run RECIPE [RECIPE ...]"
         raise RecipeError.one(f"no recipe given: {usage}", file="recipe-run")
     return mode
+
+
+def _images_written() -> int:
+    """Images written by this process: the outputs module is loaded only once a run wrote any."""
+    outputs = sys.modules.get("recipe_runner.outputs")
+    return outputs.images_written() if outputs is not None else 0
 
 
 def _stdout_to_devnull() -> None:

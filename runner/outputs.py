@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 
 EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
 PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}
+_written = [0]  # images written by this process (what an interrupted run reports)
+
+
+def images_written() -> int:
+    """How many images this process has written (and recorded) so far."""
+    return _written[0]
 
 
 def a1111_parameters(job: Job, scheduler: str | None, model: str) -> str:
@@ -149,6 +155,7 @@ class Writer:
                 sha256 = hashlib.sha256(data).hexdigest()
                 with records():
                     self.manifest.written(job, sha256, self.rank)
+                    _written[0] += 1
                     if self.journal is not None:
                         self.journal.append(record)
             with records():

@@ -327,7 +327,7 @@ def test_sigint_keeps_finished_images_and_the_rerun_completes_them(recipe_runner
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert "interrupted: 2 image(s) written by this run" in err and "Traceback" not in err
     folder = tmp_path / "out" / "longrun"
     assert_folder_is_clean(folder)
     assert {p.name for p in image_files(folder)} == {p.name for p in images_in_matrix_order(reference)[:2]}
