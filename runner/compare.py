@@ -38,7 +38,8 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .jobfields import BOOKKEEPING, Described, canonical, describe, short_name, shorten, value_text
+from .jobfields import BOOKKEEPING, Described, canonical, describe, job_label, short_name, shorten
+from .paths import sha256_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -160,14 +161,6 @@ def _has_alpha(path: Path) -> bool:
         return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def heatmap(diff: np.ndarray) -> np.ndarray:
@@ -199,7 +192,7 @@ def compare_pair(a: Side, b: Side, pair: Pair) -> None:
         pair.status = "different"
         pair.note = "; ".join(f"no image in {s} ({status[s]})" for s in missing)
         return
-    if fa.stat().st_size == fb.stat().st_size and _sha256(fa) == _sha256(fb):
+    if fa.stat().st_size == fb.stat().st_size and sha256_file(fa) == sha256_file(fb):
         return
     try:
         mode = "RGBA" if _has_alpha(fa) or _has_alpha(fb) else "RGB"
@@ -282,19 +275,7 @@ def compare(a: Side, b: Side) -> Result:
     label_names = [n for n in label_names if not (n == "mask_image")]
 
     def label(side: Side, i: int) -> str:
-        f = side.described.fields[i]
-        parts = []
-        for n in label_names:
-            v = f.get(n)
-            if n == "prompt":
-                parts.append(shorten(str(v), 60))
-            elif n == "seed":
-                parts.append(f"seed {v}")
-            elif n == "scheduler":
-                parts.append(value_text(n, v))
-            else:
-                parts.append(f"{short_name(n)} = {shorten(value_text(n, v), 40)}")
-        return " · ".join(parts)
+        return job_label(label_names, side.described.fields[i], " · ", 60, 40)
 
     pairs: list[Pair] = []
     for key, i in ka.items():

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .jobfields import Described, canonical, describe, short_name, shorten, value_text
+from .jobfields import Described, canonical, describe, job_label, shorten
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -243,18 +243,7 @@ def _wrap(text: str, width_px: int, limit: int) -> list[str]:
 
 def label(names: Sequence[str], fields: Mapping[str, Any], sep: str = "\n") -> str:
     """``who = an old chief`` / ``seed 3`` / the shortened prompt, one per field."""
-    parts = []
-    for name in names:
-        value = fields.get(name)
-        if name == "prompt":
-            parts.append(shorten(str(value), PROMPT_CHARS))
-        elif name == "seed":
-            parts.append(f"seed {value}")
-        elif name == "scheduler":
-            parts.append(value_text(name, value))
-        else:
-            parts.append(f"{short_name(name)} = {shorten(value_text(name, value), PROMPT_CHARS)}")
-    return sep.join(parts)
+    return job_label(names, fields, sep, PROMPT_CHARS, PROMPT_CHARS)
 
 
 def _font() -> Any:

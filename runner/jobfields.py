@@ -165,3 +165,20 @@ def describe(manifest: Mapping[str, Any], records: Sequence[dict[str, Any]] | No
                 if len(pairs) == len({p[0] for p in pairs}):  # a function of the vars: the vars say it
                     derived.add(name)
     return Described(list(chosen), fields, varying, constant, derived)
+
+
+def job_label(names: Sequence[str], fields: Mapping[str, Any], sep: str, prompt_chars: int, value_chars: int) -> str:
+    """A job named by the fields ``names``: the shortened prompt, ``seed 3``, the scheduler with its
+    options, ``who = an old chief``; joined by ``sep``."""
+    parts = []
+    for name in names:
+        value = fields.get(name)
+        if name == "prompt":
+            parts.append(shorten(str(value), prompt_chars))
+        elif name == "seed":
+            parts.append(f"seed {value}")
+        elif name == "scheduler":
+            parts.append(value_text(name, value))
+        else:
+            parts.append(f"{short_name(name)} = {shorten(value_text(name, value), value_chars)}")
+    return sep.join(parts)
