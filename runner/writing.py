@@ -180,7 +180,9 @@ class BackgroundWrites(Writes):
         except Exception as error:
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            exc.add_note(f"writing an earlier batch failed too: {type(error).__name__}: {error}")
+            note = f"writing an earlier batch failed too: {type(error).__name__}: {error}"
+            if hasattr(exc, "add_note"):  # Python 3.11+
+                exc.add_note(note)
 
     def abandon(self) -> None:
         """Stop at once: no record changes from now on, no new file; the image being written may

@@ -22,6 +22,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before any test imports torch
+# Nothing in this suite may reach the Hugging Face Hub: a test that means to exercise the Hub path
+# points HF_ENDPOINT at a closed local port itself (and sets HF_HUB_OFFLINE=0 for that call).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 pytest_plugins = ["recipe_runner.testing"]
 

@@ -228,7 +228,9 @@ def test_an_unreadable_input_fails_the_recipe_before_generation(recipe_runner_cl
     assert fragment in result.err
 
 
-def test_a_url_that_does_not_answer_fails_the_recipe_before_generation(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+def test_a_url_that_does_not_answer_fails_the_recipe_before_generation(recipe_runner_cli, recipe_runner_write_recipe, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # online, and the URL is a closed local port
     result = run_i2i(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, "https://127.0.0.1:9/cat.png")
     assert result.code == 2 and "matrix.images.0: cannot read image 'https://127.0.0.1:9/cat.png'" in result.err
 
