@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .context import BuildContext  # the dataclass lives in a light module (recipe_runner.api exposes it)
-from .errors import RecipeError, RunError
+from .errors import RecipeError, RunError, suggest
 from .loading import LoadedRecipe, problem_at
 from .matrix import SCHEDULER_AXIS, Job
 from .optimizations import Enabled, Unsupported, settle
@@ -139,10 +139,7 @@ def load_components(recipe: Recipe, loaded: LoadedRecipe | None, index: dict[str
 
 
 def _hint(name: str, choices: list[str]) -> str:
-    from .errors import did_you_mean
-
-    close = did_you_mean(name, choices)
-    return f"did you mean {close!r}?" if close else "the pipeline's components: " + ", ".join(choices)
+    return suggest(name, choices, "the pipeline's components: " + ", ".join(choices)) or ""
 
 
 def _torch_dtype(name: str) -> Any:
@@ -246,7 +243,7 @@ def build_schedulers(pipe: Any, base: Any, jobs: list[Job], recipe: Recipe, load
 
 # --- the whole build -------------------------------------------------------------------------------
 
-def prepare(recipe: Recipe, loaded: LoadedRecipe | None, enabled: list[Enabled], *, allow_pickle: bool = False,
+def make_context(recipe: Recipe, loaded: LoadedRecipe | None, enabled: list[Enabled], *, allow_pickle: bool = False,
             trust_remote_code: bool = False, warn: Callable[[str], None] = print) -> BuildContext:
     """Everything decided before loading: device, dtype, location, and each optimization's check."""
     quiet_libraries()

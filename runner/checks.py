@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import Problem, did_you_mean
+from .errors import Problem, suggest
 
 ProblemAt = Callable[..., Problem]  # (key, message, hint=None) -> Problem, e.g. LoadedRecipe.problem
 
@@ -283,8 +283,7 @@ def signature_problems(data: dict[str, Any], problem: ProblemAt, class_name: str
             if name_key in reported_names:
                 continue
             reported_names.add(name_key)
-            close = did_you_mean(name, parameters)
-            hint = f"did you mean {close!r}?" if close else None
+            hint = suggest(name, parameters)
             if name == "strength" and task == "text-to-image":
                 hint = "strength is for image-to-image and inpainting: set model.task"
             problems.append(problem(name_key, f"not a parameter of {class_name}", hint))

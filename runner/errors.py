@@ -19,6 +19,13 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
+def suggest(name: str, candidates: Iterable[str], otherwise: str | None = None, shown: str = "{!r}") -> str | None:
+    """The hint for a misspelled ``name``: ``did you mean 'x'?`` (the candidate written as ``shown``
+    formats it), else ``otherwise``."""
+    close = did_you_mean(name, candidates)
+    return f"did you mean {shown.format(close)}?" if close else otherwise
+
+
 @dataclass
 class Problem:
     """One thing wrong with a recipe: where (file, line, dotted key) and what."""
@@ -58,9 +65,7 @@ class RecipeError(Exception):
     ) -> RecipeError:
         """A single problem; with ``choices`` and ``given``, adds "did you mean ...?"."""
         if hint is None and choices is not None and given is not None:
-            close = did_you_mean(given, choices)
-            if close is not None:
-                hint = f"did you mean {close!r}?"
+            hint = suggest(given, choices)
         return cls([Problem(message, key=key, file=file, line=line, hint=hint)])
 
     def __str__(self) -> str:

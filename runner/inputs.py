@@ -34,7 +34,7 @@ def offline() -> bool:
     return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on") for name in OFFLINE_ENVS)
 
 
-def resolve(recipe_images: dict[str, str], loaded: LoadedRecipe | None) -> dict[str, str]:
+def resolve_sources(recipe_images: dict[str, str], loaded: LoadedRecipe | None) -> dict[str, str]:
     """Each input as written -> an absolute path or an https URL. Raises RecipeError listing every
     missing file or unsupported URL (checked without opening anything: --dry-run does this)."""
     problems: list[Problem] = []

@@ -94,7 +94,7 @@ def local_root(ref: Reference, loaded: LoadedRecipe) -> Path | None:
     return location / ref.subfolder if ref.subfolder else location
 
 
-def resolve(ref: Reference, loaded: LoadedRecipe, hashes: FileHashes) -> dict[str, Any]:
+def resolve_reference(ref: Reference, loaded: LoadedRecipe, hashes: FileHashes) -> dict[str, Any]:
     """The lock entry of one reference, as it is now."""
     entry: dict[str, Any] = {"id": ref.id, "revision": ref.revision}
     if ref.subfolder:
@@ -136,7 +136,7 @@ def loaded_models(recipe: Recipe, loaded: LoadedRecipe, model_revision: str | No
 
 def make_lock(recipe: Recipe, loaded: LoadedRecipe) -> dict[str, Any]:
     hashes = FileHashes()
-    models = {ref.key: resolve(ref, loaded, hashes) for ref in references(recipe, loaded)}
+    models = {ref.key: resolve_reference(ref, loaded, hashes) for ref in references(recipe, loaded)}
     hashes.save()
     return {
         "lock_version": LOCK_VERSION,
@@ -196,7 +196,7 @@ def verify(recipe: Recipe, loaded: LoadedRecipe) -> None:
         if ref.key not in locked:
             problems.append(loaded.problem(f"{ref.key}.id", f"not in the lock file {display_path(path)}: re-lock with recipe-run --lock"))
             continue
-        drift = _describe_drift(ref.key, locked[ref.key], resolve(ref, loaded, hashes))
+        drift = _describe_drift(ref.key, locked[ref.key], resolve_reference(ref, loaded, hashes))
         if drift:
             problems.append(loaded.problem(f"{ref.key}.id", f"differs from {display_path(path)}: {drift}"))
     hashes.save()

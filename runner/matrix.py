@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Problem, RecipeError, did_you_mean
+from .errors import Problem, RecipeError, suggest
 from .loading import LoadedRecipe, problem_at
 from .recipe import RESERVED_PARAMS, Recipe
 
@@ -117,9 +117,8 @@ def _check(recipe: Recipe, loaded: LoadedRecipe | None) -> list[Problem]:
             continue
         for name in names:
             if name not in declared:
-                close = did_you_mean(name, declared)
                 fail(key, f"placeholder {{{name}}} is not declared in [matrix.vars]",
-                     f"did you mean {{{close}}}?" if close else f"add matrix.vars.{name} = [...]")
+                     suggest(name, declared, f"add matrix.vars.{name} = [...]", shown="{{{}}}"))
             used.add(name)
     for name in sorted(declared - used):
         fail(f"matrix.vars.{name}", "declared but no prompt uses it: write {" + name + "} in a prompt")

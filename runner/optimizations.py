@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import Problem, RecipeError, did_you_mean
+from .errors import Problem, RecipeError, suggest
 
 # The order optimizations are applied in: declared, not accidental.
 STAGES = ("load", "components", "memory", "attention", "layout", "compile")
@@ -168,9 +168,8 @@ class Registry:
                 if broken:
                     problems.append(problem(key, f"the plugin {broken[0]!r} failed to load: {self.broken[broken[0]]}"))
                     continue
-                close = did_you_mean(name, self.optimizations)
-                hint = f"did you mean {close!r}?" if close else "see recipe-run --list-plugins"
-                problems.append(problem(key, "unknown optimization", hint))
+                problems.append(problem(key, "unknown optimization",
+                                        suggest(name, self.optimizations, "see recipe-run --list-plugins")))
                 continue
             if value is False:
                 continue

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checks, pipeline_info
-from .errors import Problem, RecipeError, did_you_mean
+from .errors import Problem, RecipeError, suggest
 from .loading import LoadedRecipe, problem_at
 from .pipeline_info import ModelInfo
 
@@ -46,10 +46,9 @@ def find_model(recipe: Any, loaded: LoadedRecipe | None) -> Found:
     if model_id.startswith("tiny:"):
         kind = model_id[len("tiny:"):]
         if kind not in pipeline_info.TINY_CLASSES:
-            close = did_you_mean(f"tiny:{kind}", [f"tiny:{k}" for k in pipeline_info.TINY_CLASSES])
-            known = ", ".join(f"tiny:{k}" for k in pipeline_info.TINY_CLASSES)
-            return Found(None, [problem_at(loaded, key, f"unknown tiny pipeline {model_id!r}; known: {known}",
-                                           f"did you mean {close!r}?" if close else None)])
+            known = [f"tiny:{k}" for k in pipeline_info.TINY_CLASSES]
+            return Found(None, [problem_at(loaded, key, f"unknown tiny pipeline {model_id!r}; known: {', '.join(known)}",
+                                           suggest(f"tiny:{kind}", known))])
         return Found(pipeline_info.tiny_info(kind))
     folder = loaded.origin(key).folder if loaded else Path.cwd()
     candidate = (folder / Path(model_id).expanduser()).resolve()
@@ -90,9 +89,8 @@ def scheduler_problems(jobs: Sequence[Any], recipe: Any, loaded: LoadedRecipe | 
     for key, spec in specs:
         name = spec["name"]
         if name not in known:
-            close = did_you_mean(name, known)
             problems.append(problem_at(loaded, key, f"unknown scheduler {name!r}",
-                                       f"did you mean {close!r}?" if close else "see diffusers' schedulers"))
+                                       suggest(name, known, "see diffusers' schedulers")))
             continue
         accepted = pipeline_info.parameters(name, "__init__")
         if accepted is None:
@@ -101,9 +99,7 @@ def scheduler_problems(jobs: Sequence[Any], recipe: Any, loaded: LoadedRecipe | 
             okey = f"scheduler.options.{option}" if key == "scheduler.name" else key
             declared = accepted.get(option)
             if declared is None:
-                close = did_you_mean(option, accepted)
-                problems.append(problem_at(loaded, okey, f"{name} has no option {option!r}",
-                                           f"did you mean {close!r}?" if close else None))
+                problems.append(problem_at(loaded, okey, f"{name} has no option {option!r}", suggest(option, accepted)))
                 continue
             message = checks.type_message(value, declared.type, f"as {name} declares")
             if message is not None:

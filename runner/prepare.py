@@ -86,7 +86,7 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
         enabled = []
     keys = inputs_mod.inputs_of(recipe.matrix)
     try:
-        resolved = inputs_mod.resolve(keys, loaded)
+        resolved = inputs_mod.resolve_sources(keys, loaded)
     except RecipeError as exc:
         problems += exc.problems
         resolved = {}

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_serializer, field_validator
 
-from .errors import Problem, RecipeError, did_you_mean
+from .errors import Problem, RecipeError, did_you_mean, suggest
 from .loading import LoadedRecipe
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
@@ -223,8 +223,7 @@ class Recipe(Strict):
         for key in ("x", "y", "z"):
             for i, name in enumerate(getattr(value.grid, key)):
                 if name not in known:
-                    close = did_you_mean(name, known)
-                    hint = f"did you mean {close!r}?" if close else "expected seed, prompt, image, scheduler, a var or an axis"
+                    hint = suggest(name, known, "expected seed, prompt, image, scheduler, a var or an axis")
                     raise ValueError(f"output.grid.{key}.{i}: {name!r} is neither a field of the matrix nor an axis ({hint})")
                 short = name.split(".", 1)[-1]
                 if short in placed:
@@ -340,8 +339,7 @@ def problem_from_pydantic(
         expected = error.get("ctx", {}).get("expected", "")
         message = f"expected {expected}, got {_describe(value)}"
         choices = re.findall(r"'([^']*)'", expected)
-        close = did_you_mean(str(value), choices) if isinstance(value, str) else None
-        hint = f"did you mean {close!r}?" if close else None
+        hint = suggest(value, choices) if isinstance(value, str) else None
     elif kind in _TYPE_NAMES:
         message = f"expected {_TYPE_NAMES[kind]}, got {_describe(value)}"
     elif kind == "value_error":

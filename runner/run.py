@@ -111,7 +111,7 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
     from .provenance import environment_extras
 
     recipe, loaded = prepared.recipe, prepared.loaded
-    ctx = build.prepare(recipe, loaded, prepared.enabled, allow_pickle=options.allow_pickle,
+    ctx = build.make_context(recipe, loaded, prepared.enabled, allow_pickle=options.allow_pickle,
                         trust_remote_code=options.trust_remote_code, warn=options.warn)
     dist = distributed.detect(ctx.device)
     ctx.device = dist.device(ctx.device)
@@ -141,7 +141,7 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
     return Started(ctx, dist, built, images, manifest, writer)
 
 
-def execute(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None = None) -> dict[str, Any]:
+def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None = None) -> dict[str, Any]:
     """Build (or reuse) the pipeline, resume from what the output folder holds, generate this
     process's share of the pending batches, write images, manifest, grid and gallery. Under a
     launcher, rank 0 merges the ranks' manifests. Returns the manifest (the merged one on rank 0)."""
@@ -271,5 +271,5 @@ class Session:
         before_loading(todo)
         with graceful():  # first Ctrl-C: finish writing, flush the manifest, exit 130; second: at once
             for item in todo:
-                manifests.append(execute(item, self.plugins, self.options, self.cache))
+                manifests.append(run_recipe(item, self.plugins, self.options, self.cache))
         return manifests

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from . import tiny
-from .errors import Problem, RecipeError, did_you_mean
+from .errors import Problem, RecipeError, suggest
 from .loading import LoadedRecipe, problem_at
 from .paths import locate
 from .recipe import Recipe
@@ -87,10 +87,10 @@ def check_sources(recipe: Recipe, loaded: LoadedRecipe, *, allow_pickle: bool) -
     for key, model_id, subfolder in targets:
         if model_id.startswith(tiny.MODEL_ID_PREFIX):
             kind = model_id[len(tiny.MODEL_ID_PREFIX):]
-            if kind not in tiny.KINDS:
-                close = did_you_mean(kind, tiny.KINDS)
-                problems.append(problem_at(loaded, key, f"unknown tiny pipeline kind {kind!r}; known kinds: {', '.join(tiny.KINDS)}",
-                                           f"did you mean 'tiny:{close}'?" if close else None))
+            known = [f"tiny:{k}" for k in tiny.KINDS]
+            if kind not in tiny.KINDS and key != "model.id":  # the model's kind: checked with its class (preflight)
+                problems.append(problem_at(loaded, key, f"unknown tiny pipeline {model_id!r}; known: {', '.join(known)}",
+                                           suggest(model_id, known)))
             continue  # built here, in safetensors
         try:
             location = Path(locate(model_id, loaded.origin(key).folder, key, loaded))

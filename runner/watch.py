@@ -230,7 +230,7 @@ class WatchSession:
         """Prepare, release what no recipe uses, run every recipe. An invalid edit or a failure is
         printed, never raised (the session goes on); KeyboardInterrupt is raised (exit 130)."""
         from .interrupts import graceful
-        from .run import ModelCache, execute, model_key
+        from .run import ModelCache, model_key, run_recipe
 
         try:
             prepared = self.prepare()
@@ -246,7 +246,7 @@ class WatchSession:
         with graceful():  # first Ctrl-C: finish writing, flush the manifest, exit 130; second: at once
             for item in prepared:
                 try:
-                    execute(item, self.plugins, self.options, self.cache)
+                    run_recipe(item, self.plugins, self.options, self.cache)
                 except RecipeError as exc:
                     _problems(exc)
                 except Exception as exc:  # a failure while running: reported, and the session goes on

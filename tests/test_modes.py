@@ -89,7 +89,7 @@ def test_reproduce_applies_the_remote_code_policy_to_an_embedded_recipe(recipe_r
 
 
 @pytest.mark.parametrize(("model", "expected"), [
-    ('"tiny:sd99"', "model.id: unknown tiny pipeline kind 'sd99'"),
+    ('"tiny:sd99"', "model.id: unknown tiny pipeline 'tiny:sd99'"),
     ('"./models/nothing-here"', "model.id: no such folder"),
     ('"./pickled"', "holds pickled weights only (diffusion_pytorch_model.bin)"),
 ])

@@ -114,7 +114,7 @@ def test_a_run_drawn_on_a_terminal_shows_steps_and_makes_the_same_pixels(recipe_
     """The step callback only reports: the images equal those of a run without a bar."""
     from recipe_runner.plugin_manager import load_plugins
     from recipe_runner.prepare import Options, prepare
-    from recipe_runner.run import execute
+    from recipe_runner.run import run_recipe
 
     recipe = recipe_runner_write_recipe('''
         [model]
@@ -134,7 +134,7 @@ def test_a_run_drawn_on_a_terminal_shows_steps_and_makes_the_same_pixels(recipe_
     folders = {}
     for drawn in (True, False):
         options = Options(out=tmp_path / str(drawn), progress=drawn)
-        execute(prepare(recipe, [], plugins, options), plugins, options)
+        run_recipe(prepare(recipe, [], plugins, options), plugins, options)
         folders[drawn] = tmp_path / str(drawn) / "steps"
     err = capsys.readouterr().err
     assert re.search(r"0/2 images  step [123]/3", err), err  # drawn mid-batch (redraws are throttled)
