@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import hookimpl
+from .build import read_model_index
 from .context import BuildContext
 from .errors import did_you_mean
 from .matrix import Job, expand
@@ -50,7 +51,6 @@ def model_index(location: str, revision: str | None = None) -> dict[str, Any]:
     """The pipeline's ``model_index.json`` as a dict (which class each component has), for a local
     folder or a Hub id (``context.location``, ``context.recipe.model.revision``), read the way the
     runner reads it. Imports diffusers; a config that cannot be read is a ``RunError``."""
-    from .build import read_model_index  # build is not loaded on the light paths that load plugins
 
     return read_model_index(location, revision)
 

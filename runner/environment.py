@@ -9,6 +9,8 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from recipe_runner import __version__
+
 
 def _version(dist: str) -> str | None:
     version = getattr(sys.modules.get(dist), "__version__", None)  # already imported: no metadata scan
@@ -33,7 +35,6 @@ def device_name(device: str) -> str:
 def describe(device: str, dtype: str, generator_device: str, deterministic: bool) -> dict[str, Any]:
     import torch
 
-    from recipe_runner import __version__
 
     return {
         "recipe_runner": __version__,

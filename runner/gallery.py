@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import refresh
+from .grid import grid_config, sheets_for
 from .jobfields import Described, describe, scheduler_label, short_name, value_text
+from .paths import atomic_write
 
 if TYPE_CHECKING:
     from .grid import Sheet
@@ -271,8 +273,6 @@ def write_gallery(folder: Path, manifest: Mapping[str, Any]) -> Path:
     sheets it shows are those the recipe's grid makes, when they are on disk."""
     from PIL import Image
 
-    from .grid import grid_config, sheets_for
-    from .paths import atomic_write
 
     size = None
     first = next((r for r in manifest.get("images") or [] if r.get("status") == "done"), None)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .jobfields import Described, canonical, describe, job_label, shorten
+from .paths import atomic_write
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -430,7 +431,6 @@ def make_grid(folder: Path, manifest: Mapping[str, Any] | Sequence[dict[str, Any
     remove the sheets of earlier layouts; returns the paths written (none without images)."""
     import io
 
-    from .paths import atomic_write
 
     written: list[Path] = []
     for sheet in sheets_for(folder, _manifest(manifest)):

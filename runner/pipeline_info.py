@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import tiny
 from .checks import ANY, BOOL, FLOAT, INT, NONE, STR, Parameter, T, from_default, union
 
 # The tiny pipelines' classes, so a tiny model not built yet is checked too (tiny.py builds them).
@@ -77,7 +78,6 @@ def from_folder(folder: Path, config: Any = None) -> ModelInfo | None:
 
 
 def tiny_info(kind: str) -> ModelInfo:
-    from . import tiny
 
     folder = tiny.cached_path(kind)  # ValueError for an unknown kind
     found = from_folder(folder) if folder.is_dir() else None

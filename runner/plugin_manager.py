@@ -16,6 +16,8 @@ from typing import Any
 
 import pluggy
 
+from recipe_runner import __version__
+
 from . import hookspecs
 from .optimizations import Optimization, Registry
 
@@ -105,7 +107,6 @@ def load_plugins(extra_modules: tuple[str, ...] | list[str] = ()) -> Plugins:
     pm.add_hookspecs(hookspecs)
     infos: list[PluginInfo] = []
 
-    from recipe_runner import __version__
 
     for module_name in BUILTIN:
         info = PluginInfo(module_name.rsplit(".", 1)[-1], "built-in", module_name, "recipe-runner", __version__)

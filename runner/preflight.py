@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import checks, pipeline_info
+from . import checks, inputs, pipeline_info
 from .errors import Problem, RecipeError, suggest
 from .loading import LoadedRecipe, problem_at
 from .pipeline_info import ModelInfo
@@ -251,7 +251,6 @@ HUB_ADVICE = ("pre-download it where the Hub is reachable with `hf download {rep
 def fetch_hub_info(repo: str, revision: str | None, loaded: LoadedRecipe | None) -> ModelInfo | None:
     """Download a Hub model's model_index.json and small configs (into the Hub cache). A Hub that
     cannot be reached is a fast RecipeError saying so, and how to pre-download the model."""
-    from . import inputs
 
     try:
         from huggingface_hub import hf_hub_download

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from .loading import LoadedRecipe
+from .plugin_checks import records
 
 _SNAPSHOT = re.compile(r"snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)")
 
@@ -24,7 +25,6 @@ def model_revision(pipe: Any, requested: str | None) -> str | None:
 def environment_extras(pipe: Any, loaded: LoadedRecipe, location: str, plugins: Any = None) -> dict[str, Any]:
     """``plugins`` (a plugin_manager.Plugins): its third-party plugins, loaded or failed, are recorded
     (name, version, source, module, error) so that an image says which plugins made it."""
-    from .plugin_checks import records
 
     recipe_file = loaded.path.resolve()
     return {

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .paths import atomic_write
+
 STAMP_FILE = "gallery-stamp.js"
 INTERVAL_MS = 2000
 MARK = '<script id="recipe-runner-refresh">'
@@ -82,7 +84,6 @@ def write_stamp(folder: Path, page: str) -> Path | None:
     """Write ``folder/gallery-stamp.js`` for the page just written there (when live); its path."""
     if not is_live():
         return None
-    from .paths import atomic_write
 
     path = folder / STAMP_FILE
     atomic_write(path, f"window.recipeRunnerStamp = {json.dumps(stamp_of_page(page))};\n".encode())

@@ -27,9 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import environment
 from .errors import RecipeError, RunError
+from .execute import Execution
 from .loading import load_data
+from .outputs import read_embedded
+from .plan import Batch
+from .plugin_checks import missing
 from .plugin_manager import Plugins
+from .prepare import Options, prepare_loaded
+from .progress import Progress
+from .run import ModelCache, start
 
 RECORDED_LIBRARIES = ("torch", "diffusers", "transformers")
 
@@ -47,7 +55,6 @@ def read(image: Path) -> Embedded:
     """The recipe, job and environment embedded in ``image``; RecipeError (exit 2) without them."""
     from PIL import UnidentifiedImageError
 
-    from .outputs import read_embedded
 
     shown = str(image)
     if not image.is_file():
@@ -140,13 +147,6 @@ def _reproduce(image: Path, embedded: Embedded, loaded: Any, plugins: Plugins, s
                trust_remote_code: bool, warn: Callable[[str], None]) -> Outcome:
     import torch
 
-    from . import environment
-    from .execute import Execution
-    from .plan import Batch
-    from .plugin_checks import missing
-    from .prepare import Options, prepare_loaded
-    from .progress import Progress
-    from .run import ModelCache, start
 
     options = Options(out=scratch, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                       progress=False, warn=warn)

@@ -1,6 +1,9 @@
-"""Running a prepared recipe (see :mod:`recipe_runner.prepare`): build, generate, write.
+"""Running prepared recipes (see :mod:`recipe_runner.prepare`): a :class:`Session` runs every
+recipe of an invocation: a recipe with nothing to do is said so without importing torch; the
+others are resumed (:mod:`recipe_runner.resume`), built (sharing loaded pipelines through a
+:class:`ModelCache`), generated, written, and summarised.
 
-Several recipes in one invocation share loaded pipelines through a :class:`ModelCache`.
+Light at import (every module it imports keeps torch and diffusers inside its functions).
 """
 
 from __future__ import annotations
@@ -11,23 +14,33 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from . import build, distributed, environment
 from . import inputs as inputs_mod
+from .build import Built
+from .context import BuildContext
+from .distributed import Dist
 from .errors import RecipeError
+from .execute import Execution
+from .gallery import write_gallery
+from .grid import make_grid
+from .interrupts import critical, graceful
+from .journal import Journal
+from .keys import Keys, common_identity
 from .loading import display_path
+from .lock import loaded_models
+from .manifest import Manifest
 from .optimizations import Enabled
+from .outputs import EXTENSIONS, Writer
 from .plan import initial_batch_size
 from .plugin_manager import Plugins
+from .preflight import before_loading
 from .prepare import Options, Prepared
+from .progress import Progress
+from .provenance import environment_extras
 from .recipe import Recipe
-
-if TYPE_CHECKING:  # heavy or run-only modules: imported when a run starts, not for --dry-run
-    from .build import Built
-    from .context import BuildContext
-    from .distributed import Dist
-    from .manifest import Manifest
-    from .outputs import Writer
+from .resume import peek, remove_leftovers, resume
 
 # --- running ---------------------------------------------------------------------------------------
 
@@ -51,7 +64,6 @@ class ModelCache:
     derived: int = 0
 
     def get(self, prepared: Prepared, plugins: Plugins, ctx: BuildContext, key: str) -> Built:
-        from . import build
 
         recipe, loaded, task = prepared.recipe, prepared.loaded, prepared.recipe.model.task
         by_task = self.entries.setdefault(key, {})
@@ -105,10 +117,6 @@ class Started:
 def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache) -> Started:
     """Everything before the first batch, shared by runs and --reproduce: device and dtype, the
     weight and input checks, the (possibly shared) pipeline, the output folder, manifest and writer."""
-    from . import build, distributed, environment
-    from .manifest import Manifest
-    from .outputs import EXTENSIONS, Writer
-    from .provenance import environment_extras
 
     recipe, loaded = prepared.recipe, prepared.loaded
     ctx = build.make_context(recipe, loaded, prepared.enabled, allow_pickle=options.allow_pickle,
@@ -145,16 +153,6 @@ def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: Mo
     """Build (or reuse) the pipeline, resume from what the output folder holds, generate this
     process's share of the pending batches, write images, manifest, grid and gallery. Under a
     launcher, rank 0 merges the ranks' manifests. Returns the manifest (the merged one on rank 0)."""
-    from . import distributed
-    from .execute import Execution
-    from .gallery import write_gallery
-    from .grid import make_grid
-    from .interrupts import critical
-    from .journal import Journal
-    from .keys import Keys, common_identity
-    from .lock import loaded_models
-    from .progress import Progress
-    from .resume import remove_leftovers, resume
 
     recipe = prepared.recipe
     started = start(prepared, plugins, options, cache if cache is not None else ModelCache())
@@ -229,7 +227,6 @@ def up_to_date(prepared: Prepared, plugins: Plugins, options: Options) -> dict[s
     :func:`recipe_runner.resume.peek`): say so and return the folder's manifest; else None."""
     import os
 
-    from .resume import peek
 
     if options.force or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return None
@@ -257,8 +254,6 @@ class Session:
         """Run every recipe: those with nothing to do are said so without importing torch; the
         others are checked against their pipeline classes, all of them before the first image of
         the first one, then generated. A first Ctrl-C finishes writing and flushes the manifest."""
-        from .interrupts import graceful
-        from .preflight import before_loading
 
         manifests: list[dict[str, Any]] = []
         todo = []

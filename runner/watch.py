@@ -36,10 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import inputs as inputs_mod
+from . import refresh
 from .errors import RecipeError, RunError
+from .interrupts import graceful
 from .loading import display_path, load
 from .plugin_manager import Plugins
 from .prepare import Options, Prepared, prepare_loaded
+from .run import ModelCache, model_key, run_recipe
 
 STEP_MS = 150  # a burst of saves ends after this long without another
 DEBOUNCE_MS = 1600  # and is cut after this long at most
@@ -192,7 +196,6 @@ class WatchSession:
 
     def prepare(self) -> list[Prepared]:
         """Load and prepare every recipe (RecipeError listing every problem), recording what each reads."""
-        from . import inputs as inputs_mod
 
         problems = []
         prepared = []
@@ -229,8 +232,6 @@ class WatchSession:
     def round(self) -> None:
         """Prepare, release what no recipe uses, run every recipe. An invalid edit or a failure is
         printed, never raised (the session goes on); KeyboardInterrupt is raised (exit 130)."""
-        from .interrupts import graceful
-        from .run import ModelCache, model_key, run_recipe
 
         try:
             prepared = self.prepare()
@@ -262,7 +263,6 @@ def watch(paths: list[Path], sets: list[str], plugins: Plugins, options: Options
           watcher: Watcher | None = None, rounds: int | None = None) -> int:
     """Run the recipes, then again on every change, until Ctrl-C (KeyboardInterrupt: exit 130).
     ``rounds`` stops after that many rounds (tests); returns 0 then."""
-    from . import refresh
 
     missing = [p for p in paths if not p.is_file()]
     if missing:  # a folder that does not exist cannot be watched; a file that does may later fail to parse

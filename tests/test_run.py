@@ -206,7 +206,8 @@ def test_dry_run_of_every_recipe_imports_neither_torch_nor_diffusers():
     import subprocess
 
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+                          # online, as on a user's machine (a dry run reads no URL and fetches nothing)
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "0"})
     assert proc.returncode == 0, proc.stderr
     for name in ("warrior", "sdxl-batch", "sdxl-img2img", "tiny"):
         assert f"\n{name}  (" in "\n" + proc.stdout
