@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import Problem, RecipeError, suggest
+from .recipe import problem_from_pydantic
 
 # The order optimizations are applied in: declared, not accidental.
 STAGES = ("load", "components", "memory", "attention", "layout", "compile")
@@ -156,7 +157,6 @@ class Registry:
 
         ``problem(key, message, hint)`` turns a dotted key into a located Problem.
         """
-        from .recipe import problem_from_pydantic  # local: recipe imports nothing from here
 
         problems: list[Problem] = []
         enabled: list[Enabled] = []

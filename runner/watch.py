@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from . import inputs as inputs_mod
-from . import refresh
+from . import lock, refresh
 from .errors import RecipeError, RunError
 from .interrupts import graceful
 from .loading import display_path, load
@@ -221,8 +221,6 @@ class WatchSession:
             raise RecipeError.one(f"several recipes write to the same output folder {duplicated[0]!r}: "
                                   "give them distinct names", file="recipe-run")
         if self.locked:
-            from . import lock
-
             for item in prepared:
                 lock.verify(item.recipe, item.loaded)
         if self.check is not None:
