@@ -279,3 +279,30 @@ def test_readme_install_claim_is_honest():
     readme = (REPO / "README.md").read_text()
     assert "https://download.pytorch.org/whl/cpu" in readme
     assert "pip install torch==2.13.0 && pip install -e ." in readme  # the two commands still work here
+
+
+def test_the_diffusers_class_index_is_remembered_per_installed_diffusers(tmp_path, monkeypatch):
+    """Reading call parameters without importing diffusers scans its source once (about 0.3 s);
+    later dry runs read the remembered index from the cache folder instead."""
+    from pathlib import Path
+
+    from recipe_runner import pipeline_info
+
+    monkeypatch.setenv("RECIPE_RUNNER_CACHE", str(tmp_path / "cache"))
+    pipeline_info._classes_in.cache_clear()
+    scanned = pipeline_info._classes_in("schedulers")
+    assert scanned["DPMSolverMultistepScheduler"].name == "scheduling_dpmsolver_multistep.py"
+    (remembered,) = (tmp_path / "cache" / "diffusers-source").glob("schedulers-*.json")
+    pipeline_info._classes_in.cache_clear()
+
+    def no_scan(self, pattern):
+        raise AssertionError("scanned again")
+
+    monkeypatch.setattr(Path, "rglob", no_scan)
+    assert pipeline_info._classes_in("schedulers") == scanned
+    remembered.write_text("not json")  # a broken index is scanned again, not trusted
+    pipeline_info._classes_in.cache_clear()
+    monkeypatch.undo()
+    monkeypatch.setenv("RECIPE_RUNNER_CACHE", str(tmp_path / "cache"))
+    assert pipeline_info._classes_in("schedulers") == scanned
+    pipeline_info._classes_in.cache_clear()
