@@ -1,8 +1,8 @@
 """``manifest.json`` as a typed record: the resolved recipe, the environment, the optimizations'
-outcomes, the timings, one record per job and the stale files.
+outcomes, the timings, one record per job and where this run moved the images it replaced.
 
 Built whole at the start of a run (:meth:`Manifest.for_jobs`); changed only through its methods
-(a job placed in its batch, written, kept from an earlier run, files found stale, timings);
+(a job placed in its batch, written, kept from an earlier run, the images it replaced, timings);
 written by :meth:`Manifest.save` (atomically). The JSON on disk is a user-facing contract: its
 keys and their order are those of :meth:`Manifest.to_json` and :meth:`ImageRecord.to_json`.
 Light module: no torch.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ MANIFEST_NAME = "manifest.json"
 @dataclass
 class ImageRecord:
     """One job's entry in ``images``: what it is, its planned batch and key, and its file's state
-    (``status``: pending, done, or stale: a file made by another job is kept and described)."""
+    (``status``: pending or done)."""
 
     file: str
     index: int
@@ -59,29 +59,12 @@ class ImageRecord:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-@dataclass
-class Stale:
-    """An existing file no job of this run makes as it is: why, and how it was made (``made``:
-    index, key, sha256 and batch fields when known), so that a later run can still recognise it."""
-
-    file: str
-    reason: str
-    made: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Stale:
-        return cls(data["file"], data["reason"], {k: v for k, v in data.items() if k not in ("file", "reason")})
-
-    def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "reason": self.reason, **self.made}
-
-
 class Manifest:
     """``manifest.json`` (or a rank's partial manifest under a launcher, at ``path``)."""
 
     def __init__(self, folder: Path, recipe: dict[str, Any], environment: dict[str, Any], images: list[ImageRecord],
                  *, path: Path | None = None, optimizations: dict[str, dict[str, Any]] | None = None,
-                 timings: dict[str, Any] | None = None, stale: list[Stale] | None = None):
+                 timings: dict[str, Any] | None = None):
         self.folder = folder
         self.path = path or folder / MANIFEST_NAME
         self.recipe = recipe
@@ -89,7 +72,6 @@ class Manifest:
         self.optimizations: dict[str, dict[str, Any]] = optimizations if optimizations is not None else {}
         self.timings: dict[str, Any] = timings if timings is not None else {}
         self.images = images
-        self.stale = stale  # None until the folder's earlier state was looked at (no "stale" key then)
         self.history: str | None = None  # where this run moved the images it replaced
         self.replaced: list[dict[str, str]] = []
 
@@ -105,11 +87,13 @@ class Manifest:
     def load(cls, path: Path) -> Manifest:
         """A manifest written by :meth:`save` (ValueError or OSError when it is not readable)."""
         data = json.loads(path.read_text(encoding="utf-8"))
-        stale = data.get("stale")
-        return cls(path.parent, data["recipe"], data["environment"],
-                   [ImageRecord.from_json(r) for r in data["images"]], path=path,
-                   optimizations=data.get("optimizations"), timings=data.get("timings"),
-                   stale=None if stale is None else [Stale.from_json(s) for s in stale])
+        manifest = cls(path.parent, data["recipe"], data["environment"],
+                       [ImageRecord.from_json(r) for r in data["images"]], path=path,
+                       optimizations=data.get("optimizations"), timings=data.get("timings"))
+        history = data.get("history")
+        if isinstance(history, dict):
+            manifest.set_history(history.get("folder"), [(r["file"], r["reason"]) for r in history.get("replaced") or []])
+        return manifest
 
     # --- the jobs' records --------------------------------------------------------------------
 
@@ -150,18 +134,6 @@ class Manifest:
         self.history = folder
         self.replaced = [{"file": name, "reason": reason} for name, reason in replaced]
 
-    def set_stale(self, stale: Iterable[Stale]) -> None:
-        """The files that no job makes as they are: listed, and a job's record whose file is stale
-        keeps describing the file on disk (how it was made), with status "stale"."""
-        self.stale = list(stale)
-        by_file = {s.file: s for s in self.stale}
-        for record in self.images:
-            made = by_file.get(record.file)
-            if made is not None:
-                record.key, record.sha256 = made.made.get("key"), made.made.get("sha256")
-                record.batch, record.batch_size = made.made.get("batch"), made.made.get("batch_size")
-                record.batch_jobs, record.status = made.made.get("batch_jobs"), "stale"
-
     def record_timings(self, load_seconds: float, setup_seconds: float, generate_seconds: float,
                        batches: list[dict[str, Any]]) -> None:
         """This process's timings: loading, optimizations' setup, generation, writing, how long the
@@ -179,7 +151,8 @@ class Manifest:
     # --- on disk ------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        """The manifest as written: recipe, environment, optimizations, timings, images (and stale)."""
+        """The manifest as written: recipe, environment, optimizations, timings, images (and the
+        history folder of the images this run replaced, when it replaced any)."""
         data: dict[str, Any] = {
             "recipe": self.recipe,
             "environment": self.environment,
@@ -187,8 +160,6 @@ class Manifest:
             "timings": self.timings,
             "images": [record.to_json() for record in self.images],
         }
-        if self.stale is not None:
-            data["stale"] = [s.to_json() for s in self.stale]
         if self.history is not None:
             data["history"] = {"folder": self.history, "replaced": self.replaced}
         return data

@@ -200,3 +200,16 @@ def test_the_data_rooms_are_light_and_journal_does_not_need_outputs():
             "[sys.modules.pop(m) for m in list(sys.modules) if m.startswith('recipe_runner')]; "
             "import recipe_runner.journal; assert 'recipe_runner.outputs' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_history_folder_reads_back_with_the_manifest(tmp_path):
+    """A rank's partial manifest names the history folder; the merged manifest keeps it."""
+    manifest = first_run(tmp_path)
+    manifest.set_history("history/2026-12-01T14-03-24Z", [("a.png", "its job changed since it was made")])
+    manifest.save()
+    again = Manifest.load(tmp_path / "manifest.json")
+    assert again.to_json()["history"] == {"folder": "history/2026-12-01T14-03-24Z",
+                                          "replaced": [{"file": "a.png", "reason": "its job changed since it was made"}]}
+    (tmp_path / "plain").mkdir()
+    plain = first_run(tmp_path / "plain")
+    assert "history" not in Manifest.load(plain.path).to_json()
