@@ -14,6 +14,7 @@ temporary recipe-runner cache for the whole session (``recipe_runner_cache``), s
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,22 @@ def run_subprocess(*args: str, cwd: Path | None = None, env: dict | None = None,
     proc = subprocess.run([sys.executable, "-m", "recipe_runner", *map(str, args)], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--allow-file-access-from-files"]
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+
+
+def chromium(profile: Path, *args: str) -> str:
+    """Headless Chromium with a fresh profile folder and no background networking; its stdout."""
+    assert CHROMIUM is not None
+    proc = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
 
 
 def pixels(path: Path) -> np.ndarray:

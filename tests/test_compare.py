@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, pixels
-from tests.test_provenance import CHROMIUM, CHROMIUM_FLAGS, LOAD_CHECK
+from tests.conftest import REPO, chromium, needs_chromium, pixels
+from tests.test_provenance import LOAD_CHECK
 
 BASE = '''
 name = "cmp"
@@ -130,24 +130,18 @@ def test_compare_imports_neither_torch_nor_diffusers(runs, tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "exit 1 False False", proc.stdout + proc.stderr
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+@needs_chromium
 def test_report_renders_in_headless_chromium_with_its_images(runs, recipe_runner_cli, tmp_path):
     report = tmp_path / "report"
     assert recipe_runner_cli("--compare", runs["a"], runs["guidance"], "--out", report).code == 1
 
-    def chromium(*args):
-        proc = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        return proc.stdout
-
     check = report / "index-check.html"
     check.write_text((report / "index.html").read_text().replace("</body>", LOAD_CHECK))
-    dom = chromium("--virtual-time-budget=5000", "--window-size=1200,6000", "--dump-dom", check.as_uri())
+    dom = chromium(tmp_path / "profile", "--virtual-time-budget=5000", "--window-size=1200,6000", "--dump-dom", check.as_uri())
     counts = re.search(r'data-images="(\d+)" data-loaded="(\d+)"', dom)
     assert counts and counts.group(1) == counts.group(2) == "12", dom[-500:]  # A, B, heatmap of 4 pairs
     shot = tmp_path / "shot.png"
-    chromium(f"--screenshot={shot}", "--window-size=1200,1400", (report / "index.html").as_uri())
+    chromium(tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,1400", (report / "index.html").as_uri())
     rendered = pixels(shot)
     assert rendered.std() > 20, "the screenshot is blank"
     colourful = (rendered.max(axis=-1).astype(int) - rendered.min(axis=-1)) > 60

@@ -6,8 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,10 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--allow-file-access-from-files"]
+from tests.conftest import chromium, needs_chromium
 
 
 def synthetic_run(folder: Path, prompts: list[str], seeds: list[int], axes: dict[str, list[Any]] | None = None,
@@ -179,7 +174,7 @@ window.addEventListener("load", function () {
 </script></body>"""
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+@needs_chromium
 def test_gallery_of_1000_images_renders_and_its_filter_narrows_the_cards(tmp_path):
     from recipe_runner.gallery import write_gallery
     from tests.conftest import pixels
@@ -193,17 +188,11 @@ def test_gallery_of_1000_images_renders_and_its_filter_narrows_the_cards(tmp_pat
     text = page.read_text()
     assert text.count('loading="lazy"') == 1000 and not re.search(r'(src|href)="(https?:)?//', text)
 
-    def chromium(*args: str) -> str:
-        proc = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        return proc.stdout
-
     fragments = ["seed=3", "seed=3&guidance_scale=7.0", "q=dog&guidance_scale=9.0", "q=no+such+prompt", ""]
     check = folder / "index-check.html"
     check.write_text(text.replace("</body>", FILTER_CHECK % json.dumps(fragments)))
     began = time.perf_counter()
-    dom = chromium("--virtual-time-budget=5000", "--dump-dom", check.as_uri())
+    dom = chromium(tmp_path / "profile", "--virtual-time-budget=5000", "--dump-dom", check.as_uri())
     render_seconds = time.perf_counter() - began
     results = re.search(r'data-results="([\d,]+)"', dom)
     assert results, dom[-500:]
@@ -211,7 +200,7 @@ def test_gallery_of_1000_images_renders_and_its_filter_narrows_the_cards(tmp_pat
     assert [int(n) for n in results.group(1).split(",")] == [1000, 10, 2, 100, 0, 1000]
     assert "10 of 1000 shown" not in dom  # the counter follows the last filter
     shot = tmp_path / "shot.png"
-    chromium(f"--screenshot={shot}", "--window-size=1200,1400", page.as_uri() + "#seed=7&q=cat")
+    chromium(tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,1400", page.as_uri() + "#seed=7&q=cat")
     rendered = pixels(shot)
     assert rendered.std() > 20, "the screenshot is blank"
     colourful = (rendered.max(axis=-1).astype(int) - rendered.min(axis=-1)) > 60

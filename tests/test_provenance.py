@@ -14,7 +14,7 @@ import pytest
 
 from recipe_runner import hookimpl
 from recipe_runner import plugin_manager as plugins
-from tests.conftest import REPO, image_files, pixels, run_subprocess
+from tests.conftest import REPO, chromium, image_files, needs_chromium, pixels, run_subprocess
 
 VARS_AXES = '''
 [model]
@@ -140,10 +140,6 @@ def test_index_html_lists_every_image_with_its_prompt_seed_vars_and_params(matri
     assert page.count("<dt>num_inference_steps</dt><dd>2</dd>") == 8 + 1  # each job, and the constants said once
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--allow-file-access-from-files"]
 LOAD_CHECK = """<script>
 window.addEventListener("load", function () {
   var imgs = Array.from(document.images);
@@ -154,22 +150,16 @@ window.addEventListener("load", function () {
 </script></body>"""
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+@needs_chromium
 def test_headless_chromium_renders_the_gallery_with_every_image_loaded(matrix_run, tmp_path):
     import re
-
-    def chromium(*args):
-        proc = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        return proc.stdout
 
     # a copy beside the page adds a script that counts loaded images; images are lazy-loaded, so
     # the window is tall enough for all of them to be in view
     check = matrix_run / "index-check.html"
     check.write_text((matrix_run / "index.html").read_text().replace("</body>", LOAD_CHECK))
     try:
-        dom = chromium("--virtual-time-budget=10000", "--window-size=1200,8000", "--dump-dom", check.as_uri())
+        dom = chromium(tmp_path / "profile", "--virtual-time-budget=10000", "--window-size=1200,8000", "--dump-dom", check.as_uri())
     finally:
         check.unlink()
     counts = re.search(r'data-images="(\d+)" data-loaded="(\d+)"', dom)
@@ -177,7 +167,7 @@ def test_headless_chromium_renders_the_gallery_with_every_image_loaded(matrix_ru
     assert counts.group(1) == counts.group(2) == "9"  # grid.png and 8 images
 
     shot = tmp_path / "shot.png"
-    chromium(f"--screenshot={shot}", "--window-size=1200,1600", (matrix_run / "index.html").as_uri())
+    chromium(tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,1600", (matrix_run / "index.html").as_uri())
     rendered = pixels(shot)
     assert rendered.std() > 20, "the screenshot is blank"
     colourful = (rendered.max(axis=-1).astype(int) - rendered.min(axis=-1)) > 60
