@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import tiny
+from .build import choose_dtype
 from .distributed import PARTIAL_GLOB
 from .filehashes import FileHashes
 from .inputs import is_url, read_bytes
@@ -42,7 +43,7 @@ from .lock import loaded_models
 from .manifest import MANIFEST_NAME, Manifest
 from .matrix import Job
 from .outputs import EXTENSIONS, read_embedded
-from .paths import atomic_write, sha256_file
+from .paths import atomic_write
 from .plan import Batch, plan
 
 if TYPE_CHECKING:
@@ -172,9 +173,12 @@ def read_previous(folder: Path) -> Previous:
 
 
 def resume(manifest: Manifest, jobs: Sequence[Job], keys: Keys, batch_size: int, batch_setting: int | str,
-           *, force: bool = False) -> ResumeState:
+           *, force: bool = False, hashes: FileHashes | None = None) -> ResumeState:
     """Merge what ``manifest.folder`` holds with the jobs of a new run whose manifest is ``manifest``
-    (its records name each job's file). ``force``: every job is regenerated (its file replaced)."""
+    (its records name each job's file). ``force``: every job is regenerated (its file replaced).
+    Existing files are hashed through ``hashes`` (remembered by size, times and inode), so a re-run
+    does not read every finished image again."""
+    hashes = hashes if hashes is not None else FileHashes()
     folder, files = manifest.folder, manifest.files()
     previous = read_previous(folder)
     records = previous.records
@@ -189,14 +193,14 @@ def resume(manifest: Manifest, jobs: Sequence[Job], keys: Keys, batch_size: int,
         key = keys.of(job)
         reason = "--force" if force else None
         if reason is None and record.get("status") == "done" and record.get("key") == key:
-            sha256 = sha256_file(path)
+            sha256 = hashes.sha256(path)
             if record.get("sha256") == sha256:
                 state.done[job.index] = sha256
                 state.made[job.index] = record
                 continue
             reason = "changed on disk since it was written"
         elif reason is None and not record and _embedded_key(path) == key:
-            state.done[job.index] = sha256_file(path)  # written just before a crash, before its journal line
+            state.done[job.index] = hashes.sha256(path)  # written just before a crash, before its journal line
             continue
         state.pending.add(job.index)
         state.regenerated.add(job.index)
@@ -207,6 +211,7 @@ def resume(manifest: Manifest, jobs: Sequence[Job], keys: Keys, batch_size: int,
             state.replaced.append(Replaced(name, "no job of this recipe makes it any more", record))
     honoured = previous.batch_setting == batch_setting and not force
     state.batches = _batches(jobs, files, keys, batch_size, records if honoured else {}, state.pending)
+    hashes.save()
     old_files = _old_files(records)
     now = {name: i for i, name in enumerate(files)}
     state.made = {i: _made(state.made.get(i, {}), old_files, now) for i in state.done}
@@ -308,6 +313,7 @@ class Peek:
     new: int
     regenerate: int
     unchanged: int
+    manifest: dict[str, Any] | None = None  # the folder's manifest.json as read (None: there is none)
 
     @property
     def nothing_to_do(self) -> bool:
@@ -317,7 +323,7 @@ class Peek:
         return f"{self.new} new, {self.regenerate} to regenerate, {self.unchanged} unchanged"
 
 
-def peek(prepared: Prepared, hashes: FileHashes | None = None, *, force: bool = False) -> Peek | None:
+def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
     """What a run would do, without importing torch or loading a model: the jobs' keys computed
     with what the folder's last run recorded about its environment (device, dtype, the Hub commit
     loaded, which optimizations applied), files checked by size and times through the remembered
@@ -334,7 +340,7 @@ def peek(prepared: Prepared, hashes: FileHashes | None = None, *, force: bool = 
     device, dtype = env.get("device"), env.get("dtype")
     if not isinstance(device, str) or not isinstance(dtype, str) or int(env.get("world_size") or 1) != 1:
         return None
-    if recipe.model.device not in ("auto", device) or _expected_dtype(recipe.model.dtype, device) != dtype:
+    if recipe.model.device not in ("auto", device) or choose_dtype(recipe.model.dtype, device, _silent) != dtype:
         return None
     if any(value.startswith("tiny:") and not _tiny_built(value) for value in _model_ids(recipe)):
         return None
@@ -357,20 +363,17 @@ def peek(prepared: Prepared, hashes: FileHashes | None = None, *, force: bool = 
             new += 1
             continue
         record = previous.records.get(name) or {}
-        if (not force and record.get("status") == "done" and record.get("key") == keys.of(job)
+        if (record.get("status") == "done" and record.get("key") == keys.of(job)
                 and record.get("sha256") == hashes.sha256(path)):
             unchanged += 1
         else:
             regenerate += 1
     hashes.save()
-    return Peek(new, regenerate, unchanged)
+    return Peek(new, regenerate, unchanged, old)
 
 
-def _expected_dtype(spec: str | None, device: str) -> str:
-    """The dtype a run on ``device`` uses for ``model.dtype = spec`` (as build.choose_dtype)."""
-    if spec in (None, "auto"):
-        return "float32" if device == "cpu" else "float16"
-    return "float32" if spec == "float16" and device == "cpu" else spec
+def _silent(message: str) -> None:
+    """choose_dtype's warning is the run's to give, not a peek's."""
 
 
 def _model_ids(recipe: Any) -> list[str]:

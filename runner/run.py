@@ -9,6 +9,7 @@ Light at import (every module it imports keeps torch and diffusers inside its fu
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -225,16 +226,13 @@ def where_to_look(out_dir: Path, gallery: bool, history: str | None) -> str:
 def up_to_date(prepared: Prepared, plugins: Plugins, options: Options) -> dict[str, Any] | None:
     """When every job of ``prepared`` is unchanged on disk (decided without torch, see
     :func:`recipe_runner.resume.peek`): say so and return the folder's manifest; else None."""
-    import os
-
-
     if options.force or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return None
     found = peek(prepared)
     if found is None or not found.nothing_to_do:
         return None
     out_dir = prepared.out_dir
-    data: dict[str, Any] = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
+    data: dict[str, Any] = found.manifest or {}
     plugins.hook.run_finished(recipe=prepared.recipe, output_dir=out_dir, manifest=data)
     print(f"{prepared.recipe.name}: {len(prepared.jobs)} images: {found.summary()}; nothing to do, "
           f"nothing loaded -> {display_path(out_dir)}/")
