@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from overhead import table  # bench/ is on sys.path when a bench script runs
+
 REPO = Path(__file__).resolve().parent.parent
 FIRST_SEEDS = 2
 RECIPE = """
@@ -127,12 +129,6 @@ def measure(runs: int, env: dict[str, str], work: Path) -> list[tuple[str, str]]
         ("ratio watch / cold", f"{ratio:.3f}  (target < 0.333); {1 / ratio:.1f}x faster"),
         ("--watch first round (start -> watching)", f"{first:.2f} s"),
     ]
-
-
-def table(title: str, rows: list[tuple[str, str]]) -> str:
-    width = max(len(k) for k, _ in rows)
-    lines = [title, "-" * len(title)] + [f"{k.ljust(width)}  {v}" for k, v in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:
