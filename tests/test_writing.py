@@ -5,7 +5,6 @@ writes (and the same bytes)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -21,26 +20,12 @@ import pytest
 from recipe_runner import hookimpl
 from recipe_runner.writing import SYNC_WRITES_ENV
 from tests.conftest import REPO, image_files, pixels
+from tests.test_resume import RECIPE as LONGRUN
+from tests.test_resume import manifest_of
 
-RECIPE = '''
-[model]
-id = "tiny:sd15"
-device = "cpu"
-[params]
-num_inference_steps = 2
-guidance_scale = 7.5
-[matrix]
-prompts = ["a red fox", "a blue house", "a green tree"]
-seeds = [0, 1]
-[run]
-batch_size = 2
-'''
+RECIPE = LONGRUN.format(batch_size=2)  # 3 prompts x 2 seeds, 3 batches of 2
 
 WAIT = 30.0  # seconds: a hand-shake that never comes fails the test instead of hanging it
-
-
-def manifest_of(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "manifest.json").read_text())
 
 
 def assert_listed_files_are_complete(folder: Path) -> dict[str, Any]:
