@@ -226,7 +226,7 @@ def _main(args: argparse.Namespace) -> int:
         print(outcome.report())
         return EXIT_OK if outcome.identical else EXIT_FAILED
 
-    from .prepare import Options, describe_plan, prepare
+    from .prepare import Options, check_distinct_names, describe_plan, prepare
 
     options = Options(out=args.out if args.out is not None else Path("outputs"), allow_pickle=args.allow_pickle,
                       trust_remote_code=args.trust_remote_code, force=args.force,
@@ -246,11 +246,7 @@ def _main(args: argparse.Namespace) -> int:
             problems += exc.problems
     if problems:
         raise RecipeError(problems)
-    names = [p.recipe.name for p in prepared]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise RecipeError.one(f"several recipes write to the same output folder {duplicated[0]!r}: give them distinct names",
-                              file="recipe-run")
+    check_distinct_names(prepared)
     if mode == "lock":
         from . import lock
 

@@ -103,6 +103,15 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
     return Prepared(loaded, recipe, jobs, enabled, resolved, keys, options.out / recipe.name)
 
 
+def check_distinct_names(prepared: list[Prepared]) -> None:
+    """Recipes of one invocation write to distinct output folders (RecipeError, exit 2)."""
+    names = [p.recipe.name for p in prepared]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise RecipeError.one(f"several recipes write to the same output folder {duplicated[0]!r}: "
+                              "give them distinct names", file="recipe-run")
+
+
 def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
     """The --dry-run text: model, optimizations, plugins, jobs and batches."""
     r = prepared.recipe

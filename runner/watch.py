@@ -42,7 +42,7 @@ from .errors import RecipeError, RunError
 from .interrupts import graceful
 from .loading import display_path, load
 from .plugin_manager import Plugins
-from .prepare import Options, Prepared, prepare_loaded
+from .prepare import Options, Prepared, check_distinct_names, prepare_loaded
 from .run import ModelCache, model_key, run_recipe
 
 STEP_MS = 150  # a burst of saves ends after this long without another
@@ -215,11 +215,7 @@ class WatchSession:
             prepared.append(item)
         if problems:
             raise RecipeError(problems)
-        names = [p.recipe.name for p in prepared]  # as a run checks them (cli._main)
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise RecipeError.one(f"several recipes write to the same output folder {duplicated[0]!r}: "
-                                  "give them distinct names", file="recipe-run")
+        check_distinct_names(prepared)  # as a run checks them
         if self.locked:
             for item in prepared:
                 lock.verify(item.recipe, item.loaded)

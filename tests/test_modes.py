@@ -120,3 +120,12 @@ def test_the_architecture_map_names_every_module_and_no_other():
     assert mapped == modules
     plugins = {p.stem for p in (REPO / "plugins").glob("*.py") if p.stem not in ("__init__", "common")}
     assert all(f"`{name}`" in text for name in plugins)
+
+
+def test_two_recipes_writing_to_one_folder_are_refused(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    first = recipe_runner_write_recipe('name = "same"\n' + TINY, "a.toml")
+    second = recipe_runner_write_recipe('name = "same"\n' + TINY, "b.toml")
+    for mode in (["--dry-run"], []):
+        result = recipe_runner_cli(*mode, first, second, "--out", tmp_path / "out")
+        assert result.code == 2 and "several recipes write to the same output folder 'same'" in result.err
+    assert not (tmp_path / "out").exists()
