@@ -33,6 +33,16 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
     pipe.enable_attention_slicing(settings.slice_size)
 
 
+def switch(pipe: Any, old: Settings | None, new: Settings | None, context: BuildContext) -> None:
+    """On, off, or another slice size on a loaded pipeline: off restores diffusers' default
+    attention processors, as on a pipeline never sliced."""
+    if new is not None:
+        return apply(pipe, new, context)
+    if hasattr(pipe, "disable_attention_slicing"):
+        pipe.disable_attention_slicing()
+    return None
+
+
 @hookimpl
 def register_optimizations():
     return [
@@ -42,6 +52,7 @@ def register_optimizations():
             stage="memory",
             apply=apply,
             check=check,
+            switch=switch,
             description="compute attention in slices: less memory, slightly slower",
         )
     ]

@@ -12,7 +12,8 @@
     name = "pixel"                             # adapter name (default: from the id)
 
 Paths resolve against the folder of the recipe that wrote them. Only safetensors load unless
-``--allow-pickle``. Needs the ``peft`` package. Unfused and fused adapters give the same images
+``--allow-pickle``. A ``lora`` axis (and a ``lora_scale`` axis) switches adapter sets on the loaded
+pipeline with ``set_adapters``: each adapter file loads once per pipeline. Needs the ``peft`` package. Unfused and fused adapters give the same images
 up to float rounding.
 """
 
@@ -84,26 +85,60 @@ def check(settings: Settings, context: BuildContext) -> None:
         source(adapter, index, context)
 
 
-def apply(pipe: Any, settings: Settings, context: BuildContext) -> dict:
+LOADED = "_recipe_runner_adapters"  # on the pipeline: adapter name -> (source, weight_name) loaded under it
+
+
+def load(pipe: Any, settings: Settings, context: BuildContext) -> list[str]:
+    """Load the adapters of ``settings`` not loaded yet (an adapter name loaded from another file
+    is replaced); returns their names."""
     if not hasattr(pipe, "load_lora_weights"):
         raise Unsupported(f"{type(pipe).__name__} cannot load LoRA adapters")
+    loaded: dict[str, tuple[str, str | None]] = getattr(pipe, LOADED, None) or {}
     names = adapter_names(settings)
     for index, (adapter, name) in enumerate(zip(settings.adapters, names)):
+        where = (source(adapter, index, context), adapter.weight_name)
+        if loaded.get(name) == where:
+            continue
+        if name in loaded:
+            pipe.delete_adapters(name)
+            del loaded[name]
         kwargs = {"adapter_name": name, "use_safetensors": not context.allow_pickle}
         if adapter.weight_name:
             kwargs["weight_name"] = adapter.weight_name
         try:
-            pipe.load_lora_weights(source(adapter, index, context), **kwargs)
+            pipe.load_lora_weights(where[0], **kwargs)
         except (OSError, ValueError, KeyError) as exc:
             raise Unsupported(f"adapters[{index}] ({adapter.id}): {str(exc).strip().splitlines()[0]}") from exc
+        loaded[name] = where
+    setattr(pipe, LOADED, loaded)
+    return names
+
+
+def apply(pipe: Any, settings: Settings, context: BuildContext) -> dict:
+    names = load(pipe, settings, context)
     pipe.set_adapters(names, adapter_weights=[a.scale for a in settings.adapters])
     if settings.fuse:
         pipe.fuse_lora(adapter_names=names)
         pipe.unload_lora_weights()  # the LoRA layers are merged into the weights: drop them
+        setattr(pipe, LOADED, {})
     return {"adapters": names}
+
+
+def switch(pipe: Any, old: Settings | None, new: Settings | None, context: BuildContext) -> dict | None:
+    """Another adapter set or other scales on a loaded pipeline (``set_adapters``: adapters loaded
+    once stay loaded, inactive, while the pipeline lives), or none (every adapter unloaded: the
+    pipeline's own weights, exactly). Fused adapters cannot be switched."""
+    if (old is not None and old.fuse) or (new is not None and new.fuse):
+        raise Unsupported("fused adapters are merged into the weights: they cannot be switched")
+    if new is None:
+        if getattr(pipe, LOADED, None):
+            pipe.unload_lora_weights()
+            setattr(pipe, LOADED, {})
+        return None
+    return apply(pipe, new, context)
 
 
 @hookimpl
 def register_optimizations():
-    return [Optimization(name="lora", settings=Settings, stage="components", apply=apply, check=check,
+    return [Optimization(name="lora", settings=Settings, stage="components", apply=apply, check=check, switch=switch,
                          description="LoRA adapters: load, weight (set_adapters), optionally fuse")]

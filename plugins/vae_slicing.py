@@ -29,7 +29,16 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
         raise Unsupported(str(exc)) from exc
 
 
+def switch(pipe: Any, old: Settings | None, new: Settings | None, context: BuildContext) -> None:
+    if new is not None:
+        return apply(pipe, new, context)
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and hasattr(vae, "disable_slicing"):
+        vae.disable_slicing()
+    return None
+
+
 @hookimpl
 def register_optimizations():
-    return [Optimization(name="vae_slicing", settings=Settings, stage="memory", apply=apply,
+    return [Optimization(name="vae_slicing", settings=Settings, stage="memory", apply=apply, switch=switch,
                          description="decode the batch one image at a time: less VAE memory")]

@@ -14,10 +14,11 @@ import inspect
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .axes import axis_kind
 from .context import BuildContext  # the dataclass lives in a light module (recipe_runner.api exposes it)
 from .errors import RecipeError, RunError, suggest
 from .loading import LoadedRecipe, problem_at
@@ -44,6 +45,7 @@ class Built:
     base_scheduler: Any = None  # the scheduler the model came with: from_config reads its config
     load_seconds: float = 0.0  # from_pretrained, components included
     setup_seconds: float = 0.0  # device placement, optimizations, pipeline_ready hooks
+    swapped: dict[str, str] = field(default_factory=dict)  # component name -> what is in it (pipelines.py)
 
     def rebind(self, recipe: Recipe, loaded: LoadedRecipe | None, jobs: list[Job]) -> None:
         """Use this loaded pipeline for another recipe: check its parameters, make its schedulers."""
@@ -114,28 +116,35 @@ def read_model_index(location: str, revision: str | None) -> dict[str, Any]:
 def load_components(recipe: Recipe, loaded: LoadedRecipe | None, index: dict[str, Any], ctx: BuildContext) -> dict[str, Any]:
     """Each ``[components.<name>]``, loaded with the class the pipeline declares for that name."""
     components: dict[str, Any] = {}
-    known = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, (list, tuple))]
     for name, spec in recipe.components.items():
         key = f"components.{name}"
-        entry = index.get(name)
-        if name not in known or not entry or entry[0] is None:
-            raise _error(loaded, key, f"the pipeline has no component {name!r}",
-                         None if not known else _hint(name, known))
-        library, class_name = entry[0], entry[1]
-        module = importlib.import_module(library if library in ("diffusers", "transformers") else f"diffusers.pipelines.{library}")
-        cls = getattr(module, class_name)
         folder = loaded.origin(f"{key}.id").folder if loaded else Path.cwd()
         location = locate(spec.id, folder, f"{key}.id", loaded)
-        dtype = choose_dtype(spec.dtype or ctx.dtype, ctx.device, ctx.warn, f"{key}.dtype")
-        kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "use_safetensors": not ctx.allow_pickle}
-        for option in ("subfolder", "revision", "variant"):
-            if getattr(spec, option) is not None:
-                kwargs[option] = getattr(spec, option)
-        try:
-            components[name] = cls.from_pretrained(location, **kwargs)
-        except Exception as exc:
-            raise RunError(f"{key}: cannot load {spec.id!r} as {class_name}: {_first_line(exc)}") from exc
+        components[name] = load_component(name, spec, location, index, ctx, loaded)
     return components
+
+
+def load_component(name: str, spec: Any, location: str, index: dict[str, Any], ctx: BuildContext,
+                   loaded: LoadedRecipe | None = None) -> Any:
+    """One component (a ``ComponentSpec`` found at ``location``), loaded with the class the
+    pipeline's ``model_index.json`` declares for ``name``, in its dtype (default: the pipeline's)."""
+    key = f"components.{name}"
+    known = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, (list, tuple))]
+    entry = index.get(name)
+    if name not in known or not entry or entry[0] is None:
+        raise _error(loaded, key, f"the pipeline has no component {name!r}", None if not known else _hint(name, known))
+    library, class_name = entry[0], entry[1]
+    module = importlib.import_module(library if library in ("diffusers", "transformers") else f"diffusers.pipelines.{library}")
+    cls = getattr(module, class_name)
+    dtype = choose_dtype(spec.dtype or ctx.dtype, ctx.device, ctx.warn, f"{key}.dtype")
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "use_safetensors": not ctx.allow_pickle}
+    for option in ("subfolder", "revision", "variant"):
+        if getattr(spec, option) is not None:
+            kwargs[option] = getattr(spec, option)
+    try:
+        return cls.from_pretrained(location, **kwargs)
+    except Exception as exc:
+        raise RunError(f"{key}: cannot load {spec.id!r} as {class_name}: {_first_line(exc)}") from exc
 
 
 def _hint(name: str, choices: list[str]) -> str:
@@ -192,7 +201,7 @@ def call_parameters(pipe: Any) -> list[str]:
 def check_parameters(pipe: Any, recipe: Recipe, loaded: LoadedRecipe | None) -> None:
     accepted = call_parameters(pipe)
     names = [(f"params.{k}", k) for k in recipe.params]
-    names += [(f"matrix.axes.{k}", k) for k in recipe.matrix.axes if k != SCHEDULER_AXIS]
+    names += [(f"matrix.axes.{k}", k) for k in recipe.matrix.axes if axis_kind(k) == "params"]
     problems = []
     for key, name in names:
         if name not in accepted:

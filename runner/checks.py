@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .axes import is_build_axis
 from .errors import Problem, suggest
 
 ProblemAt = Callable[..., Problem]  # (key, message, hint=None) -> Problem, e.g. LoadedRecipe.problem
@@ -159,7 +160,7 @@ def parameter_values(data: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
     axes = matrix.get("axes") if isinstance(matrix, dict) else None
     if isinstance(axes, dict):
         for name, values in axes.items():
-            if name == "scheduler" or not isinstance(values, list):
+            if name == "scheduler" or is_build_axis(name) or not isinstance(values, list):
                 continue
             for i, value in enumerate(values):
                 yield f"matrix.axes.{name}.{i}", name, value

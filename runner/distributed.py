@@ -8,6 +8,7 @@ Each rank writes its own images and a partial manifest; after a barrier, rank 0 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,15 +67,39 @@ def detect(device_spec: str) -> Dist:
 
 
 def shard(batches: Sequence[Batch], world_size: int) -> list[list[Batch]]:
-    """Whole batches to ranks, deterministic and balanced by images: each batch, in plan order,
-    goes to the rank with the fewest images so far (the lowest rank on a tie)."""
-    shares: list[list[Batch]] = [[] for _ in range(world_size)]
-    load = [0] * world_size
+    """Whole batches to ranks, deterministic, each rank's in plan order. With a ``model`` axis,
+    whole models go to ranks so that each rank loads as few as it can: with at least as many models
+    as ranks, each model goes whole to the rank with the fewest images so far (largest models
+    first); with fewer, each model gets ranks in proportion to its images and shares its batches
+    among them. Within a set of ranks, each batch goes to the rank with the fewest images so far
+    (the lowest rank on a tie). Batches are never split, so every image comes out of the same batch
+    as in a one-process run."""
+    groups: dict[str, list[Batch]] = {}
     for batch in batches:
-        rank = min(range(world_size), key=lambda r: (load[r], r))
-        shares[rank].append(batch)
-        load[rank] += batch.size
-    return shares
+        groups.setdefault(json.dumps(batch.jobs[0].axes.get("model"), sort_keys=True, default=repr), []).append(batch)
+    members = list(groups.values())
+    if not members:
+        return [[] for _ in range(world_size)]
+    sizes = [sum(b.size for b in g) for g in members]
+    shares: list[list[Batch]] = [[] for _ in range(world_size)]
+    if len(members) >= world_size:
+        load = [0] * world_size
+        for i in sorted(range(len(members)), key=lambda i: -sizes[i]):
+            rank = min(range(world_size), key=lambda r: (load[r], r))
+            shares[rank].extend(members[i])
+            load[rank] += sizes[i]
+    else:
+        ranks: list[list[int]] = [[i] for i in range(len(members))]
+        for rank in range(len(members), world_size):
+            neediest = max(range(len(members)), key=lambda i: (sizes[i] / len(ranks[i]), -i))
+            ranks[neediest].append(rank)
+        for group, its_ranks in zip(members, ranks):
+            images = {r: 0 for r in its_ranks}
+            for batch in group:
+                rank = min(its_ranks, key=lambda r: (images[r], r))
+                shares[rank].append(batch)
+                images[rank] += batch.size
+    return [sorted(share, key=lambda b: b.index) for share in shares]
 
 
 def partial_path(folder: Path, rank: int) -> Path:

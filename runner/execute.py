@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .build import Built, call_parameters
 from .errors import RunError
@@ -24,6 +24,9 @@ from .outputs import Writer
 from .plan import Batch, plan
 from .progress import Progress
 from .writing import Handed, Writes, background_writes, batch_times, writes_for
+
+if TYPE_CHECKING:
+    from .pipelines import Pipelines
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -69,7 +72,7 @@ def denoising_steps(pipe: Any, kwargs: dict[str, Any]) -> int:
 
 @dataclass
 class Execution:
-    built: Built
+    pipelines: Pipelines  # the pipeline each batch's jobs need
     writer: Writer
     hook: Any
     inputs: InputImages | None
@@ -78,27 +81,26 @@ class Execution:
     batch_times: list[dict[str, Any]] = field(default_factory=list)
     background_writes: bool = field(default_factory=background_writes)  # off: RECIPE_RUNNER_SYNC_WRITES=1
 
-    @property
-    def generator_device(self) -> str:
-        setting = self.built.context.recipe.run.generator_device
-        return self.built.context.device if setting == "device" else setting
+    def generator_device(self, built: Built) -> str:
+        setting = built.context.recipe.run.generator_device
+        return built.context.device if setting == "device" else setting
 
-    def call_kwargs(self, batch: Batch) -> dict[str, Any]:
+    def call_kwargs(self, batch: Batch, built: Built) -> dict[str, Any]:
         first = batch.jobs[0]
         kwargs = dict(first.params)
         kwargs["prompt"] = [job.prompt for job in batch.jobs]
         for name in TEMPLATED_PARAMS:  # a str beside a list of prompts is refused by diffusers
             if isinstance(kwargs.get(name), str):
                 kwargs[name] = [job.params[name] for job in batch.jobs]
-        kwargs["generator"] = generators(batch.jobs, self.generator_device)
+        kwargs["generator"] = generators(batch.jobs, self.generator_device(built))
         if self.inputs is not None:
             kwargs.update(self.inputs.for_batch(batch.jobs))
         return kwargs
 
-    def step_callback(self, kwargs: dict[str, Any]) -> None:
+    def step_callback(self, kwargs: dict[str, Any], built: Built) -> None:
         """Move the progress bar with the denoising steps, where the pipeline takes a step callback
         (only when the bar is drawn: the callback returns the tensors it was given, unchanged)."""
-        if not self.progress.enabled or "callback_on_step_end" not in call_parameters(self.built.pipe):
+        if not self.progress.enabled or "callback_on_step_end" not in call_parameters(built.pipe):
             return
         progress = self.progress
 
@@ -109,20 +111,21 @@ class Execution:
         kwargs["callback_on_step_end"] = on_step_end
 
     def generate(self, batch: Batch, only: set[int] | None) -> Handed:
-        """Run the pipeline on ``batch``: its images, ready to hand to the writer."""
-        self.built.use_scheduler(batch.jobs[0])
-        kwargs = self.call_kwargs(batch)
+        """Run the pipeline of ``batch``'s jobs on it: its images, ready to hand to the writer."""
+        built = self.pipelines.use(batch.jobs[0])
+        built.use_scheduler(batch.jobs[0])
+        kwargs = self.call_kwargs(batch, built)
         self.progress.begin_batch(batch.size if only is None else len([j for j in batch.jobs if j.index in only]),
-                                  denoising_steps(self.built.pipe, kwargs))
-        self.step_callback(kwargs)
-        self.hook.before_batch(pipe=self.built.pipe, batch=batch, call_kwargs=kwargs)
+                                  denoising_steps(built.pipe, kwargs))
+        self.step_callback(kwargs, built)
+        self.hook.before_batch(pipe=built.pipe, batch=batch, call_kwargs=kwargs)
         start = time.perf_counter()
-        output = self.built.pipe(**kwargs)
+        output = built.pipe(**kwargs)
         seconds = time.perf_counter() - start
         images = list(output.images)
         if len(images) != batch.size:
             raise RunError(f"the pipeline returned {len(images)} images for a batch of {batch.size}")
-        self.hook.after_batch(pipe=self.built.pipe, batch=batch, images=images)
+        self.hook.after_batch(pipe=built.pipe, batch=batch, images=images)
         mine = None if only is None else {j.index for j in batch.jobs if j.index in only}
         return Handed(batch, images, mine, batch_times(batch, seconds))
 

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .jobfields import Described, canonical, describe, job_label, shorten
+from .axes import is_build_axis
+from .jobfields import Described, canonical, describe, job_label, short_name, shorten
 from .paths import atomic_write
 
 if TYPE_CHECKING:
@@ -72,7 +73,10 @@ def field_names(recipe: Mapping[str, Any]) -> dict[str, str]:
     for name in matrix.get("vars") or {}:
         names[name] = names[f"vars.{name}"] = f"vars.{name}"
     for name in matrix.get("axes") or {}:
-        if name != "scheduler":
+        if is_build_axis(name):
+            names[name] = name
+            names.setdefault(short_name(name), name)  # "vae" for components.vae
+        elif name != "scheduler":
             names[name] = names[f"params.{name}"] = f"params.{name}"
     return names
 

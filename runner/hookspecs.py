@@ -43,7 +43,9 @@ def register_optimizations() -> list[Optimization]:  # type: ignore[empty-body] 
 @hookspec
 def pipeline_ready(pipe: Any, recipe: Recipe, context: BuildContext) -> None:
     """The pipeline is built: weights loaded, components swapped, scheduler set, moved to its
-    device and every optimization applied. Called once per loaded pipeline, before the first batch.
+    device and every optimization applied. Called once per loaded pipeline, before the first batch:
+    once per ``from_pretrained`` (and per ``from_pipe`` for another task), never when a build axis
+    switches the loaded pipeline in place (another component, LoRA set or switchable optimization).
 
     Receives ``pipe`` (the diffusers pipeline; a plugin may wrap or patch it, for example to record
     latents), ``recipe`` (the validated :class:`recipe_runner.api.Recipe`) and ``context`` (a

@@ -18,10 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .axes import is_build_axis, value_label
+
 # Fields of a record about the file and its making, not about the job.
-BOOKKEEPING = frozenset({"file", "index", "status", "sha256", "batch", "batch_size", "batch_jobs", "key", "rank"})
-# Fields that later recipe formats may add to records as axes (model, components, LoRA, ...):
-# taken into a job's identity when present.
+BOOKKEEPING = frozenset({"file", "index", "status", "sha256", "batch", "batch_size", "batch_jobs", "key", "rank",
+                         "seconds"})
+# Record fields of the axes that change the pipeline: ``axes`` holds them by axis name (model,
+# components.<name>, lora, lora_scale, optimizations.<key>); the others are read when present.
 EXTRA_AXES = ("model", "components", "lora", "lora_scale", "optimizations", "axes")
 TEMPLATED = ("prompt", "params.negative_prompt", "params.negative_prompt_2")  # rendered from vars
 
@@ -87,7 +90,9 @@ def fields_of(record: Mapping[str, Any], scheduler: dict[str, Any] | None) -> di
     """The job of one record as ``{dotted field: value}``, in matrix order (outermost first)."""
     fields: dict[str, Any] = {}
     for name in EXTRA_AXES:
-        if record.get(name) is not None:
+        if name == "axes" and isinstance(record.get("axes"), dict):
+            fields.update(record["axes"])  # model, components.<name>, lora, lora_scale, optimizations.<key>
+        elif record.get(name) is not None:
             fields[name] = record[name]
     fields["scheduler"] = scheduler
     for name, value in (record.get("params") or {}).items():
@@ -102,13 +107,16 @@ def fields_of(record: Mapping[str, Any], scheduler: dict[str, Any] | None) -> di
 
 
 def short_name(name: str) -> str:
-    """``params.guidance_scale`` -> ``guidance_scale``; ``vars.who`` -> ``who``."""
-    return name.split(".", 1)[1] if name.startswith(("params.", "vars.")) else name
+    """``params.guidance_scale`` -> ``guidance_scale``; ``vars.who`` -> ``who``;
+    ``components.vae`` -> ``vae``; ``optimizations.attention_slicing`` -> ``attention_slicing``."""
+    return name.split(".", 1)[1] if name.startswith(("params.", "vars.", "components.", "optimizations.")) else name
 
 
 def value_text(name: str, value: Any) -> str:
     if name == "scheduler":
         return scheduler_label(value)
+    if is_build_axis(name):
+        return value_label(name, value)
     if isinstance(value, str):
         return value
     if value is None:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .lock import loaded_models
 from .matrix import Job
 from .optimizations import Enabled
 from .recipe import Recipe
+from .variants import Variant
 
 
 def digest(value: Any) -> str:
@@ -28,18 +30,20 @@ def digest(value: Any) -> str:
 class Keys:
     """Job keys for one recipe run, by job index: everything that decides a job's pixels, hashed.
 
-    A key never depends on the job's position in the matrix or on the other jobs of its batch
-    (batch membership changes kernel rounding only, and the manifest records each image's batch),
-    so adding a seed or a prompt leaves every other job's key alone."""
+    ``commons`` holds the part its variant decides (model, components, optimizations, dtype: see
+    :func:`common_identity`), by variant id (:attr:`Job.variant`). A key never depends on the
+    job's position in the matrix or on the other jobs of its batch (batch membership changes
+    kernel rounding only, and the manifest records each image's batch), so adding a seed, a prompt
+    or a model leaves every other job's key alone."""
 
-    def __init__(self, common: dict[str, Any], jobs: Sequence[Job], input_hashes: dict[str, str]):
-        self.common = common
+    def __init__(self, commons: Mapping[str, dict[str, Any]], jobs: Sequence[Job], input_hashes: dict[str, str]):
+        self.commons = commons
         self.inputs = input_hashes
         self.keys = [self._key(job) for job in jobs]
 
     def _key(self, job: Job) -> str:
         return digest({
-            **self.common,
+            **self.commons[job.variant],
             "scheduler": job.scheduler,
             "params": job.params,
             "prompt": job.prompt,
@@ -69,3 +73,17 @@ def common_identity(recipe: Recipe, dtype: str, enabled: Sequence[Enabled],
         "optimizations": [[e.name, e.settings.model_dump(mode="json")] for e in enabled if e.status != "skipped"],
         "generator_device": recipe.run.generator_device,
     }
+
+
+def job_keys(variants: Sequence[Variant], jobs: Sequence[Job], dtype_of: Callable[[Variant], str],
+             revisions: Mapping[str, str | None], digests: dict[str, str],
+             applied: Callable[[Variant], Sequence[Enabled]] | None = None) -> Keys:
+    """Every job's key: its variant's model (with ``revisions[model id]``, the Hub commit loaded),
+    components, optimizations (those ``applied`` gives; default: not skipped) and dtype
+    (``dtype_of(variant)``), and the job itself (input images by their ``digests``)."""
+    commons = {}
+    for v in variants:
+        enabled = applied(v) if applied is not None else v.enabled
+        commons[v.id] = common_identity(v.recipe, dtype_of(v), enabled,
+                                        loaded_models(v.recipe, v.loaded, revisions.get(v.recipe.model.id)))
+    return Keys(commons, jobs, digests)

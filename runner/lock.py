@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .axes import DEFAULT_COMPONENT, axis_kind
 from .errors import Problem, RecipeError, RunError
 from .filehashes import FileHashes, combined
 from .loading import LoadedRecipe, display_path
@@ -47,12 +48,30 @@ class Reference:
     subfolder: str | None
     folder: Path  # the folder of the file that wrote the id: relative paths resolve against it
 
+    @property
+    def id_key(self) -> str:
+        """The dotted key that wrote the id (an axis value is the id itself, or a table with one)."""
+        return self.key if self.key.startswith("matrix.") else f"{self.key}.id"
+
 
 def references(recipe: Recipe, loaded: LoadedRecipe) -> list[Reference]:
+    """Every model the recipe loads: ``model``, ``components.<name>``, and each value of a
+    ``model`` or ``components.<name>`` axis (``matrix.axes.model.1``)."""
     refs = [Reference("model", recipe.model.id, recipe.model.revision, None, loaded.origin("model.id").folder)]
     for name, spec in sorted(recipe.components.items()):
         key = f"components.{name}"
         refs.append(Reference(key, spec.id, spec.revision, spec.subfolder, loaded.origin(f"{key}.id").folder))
+    for axis, values in recipe.matrix.axes.items():
+        kind = axis_kind(axis)
+        if kind not in ("model", "components"):
+            continue
+        folder = loaded.origin(f"matrix.axes.{axis}").folder
+        for i, value in enumerate(values):
+            if value == DEFAULT_COMPONENT and kind == "components":
+                continue
+            table = {"id": value} if isinstance(value, str) else value
+            refs.append(Reference(f"matrix.axes.{axis}.{i}", table["id"], table.get("revision"),
+                                  table.get("subfolder") if kind == "components" else None, folder))
     return refs
 
 
@@ -68,14 +87,14 @@ def hub_commit(repo_id: str, revision: str | None) -> str:
             raise ValueError(f"the Hub gave no commit for {repo_id!r}")
         return sha
     except Exception as exc:  # offline, private, gone: try the local Hub cache's refs
-        cached = _cached_commit(repo_id, revision or "main")
+        cached = cached_commit(repo_id, revision or "main")
         if cached:
             return cached
         raise RunError(f"cannot resolve {repo_id}@{revision or 'main'} to a commit: {type(exc).__name__}: "
                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
-def _cached_commit(repo_id: str, revision: str) -> str | None:
+def cached_commit(repo_id: str, revision: str) -> str | None:
     try:
         from huggingface_hub import constants
 
@@ -88,7 +107,7 @@ def _cached_commit(repo_id: str, revision: str) -> str | None:
 
 def local_root(ref: Reference, loaded: LoadedRecipe) -> Path | None:
     """The folder a local (or ``tiny:``) reference loads from; None for a Hub id."""
-    location = Path(locate(ref.id, ref.folder, f"{ref.key}.id", loaded))
+    location = Path(locate(ref.id, ref.folder, ref.id_key, loaded))
     if not location.is_dir():
         return None
     return location / ref.subfolder if ref.subfolder else location
@@ -103,7 +122,7 @@ def resolve_reference(ref: Reference, loaded: LoadedRecipe, hashes: FileHashes) 
     if root is not None:
         files = hashes.folder(root)
         if not files:
-            raise loaded.error(f"{ref.key}.id", f"no files to hash in {root}")
+            raise loaded.error(ref.id_key, f"no files to hash in {root}")
         entry.update(kind="local", sha256=combined(files), files=files)
     else:
         entry.update(kind="hub", commit=hub_commit(ref.id, ref.revision))
@@ -194,11 +213,11 @@ def verify(recipe: Recipe, loaded: LoadedRecipe) -> None:
     hashes = FileHashes()
     for ref in current:
         if ref.key not in locked:
-            problems.append(loaded.problem(f"{ref.key}.id", f"not in the lock file {display_path(path)}: re-lock with recipe-run --lock"))
+            problems.append(loaded.problem(ref.id_key, f"not in the lock file {display_path(path)}: re-lock with recipe-run --lock"))
             continue
         drift = _describe_drift(ref.key, locked[ref.key], resolve_reference(ref, loaded, hashes))
         if drift:
-            problems.append(loaded.problem(f"{ref.key}.id", f"differs from {display_path(path)}: {drift}"))
+            problems.append(loaded.problem(ref.id_key, f"differs from {display_path(path)}: {drift}"))
     hashes.save()
     for key in sorted(set(locked) - {r.key for r in current}):
         problems.append(Problem("locked but no longer in the recipe: re-lock with recipe-run --lock", key=key,

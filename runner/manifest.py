@@ -38,6 +38,7 @@ class ImageRecord:
     vars: dict[str, Any]
     params: dict[str, Any]
     scheduler: str | None
+    axes: dict[str, Any] | None = None  # the values of the axes that changed the pipeline (model, components, LoRA, ...)
     batch: int | None = None
     batch_size: int | None = None
     batch_jobs: list[int] | None = None
@@ -45,11 +46,12 @@ class ImageRecord:
     status: str = "pending"
     sha256: str | None = None
     rank: int | None = None
+    seconds: float | None = None  # generating its batch, per image of the batch
 
     @classmethod
     def for_job(cls, job: Job, file: str) -> ImageRecord:
         return cls(file, job.index, job.prompt, job.seed, job.image, job.mask_image, dict(job.vars),
-                   dict(job.params), scheduler_label(job.scheduler))
+                   dict(job.params), scheduler_label(job.scheduler), job.build_axes() or None)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ImageRecord:
@@ -115,10 +117,12 @@ class Manifest:
             record.key = key
         return record
 
-    def written(self, job: Job, sha256: str, rank: int) -> None:
-        """``job``'s image is on disk, with these bytes, written by process ``rank``."""
+    def written(self, job: Job, sha256: str, rank: int, seconds: float | None = None) -> None:
+        """``job``'s image is on disk, with these bytes, written by process ``rank``; its batch
+        took ``seconds`` per image to generate."""
         record = self.record(job)
         record.status, record.sha256, record.rank = "done", sha256, rank
+        record.seconds = round(seconds, 4) if seconds is not None else None
 
     def kept(self, job: Job, sha256: str, key: str, made: dict[str, Any]) -> None:
         """``job``'s image was made by an earlier run and is kept as it is: its record says how it
@@ -127,6 +131,7 @@ class Manifest:
         record.status, record.sha256, record.key = "done", sha256, key
         record.batch, record.batch_size = made.get("batch"), made.get("batch_size")
         record.batch_jobs, record.rank = made.get("batch_jobs"), made.get("rank")
+        record.seconds = made.get("seconds")
 
     def set_history(self, folder: str | None, replaced: Iterable[tuple[str, str]]) -> None:
         """This run moved the files it replaced into ``folder`` (relative to the manifest's): their
@@ -135,10 +140,11 @@ class Manifest:
         self.replaced = [{"file": name, "reason": reason} for name, reason in replaced]
 
     def record_timings(self, load_seconds: float, setup_seconds: float, generate_seconds: float,
-                       batches: list[dict[str, Any]]) -> None:
+                       batches: list[dict[str, Any]], pipelines: list[dict[str, Any]] | None = None) -> None:
         """This process's timings: loading, optimizations' setup, generation, writing, how long the
         device waited for the writes (``write_wait_seconds``: below ``write_seconds`` when the
-        writes overlapped the next batches), and per batch."""
+        writes overlapped the next batches), per batch, and (``pipelines``, with build axes) each
+        variant's pipeline: loaded, switched in place, derived or reused, and how long it took."""
         self.timings = {
             "load_seconds": round(load_seconds, 4),
             "setup_seconds": round(setup_seconds, 4),
@@ -147,6 +153,8 @@ class Manifest:
             "write_wait_seconds": round(sum(b.get("wait_seconds", b["write_seconds"]) for b in batches), 4),
             "batches": batches,
         }
+        if pipelines is not None:
+            self.timings["pipelines"] = pipelines
 
     # --- on disk ------------------------------------------------------------------------------
 

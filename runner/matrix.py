@@ -1,10 +1,12 @@
 """What to generate: the recipe's ``[matrix]`` expanded into jobs, one image each. Pure and
 deterministic: the same recipe always gives the same jobs in the same order.
 
-Matrix order (product mode), outermost first: the scheduler axis (changing it touches the
-pipeline), the other ``[matrix.axes]`` in the order written, the prompts (each with every
-combination of the ``[matrix.vars]`` it uses), the input images, the seeds. Jobs that share their
-call parameters are therefore consecutive, and batches stay full.
+Matrix order (product mode), outermost first, by what changing the value costs: the axes that
+change what is loaded (``model``, then ``optimizations.<key>``, ``components.<name>``, ``lora``,
+``lora_scale``: see :mod:`recipe_runner.variants`), the scheduler axis, the call-parameter axes in
+the order written, the prompts (each with every combination of the ``[matrix.vars]`` it uses), the
+input images, the seeds. Each model is therefore loaded once, and jobs that share their call
+parameters are consecutive, so batches stay full.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .axes import BUILD_AXIS_KINDS, axis_kind, is_build_axis
 from .errors import Problem, RecipeError, suggest
 from .loading import LoadedRecipe, problem_at
 from .recipe import RESERVED_PARAMS, Recipe
@@ -48,6 +51,16 @@ class Job:
         Never its position in the matrix, so adding a seed or a prompt leaves the others' alone."""
         return {"prompt": self.prompt, "seed": self.seed, "image": self.image, "mask_image": self.mask_image,
                 "vars": dict(sorted(self.vars.items())), "axes": dict(sorted(self.axes.items()))}
+
+    def build_axes(self) -> dict[str, Any]:
+        """This job's values of the axes that change the pipeline (model, components, LoRA,
+        optimizations): jobs with equal values share one pipeline (see recipe_runner.variants)."""
+        return {k: v for k, v in self.axes.items() if is_build_axis(k)}
+
+    @property
+    def variant(self) -> str:
+        """The canonical text of :meth:`build_axes` ("{}" when the recipe has no such axis)."""
+        return json.dumps(self.build_axes(), sort_keys=True, ensure_ascii=False, default=repr)
 
     def identity_digest(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True, ensure_ascii=False,
@@ -124,6 +137,8 @@ def _check(recipe: Recipe, loaded: LoadedRecipe | None) -> list[Problem]:
         fail(f"matrix.vars.{name}", "declared but no prompt uses it: write {" + name + "} in a prompt")
     for name, values in m.axes.items():
         key = f"matrix.axes.{name}"
+        if is_build_axis(name):
+            continue  # checked with the plugins at hand: recipe_runner.variants
         if name == SCHEDULER_AXIS:
             for i, value in enumerate(values):
                 ok_table = isinstance(value, dict) and isinstance(value.get("name"), str) and set(value) <= {"name", "options"} and isinstance(value.get("options", {}), dict)
@@ -205,10 +220,18 @@ def expand(recipe: Recipe, loaded: LoadedRecipe | None = None) -> list[Job]:
     return jobs
 
 
+def axis_order(names: list[str]) -> list[str]:
+    """Axis names outermost first: the build axes by switching cost (model, optimizations,
+    components, lora, lora_scale), then the scheduler, then call parameters; ties as written."""
+    rank = {kind: i for i, kind in enumerate((*BUILD_AXIS_KINDS, SCHEDULER_AXIS, "params"))}
+    return sorted(names, key=lambda n: rank[axis_kind(n)])  # stable: ties keep the written order
+
+
 def _iter_jobs(recipe: Recipe) -> Iterator[Job]:
     m = recipe.matrix
     schedulers = _scheduler_values(recipe)
-    param_axes = {k: v for k, v in m.axes.items() if k != SCHEDULER_AXIS}
+    build_axes = {k: m.axes[k] for k in axis_order(list(m.axes)) if is_build_axis(k)}
+    param_axes = {k: v for k, v in m.axes.items() if axis_kind(k) == "params"}
     masks: list[str | None] = list(m.mask_images) or [None] * len(m.images)
     inputs: list[tuple[str | None, str | None]] = list(zip(m.images, masks)) or [(None, None)]
     make = _counter()
@@ -216,28 +239,31 @@ def _iter_jobs(recipe: Recipe) -> Iterator[Job]:
         for i, (template, seed) in enumerate(zip(m.prompts, m.seeds)):
             var_values = {k: v[i] for k, v in m.vars.items()}
             axis_values = {k: v[i] for k, v in param_axes.items()}
+            built = {k: v[i] for k, v in build_axes.items()}
             image, mask = inputs[i] if m.images else (None, None)
             sched = schedulers[i] if SCHEDULER_AXIS in m.axes else schedulers[0]
             yield make(template, seed, image, mask, var_values, _params_for(recipe, axis_values, var_values), sched,
-                       _axes(axis_values, sched, m.axes))
+                       _axes({**built, **axis_values}, sched, m.axes))
         return
     combos = {p: _prompt_combos(recipe, p) for p in m.prompts}
-    for sched in schedulers:
-        for axis_tuple in itertools.product(*param_axes.values()):
-            axis_values = dict(zip(param_axes, axis_tuple))
-            for template in m.prompts:
-                for var_values in combos[template]:
-                    params = _params_for(recipe, axis_values, var_values)
-                    for image, mask in inputs:
-                        for seed in m.seeds:
-                            yield make(template, seed, image, mask, var_values, params, sched,
-                                       _axes(axis_values, sched, m.axes))
+    for built_tuple in itertools.product(*build_axes.values()):
+        built = dict(zip(build_axes, built_tuple))
+        for sched in schedulers:
+            for axis_tuple in itertools.product(*param_axes.values()):
+                axis_values = dict(zip(param_axes, axis_tuple))
+                for template in m.prompts:
+                    for var_values in combos[template]:
+                        params = _params_for(recipe, axis_values, var_values)
+                        for image, mask in inputs:
+                            for seed in m.seeds:
+                                yield make(template, seed, image, mask, var_values, params, sched,
+                                           _axes({**built, **axis_values}, sched, m.axes))
 
 
 def _axes(axis_values: dict[str, Any], scheduler: dict[str, Any] | None, declared: dict[str, Any]) -> dict[str, Any]:
-    """A job's axis values, the scheduler axis's included, in the order the axes were declared."""
+    """A job's axis values, the scheduler axis's included, outermost first (:func:`axis_order`)."""
     values = {**axis_values, SCHEDULER_AXIS: scheduler}
-    return {name: values[name] for name in declared}
+    return {name: values[name] for name in axis_order(list(declared))}
 
 
 def _counter() -> Callable[..., Job]:

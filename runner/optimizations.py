@@ -106,6 +106,11 @@ class Optimization:
     - ``load_kwargs(settings, context)``: extra ``from_pretrained`` keyword arguments (load stage).
     - ``places_model``: it moves the model to its device itself (offloading); the runner then
       does not call ``pipe.to(device)``.
+    - ``switch(pipe, old, new, context)``: change a built pipeline in place from settings ``old``
+      to ``new`` (either None: off), giving the pipeline the same pixels a fresh build with ``new``
+      would give. With it, an ``optimizations.<name>`` axis switches the loaded pipeline instead of
+      loading another, and components and LoRA axes keep swapping in place while it is on. Like
+      ``apply`` it may return facts to record, and raise :class:`Unsupported`.
     """
 
     name: str
@@ -116,6 +121,7 @@ class Optimization:
     check: Callable[..., None] | None = None
     load_kwargs: Callable[..., dict[str, Any]] | None = None
     places_model: bool = False
+    switch: Callable[..., dict[str, Any] | None] | None = None
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:

@@ -111,6 +111,8 @@ class Writer:
     recipe_json: str
     default_scheduler: str | None = None  # the pipeline's own, named in "parameters" as its Sampler
     rank: int = 0
+    models: dict[str, str] = field(default_factory=dict)  # variant -> its model id ("Model" in "parameters")
+    schedulers: dict[str, str] = field(default_factory=dict)  # variant -> its pipeline's own scheduler
     journal: Journal | None = None
     environment_json: str = field(init=False)
 
@@ -124,19 +126,22 @@ class Writer:
     def embedded_text(self, job: Job, batch: Batch, record: ImageRecord) -> dict[str, str]:
         job_info: dict[str, Any] = {k: getattr(record, k) for k in
                                     ("index", "file", "prompt", "seed", "image", "mask_image", "vars", "params", "scheduler")}
+        if record.axes:
+            job_info["axes"] = record.axes
         job_info.update(batch=batch.index, batch_size=batch.size, batch_jobs=[j.index for j in batch.jobs],
                         key=record.key)
         return {
             "recipe": self.recipe_json,
             "job": json.dumps(job_info, ensure_ascii=False, default=repr),
             "environment": self.environment_json,
-            "parameters": a1111_parameters(job, a1111_sampler(job.scheduler, self.default_scheduler), self.model),
+            "parameters": a1111_parameters(job, a1111_sampler(job.scheduler, self.schedulers.get(job.variant, self.default_scheduler)),
+                                           self.models.get(job.variant, self.model)),
         }
 
     def write_batch(self, batch: Batch, images: Sequence[Any], only: set[int] | None = None,
-                    gate: Gate | None = None) -> None:
+                    gate: Gate | None = None, seconds: float | None = None) -> None:
         """Write the images of ``batch`` (those in ``only`` when given), then the manifest (or its
-        journal). A first Ctrl-C waits until the whole batch is written. On the background writer
+        journal); ``seconds``: how long the batch took to generate. A first Ctrl-C waits until the whole batch is written. On the background writer
         (:mod:`recipe_runner.writing`), every record change goes through ``gate``, which the main
         thread closes to stop the writer at once (a second Ctrl-C)."""
         records: Callable[[], AbstractContextManager[None]] = gate.records if gate is not None else nullcontext
@@ -154,7 +159,7 @@ class Writer:
                 atomic_write(self.manifest.file_for(job), data)
                 sha256 = hashlib.sha256(data).hexdigest()
                 with records():
-                    self.manifest.written(job, sha256, self.rank)
+                    self.manifest.written(job, sha256, self.rank, seconds / batch.size if seconds is not None else None)
                     _written[0] += 1
                     if self.journal is not None:
                         self.journal.append(record)

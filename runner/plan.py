@@ -1,7 +1,8 @@
 """From jobs to batches: the plan fixes batch boundaries, and with them the pixels.
 
-Up to ``batch_size`` consecutive jobs (in matrix order) that share their call parameters,
-scheduler and input image size form a batch (inputs of different sizes never share a batch:
+Up to ``batch_size`` consecutive jobs (in matrix order) that share their pipeline (the build
+axes: model, components, LoRA, optimizations), call parameters, scheduler and input image size
+form a batch (inputs of different sizes never share a batch:
 diffusers would squash them all to the first one's size). Negative prompts are not part of what
 must be shared: a batch passes one per prompt, so ``{var}`` in ``negative_prompt`` keeps batches full. Batched kernels round differently per batch size, so every path that
 re-creates an image (resume, distributed ranks, --reproduce) re-creates its planned batch.
@@ -32,7 +33,11 @@ class Batch:
 def signature(job: Job) -> str:
     """What must be equal for two jobs to share one pipeline call."""
     params = {k: v for k, v in job.params.items() if not (k in TEMPLATED_PARAMS and isinstance(v, str))}
-    return json.dumps([params, job.scheduler, job.input_size], sort_keys=True, default=repr)
+    signed = [params, job.scheduler, job.input_size]
+    build = job.build_axes()
+    if build:  # jobs of different pipelines (model, components, LoRA, optimizations) never share a call
+        signed.append(build)
+    return json.dumps(signed, sort_keys=True, default=repr)
 
 
 def plan(jobs: Sequence[Job], batch_size: int) -> list[Batch]:

@@ -22,6 +22,7 @@ from . import checks, inputs, pipeline_info
 from .errors import Problem, RecipeError, suggest
 from .loading import LoadedRecipe, problem_at
 from .pipeline_info import ModelInfo
+from .variants import relabel
 
 LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
 AFTER_LOADING = "scheduler compatibility, component classes, optimizations on this device, input image decoding"
@@ -122,6 +123,7 @@ def problems(recipe: Any, loaded: LoadedRecipe, jobs: Sequence[Any]) -> list[Pro
     info = found.info
     multiple = info.vae_scale_factor if info and info.vae_scale_factor else checks.DEFAULT_MULTIPLE
     out = list(found.problems)
+    out += component_problems(recipe, problem, info)
     out += checks.value_problems(loaded.data, problem, multiple)
     reported = {p.key for p in out if p.key}
     if not any(k.startswith(("params.height", "params.width", "matrix.axes.height", "matrix.axes.width"))
@@ -133,6 +135,16 @@ def problems(recipe: Any, loaded: LoadedRecipe, jobs: Sequence[Any]) -> list[Pro
         out += call_problems(recipe, loaded, info, skip={p.key for p in out if p.key})
     out += scheduler_problems(jobs, recipe, loaded)
     return _unique(out)
+
+
+def component_problems(recipe: Any, problem: Any, info: ModelInfo | None) -> list[Problem]:
+    """``[components.<name>]`` names the pipeline's ``model_index.json`` does not declare."""
+    if info is None or not info.index:
+        return []
+    known = [k for k, v in info.index.items() if not k.startswith("_") and isinstance(v, list)]
+    return [problem(f"components.{name}", f"{info.class_name} has no component {name!r}",
+                    suggest(name, known, "its components: " + ", ".join(known)))
+            for name in recipe.components if name not in known]
 
 
 def call_problems(recipe: Any, loaded: LoadedRecipe, info: ModelInfo, skip: set[str],
@@ -194,28 +206,34 @@ def notes(recipe: Any, loaded: LoadedRecipe | None) -> list[str]:
 # --- runs: after every recipe validated, before the first image -------------------------------------
 
 
+def _before_loading(recipe: Any, loaded: LoadedRecipe, jobs: Sequence[Any]) -> list[Problem]:
+    found: list[Problem] = []
+    info = find_model(recipe, loaded).info
+    if info is None and not recipe.model.custom_pipeline and not recipe.model.id.startswith("tiny:"):
+        try:
+            info = fetch_hub_info(recipe.model.id, recipe.model.revision, loaded)
+        except RecipeError as exc:
+            return exc.problems
+        if info is not None:
+            found += call_problems(recipe, loaded, info, skip=set(), importing=True)
+            found += checks.size_problems(list(jobs), loaded.problem,
+                                          recipe.run.batch_size if isinstance(recipe.run.batch_size, int) else 1,
+                                          info.default_size, _size_keys(loaded.data))
+    elif info is not None and pipeline_info.parameters(
+            pipeline_info.task_class(info.class_name, recipe.model.task) or info.class_name) is None:
+        found += call_problems(recipe, loaded, info, skip=set(), importing=True)
+    if info is not None:
+        found += compatibility_problems(jobs, recipe, loaded, info)
+    return found
+
+
 def before_loading(items: Sequence[Any]) -> None:
-    """Run-only checks of every prepared recipe (see the module doc); RecipeError with them all."""
+    """Run-only checks of every prepared recipe (see the module doc), each variant's model on its
+    own jobs (a ``model`` axis); RecipeError with them all."""
     found: list[Problem] = []
     for item in items:
-        recipe, loaded = item.recipe, item.loaded
-        info = find_model(recipe, loaded).info
-        if info is None and not recipe.model.custom_pipeline and not recipe.model.id.startswith("tiny:"):
-            try:
-                info = fetch_hub_info(recipe.model.id, recipe.model.revision, loaded)
-            except RecipeError as exc:
-                found += exc.problems
-                continue
-            if info is not None:
-                found += call_problems(recipe, loaded, info, skip=set(), importing=True)
-                found += checks.size_problems(list(item.jobs), loaded.problem,
-                                              recipe.run.batch_size if isinstance(recipe.run.batch_size, int) else 1,
-                                              info.default_size, _size_keys(loaded.data))
-        elif info is not None and pipeline_info.parameters(
-                pipeline_info.task_class(info.class_name, recipe.model.task) or info.class_name) is None:
-            found += call_problems(recipe, loaded, info, skip=set(), importing=True)
-        if info is not None:
-            found += compatibility_problems(item.jobs, recipe, loaded, info)
+        for variant in item.variants:
+            found += relabel(_before_loading(variant.recipe, variant.loaded, variant.jobs), variant)
     if found:
         raise RecipeError(_unique(found))
 

@@ -18,15 +18,19 @@ from pathlib import Path
 
 from . import checks, preflight, safety
 from . import inputs as inputs_mod
-from .errors import RecipeError
+from .axes import value_label
+from .errors import Problem, RecipeError
 from .labels import scheduler_label
 from .loading import LoadedRecipe, display_path, load
 from .matrix import Job, expand
 from .optimizations import Enabled
+from .pipelines import load_order
 from .plan import initial_batch_size, plan
 from .plugin_manager import Plugins
 from .recipe import Recipe, validate
 from .resume import peek
+from .variants import Variant, relabel
+from .variants import make as make_variants
 
 
 def warn(message: str) -> None:
@@ -56,6 +60,14 @@ class Prepared:
     inputs: dict[str, str]  # as written -> absolute path or URL
     input_keys: dict[str, str]  # as written -> dotted key
     out_dir: Path
+    variants: list[Variant]  # the pipelines its jobs need (one: the recipe, without build axes)
+
+    def __post_init__(self) -> None:
+        self.by_variant = {v.id: v for v in self.variants}
+
+    def variant_of(self, job: Job) -> Variant:
+        """The variant (pipeline) that makes ``job``."""
+        return self.by_variant[job.variant]
 
 
 def prepare(path: str | Path, sets: list[str], plugins: Plugins, options: Options) -> Prepared:
@@ -84,12 +96,30 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
     except RecipeError as exc:
         problems += exc.problems
         enabled = []
+    found: list[Variant] = []
+    if not problems:
+        try:
+            found = make_variants(recipe, loaded, jobs, enabled, plugins.registry)
+        except RecipeError as exc:
+            problems += exc.problems
     keys = inputs_mod.inputs_of(recipe.matrix)
     try:
         resolved = inputs_mod.resolve_sources(keys, loaded)
     except RecipeError as exc:
         problems += exc.problems
         resolved = {}
+    for variant in found or [Variant("{}", {}, recipe, loaded, enabled, jobs, {})]:
+        problems += relabel(variant_problems(variant, options), variant)
+    if problems:
+        raise RecipeError(list({(p.key, p.message, p.file, p.line): p for p in problems}.values()))
+    return Prepared(loaded, recipe, jobs, enabled, resolved, keys, options.out / recipe.name, found)
+
+
+def variant_problems(variant: Variant, options: Options) -> list[Problem]:
+    """The safety policy and the checks that need no torch, on one variant (the recipe itself
+    when it has no build axis): its model, components and optimizations, and its jobs."""
+    recipe, loaded = variant.recipe, variant.loaded
+    problems: list[Problem] = []
     for check in (lambda: safety.check_recipe(recipe, loaded, trust_remote_code=options.trust_remote_code,
                                               allow_pickle=options.allow_pickle),
                   lambda: safety.check_sources(recipe, loaded, allow_pickle=options.allow_pickle)):
@@ -97,10 +127,7 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
             check()
         except RecipeError as exc:
             problems += exc.problems
-    problems += preflight.problems(recipe, loaded, jobs)
-    if problems:
-        raise RecipeError(problems)
-    return Prepared(loaded, recipe, jobs, enabled, resolved, keys, options.out / recipe.name)
+    return problems + preflight.problems(recipe, loaded, variant.jobs)
 
 
 def check_distinct_names(prepared: list[Prepared]) -> None:
@@ -112,8 +139,9 @@ def check_distinct_names(prepared: list[Prepared]) -> None:
                               "give them distinct names", file="recipe-run")
 
 
-def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
-    """The --dry-run text: model, optimizations, plugins, jobs and batches."""
+def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20, allow_pickle: bool = False) -> str:
+    """The --dry-run text: model, optimizations, plugins, jobs, the pipelines a build axis asks for
+    (loads and in-place switches, in plan order) and batches."""
     r = prepared.recipe
     batch_setting = r.run.batch_size
     size = batch_setting if batch_setting != "auto" else initial_batch_size("auto", prepared.jobs, "cpu")
@@ -125,6 +153,8 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
     extras = ", ".join(f"{k} {getattr(m, k)}" for k in ("revision", "variant") if getattr(m, k))
     lines.append(f"  model          {m.id}  [{m.task}, dtype {m.dtype}, device {m.device}{', ' + extras if extras else ''}]")
     for name, comp in r.components.items():
+        if f"components.{name}" in r.matrix.axes:
+            continue  # an axis replaces it: the pipelines below say with what
         lines.append(f"  component      {name} <- {comp.id}" + (f" ({comp.subfolder})" if comp.subfolder else ""))
     if r.scheduler:
         lines.append(f"  scheduler      {scheduler_label(r.scheduler.model_dump())}")
@@ -136,6 +166,14 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
     lines += [f"  {'checks' if i == 0 else '':<15}{note}" for i, note in enumerate(preflight.notes(r, prepared.loaded))]
     lines.append(f"  jobs           {len(prepared.jobs)} in {len(batches)} batch{'es' * (len(batches) != 1)}, "
                  f"batch_size {size}{auto}, generator on {r.run.generator_device}")
+    if len(prepared.variants) > 1:
+        steps = load_order(prepared.variants, allow_pickle, r.run.keep_models)
+        counts = {how: sum(1 for h, _ in steps if h == how) for how in ("load", "switch", "reuse")}
+        summary = ", ".join(f"{n} {how}{'es' if how == 'switch' and n != 1 else 's' if n != 1 else ''}"
+                            for how, n in counts.items() if n)
+        lines.append(f"  pipelines      {summary}, in plan order:")
+        for i, (how, variant) in enumerate(steps, 1):
+            lines.append(f"    {i}. {how:<7} {variant.label()}  ({len(variant.jobs)} image{'s' * (len(variant.jobs) != 1)})")
     now = peek(prepared)
     lines.append(f"  a run now      {now.summary()}" if now is not None else
                  "  a run now      decides after loading what is unchanged (the folder's last run was elsewhere "
@@ -160,6 +198,7 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
                 bits.append(f"mask {job.mask_image}")
             if job.scheduler and "scheduler" in r.matrix.axes:
                 bits.append(str(scheduler_label(job.scheduler)))
+            bits += [f"{name} {value_label(name, value)}" for name, value in job.build_axes().items()]
             lines.append(f"    {job.filename(ext)}  {', '.join(bits)}")
             shown += 1
     if shown < len(prepared.jobs):

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_serializer, field_validator
 
+from .axes import NESTED_AXES, axis_kind
 from .errors import Problem, RecipeError, did_you_mean, suggest
 from .loading import LoadedRecipe
 
@@ -83,6 +84,22 @@ class MatrixSpec(Strict):
     vars: dict[str, Annotated[list[str], Field(min_length=1)]] = {}
     axes: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
 
+    @field_validator("axes", mode="before")
+    @classmethod
+    def _flatten_axes(cls, value: Any) -> Any:
+        """``components.vae = [...]`` is TOML for ``components = { vae = [...] }``: both name the
+        axis ``components.vae`` (and ``optimizations.<key>`` likewise)."""
+        if not isinstance(value, dict):
+            return value
+        flat: dict[str, Any] = {}
+        for name, values in value.items():
+            if name in NESTED_AXES and isinstance(values, dict):
+                for inner, inner_values in values.items():
+                    flat[f"{name}.{inner}"] = inner_values
+            else:
+                flat[name] = values
+        return flat
+
     @field_validator("seeds", mode="before")
     @classmethod
     def _seeds(cls, value: Any) -> list[int]:
@@ -108,6 +125,7 @@ class RunSpec(Strict):
     generator_device: str = "cpu"
     deterministic: bool = False
     max_jobs: Annotated[int, Field(ge=1)] = DEFAULT_MAX_JOBS
+    keep_models: bool = False  # a model axis: keep every model loaded (more memory, no reload next time)
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -218,7 +236,8 @@ class Recipe(Strict):
         if matrix is None:
             return value
         known = list(GRID_FIELDS) + list(matrix.vars) + [a for a in matrix.axes if a != "scheduler"]
-        known += [f"vars.{v}" for v in matrix.vars] + [f"params.{a}" for a in matrix.axes if a != "scheduler"]
+        known += [f"vars.{v}" for v in matrix.vars] + [f"params.{a}" for a in matrix.axes if axis_kind(a) == "params"]
+        known += [a.partition(".")[2] for a in matrix.axes if axis_kind(a) in NESTED_AXES]  # vae for components.vae
         placed: dict[str, str] = {}
         for key in ("x", "y", "z"):
             for i, name in enumerate(getattr(value.grid, key)):
@@ -270,6 +289,8 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
             current = field.annotation
         elif typing.get_origin(current) is dict:
             current = typing.get_args(current)[1]
+        elif typing.get_origin(current) is list and isinstance(part, int):
+            current = typing.get_args(current)[0]
         else:
             return []
         current = _unwrap(current)

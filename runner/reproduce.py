@@ -32,12 +32,13 @@ from .errors import RecipeError, RunError
 from .execute import Execution
 from .loading import load_data
 from .outputs import read_embedded
+from .pipelines import ModelCache
 from .plan import Batch
 from .plugin_checks import missing
 from .plugin_manager import Plugins
 from .prepare import Options, prepare_loaded
 from .progress import Progress
-from .run import ModelCache, start
+from .run import start
 
 RECORDED_LIBRARIES = ("torch", "diffusers", "transformers")
 
@@ -175,8 +176,8 @@ def _reproduce(image: Path, embedded: Embedded, loaded: Any, plugins: Plugins, s
     if isinstance(threads, int) and threads > 0:
         torch.set_num_threads(threads)
     try:
-        started = start(prepared, plugins, options, ModelCache())
-        execution = Execution(started.built, started.writer, plugins.hook, started.images,
+        started = start(prepared, plugins, options, ModelCache(), prepared.variant_of(job))  # only its pipeline
+        execution = Execution(started.pipelines, started.writer, plugins.hook, started.images,
                               Progress(1, recipe.name, enabled=False), warn)
         execution.run([batch], pending={index})
     finally:

@@ -38,8 +38,7 @@ from .distributed import PARTIAL_GLOB
 from .filehashes import FileHashes
 from .inputs import is_url, read_bytes
 from .journal import JOURNAL_GLOB, JOURNAL_NAME, RANK_JOURNAL, read_journal
-from .keys import Keys, common_identity
-from .lock import loaded_models
+from .keys import Keys, job_keys
 from .manifest import MANIFEST_NAME, Manifest
 from .matrix import Job
 from .outputs import EXTENSIONS, read_embedded
@@ -282,7 +281,7 @@ def _recorded_members(record: dict[str, Any] | None, old_files: dict[int, str], 
 def _made(record: dict[str, Any], old_files: dict[int, str], now: dict[str, int]) -> dict[str, Any]:
     """The batch fields of an unchanged job's record, its batch's members renumbered to this run's
     jobs (``batch_jobs`` None when one of them is no longer a job)."""
-    made: dict[str, Any] = {k: record.get(k) for k in ("batch", "batch_size", "rank") if record.get(k) is not None}
+    made: dict[str, Any] = {k: record.get(k) for k in ("batch", "batch_size", "rank", "seconds") if record.get(k) is not None}
     members = record.get("batch_jobs")
     if isinstance(members, list):
         mapped = [now.get(old_files.get(m, "")) if isinstance(m, int) else None for m in members]
@@ -314,6 +313,7 @@ class Peek:
     regenerate: int
     unchanged: int
     manifest: dict[str, Any] | None = None  # the folder's manifest.json as read (None: there is none)
+    pending_variants: set[str] = field(default_factory=set)  # variants with a job new or to regenerate
 
     @property
     def nothing_to_do(self) -> bool:
@@ -342,25 +342,30 @@ def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
         return None
     if recipe.model.device not in ("auto", device) or choose_dtype(recipe.model.dtype, device, _silent) != dtype:
         return None
-    if any(value.startswith("tiny:") and not _tiny_built(value) for value in _model_ids(recipe)):
+    if any(value.startswith("tiny:") and not _tiny_built(value) for v in prepared.variants for value in _model_ids(v.recipe)):
         return None
     if any(is_url(source) for source in prepared.inputs.values()):
         return None
     recorded = {name: (record or {}).get("status") for name, record in (old.get("optimizations") or {}).items()}
-    if any(recorded.get(e.name) is None for e in prepared.enabled):
+    if any(recorded.get(e.name) is None for v in prepared.variants for e in v.enabled):
         return None
-    applied = [e for e in prepared.enabled if recorded[e.name] != "skipped"]  # as the last run settled them
     digests = {value: _sha256_bytes(read_bytes(source)) for value, source in prepared.inputs.items()}
     hashes = hashes or FileHashes()
-    keys = Keys(common_identity(recipe, dtype, applied, loaded_models(recipe, prepared.loaded, env.get("model_revision"))),
-                prepared.jobs, digests)
+    revisions = dict(env.get("model_revisions") or {})  # recorded when a model axis loads several
+    for variant in prepared.variants:
+        revisions.setdefault(variant.recipe.model.id, env.get("model_revision"))
+    keys = job_keys(prepared.variants, prepared.jobs, lambda v: choose_dtype(v.recipe.model.dtype, device, _silent),
+                    revisions, digests,
+                    applied=lambda v: [e for e in v.enabled if recorded[e.name] != "skipped"])  # as the last run settled them
     ext = EXTENSIONS[recipe.output.format]
     new = regenerate = unchanged = 0
+    pending: set[str] = set()
     for job in prepared.jobs:
         name = job.filename(ext)
         path = folder / name
         if path.is_symlink() or not path.exists():
             new += 1
+            pending.add(job.variant)
             continue
         record = previous.records.get(name) or {}
         if (record.get("status") == "done" and record.get("key") == keys.of(job)
@@ -368,8 +373,9 @@ def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
             unchanged += 1
         else:
             regenerate += 1
+            pending.add(job.variant)
     hashes.save()
-    return Peek(new, regenerate, unchanged, old)
+    return Peek(new, regenerate, unchanged, old, pending)
 
 
 def _silent(message: str) -> None:

@@ -21,71 +21,29 @@ from . import build, distributed, environment
 from . import inputs as inputs_mod
 from .build import Built
 from .context import BuildContext
-from .distributed import Dist
+from .distributed import Dist, launched_world_size
 from .errors import RecipeError
 from .execute import Execution
 from .gallery import write_gallery
 from .grid import make_grid
 from .interrupts import critical, graceful
 from .journal import Journal
-from .keys import Keys, common_identity
+from .keys import job_keys
 from .loading import display_path
-from .lock import loaded_models
+from .lock import COMMIT, cached_commit
 from .manifest import Manifest
-from .optimizations import Enabled
 from .outputs import EXTENSIONS, Writer
+from .pipelines import ModelCache, Pipelines
 from .plan import initial_batch_size
 from .plugin_manager import Plugins
 from .preflight import before_loading
 from .prepare import Options, Prepared
 from .progress import Progress
 from .provenance import environment_extras
-from .recipe import Recipe
 from .resume import peek, remove_leftovers, resume
+from .variants import Variant
 
 # --- running ---------------------------------------------------------------------------------------
-
-def model_key(recipe: Recipe, enabled: list[Enabled], allow_pickle: bool) -> str:
-    """Recipes with equal keys can share one loaded pipeline (the task aside: see from_pipe)."""
-    return json.dumps({
-        "model": recipe.model.model_dump(mode="json", exclude={"task"}),
-        "components": {k: v.model_dump(mode="json") for k, v in recipe.components.items()},
-        "optimizations": [[e.name, e.settings.model_dump(mode="json")] for e in enabled],
-        "allow_pickle": allow_pickle,
-    }, sort_keys=True)
-
-
-@dataclass
-class ModelCache:
-    """Pipelines loaded in this invocation: model key -> task -> Built. ``loads`` counts the
-    from_pretrained loads, ``derived`` the pipelines made from a loaded one with from_pipe."""
-
-    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
-    loads: int = 0
-    derived: int = 0
-
-    def get(self, prepared: Prepared, plugins: Plugins, ctx: BuildContext, key: str) -> Built:
-
-        recipe, loaded, task = prepared.recipe, prepared.loaded, prepared.recipe.model.task
-        by_task = self.entries.setdefault(key, {})
-        if task in by_task:
-            built = by_task[task]
-            built.rebind(recipe, loaded, prepared.jobs)
-            built.load_seconds = built.setup_seconds = 0.0
-        elif by_task and not any(e.optimization.places_model for e in prepared.enabled):
-            built = build.derive(next(iter(by_task.values())), recipe, loaded, prepared.jobs, plugins.hook, ctx)
-            by_task[task] = built
-            self.derived += 1
-        else:
-            print(f"{recipe.name}: loading {recipe.model.id} ({task}, {ctx.device}, {ctx.dtype}) ...",
-                  file=sys.stderr, flush=True)
-            built = build.build(recipe, loaded, prepared.jobs, prepared.enabled, plugins.hook, ctx)
-            by_task[task] = built
-            self.loads += 1
-        for mine, theirs in zip(prepared.enabled, built.optimizations):
-            mine.status, mine.reason = theirs.status, theirs.reason
-        return built
-
 
 def peak_memory(device: str) -> str:
     """CUDA max allocated on a GPU, the process's peak RSS otherwise."""
@@ -105,68 +63,122 @@ def peak_memory(device: str) -> str:
 
 @dataclass
 class Started:
-    """A recipe ready for its first batch: the pipeline, where it runs, and what writes its images."""
+    """A recipe ready for its first batch: where it runs, its pipelines (the first one built), and
+    what writes its images."""
 
     ctx: BuildContext
     dist: Dist
-    built: Built
+    pipelines: Pipelines
     images: inputs_mod.InputImages | None
     manifest: Manifest
     writer: Writer
+    revisions: dict[str, str | None]  # model id -> the revision (Hub commit) its images are keyed with
+
+    @property
+    def built(self) -> Built:
+        assert self.pipelines.built is not None
+        return self.pipelines.built
 
 
-def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache) -> Started:
+def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache,
+          first: Variant | None = None) -> Started:
     """Everything before the first batch, shared by runs and --reproduce: device and dtype, the
-    weight and input checks, the (possibly shared) pipeline, the output folder, manifest and writer."""
+    weight and input checks, the (possibly shared) pipeline of ``first`` (default: the recipe's
+    first variant), the output folder, manifest and writer."""
 
     recipe, loaded = prepared.recipe, prepared.loaded
-    ctx = build.make_context(recipe, loaded, prepared.enabled, allow_pickle=options.allow_pickle,
-                        trust_remote_code=options.trust_remote_code, warn=options.warn)
+    first = first or prepared.variants[0]
+    ctx = build.make_context(first.recipe, first.loaded, first.enabled, allow_pickle=options.allow_pickle,
+                             trust_remote_code=options.trust_remote_code, warn=options.warn)
     dist = distributed.detect(ctx.device)
     ctx.device = dist.device(ctx.device)
+    contexts = {first.id: ctx}
+
+    def context_for(variant: Variant) -> BuildContext:
+        if variant.id not in contexts:
+            made = build.make_context(variant.recipe, variant.loaded, variant.enabled, allow_pickle=options.allow_pickle,
+                                      trust_remote_code=options.trust_remote_code, warn=options.warn)
+            made.device = dist.device(made.device)
+            contexts[variant.id] = made
+        return contexts[variant.id]
+
     environment.set_deterministic(recipe.run.deterministic)
     images = None
     if prepared.inputs:
         images = inputs_mod.InputImages(prepared.inputs, loaded, prepared.input_keys)
         images.preflight()
         prepared.jobs[:] = images.with_sizes(prepared.jobs)
-    built = cache.get(prepared, plugins, ctx, model_key(recipe, prepared.enabled, options.allow_pickle))
+    schedulers: dict[str, str] = {}  # variant -> its pipeline's own scheduler class (the images' Sampler)
+    pipelines = Pipelines(prepared, plugins, cache, options.allow_pickle, context_for,
+                          lambda variant, built: schedulers.__setitem__(variant.id, type(built.base_scheduler).__name__))
+    built = pipelines.switch_to(first)
 
     out_dir = prepared.out_dir
     if out_dir.is_symlink():
         raise RecipeError.one(f"the output folder {out_dir} is a symbolic link: refusing to write through it",
                               key="name", file=display_path(loaded.path))
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = environment.describe(ctx.device, ctx.dtype, recipe.run.generator_device, recipe.run.deterministic)
+    dtype = ctx.dtype if first.recipe is recipe else build.choose_dtype(recipe.model.dtype, ctx.device, lambda _: None)
+    env = environment.describe(ctx.device, dtype, recipe.run.generator_device, recipe.run.deterministic)  # [model]'s
     env["world_size"] = dist.world_size
-    env.update(environment_extras(built.pipe, loaded, ctx.location, plugins))
+    env.update(environment_extras(built.pipe, first.loaded, ctx.location, plugins))
+    revisions = {first.recipe.model.id: env.get("model_revision")}
+    for variant in prepared.variants:
+        revisions.setdefault(variant.recipe.model.id, revision_before_loading(variant.recipe.model))
+    if len(revisions) > 1:
+        env["model_revisions"] = revisions
     resolved = recipe.model_dump(mode="json")
     manifest_path = distributed.partial_path(out_dir, dist.rank) if dist.world_size > 1 else None
     manifest = Manifest.for_jobs(out_dir, resolved, env, prepared.jobs, EXTENSIONS[recipe.output.format],
-                                 path=manifest_path, optimizations={e.name: e.record() for e in prepared.enabled})
+                                 path=manifest_path, optimizations=optimization_records(prepared))
     writer = Writer(manifest, recipe.output.format, recipe.output.quality, recipe.output.metadata,
                     recipe.model.id, json.dumps(resolved, ensure_ascii=False, sort_keys=True),
-                    default_scheduler=type(built.base_scheduler).__name__, rank=dist.rank)
-    return Started(ctx, dist, built, images, manifest, writer)
+                    default_scheduler=schedulers[first.id], rank=dist.rank,
+                    models={v.id: v.recipe.model.id for v in prepared.variants}, schedulers=schedulers)
+    return Started(ctx, dist, pipelines, images, manifest, writer, revisions)
+
+
+def optimization_records(prepared: Prepared) -> dict[str, dict[str, Any]]:
+    """The manifest's ``optimizations``: each optimization's record (of the last variant using it)."""
+    return {e.name: e.record() for v in prepared.variants for e in v.enabled}
+
+
+def revision_before_loading(model: Any) -> str | None:
+    """The commit a Hub model's images are keyed with before it is loaded: the local Hub cache's
+    ref for its revision, else the revision asked for (a local folder is keyed by its content)."""
+    if model.revision and COMMIT.fullmatch(model.revision):
+        return str(model.revision)
+    return cached_commit(model.id, model.revision or "main") or model.revision
+
+
+def first_with_work(prepared: Prepared) -> Variant | None:
+    """The first variant (in plan order) with an image to make, as far as a light look at the
+    output folder tells (None: the first variant)."""
+    if len(prepared.variants) == 1:
+        return None
+    found = peek(prepared)
+    if found is None:
+        return None
+    return next((v for v in prepared.variants if v.id in found.pending_variants), None)
 
 
 def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None = None) -> dict[str, Any]:
-    """Build (or reuse) the pipeline, resume from what the output folder holds, generate this
+    """Build (or reuse) the pipelines, resume from what the output folder holds, generate this
     process's share of the pending batches, write images, manifest, grid and gallery. Under a
     launcher, rank 0 merges the ranks' manifests. Returns the manifest (the merged one on rank 0)."""
 
     recipe = prepared.recipe
-    started = start(prepared, plugins, options, cache if cache is not None else ModelCache())
-    ctx, dist, built, images, manifest, writer = (started.ctx, started.dist, started.built, started.images,
-                                                  started.manifest, started.writer)
+    started = start(prepared, plugins, options, cache if cache is not None else ModelCache(),
+                    first_with_work(prepared) if launched_world_size() <= 1 else None)
+    ctx, dist, pipelines, images, manifest, writer = (started.ctx, started.dist, started.pipelines, started.images,
+                                                      started.manifest, started.writer)
     out_dir = prepared.out_dir
     size = initial_batch_size(recipe.run.batch_size, prepared.jobs, ctx.device)
 
     # Resume: what the folder already holds (manifests, journals) decides what still runs, and how.
     # Every rank reads the same folder and so reaches the same plan before anyone writes.
-    revision = manifest.environment.get("model_revision")
-    keys = Keys(common_identity(recipe, ctx.dtype, prepared.enabled, loaded_models(prepared.recipe, prepared.loaded, revision)),
-                prepared.jobs, images.digests if images else {})
+    keys = job_keys(prepared.variants, prepared.jobs, lambda v: pipelines.context_for(v).dtype, started.revisions,
+                    images.digests if images else {})
     state = resume(manifest, prepared.jobs, keys, size, recipe.run.batch_size, force=options.force)
     state.apply(manifest)
     if dist.is_main:  # the images this run replaces stay reachable: moved, never deleted
@@ -179,16 +191,20 @@ def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: Mo
     with critical():
         journal.fold()  # the manifest now describes the folder and every job's planned batch
     mine = distributed.shard(state.todo(), dist.world_size)[dist.rank]
+    order = {v.id: i for i, v in enumerate(prepared.variants)}  # one variant after the other (zip mode too)
+    mine.sort(key=lambda b: (order[b.jobs[0].variant], b.index))
     progress = Progress(sum(1 for b in mine for j in b.jobs if j.index in state.pending), recipe.name,
                         enabled=options.progress if dist.is_main else False)
-    execution = Execution(built, writer, plugins.hook, images, progress, options.warn)
+    execution = Execution(pipelines, writer, plugins.hook, images, progress, options.warn)
     began = time.perf_counter()
     try:
         execution.run(mine, pending=state.pending)
     finally:
         progress.close()
         generate_seconds = time.perf_counter() - began
-        manifest.record_timings(built.load_seconds, built.setup_seconds, generate_seconds, execution.batch_times)
+        manifest.optimizations = optimization_records(prepared)
+        manifest.record_timings(pipelines.load_seconds, pipelines.setup_seconds, generate_seconds,
+                                execution.batch_times, pipelines.log if len(prepared.variants) > 1 else None)
         with critical():
             journal.close()
     dist.barrier()
@@ -208,8 +224,9 @@ def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: Mo
     done = sum(1 for b in mine for j in b.jobs if j.index in state.pending)
     rate = done / generate_seconds if generate_seconds > 0 else 0.0
     ranks = f" ({done} by rank 0 of {dist.world_size})" if dist.world_size > 1 else ""
+    loads = "" if len(prepared.variants) == 1 else f", {sum(1 for e in pipelines.log if e['how'] == 'loaded')} loads"
     print(f"{recipe.name}: {len(prepared.jobs)} images: {state.summary()}; made {done}{ranks} in "
-          f"{generate_seconds:.1f} s ({rate:.2f} images/s), load {built.load_seconds:.1f} s, "
+          f"{generate_seconds:.1f} s ({rate:.2f} images/s), load {pipelines.load_seconds:.1f} s{loads}, "
           f"{peak_memory(ctx.device)} -> {display_path(out_dir)}/")
     print(where_to_look(out_dir, recipe.output.gallery, manifest.history))
     return data

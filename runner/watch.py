@@ -4,7 +4,7 @@ chain, or of an input image or mask it uses.
 
 A *round* re-prepares every recipe (the usual checks; an invalid edit prints the usual
 ``error: file:line: key: ...`` lines and the session keeps watching), releases the pipelines no
-recipe uses any more, then executes each recipe with one :class:`~recipe_runner.run.ModelCache`
+recipe uses any more, then executes each recipe with one :class:`~recipe_runner.pipelines.ModelCache`
 for the whole session: an edit of the scheduler, params, prompts, seeds or axes reuses the loaded
 pipeline (the model key leaves them out), an edit of the model, components or optimizations loads
 only what changed. Which jobs run is the resume's decision, as in a plain re-run: only new (or
@@ -26,7 +26,6 @@ Light module at import (no torch, no diffusers): running a round imports them, a
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import os
 import sys
@@ -41,9 +40,10 @@ from . import lock, refresh
 from .errors import RecipeError, RunError
 from .interrupts import graceful
 from .loading import display_path, load
+from .pipelines import ModelCache, model_key
 from .plugin_manager import Plugins
 from .prepare import Options, Prepared, check_distinct_names, prepare_loaded
-from .run import ModelCache, model_key, run_recipe
+from .run import run_recipe
 
 STEP_MS = 150  # a burst of saves ends after this long without another
 DEBOUNCE_MS = 1600  # and is cut after this long at most
@@ -142,22 +142,18 @@ class Watcher:
 # --- the pipelines of a session --------------------------------------------------------------------
 
 def release_unused(cache: Any, keep: Iterable[str]) -> list[str]:
-    """Drop from ``cache`` (a :class:`~recipe_runner.run.ModelCache`) every model no current recipe
-    uses, collect the garbage and return CUDA's cached blocks, so memory holds what the recipes need.
-    Returns the model ids released. Pipelines of a kept model for other tasks stay (they share its
-    weights, and a later task change derives from them instead of loading)."""
+    """Drop from ``cache`` (a :class:`~recipe_runner.pipelines.ModelCache`) every model no current
+    recipe uses, collect the garbage and return CUDA's cached blocks, so memory holds what the
+    recipes need. Returns the model ids released. Pipelines of a kept model for other tasks stay
+    (they share its weights, and a later task change derives from them instead of loading)."""
     wanted = set(keep)
     released: list[str] = []
     for key in [k for k in cache.entries if k not in wanted]:
-        for built in cache.entries.pop(key).values():
+        for built in cache.entries[key].by_task.values():
             context = getattr(built, "context", None)
             recipe = getattr(context, "recipe", None)
             released.append(recipe.model.id if recipe is not None else key)
-    if released:
-        gc.collect()
-        torch = sys.modules.get("torch")  # only when a round imported it: never import it here
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    cache.release(wanted)
     return sorted(set(released))
 
 
@@ -182,7 +178,7 @@ class WatchSession:
     options: Options
     locked: bool = False
     debug: bool = False
-    cache: Any = None  # run.ModelCache, made on the first round (run.py is imported then)
+    cache: Any = None  # pipelines.ModelCache, made on the first round (run.py is imported then)
     chains: dict[Path, set[Path]] = field(default_factory=dict)  # recipe -> its extends chain (itself included)
     inputs: dict[Path, set[Path]] = field(default_factory=dict)  # recipe -> local input images and masks
     check: Callable[[list[Prepared]], None] | None = None  # run-only checks (preflight.before_loading)
@@ -234,8 +230,8 @@ class WatchSession:
             return
         if self.cache is None:
             self.cache = ModelCache()
-        released = release_unused(self.cache, [model_key(p.recipe, p.enabled, self.options.allow_pickle)
-                                               for p in prepared])
+        released = release_unused(self.cache, [model_key(v.recipe, v.enabled, self.options.allow_pickle)
+                                               for p in prepared for v in p.variants])
         if released:
             _print(f"released {', '.join(released)}: no recipe uses it any more")
         with graceful():  # first Ctrl-C: finish writing, flush the manifest, exit 130; second: at once

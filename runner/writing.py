@@ -111,7 +111,7 @@ class Writes:
 
     def hand(self, item: Handed) -> None:
         start = time.perf_counter()
-        self.writer.write_batch(item.batch, item.images, item.only)
+        self.writer.write_batch(item.batch, item.images, item.only, seconds=item.times["seconds"])
         seconds = round(time.perf_counter() - start, 4)
         item.times.update(write_seconds=seconds, wait_seconds=seconds)
         self.times.append(item.times)
@@ -232,7 +232,7 @@ class BackgroundWrites(Writes):
                 self._cond.notify_all()  # room for the next batch
             try:
                 start = time.perf_counter()
-                self.writer.write_batch(item.batch, item.images, item.only, gate=self.gate)
+                self.writer.write_batch(item.batch, item.images, item.only, gate=self.gate, seconds=item.times["seconds"])
                 item.times["write_seconds"] = round(time.perf_counter() - start, 4)
                 self.times.append(item.times)
             except Abandoned:

@@ -83,3 +83,39 @@ def images_in_matrix_order(folder: Path) -> list[Path]:
 
 def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix in (".png", ".webp", ".jpg") and p.name != "grid.png")
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(recipe_runner_tiny_sd15, tmp_path_factory):
+    """A rank-4 LoRA on the tiny sd15 UNet's attention, random (non-zero) weights, made with peft
+    and saved the way diffusers' training scripts save one."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(recipe_runner_tiny_sd15, subfolder="unet", use_safetensors=True)
+    torch.manual_seed(0)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    folder = tmp_path_factory.mktemp("lora")
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_other(recipe_runner_tiny_sd15, tmp_path_factory):
+    """A second tiny SD-1.5-layout model: the tiny one with its UNet initialised from another seed
+    (a model axis needs two models whose images differ)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-sd15-other"
+    shutil.copytree(recipe_runner_tiny_sd15, folder)
+    config = UNet2DConditionModel.load_config(folder / "unet")
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel.from_config(config)
+    shutil.rmtree(folder / "unet")
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    return folder

@@ -76,7 +76,7 @@ CASES = [
     ("scheduler-option", BASE + '[scheduler]\nname = "DPMSolverMultistepScheduler"\n[scheduler.options]\nuse_karas_sigmas = true\n', [],
      ["scheduler.options.use_karas_sigmas: DPMSolverMultistepScheduler has no option", "did you mean 'use_karras_sigmas'?"]),
     ("unknown-component", BASE + '[components.vea]\nid = "stabilityai/sd-vae-ft-mse"\n', [],
-     ["components.vea: the pipeline has no component 'vea'", "did you mean 'vae'?"]),
+     ["components.vea: StableDiffusionPipeline has no component 'vea'", "did you mean 'vae'?"]),
     ("missing-local-model", BASE.replace('id = "tiny:sd15"', 'id = "./models/nothing-here"'), [], ["model.id: no such folder"]),
     ("unknown-tiny-kind", BASE.replace('id = "tiny:sd15"', 'id = "tiny:sd99"'), [], ["model.id", "sd15"]),
 ]

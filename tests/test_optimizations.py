@@ -257,25 +257,6 @@ def test_quantization_settings_of_another_backend_are_an_error(run):
 
 # --- LoRA ----------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def tiny_lora(recipe_runner_tiny_sd15, tmp_path_factory):
-    """A rank-4 LoRA on the tiny sd15 UNet's attention, random (non-zero) weights, made with peft
-    and saved the way diffusers' training scripts save one."""
-    import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig, get_peft_model_state_dict
-
-    unet = UNet2DConditionModel.from_pretrained(recipe_runner_tiny_sd15, subfolder="unet", use_safetensors=True)
-    torch.manual_seed(0)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    folder = tmp_path_factory.mktemp("lora")
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
-    return folder / "pytorch_lora_weights.safetensors"
-
-
 def lora_table(path, scale, fuse=False):
     return (f"lora = {{ fuse = {str(fuse).lower()}, adapters = [{{ id = {json.dumps(str(path))}, scale = {scale} }}] }}")
 

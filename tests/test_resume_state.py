@@ -24,7 +24,7 @@ RECIPE = {"name": "rooms", "run": {"batch_size": 1}}
 
 
 def keys(model: str = "m") -> Keys:
-    return Keys({"model": model}, JOBS, {})
+    return Keys({"{}": {"model": model}}, JOBS, {})
 
 
 def new_manifest(folder: Path, batch_setting: int | str = 1) -> Manifest:
@@ -80,7 +80,7 @@ def test_a_changed_job_is_regenerated_and_a_file_no_job_makes_goes_to_history(tm
     hashes = {job.index: sha256_file(before.file_for(job)) for job in JOBS}
     fewer = JOBS[:2]
     manifest = Manifest.for_jobs(tmp_path, RECIPE, {}, fewer, "png")
-    state = resume(manifest, fewer, Keys({"model": "other"}, fewer, {}), 1, 1)
+    state = resume(manifest, fewer, Keys({"{}": {"model": "other"}}, fewer, {}), 1, 1)
     assert state.done == {} and state.pending == state.regenerated == {0, 1}
     assert [r.reason for r in state.replaced] == ["its job changed since it was made"] * 2 + [
         "no job of this recipe makes it any more"]
@@ -88,7 +88,7 @@ def test_a_changed_job_is_regenerated_and_a_file_no_job_makes_goes_to_history(tm
     assert history is not None
     assert sorted(p.name for p in tmp_path.glob("*.png")) == []
     assert {sha256_file(history / before.record(job).file) for job in JOBS} == set(hashes.values())
-    again = resume(Manifest.for_jobs(tmp_path, RECIPE, {}, fewer, "png"), fewer, Keys({"model": "other"}, fewer, {}),
+    again = resume(Manifest.for_jobs(tmp_path, RECIPE, {}, fewer, "png"), fewer, Keys({"{}": {"model": "other"}}, fewer, {}),
                    1, 1)
     assert again.replaced == [] and again.regenerated == set()  # nothing left to move
 
@@ -116,7 +116,7 @@ def test_new_jobs_are_planned_among_themselves(tmp_path):
     first_run(tmp_path, batch_size=2, batch_setting=2)
     grown = [*JOBS, Job(index=3, prompt="prompt 3", seed=3, params={"width": 8, "height": 8})]
     manifest = Manifest.for_jobs(tmp_path, {**RECIPE, "run": {"batch_size": 2}}, {}, grown, "png")
-    state = resume(manifest, grown, Keys({"model": "m"}, grown, {}), 2, 2)
+    state = resume(manifest, grown, Keys({"{}": {"model": "m"}}, grown, {}), 2, 2)
     assert sorted(state.done) == [0, 1, 2] and state.pending == {3}
     assert [[j.index for j in b.jobs] for b in state.todo()] == [[3]]
 

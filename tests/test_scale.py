@@ -14,6 +14,7 @@ import pytest
 
 from recipe_runner import build, distributed, hookimpl
 from recipe_runner import plugin_manager as plugins
+from recipe_runner.matrix import Job
 from recipe_runner.plan import Batch
 from tests.conftest import REPO, image_files, pixels
 
@@ -34,7 +35,7 @@ batch_size = 2
 
 
 def test_shard_gives_whole_batches_balanced_and_deterministic():
-    batches = [Batch(i, tuple(range(size))) for i, size in enumerate([4, 4, 2, 4, 1, 3])]
+    batches = [Batch(i, tuple(Job(i * 10 + j, "p", j) for j in range(size))) for i, size in enumerate([4, 4, 2, 4, 1, 3])]
     shares = distributed.shard(batches, 2)
     assert [[b.index for b in share] for share in shares] == [[0, 2, 4, 5], [1, 3]]
     assert [sum(b.size for b in share) for share in shares] == [10, 8]

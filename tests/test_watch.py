@@ -207,24 +207,24 @@ class FakeBuilt:
 
 
 def test_release_unused_drops_the_models_no_recipe_uses_and_frees_them():
-    from recipe_runner.run import ModelCache
+    from recipe_runner.pipelines import Entry, ModelCache
 
     cache = ModelCache()
     kept, dropped, derived = FakeBuilt("model-a"), FakeBuilt("model-b"), FakeBuilt("model-b")
-    cache.entries = {"a": {"text-to-image": kept}, "b": {"text-to-image": dropped, "image-to-image": derived}}
+    cache.entries = {"a": Entry({"text-to-image": kept}), "b": Entry({"text-to-image": dropped, "image-to-image": derived})}
     gone = weakref.ref(dropped)
     del dropped, derived
     assert release_unused(cache, ["a"]) == ["model-b"]
     gc.collect()
-    assert list(cache.entries) == ["a"] and cache.entries["a"]["text-to-image"] is kept
+    assert list(cache.entries) == ["a"] and cache.entries["a"].by_task["text-to-image"] is kept
     assert gone() is None  # nothing else holds it: the memory is free
     assert release_unused(cache, ["a"]) == []
 
 
 def test_the_model_key_leaves_out_what_an_edit_changes_without_a_reload(recipe_runner_write_recipe):
+    from recipe_runner.pipelines import model_key
     from recipe_runner.plugin_manager import load_plugins
     from recipe_runner.prepare import Options, prepare
-    from recipe_runner.run import model_key
 
     plugins = load_plugins([])
     base = """
@@ -253,7 +253,8 @@ def test_the_model_key_leaves_out_what_an_edit_changes_without_a_reload(recipe_r
     assert key(steps="3", prompts='"a cat", "a dog"', seeds="[0, 1, 2]") == same
     assert key(axes="[matrix.axes]\nguidance_scale = [5.0, 7.5]") == same
     assert key(model="tiny:sdxl") != same
-    assert key(extra="[optimizations]\nattention_slicing = true") != same
+    assert key(extra="[optimizations]\nattention_slicing = true") == same  # switched in place
+    assert key(extra="[optimizations]\nchannels_last = true") != same  # applied at a load only
 
 
 # --- the gallery page ---------------------------------------------------------------------------------

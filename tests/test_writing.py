@@ -89,12 +89,12 @@ class Device:
         self.record("generated", batch.index)
 
     def wrap(self, write_batch: Any) -> Any:
-        def wrapped(writer: Any, batch: Any, images: Any, only: Any = None, gate: Any = None) -> None:
+        def wrapped(writer: Any, batch: Any, images: Any, only: Any = None, gate: Any = None, seconds: Any = None) -> None:
             self.record("write", batch.index)
             following = batch.index + 1
             if following < len(self.started) and not self.started[following].wait(WAIT):
                 self.timeouts.append(f"batch {following} never started while batch {batch.index} was written")
-            write_batch(writer, batch, images, only, gate)
+            write_batch(writer, batch, images, only, gate, seconds)
             self.record("written", batch.index)
             self.written[batch.index].set()
 
@@ -143,6 +143,8 @@ def test_background_and_synchronous_writes_give_the_same_bytes_and_records(recip
     files = {mode: {p.name: p.read_bytes() for p in image_files(folder)} for mode, folder in folders.items()}
     assert len(files["sync"]) == 6 and files["background"] == files["sync"]
     manifests = {mode: manifest_of(folder) for mode, folder in folders.items()}
+    timed = {mode: [r.pop("seconds") for r in manifest["images"]] for mode, manifest in manifests.items()}
+    assert all(isinstance(t, float) and t > 0 for times in timed.values() for t in times)  # each image's time
     assert manifests["background"]["images"] == manifests["sync"]["images"]
     for manifest in manifests.values():
         timings = manifest["timings"]
@@ -277,7 +279,7 @@ class BlockedWriter:
         self.entered = threading.Event()
         self.recorded: list[int] = []
 
-    def write_batch(self, batch: Any, images: Any, only: Any = None, gate: Any = None) -> None:
+    def write_batch(self, batch: Any, images: Any, only: Any = None, gate: Any = None, seconds: Any = None) -> None:
         self.entered.set()
         self.release.wait(WAIT)
         with gate.records():
