@@ -21,7 +21,7 @@ from . import build, distributed, environment
 from . import inputs as inputs_mod
 from .build import Built
 from .context import BuildContext
-from .distributed import Dist, launched_world_size
+from .distributed import Dist
 from .errors import RecipeError
 from .execute import Execution
 from .gallery import write_gallery
@@ -34,7 +34,7 @@ from .lock import COMMIT, cached_commit
 from .manifest import Manifest
 from .outputs import EXTENSIONS, Writer
 from .pipelines import ModelCache, Pipelines
-from .plan import initial_batch_size
+from .plan import initial_batch_size, plan
 from .plugin_manager import Plugins
 from .preflight import before_loading
 from .prepare import Options, Prepared
@@ -87,12 +87,7 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
     first variant), the output folder, manifest and writer."""
 
     recipe, loaded = prepared.recipe, prepared.loaded
-    first = first or prepared.variants[0]
-    ctx = build.make_context(first.recipe, first.loaded, first.enabled, allow_pickle=options.allow_pickle,
-                             trust_remote_code=options.trust_remote_code, warn=options.warn)
-    dist = distributed.detect(ctx.device)
-    ctx.device = dist.device(ctx.device)
-    contexts = {first.id: ctx}
+    contexts: dict[str, BuildContext] = {}
 
     def context_for(variant: Variant) -> BuildContext:
         if variant.id not in contexts:
@@ -101,6 +96,16 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
             made.device = dist.device(made.device)
             contexts[variant.id] = made
         return contexts[variant.id]
+
+    # Every variant runs on one device ([model] device is not an axis): the first context says which.
+    probe = first or prepared.variants[0]
+    ctx = build.make_context(probe.recipe, probe.loaded, probe.enabled, allow_pickle=options.allow_pickle,
+                             trust_remote_code=options.trust_remote_code, warn=options.warn)
+    dist = distributed.detect(ctx.device)
+    ctx.device = dist.device(ctx.device)
+    contexts[probe.id] = ctx
+    first = first or first_variant(prepared, dist, options.force)
+    ctx = context_for(first)
 
     environment.set_deterministic(recipe.run.deterministic)
     images = None
@@ -151,15 +156,20 @@ def revision_before_loading(model: Any) -> str | None:
     return cached_commit(model.id, model.revision or "main") or model.revision
 
 
-def first_with_work(prepared: Prepared) -> Variant | None:
-    """The first variant (in plan order) with an image to make, as far as a light look at the
-    output folder tells (None: the first variant)."""
-    if len(prepared.variants) == 1:
-        return None
-    found = peek(prepared)
-    if found is None:
-        return None
-    return next((v for v in prepared.variants if v.id in found.pending_variants), None)
+def first_variant(prepared: Prepared, dist: Dist, force: bool) -> Variant:
+    """The variant to build first: the first, in this process's share of the plan, with an image
+    to make as far as a light look at the output folder tells (so that a re-run after adding a
+    model loads only it, and a rank loads only the models it is given)."""
+    variants = prepared.variants
+    if len(variants) == 1:
+        return variants[0]
+    found = peek(prepared) if dist.world_size == 1 and not force else None
+    pending = found.pending_variants if found is not None else {v.id for v in variants}
+    order = variants
+    if dist.world_size > 1:  # the models a rank gets do not depend on the batch size
+        mine = distributed.shard(plan(prepared.jobs, 1), dist.world_size)[dist.rank]
+        order = [prepared.variant_of(b.jobs[0]) for b in mine]
+    return next((v for v in order if v.id in pending), variants[0])
 
 
 def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None = None) -> dict[str, Any]:
@@ -168,8 +178,7 @@ def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: Mo
     launcher, rank 0 merges the ranks' manifests. Returns the manifest (the merged one on rank 0)."""
 
     recipe = prepared.recipe
-    started = start(prepared, plugins, options, cache if cache is not None else ModelCache(),
-                    first_with_work(prepared) if launched_world_size() <= 1 else None)
+    started = start(prepared, plugins, options, cache if cache is not None else ModelCache())
     ctx, dist, pipelines, images, manifest, writer = (started.ctx, started.dist, started.pipelines, started.images,
                                                       started.manifest, started.writer)
     out_dir = prepared.out_dir

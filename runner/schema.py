@@ -2,7 +2,8 @@
 
 Generated from the pydantic models of :mod:`recipe_runner.recipe`, with what they cannot say by
 themselves filled in: each installed optimization's settings under ``optimizations.<name>`` as
-``true | false | {settings}``; ``seeds`` and ``batch_size``, which accept two shapes; and the rule
+``true | false | {settings}``; ``seeds`` and ``batch_size``, which accept two shapes; the value
+shapes of each kind of ``[matrix.axes]`` key (models, components, LoRA, optimizations); and the rule
 that a recipe with ``extends`` may leave out anything its base provides (only a recipe without
 ``extends`` must have ``[model] id`` and ``[matrix] prompts``). ``name`` is never required: it
 defaults to the file's stem. Light: no torch.
@@ -13,9 +14,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .axes import NO_LORA
 from .optimizations import attribute_docs
 from .plugin_manager import Plugins
 from .recipe import DEFAULT_MAX_JOBS, MAX_SEED, Recipe
+from .variants import ModelValue
 
 SCHEMA_ID = "https://recipe-runner.invalid/recipe.schema.json"
 
@@ -55,6 +58,42 @@ def _optimizations(plugins: Plugins) -> dict[str, Any]:
     }
 
 
+def _axes(plugins: Plugins, tables: dict[str, Any]) -> dict[str, Any]:
+    """``[matrix.axes]``: call parameters and the scheduler, and the build axes (docs/axes.md)."""
+
+    def listed(item: dict[str, Any], description: str) -> dict[str, Any]:
+        return {"type": "array", "minItems": 1, "items": item, "description": description}
+
+    lora = plugins.registry.optimizations.get("lora")
+    adapter: dict[str, Any] = {"type": "object"}
+    if lora is not None:
+        adapters = lora.settings.model_json_schema()
+        adapter = adapters.get("$defs", {}).get("Adapter", adapter)
+        _strip_required(adapter)
+    model = ModelValue.model_json_schema()
+    model.pop("title", None)
+    optimizations = {name: listed({"anyOf": table["anyOf"]}, f"{name}: off, on, or settings, per value")
+                     for name, table in tables["properties"].items()}
+    return {
+        "type": "object",
+        "description": "One image per value of each axis: a call parameter, scheduler, model, components.<name>, "
+                       "lora, lora_scale or optimizations.<key> (see docs/axes.md).",
+        "properties": {
+            "scheduler": listed({"anyOf": [{"type": "string"}, {"$ref": "#/$defs/SchedulerSpec"}]}, "scheduler classes"),
+            "model": listed({"anyOf": [{"type": "string", "minLength": 1}, model]}, "model ids or { id, revision, variant, dtype }"),
+            "components": {"type": "object", "additionalProperties": listed(
+                {"anyOf": [{"type": "string", "minLength": 1}, {"$ref": "#/$defs/ComponentSpec"}]},
+                '"default" (the model\'s own), a component id or a [components.<name>] table')},
+            "lora": listed({"anyOf": [{"const": NO_LORA}, adapter, {"type": "array", "minItems": 1, "items": adapter}]},
+                           '"none", an adapter table or a list of them'),
+            "lora_scale": listed({"type": "number"}, "multiplies each adapter's scale"),
+            "optimizations": {"type": "object", "properties": optimizations, "additionalProperties": False},
+        },
+        "additionalProperties": listed({}, "a call parameter's values"),
+        "default": {},
+    }
+
+
 def recipe_schema(plugins: Plugins) -> dict[str, Any]:
     schema = Recipe.model_json_schema(mode="validation")
     _strip_required(schema)
@@ -70,6 +109,11 @@ def recipe_schema(plugins: Plugins) -> dict[str, Any]:
         ],
         "default": [0],
     }
+    matrix["axes"] = _axes(plugins, props["optimizations"])
+    for key in ("x", "y", "z"):  # a field name, or a list of them
+        field = defs["GridSpec"]["properties"][key]
+        defs["GridSpec"]["properties"][key] = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                                               "default": field.get("default", [])}
     defs["RunSpec"]["properties"]["batch_size"] = {
         "description": 'Images per pipeline call, or "auto": the largest that fits.',
         "anyOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}],

@@ -59,8 +59,10 @@ def run_torchrun(*args) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(torchrun() is None, reason="torchrun is not installed")
-def test_torchrun_two_ranks_equal_one_process(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
-    recipe = recipe_runner_write_recipe(RECIPE.format(name="spread", extra=""))
+def test_torchrun_two_ranks_equal_one_process(recipe_runner_cli, recipe_runner_write_recipe, tiny_sd15_other, tmp_path):
+    # A model axis over two models: each rank takes one whole model (and loads only it).
+    axis = f'[matrix.axes]\nmodel = ["tiny:sd15", {json.dumps(str(tiny_sd15_other))}]\n[run]'
+    recipe = recipe_runner_write_recipe(RECIPE.format(name="spread", extra="").replace("[run]", axis))
     single = recipe_runner_cli(recipe, "--out", tmp_path / "one")  # one process, one thread (OMP_NUM_THREADS=1)
     assert single.code == 0, single.err
     proc = run_torchrun(recipe, "--out", tmp_path / "two")
@@ -68,19 +70,22 @@ def test_torchrun_two_ranks_equal_one_process(recipe_runner_cli, recipe_runner_w
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["environment"]["world_size"] == 2
     records = manifest["images"]
-    assert [r["index"] for r in records] == list(range(6))
+    assert [r["index"] for r in records] == list(range(12))
     assert all(r["status"] == "done" for r in records)
     assert {r["rank"] for r in records} == {0, 1}, "both ranks did work"
-    by_batch = {}
+    by_batch, models = {}, {}
     for r in records:
         by_batch.setdefault(r["batch"], set()).add(r["rank"])
+        models.setdefault(r["rank"], set()).add(r["axes"]["model"])
     assert all(len(ranks) == 1 for ranks in by_batch.values()), "a batch is done whole by one rank"
+    assert sorted(map(len, models.values())) == [1, 1] and models[0] != models[1], "a whole model per rank"
+    assert proc.stderr.count("spread: loading ") == 2, "each rank loads only its model"
     files = image_files(folder)
-    assert len(files) == 6
+    assert len(files) == 12
     for path in files:
         assert np.array_equal(pixels(path), pixels(tmp_path / "one" / "spread" / path.name)), path.name
     assert not list(folder.glob(".manifest.rank-*")), "partial manifests are merged and removed"
-    assert proc.stdout.count("spread: 6 images") == 1, "one summary, from rank 0"
+    assert proc.stdout.count("spread: 12 images") == 1, "one summary, from rank 0"
 
 
 class ReadyCounter:
