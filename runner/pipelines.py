@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from . import build
 from .build import Built
 from .context import BuildContext
+from .errors import RunError
 from .loading import problem_at
 from .optimizations import Enabled, Unsupported, settle
 
@@ -149,26 +150,32 @@ class ModelCache:
         for name, item in wanted.items():  # in stage order (variant.enabled is)
             current = entry.switched.get(name)
             if _settings_text(current) != _settings_text(item):
-                self._switch(built, current, item, ctx, variant)
-                entry.switched[name] = item
+                entry.switched.pop(name, None)
+                if self._switch(built, current, item, ctx, variant):
+                    entry.switched[name] = item
                 changed = True
         return changed
 
     def _switch(self, built: Built, old: Enabled | None, new: Enabled | None, ctx: BuildContext,
-                variant: Variant) -> None:
+                variant: Variant) -> bool:
+        """Switch one optimization from ``old`` to ``new`` (either None: off); False when ``new``
+        could not be switched on and is skipped (``required = false``; else RecipeError)."""
         item = new or old
         assert item is not None and item.optimization.switch is not None
         try:
             details = item.optimization.switch(built.pipe, old.settings if old else None,
                                                new.settings if new else None, ctx)
         except Unsupported as exc:
-            settle(item, str(exc), lambda k, m, h=None: problem_at(variant.loaded, k, m, h), ctx.warn)
-            return
+            if new is None:  # the pipeline would keep it on: no image may be made with it by mistake
+                raise RunError(f"optimizations.{item.name}: cannot switch it off on the loaded pipeline: {exc}") from exc
+            settle(new, str(exc), lambda k, m, h=None: problem_at(variant.loaded, k, m, h), ctx.warn)
+            return False
+        self.switches += 1
         if new is not None:
             new.status = "applied"
             if isinstance(details, dict):
                 new.details.update(details)
-        self.switches += 1
+        return True
 
     def _component(self, entry: Entry, built: Built, name: str, text: str, recipe: Recipe, variant: Variant,
                    ctx: BuildContext) -> Any:
@@ -245,7 +252,7 @@ class Pipelines:
         key = model_key(variant.recipe, variant.enabled, self.allow_pickle)
         if self.current is not None and not self.prepared.recipe.run.keep_models:
             previous = model_key(self.current.recipe, self.current.enabled, self.allow_pickle)
-            if previous != key and key not in self.cache.entries:  # one model in memory at a time
+            if previous != key:  # one model in memory at a time: the plan never comes back to it
                 self.cache.drop([previous])
                 self.built = None
         built = self.cache.get(variant, self.plugins, self.context_for(variant), self.allow_pickle, self.log)

@@ -19,7 +19,6 @@ from typing import Any
 
 from . import build, distributed, environment
 from . import inputs as inputs_mod
-from .build import Built
 from .context import BuildContext
 from .distributed import Dist
 from .errors import RecipeError
@@ -73,11 +72,6 @@ class Started:
     manifest: Manifest
     writer: Writer
     revisions: dict[str, str | None]  # model id -> the revision (Hub commit) its images are keyed with
-
-    @property
-    def built(self) -> Built:
-        assert self.pipelines.built is not None
-        return self.pipelines.built
 
 
 def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache,

@@ -102,6 +102,9 @@ def check(recipe: Recipe, loaded: LoadedRecipe, registry: Registry) -> list[Prob
                 if option == LORA:
                     fail(key, "write adapter sets as a lora axis", f"use matrix.axes.lora = [{NO_LORA!r}, {{ id = ... }}]")
                     break
+                if option not in registry.optimizations:  # said once for the axis, with "did you mean"
+                    _enable({option: True}, registry, _moved(problem, f"optimizations.{option}", key), problems)
+                    break
                 if not isinstance(value, (bool, dict)):
                     fail(at, f"expected true, false or a table of {option}'s settings, got {value!r}")
                     continue
@@ -165,23 +168,12 @@ def _check_lora(value: Any, at: str, registry: Registry, problem: Callable[..., 
     if value == NO_LORA:
         return
     if isinstance(value, dict) or (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
-        _enable({LORA: {"adapters": _adapters(value)}}, registry, _lora_problem(problem, at), problems)
+        # optimizations.lora.adapters.N... is written at <at>.N..., optimizations.lora.<setting> at <at>.<setting>
+        located = _moved(_moved(problem, "optimizations.lora", at), "optimizations.lora.adapters", at)
+        _enable({LORA: {"adapters": _adapters(value)}}, registry, located, problems)
         return
     problems.append(problem(at, f"expected {NO_LORA!r}, an adapter table {{ id = ..., scale = ... }} or a list of "
                                 f"them, got {value!r}"))
-
-
-def _lora_problem(problem: Callable[..., Problem], at: str) -> Callable[..., Problem]:
-    """Problems of ``optimizations.lora.adapters.N...`` reported at the axis value that wrote them."""
-
-    def located(key: str, message: str, hint: str | None = None) -> Problem:
-        for prefix in ("optimizations.lora.adapters", "optimizations.lora"):
-            if key == prefix or key.startswith(prefix + "."):
-                rest = key[len(prefix) + 1:]
-                return problem(f"{at}.{rest}" if rest else at, message, hint)
-        return problem(key, message, hint)
-
-    return located
 
 
 def _enable(table: dict[str, Any], registry: Registry, problem: Callable[..., Problem],

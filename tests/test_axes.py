@@ -190,6 +190,14 @@ def test_a_lora_axis_and_its_scales_equal_separate_runs(run, loads, recipe_runne
     zero = by_axes(axis, lora={"id": str(tiny_lora)}, lora_scale=0.0)[0]
     assert np.abs(zero.astype(int) - plain[0].astype(int)).max() <= 1  # scale 0: no LoRA, to float rounding
 
+    # lora_scale alone weights the adapters of [optimizations.lora].
+    loads.models.clear()
+    fixed = run("fixed-lora", model, "[0]", "[matrix.axes]\nlora_scale = [0.5, 1.0]",
+                f"[optimizations.lora]\nadapters = [{{ id = {toml(tiny_lora)}, scale = 2.0 }}]")
+    assert fixed.code == 0, fixed.err
+    assert loads.models == [str(model)]
+    assert same(by_axes(fixed, lora_scale=0.5), by_axes(axis, lora={"id": str(tiny_lora)}, lora_scale=1.0))
+
 
 def test_an_optimization_axis_measures_pixels_and_time_in_one_run(run, loads, recipe_runner_tiny_sd15):
     model = recipe_runner_tiny_sd15
@@ -317,3 +325,46 @@ def test_the_example_recipes_plan_their_loads(recipe_runner_cli, name, steps):
     result = recipe_runner_cli(REPO / "recipes" / f"{name}.toml", "--dry-run")
     assert result.code == 0, result.err
     assert f"pipelines      {steps}, in plan order:" in result.out
+
+
+def test_an_optimization_without_a_switch_makes_a_components_axis_load_per_value(recipe_runner_cli, recipe_runner_write_recipe,
+                                                                                recipe_runner_tiny_sd15, recipe_runner_tiny_vae):
+    axes = f'[matrix.axes]\ncomponents.vae = ["default", {toml(recipe_runner_tiny_vae)}]'
+    plain = RECIPE.format(name="swap", model=toml(recipe_runner_tiny_sd15), seeds="[0]", axes=axes, extra="")
+    swapped = recipe_runner_cli(recipe_runner_write_recipe(plain, "swap.toml"), "--dry-run")
+    assert "pipelines      1 load, 1 switch, in plan order:" in swapped.out, swapped.out
+    fixed = plain.replace('name = "swap"', 'name = "fixed"') + "[optimizations]\nchannels_last = true\n"
+    loaded = recipe_runner_cli(recipe_runner_write_recipe(fixed, "fixed.toml"), "--dry-run")
+    assert "pipelines      2 loads, in plan order:" in loaded.out, loaded.out  # channels_last has no switch
+
+
+def test_zip_mode_pairs_the_i_th_model_with_the_i_th_prompt(recipe_runner_write_recipe, recipe_runner_tiny_sd15,
+                                                            tiny_sd15_other):
+    from recipe_runner.plugin_manager import load_plugins
+    from recipe_runner.prepare import Options, prepare
+
+    text = RECIPE.format(name="zipped", model=toml(recipe_runner_tiny_sd15), seeds="[0, 1, 2]", extra="",
+                         axes=f'mode = "zip"\n[matrix.axes]\nmodel = [{toml(recipe_runner_tiny_sd15)}, '
+                              f'{toml(tiny_sd15_other)}, {toml(recipe_runner_tiny_sd15)}]')
+    text = text.replace('prompts = ["a red fox in the snow"]', 'prompts = ["a fox", "a cat", "a dog"]')
+    prepared = prepare(recipe_runner_write_recipe(text), [], load_plugins([]), Options())
+    assert [(j.prompt, j.axes["model"]) for j in prepared.jobs] == [
+        ("a fox", str(recipe_runner_tiny_sd15)), ("a cat", str(tiny_sd15_other)), ("a dog", str(recipe_runner_tiny_sd15))]
+    assert [len(v.jobs) for v in prepared.variants] == [2, 1]  # the first model's jobs share its pipeline
+
+
+def test_a_hub_model_not_loaded_yet_is_keyed_with_the_commit_its_revision_points_at(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from recipe_runner.recipe import ModelSpec
+    from recipe_runner.run import revision_before_loading
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    refs = tmp_path / "models--org--model" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert revision_before_loading(ModelSpec(id="org/model")) == commit  # main, as the cache last saw it
+    pinned = "f" * 40
+    assert revision_before_loading(ModelSpec(id="org/model", revision=pinned)) == pinned
+    assert revision_before_loading(ModelSpec(id="org/other", revision="v2")) == "v2"  # not cached: as asked
