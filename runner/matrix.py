@@ -230,7 +230,8 @@ def axis_order(names: list[str]) -> list[str]:
 def _iter_jobs(recipe: Recipe) -> Iterator[Job]:
     m = recipe.matrix
     schedulers = _scheduler_values(recipe)
-    build_axes = {k: m.axes[k] for k in axis_order(list(m.axes)) if is_build_axis(k)}
+    order = axis_order(list(m.axes))  # each job's axes, outermost first
+    build_axes = {k: m.axes[k] for k in order if is_build_axis(k)}
     param_axes = {k: v for k, v in m.axes.items() if axis_kind(k) == "params"}
     masks: list[str | None] = list(m.mask_images) or [None] * len(m.images)
     inputs: list[tuple[str | None, str | None]] = list(zip(m.images, masks)) or [(None, None)]
@@ -243,7 +244,7 @@ def _iter_jobs(recipe: Recipe) -> Iterator[Job]:
             image, mask = inputs[i] if m.images else (None, None)
             sched = schedulers[i] if SCHEDULER_AXIS in m.axes else schedulers[0]
             yield make(template, seed, image, mask, var_values, _params_for(recipe, axis_values, var_values), sched,
-                       _axes({**built, **axis_values}, sched, m.axes))
+                       _axes({**built, **axis_values}, sched, order))
         return
     combos = {p: _prompt_combos(recipe, p) for p in m.prompts}
     for built_tuple in itertools.product(*build_axes.values()):
@@ -257,13 +258,13 @@ def _iter_jobs(recipe: Recipe) -> Iterator[Job]:
                         for image, mask in inputs:
                             for seed in m.seeds:
                                 yield make(template, seed, image, mask, var_values, params, sched,
-                                           _axes({**built, **axis_values}, sched, m.axes))
+                                           _axes({**built, **axis_values}, sched, order))
 
 
-def _axes(axis_values: dict[str, Any], scheduler: dict[str, Any] | None, declared: dict[str, Any]) -> dict[str, Any]:
-    """A job's axis values, the scheduler axis's included, outermost first (:func:`axis_order`)."""
+def _axes(axis_values: dict[str, Any], scheduler: dict[str, Any] | None, order: list[str]) -> dict[str, Any]:
+    """A job's axis values, the scheduler axis's included, in ``order`` (:func:`axis_order`)."""
     values = {**axis_values, SCHEDULER_AXIS: scheduler}
-    return {name: values[name] for name in axis_order(list(declared))}
+    return {name: values[name] for name in order}
 
 
 def _counter() -> Callable[..., Job]:
