@@ -40,7 +40,7 @@ from .prepare import Options, Prepared
 from .progress import Progress
 from .provenance import environment_extras
 from .resume import peek, remove_leftovers, resume
-from .variants import Variant
+from .variants import Variant, relabel
 
 # --- running ---------------------------------------------------------------------------------------
 
@@ -85,20 +85,20 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
 
     def context_for(variant: Variant) -> BuildContext:
         if variant.id not in contexts:
-            made = build.make_context(variant.recipe, variant.loaded, variant.enabled, allow_pickle=options.allow_pickle,
-                                      trust_remote_code=options.trust_remote_code, warn=options.warn)
+            made = variant_context(variant, options)
             made.device = dist.device(made.device)
             contexts[variant.id] = made
         return contexts[variant.id]
 
     # Every variant runs on one device ([model] device is not an axis): the first context says which.
     probe = first or prepared.variants[0]
-    ctx = build.make_context(probe.recipe, probe.loaded, probe.enabled, allow_pickle=options.allow_pickle,
-                             trust_remote_code=options.trust_remote_code, warn=options.warn)
+    ctx = variant_context(probe, options)
     dist = distributed.detect(ctx.device)
     ctx.device = dist.device(ctx.device)
     contexts[probe.id] = ctx
     first = first or first_variant(prepared, dist, options.force)
+    for variant in prepared.variants:  # every variant's optimization checks, before the first load
+        context_for(variant)
     ctx = context_for(first)
 
     environment.set_deterministic(recipe.run.deterministic)
@@ -135,6 +135,16 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
                     default_scheduler=schedulers[first.id], rank=dist.rank,
                     models={v.id: v.recipe.model.id for v in prepared.variants}, schedulers=schedulers)
     return Started(ctx, dist, pipelines, images, manifest, writer, revisions)
+
+
+def variant_context(variant: Variant, options: Options) -> BuildContext:
+    """The build context of a variant (device, dtype, location, its optimizations' checks); a
+    problem is named by the axis value that caused it."""
+    try:
+        return build.make_context(variant.recipe, variant.loaded, variant.enabled, allow_pickle=options.allow_pickle,
+                                  trust_remote_code=options.trust_remote_code, warn=options.warn)
+    except RecipeError as exc:
+        raise RecipeError(relabel(exc.problems, variant)) from None
 
 
 def optimization_records(prepared: Prepared) -> dict[str, dict[str, Any]]:

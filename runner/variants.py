@@ -296,9 +296,8 @@ def relabel(problems: Sequence[Problem], variant: Variant) -> list[Problem]:
         key = p.key or ""
         for name in variant.axes:
             kind = axis_kind(name)
-            table = {"model": "model", "components": name, "lora": "optimizations.lora",
-                     "lora_scale": "optimizations.lora", "optimizations": name}[kind]
-            if key == table or key.startswith(table + "."):
+            table = {"model": "model", "components": name, "lora": "optimizations.lora", "optimizations": name}.get(kind)
+            if table is not None and (key == table or key.startswith(table + ".")):
                 key = f"matrix.axes.{name}.{variant.positions[name]}"
                 break
         moved = replace(p, key=key or None)

@@ -368,3 +368,10 @@ def test_a_hub_model_not_loaded_yet_is_keyed_with_the_commit_its_revision_points
     pinned = "f" * 40
     assert revision_before_loading(ModelSpec(id="org/model", revision=pinned)) == pinned
     assert revision_before_loading(ModelSpec(id="org/other", revision="v2")) == "v2"  # not cached: as asked
+
+
+def test_a_missing_adapter_of_a_lora_axis_stops_the_run_before_anything_loads(run, loads, recipe_runner_tiny_sd15, tmp_path):
+    result = run("missing", recipe_runner_tiny_sd15, "[0]", '[matrix.axes]\nlora = ["none", { id = "gone.safetensors" }]')
+    assert result.code == 2, result.err
+    assert "matrix.axes.lora.1" in result.err and "no such file" in result.err, result.err
+    assert loads.models == [] and not result.images
