@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -86,7 +85,7 @@ print("loads", loads)
 
 
 def make_inputs(work: Path) -> tuple[list[str], list[str], list[str]]:
-    """Two tiny SD-1.5 models (the second with another UNet), another VAE, two random LoRAs."""
+    """Two tiny SD-1.5 models (built from different seeds), another VAE, two random LoRAs."""
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -95,12 +94,7 @@ def make_inputs(work: Path) -> tuple[list[str], list[str], list[str]]:
     from recipe_runner import tiny
 
     first = tiny.ensure("sd15")
-    second = work / "model-b"
-    shutil.copytree(first, second)
-    torch.manual_seed(1)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(second / "unet"))
-    shutil.rmtree(second / "unet")
-    unet.save_pretrained(second / "unet", safe_serialization=True)
+    second = tiny.build("sd15", work / "model-b", seed=100)
     vae = tiny.build_tiny_vae(work / "vae-b")
     loras = []
     for seed in (0, 1):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import checks, preflight, safety
@@ -61,6 +61,7 @@ class Prepared:
     input_keys: dict[str, str]  # as written -> dotted key
     out_dir: Path
     variants: list[Variant]  # the pipelines its jobs need (one: the recipe, without build axes)
+    by_variant: dict[str, Variant] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.by_variant = {v.id: v for v in self.variants}
@@ -139,7 +140,7 @@ def check_distinct_names(prepared: list[Prepared]) -> None:
                               "give them distinct names", file="recipe-run")
 
 
-def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20, allow_pickle: bool = False) -> str:
+def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
     """The --dry-run text: model, optimizations, plugins, jobs, the pipelines a build axis asks for
     (loads and in-place switches, in plan order) and batches."""
     r = prepared.recipe
@@ -167,7 +168,7 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20, allow_pi
     lines.append(f"  jobs           {len(prepared.jobs)} in {len(batches)} batch{'es' * (len(batches) != 1)}, "
                  f"batch_size {size}{auto}, generator on {r.run.generator_device}")
     if len(prepared.variants) > 1:
-        steps = load_order(prepared.variants, allow_pickle, r.run.keep_models)
+        steps = load_order(prepared.variants, False, r.run.keep_models)  # --allow-pickle is the same for all
         counts = {how: sum(1 for h, _ in steps if h == how) for how in ("load", "switch", "reuse")}
         summary = ", ".join(f"{n} {how}{'es' if how == 'switch' and n != 1 else 's' if n != 1 else ''}"
                             for how, n in counts.items() if n)

@@ -1,7 +1,8 @@
 """Running prepared recipes (see :mod:`recipe_runner.prepare`): a :class:`Session` runs every
 recipe of an invocation: a recipe with nothing to do is said so without importing torch; the
-others are resumed (:mod:`recipe_runner.resume`), built (sharing loaded pipelines through a
-:class:`ModelCache`), generated, written, and summarised.
+others are resumed (:mod:`recipe_runner.resume`), built (one pipeline per variant of a build
+axis, loaded, shared and switched in place by :mod:`recipe_runner.pipelines`), generated,
+written, and summarised.
 
 Light at import (every module it imports keeps torch and diffusers inside its functions).
 """

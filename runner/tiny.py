@@ -187,16 +187,21 @@ def resolve_model_id(model_id: str) -> str | None:
     return str(ensure(model_id[len(MODEL_ID_PREFIX):]))
 
 
-def build(kind: str, dest: Path) -> Path:
+def build(kind: str, dest: Path, seed: int = 0) -> Path:
     """Build the tiny pipeline ``kind`` into ``dest`` (which must not exist yet).
 
-    The pipeline is written to a temporary sibling folder and renamed to
-    ``dest`` at the end, so ``dest`` is either absent or complete.
-    Raises FileExistsError if ``dest`` already exists.
+    ``seed`` moves every component's initialisation seed: another seed gives another model of the
+    same layout, with the same tokenizer (two models for a ``model`` axis). The pipeline is
+    written to a temporary sibling folder and renamed to ``dest`` at the end, so ``dest`` is either
+    absent or complete. Raises FileExistsError if ``dest`` already exists.
     """
     _check_kind(kind)
     builder = _PIPELINE_BUILDERS[kind]
-    return _build_atomically(Path(dest), lambda tmp: builder().save_pretrained(tmp, safe_serialization=True))
+    _SEED_OFFSET[0] = seed
+    try:
+        return _build_atomically(Path(dest), lambda tmp: builder().save_pretrained(tmp, safe_serialization=True))
+    finally:
+        _SEED_OFFSET[0] = 0
 
 
 def build_tiny_vae(dest: Path) -> Path:
@@ -323,11 +328,14 @@ def _make_glm_tokenizer():
 # --------------------------------------------------------------------------
 
 
+_SEED_OFFSET = [0]  # build(kind, dest, seed): added to every component's seed while it builds
+
+
 def _seeded(seed: int, factory: Callable, *args, **kwargs):
     """Call ``factory`` right after seeding torch, so its random init is reproducible."""
     import torch
 
-    torch.manual_seed(seed)
+    torch.manual_seed(seed + _SEED_OFFSET[0])
     return factory(*args, **kwargs).eval()
 
 

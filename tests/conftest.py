@@ -105,17 +105,9 @@ def tiny_lora(recipe_runner_tiny_sd15, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_sd15_other(recipe_runner_tiny_sd15, tmp_path_factory):
-    """A second tiny SD-1.5-layout model: the tiny one with its UNet initialised from another seed
-    (a model axis needs two models whose images differ)."""
-    import torch
-    from diffusers import UNet2DConditionModel
+def tiny_sd15_other(recipe_runner_cache, tmp_path_factory):
+    """A second tiny SD-1.5-layout model, built from other seeds (a model axis needs two models
+    whose images differ)."""
+    from recipe_runner import tiny
 
-    folder = tmp_path_factory.mktemp("models") / "tiny-sd15-other"
-    shutil.copytree(recipe_runner_tiny_sd15, folder)
-    config = UNet2DConditionModel.load_config(folder / "unet")
-    torch.manual_seed(1)
-    unet = UNet2DConditionModel.from_config(config)
-    shutil.rmtree(folder / "unet")
-    unet.save_pretrained(folder / "unet", safe_serialization=True)
-    return folder
+    return tiny.build("sd15", tmp_path_factory.mktemp("models") / "tiny-sd15-other", seed=100)
