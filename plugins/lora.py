@@ -12,9 +12,9 @@
     name = "pixel"                             # adapter name (default: from the id)
 
 Paths resolve against the folder of the recipe that wrote them. Only safetensors load unless
-``--allow-pickle``. A ``lora`` axis (and a ``lora_scale`` axis) switches adapter sets on the loaded
-pipeline with ``set_adapters``: each adapter file loads once per pipeline. Needs the ``peft`` package. Unfused and fused adapters give the same images
-up to float rounding.
+``--allow-pickle``. Needs the ``peft`` package. Unfused and fused adapters give the same images
+up to float rounding. A ``lora`` axis (and a ``lora_scale`` axis) switches adapter sets on the
+loaded pipeline (``switch``): each adapter file loads once, ``set_adapters`` activates a set.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from recipe_runner.api import (
     is_local_reference,
 )
 
-from .common import require_package
+from .common import denoiser, require_package
 
 
 class Adapter(BaseModel):
@@ -85,7 +85,16 @@ def check(settings: Settings, context: BuildContext) -> None:
         source(adapter, index, context)
 
 
-LOADED = "_recipe_runner_adapters"  # on the pipeline: adapter name -> (source, weight_name) loaded under it
+LOADED = "_recipe_runner_adapters"  # adapter name -> (source, weight_name) loaded under it
+
+
+def _loaded(pipe: Any) -> Any:
+    """What holds the record of the loaded adapters: the denoiser, which the pipelines made from
+    this one (``from_pipe``, another task) share with it; the pipeline when it has none."""
+    try:
+        return denoiser(pipe)[1]
+    except Unsupported:
+        return pipe
 
 
 def load(pipe: Any, settings: Settings, context: BuildContext) -> list[str]:
@@ -93,7 +102,7 @@ def load(pipe: Any, settings: Settings, context: BuildContext) -> list[str]:
     is replaced); returns their names."""
     if not hasattr(pipe, "load_lora_weights"):
         raise Unsupported(f"{type(pipe).__name__} cannot load LoRA adapters")
-    loaded: dict[str, tuple[str, str | None]] = getattr(pipe, LOADED, None) or {}
+    loaded: dict[str, tuple[str, str | None]] = getattr(_loaded(pipe), LOADED, None) or {}
     names = adapter_names(settings)
     for index, (adapter, name) in enumerate(zip(settings.adapters, names)):
         where = (source(adapter, index, context), adapter.weight_name)
@@ -110,7 +119,7 @@ def load(pipe: Any, settings: Settings, context: BuildContext) -> list[str]:
         except (OSError, ValueError, KeyError) as exc:
             raise Unsupported(f"adapters[{index}] ({adapter.id}): {str(exc).strip().splitlines()[0]}") from exc
         loaded[name] = where
-    setattr(pipe, LOADED, loaded)
+    setattr(_loaded(pipe), LOADED, loaded)
     return names
 
 
@@ -120,7 +129,7 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> dict:
     if settings.fuse:
         pipe.fuse_lora(adapter_names=names)
         pipe.unload_lora_weights()  # the LoRA layers are merged into the weights: drop them
-        setattr(pipe, LOADED, {})
+        setattr(_loaded(pipe), LOADED, {})
     return {"adapters": names}
 
 
@@ -131,9 +140,9 @@ def switch(pipe: Any, old: Settings | None, new: Settings | None, context: Build
     if (old is not None and old.fuse) or (new is not None and new.fuse):
         raise Unsupported("fused adapters are merged into the weights: they cannot be switched")
     if new is None:
-        if getattr(pipe, LOADED, None):
+        if getattr(_loaded(pipe), LOADED, None):
             pipe.unload_lora_weights()
-            setattr(pipe, LOADED, {})
+            setattr(_loaded(pipe), LOADED, {})
         return None
     return apply(pipe, new, context)
 
