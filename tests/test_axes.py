@@ -375,3 +375,31 @@ def test_a_missing_adapter_of_a_lora_axis_stops_the_run_before_anything_loads(ru
     assert result.code == 2, result.err
     assert "matrix.axes.lora.1" in result.err and "no such file" in result.err, result.err
     assert loads.models == [] and not result.images
+
+
+class Alive:
+    """At each load, which pipelines loaded before it are still in memory."""
+
+    def __init__(self) -> None:
+        self.refs: list[Any] = []
+        self.alive_at_load: list[int] = []
+
+    @hookimpl
+    def pipeline_ready(self, pipe, recipe, context):
+        import gc
+        import weakref
+
+        gc.collect()
+        self.alive_at_load.append(sum(ref() is not None for ref in self.refs))
+        self.refs.append(weakref.ref(pipe))
+
+
+@pytest.mark.parametrize("keep, alive", [("false", [0, 0]), ("true", [0, 1])])
+def test_the_previous_model_is_released_before_the_next_loads_unless_kept(run, recipe_runner_register_plugin,
+                                                                         recipe_runner_tiny_sd15, tiny_sd15_other,
+                                                                         keep, alive):
+    probe = recipe_runner_register_plugin(Alive(), "alive")
+    axes = f"[matrix.axes]\nmodel = [{toml(recipe_runner_tiny_sd15)}, {toml(tiny_sd15_other)}]"
+    result = run(f"keep-{keep}", recipe_runner_tiny_sd15, "[0]", axes, "keep_models = " + keep)
+    assert result.code == 0, result.err
+    assert probe.alive_at_load == alive
