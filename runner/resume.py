@@ -335,7 +335,7 @@ def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
     previous = read_previous(folder)
     old = previous.manifest
     if old is None or not previous.records:
-        return None if old is not None else Peek(len(prepared.jobs), 0, 0)
+        return None if old is not None else Peek(len(prepared.jobs), 0, 0, None, {v.id for v in prepared.variants})
     env = old.get("environment") or {}
     device, dtype = env.get("device"), env.get("dtype")
     if not isinstance(device, str) or not isinstance(dtype, str) or int(env.get("world_size") or 1) != 1:

@@ -10,7 +10,6 @@ Light at import (every module it imports keeps torch and diffusers inside its fu
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from typing import Any
 from . import build, distributed, environment
 from . import inputs as inputs_mod
 from .context import BuildContext
-from .distributed import Dist
+from .distributed import Dist, launched_world_size
 from .errors import RecipeError
 from .execute import Execution
 from .gallery import write_gallery
@@ -40,7 +39,7 @@ from .preflight import before_loading
 from .prepare import Options, Prepared
 from .progress import Progress
 from .provenance import environment_extras
-from .resume import peek, remove_leftovers, resume
+from .resume import Peek, peek, remove_leftovers, resume
 from .variants import Variant, relabel
 
 # --- running ---------------------------------------------------------------------------------------
@@ -76,7 +75,7 @@ class Started:
 
 
 def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache,
-          first: Variant | None = None) -> Started:
+          first: Variant | None = None, pending: set[str] | None = None) -> Started:
     """Everything before the first batch, shared by runs and --reproduce: device and dtype, the
     weight and input checks, the (possibly shared) pipeline of ``first`` (default: the recipe's
     first variant), the output folder, manifest and writer."""
@@ -97,7 +96,7 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
     dist = distributed.detect(ctx.device)
     ctx.device = dist.device(ctx.device)
     contexts[probe.id] = ctx
-    first = first or first_variant(prepared, dist, options.force)
+    first = first or first_variant(prepared, dist, options.force, pending)
     for variant in prepared.variants:  # every variant's optimization checks, before the first load
         context_for(variant)
     ctx = context_for(first)
@@ -161,15 +160,17 @@ def revision_before_loading(model: Any) -> str | None:
     return cached_commit(model.id, model.revision or "main") or model.revision
 
 
-def first_variant(prepared: Prepared, dist: Dist, force: bool) -> Variant:
+def first_variant(prepared: Prepared, dist: Dist, force: bool, pending: set[str] | None = None) -> Variant:
     """The variant to build first: the first, in this process's share of the plan, with an image
-    to make as far as a light look at the output folder tells (so that a re-run after adding a
-    model loads only it, and a rank loads only the models it is given)."""
+    to make (``pending``, the variants with one; default: as far as a light look at the output
+    folder tells), so that a re-run after adding a model loads only it, and a rank loads only the
+    models it is given."""
     variants = prepared.variants
     if len(variants) == 1:
         return variants[0]
-    found = peek(prepared) if dist.world_size == 1 and not force else None
-    pending = found.pending_variants if found is not None else {v.id for v in variants}
+    if pending is None:
+        found = peek(prepared) if dist.world_size == 1 and not force else None
+        pending = found.pending_variants if found is not None else {v.id for v in variants}
     order = variants
     if dist.world_size > 1:  # the models a rank gets do not depend on the batch size
         mine = distributed.shard(plan(prepared.jobs, 1), dist.world_size)[dist.rank]
@@ -177,13 +178,16 @@ def first_variant(prepared: Prepared, dist: Dist, force: bool) -> Variant:
     return next((v for v in order if v.id in pending), variants[0])
 
 
-def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None = None) -> dict[str, Any]:
+def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None = None,
+               pending: set[str] | None = None) -> dict[str, Any]:
     """Build (or reuse) the pipelines, resume from what the output folder holds, generate this
     process's share of the pending batches, write images, manifest, grid and gallery. Under a
-    launcher, rank 0 merges the ranks' manifests. Returns the manifest (the merged one on rank 0)."""
+    launcher, rank 0 merges the ranks' manifests. ``pending``: the variants with an image to make,
+    when the caller has looked already (see :func:`first_variant`). Returns the manifest (the
+    merged one on rank 0)."""
 
     recipe = prepared.recipe
-    started = start(prepared, plugins, options, cache if cache is not None else ModelCache())
+    started = start(prepared, plugins, options, cache if cache is not None else ModelCache(), pending=pending)
     ctx, dist, pipelines, images, manifest, writer = (started.ctx, started.dist, started.pipelines, started.images,
                                                       started.manifest, started.writer)
     out_dir = prepared.out_dir
@@ -254,12 +258,17 @@ def where_to_look(out_dir: Path, gallery: bool, history: str | None) -> str:
     return "  " + "; ".join(parts) if parts else ""
 
 
-def up_to_date(prepared: Prepared, plugins: Plugins, options: Options) -> dict[str, Any] | None:
-    """When every job of ``prepared`` is unchanged on disk (decided without torch, see
-    :func:`recipe_runner.resume.peek`): say so and return the folder's manifest; else None."""
-    if options.force or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+def look(prepared: Prepared, options: Options) -> Peek | None:
+    """What a run of ``prepared`` would do, decided without torch (:func:`recipe_runner.resume.peek`);
+    None under --force or a launcher, or when files alone cannot tell."""
+    if options.force or launched_world_size() > 1:
         return None
-    found = peek(prepared)
+    return peek(prepared)
+
+
+def up_to_date(prepared: Prepared, plugins: Plugins, found: Peek | None) -> dict[str, Any] | None:
+    """When ``found`` (:func:`look`) says every job of ``prepared`` is unchanged on disk: say so
+    and return the folder's manifest; else None."""
     if found is None or not found.nothing_to_do:
         return None
     out_dir = prepared.out_dir
@@ -287,13 +296,14 @@ class Session:
         manifests: list[dict[str, Any]] = []
         todo = []
         for item in prepared:
-            unchanged = up_to_date(item, self.plugins, self.options)
+            found = look(item, self.options)  # once: it also says which variants to load first
+            unchanged = up_to_date(item, self.plugins, found)
             if unchanged is None:
-                todo.append(item)
+                todo.append((item, found.pending_variants if found is not None else {v.id for v in item.variants}))
             else:
                 manifests.append(unchanged)
-        before_loading(todo)
+        before_loading([item for item, _ in todo])
         with graceful():  # first Ctrl-C: finish writing, flush the manifest, exit 130; second: at once
-            for item in todo:
-                manifests.append(run_recipe(item, self.plugins, self.options, self.cache))
+            for item, pending in todo:
+                manifests.append(run_recipe(item, self.plugins, self.options, self.cache, pending))
         return manifests
