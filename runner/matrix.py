@@ -60,7 +60,8 @@ class Job:
     @property
     def variant(self) -> str:
         """The canonical text of :meth:`build_axes` ("{}" when the recipe has no such axis)."""
-        return json.dumps(self.build_axes(), sort_keys=True, ensure_ascii=False, default=repr)
+        build = self.build_axes()
+        return json.dumps(build, sort_keys=True, ensure_ascii=False, default=repr) if build else "{}"
 
     def identity_digest(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True, ensure_ascii=False,
