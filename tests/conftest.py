@@ -81,6 +81,31 @@ def images_in_matrix_order(folder: Path) -> list[Path]:
     return [folder / record["file"] for record in manifest["images"]]
 
 
+def tree_digest(root: Path, *, skip: Path | None = None) -> dict[str, str]:
+    """Every entry below ``root`` (links not followed, FIFOs and devices never opened): regular files
+    by SHA-256, links by their target, other kinds by their type. ``skip`` (a folder inside ``root``,
+    usually the test's output root) is left out. Compare before and after a hostile run to show that
+    nothing outside the run's folder was read into, written, moved or replaced."""
+    import hashlib
+    import stat as st
+
+    digest: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        if skip is not None and (path == skip or skip in path.parents):
+            continue
+        info = path.lstat()
+        rel = str(path.relative_to(root))
+        if st.S_ISLNK(info.st_mode):
+            digest[rel] = "link:" + os.readlink(path)
+        elif st.S_ISREG(info.st_mode):
+            digest[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        elif st.S_ISDIR(info.st_mode):
+            digest[rel] = "dir"
+        else:
+            digest[rel] = f"special:{st.S_IFMT(info.st_mode):o}"
+    return digest
+
+
 def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix in (".png", ".webp", ".jpg") and p.name != "grid.png")
 
