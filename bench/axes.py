@@ -91,7 +91,7 @@ def make_inputs(work: Path) -> tuple[list[str], list[str], list[str]]:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
 
-    from recipe_runner import tiny
+    from recipe_runner.plugins import tiny
 
     first = tiny.ensure("sd15")
     second = tiny.build("sd15", work / "model-b", seed=100)

@@ -83,7 +83,7 @@ def one(recipe: Path, out: Path, gpu: bool) -> dict:
     """In the child: run one recipe, report timings (and CUDA peak memory) as JSON."""
     from diffusers import CogView4Pipeline, StableDiffusionPipeline  # noqa: F401
 
-    from recipe_runner.cli import main
+    from recipe_runner.cli.main import main
 
     code = main([str(recipe), "--out", str(out), "--no-progress"])
     result = {"code": code}
@@ -124,7 +124,7 @@ def make_lora(folder: Path) -> Path:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
 
-    from recipe_runner import tiny
+    from recipe_runner.plugins import tiny
 
     unet = UNet2DConditionModel.from_pretrained(tiny.ensure("sd15"), subfolder="unet", use_safetensors=True)
     torch.manual_seed(0)

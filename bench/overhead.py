@@ -57,7 +57,7 @@ def hand_text(seeds: int, freeze_at_exit: bool = False) -> str:
     return f"""
 import sys, torch
 from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
-from recipe_runner import tiny
+from recipe_runner.plugins import tiny
 out = sys.argv[1]
 pipeline = DiffusionPipeline.from_pretrained(tiny.ensure("sd15"), dtype=torch.float32, use_safetensors=True)
 pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)

@@ -1,6 +1,6 @@
 """recipe-runner: declarative, reproducible batch runner for Hugging Face diffusers pipelines.
 
-Plugin authors: ``from recipe_runner import hookimpl``; the hooks are documented in ``recipe_runner.hookspecs``.
+Plugin authors: ``from recipe_runner import hookimpl``; the hooks are documented in ``recipe_runner.plugin_api.hookspecs``.
 """
 
 import pluggy

@@ -3,7 +3,7 @@
     from recipe_runner.api import Optimization, OptimizationSettings, Unsupported, hookimpl
 
 Anything else under ``recipe_runner`` is internal and may change between releases. The hooks a
-plugin can implement, with what each receives and returns, are in :mod:`recipe_runner.hookspecs`.
+plugin can implement, with what each receives and returns, are in :mod:`recipe_runner.plugin_api.hookspecs`.
 
 Also re-exported, for plugins that keep files: ``cache_dir()`` (recipe-runner's cache folder:
 ``$RECIPE_RUNNER_CACHE`` or ``~/.cache/recipe-runner``) and ``atomic_write(path, data)`` (a file
@@ -19,14 +19,14 @@ from __future__ import annotations
 from typing import Any
 
 from . import hookimpl
-from .build import read_model_index
-from .context import BuildContext
-from .errors import did_you_mean
-from .matrix import Job, expand
-from .optimizations import STAGES, Optimization, OptimizationSettings, Unsupported
-from .paths import atomic_write, cache_dir, is_local_reference
-from .plan import Batch, plan
-from .recipe import Recipe
+from .base.errors import did_you_mean
+from .base.paths import atomic_write, cache_dir, is_local_reference
+from .pipelines.build import read_model_index
+from .pipelines.context import BuildContext
+from .plan.batches import Batch, plan
+from .plan.matrix import Job, expand
+from .recipe.model import Recipe
+from .recipe.optimizations import STAGES, Optimization, OptimizationSettings, Unsupported
 
 __all__ = [
     "STAGES",

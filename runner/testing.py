@@ -66,7 +66,7 @@ def recipe_runner_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
 
 
 def _tiny(kind: str) -> Path:
-    from recipe_runner import tiny
+    from recipe_runner.plugins import tiny
 
     return tiny.ensure(kind)
 
@@ -98,7 +98,7 @@ def recipe_runner_tiny_cogview4(recipe_runner_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def recipe_runner_tiny_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A standalone AutoencoderKL folder (sd15's config, other weights): a [components.vae]."""
-    from recipe_runner import tiny
+    from recipe_runner.plugins import tiny
 
     return tiny.build_tiny_vae(tmp_path_factory.mktemp("vae") / "vae")
 
@@ -106,8 +106,8 @@ def recipe_runner_tiny_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def recipe_runner_register_plugin() -> Iterator[Callable[..., Any]]:
     """``recipe_runner_register_plugin(plugin, name=None)``: load a plugin object (module or instance) in every
-    ``recipe-run`` of this test (through :func:`recipe_runner.plugin_manager.register`); unregistered after it."""
-    from recipe_runner import plugin_manager as plugins
+    ``recipe-run`` of this test (through :func:`recipe_runner.plugin_api.manager.register`); unregistered after it."""
+    from recipe_runner.plugin_api import manager as plugins
 
     registered: list[Any] = []
 
@@ -133,7 +133,7 @@ class Result:
 @pytest.fixture
 def recipe_runner_cli(capsys: pytest.CaptureFixture[str], recipe_runner_cache: Path) -> Callable[..., Result]:
     """Run recipe-run in this process: returns exit code, stdout, stderr (a :class:`Result`)."""
-    from recipe_runner.cli import main
+    from recipe_runner.cli.main import main
 
     def run(*args: Any) -> Result:
         code = main([str(a) for a in args])

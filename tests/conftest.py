@@ -133,6 +133,6 @@ def tiny_lora(recipe_runner_tiny_sd15, tmp_path_factory):
 def tiny_sd15_other(recipe_runner_cache, tmp_path_factory):
     """A second tiny SD-1.5-layout model, built from other seeds (a model axis needs two models
     whose images differ)."""
-    from recipe_runner import tiny
+    from recipe_runner.plugins import tiny
 
     return tiny.build("sd15", tmp_path_factory.mktemp("models") / "tiny-sd15-other", seed=100)

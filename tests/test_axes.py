@@ -158,7 +158,7 @@ def test_a_vae_axis_loads_the_model_once_and_equals_single_vae_runs(run, loads, 
 
     # The grid labels the axis by short names; --compare pairs the images by the axis values
     # (here against the same axis written the other way round: every pair identical).
-    from recipe_runner import grid
+    from recipe_runner.views import grid
 
     [sheet] = grid.sheets_for(axis.folder, axis.manifest)
     assert sheet.columns == ["seed 0", "seed 1"] and sheet.rows == [f"vae = {vae.name}", "vae = default"]
@@ -231,7 +231,7 @@ components.vae = ["default", {toml(recipe_runner_tiny_vae)}]
 guidance_scale = [5.0, 7.5]
 """)
     path = recipe_runner_write_recipe(text)
-    code = ("import sys; from recipe_runner.cli import main; code = main([sys.argv[1], '--dry-run']); "
+    code = ("import sys; from recipe_runner.cli.main import main; code = main([sys.argv[1], '--dry-run']); "
             "print('heavy', sorted({'torch', 'diffusers'} & set(sys.modules)), code)")
     proc = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, text=True, timeout=120)
     out = proc.stdout
@@ -276,9 +276,9 @@ def test_bad_axis_values_never_run(recipe_runner_cli, recipe_runner_write_recipe
 
 
 def test_distributed_ranks_take_whole_models_where_the_counts_allow():
-    from recipe_runner.distributed import shard
-    from recipe_runner.matrix import Job
-    from recipe_runner.plan import plan
+    from recipe_runner.plan.batches import plan
+    from recipe_runner.plan.matrix import Job
+    from recipe_runner.running.distributed import shard
 
     def jobs(models: list[str], seeds: int) -> list[Job]:
         return [Job(i * seeds + s, "p", s, axes={"model": m}) for i, m in enumerate(models) for s in range(seeds)]
@@ -340,8 +340,8 @@ def test_an_optimization_without_a_switch_makes_a_components_axis_load_per_value
 
 def test_zip_mode_pairs_the_i_th_model_with_the_i_th_prompt(recipe_runner_write_recipe, recipe_runner_tiny_sd15,
                                                             tiny_sd15_other):
-    from recipe_runner.plugin_manager import load_plugins
-    from recipe_runner.prepare import Options, prepare
+    from recipe_runner.plugin_api.manager import load_plugins
+    from recipe_runner.running.prepare import Options, prepare
 
     text = RECIPE.format(name="zipped", model=toml(recipe_runner_tiny_sd15), seeds="[0, 1, 2]", extra="",
                          axes=f'mode = "zip"\n[matrix.axes]\nmodel = [{toml(recipe_runner_tiny_sd15)}, '
@@ -356,8 +356,8 @@ def test_zip_mode_pairs_the_i_th_model_with_the_i_th_prompt(recipe_runner_write_
 def test_a_hub_model_not_loaded_yet_is_keyed_with_the_commit_its_revision_points_at(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from recipe_runner.recipe import ModelSpec
-    from recipe_runner.run import revision_before_loading
+    from recipe_runner.recipe.model import ModelSpec
+    from recipe_runner.running.session import revision_before_loading
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     refs = tmp_path / "models--org--model" / "refs"

@@ -35,7 +35,7 @@ batch_size = 2
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, recipe_runner_cache) -> dict[str, Path]:
     """The same recipe twice, with guidance_scale changed, and with a seed added (seeds reordered)."""
-    from recipe_runner.cli import main
+    from recipe_runner.cli.main import main
 
     folder = tmp_path_factory.mktemp("compare")
     variants = {"a": BASE, "same": BASE, "guidance": BASE.replace("guidance_scale = 7.0", "guidance_scale = 9.0"),
@@ -123,7 +123,7 @@ def test_bad_input_exits_2_with_one_clear_line(runs, recipe_runner_cli, tmp_path
 
 
 def test_compare_imports_neither_torch_nor_diffusers(runs, tmp_path):
-    code = ("import sys; from recipe_runner.cli import main; "
+    code = ("import sys; from recipe_runner.cli.main import main; "
             f"c = main(['--compare', {str(runs['a'])!r}, {str(runs['guidance'])!r}, '--out', {str(tmp_path / 'r')!r}]); "
             "print('exit', c, 'torch' in sys.modules, 'diffusers' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

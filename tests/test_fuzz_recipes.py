@@ -9,11 +9,11 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recipe_runner.errors import RecipeError
-from recipe_runner.loading import load
-from recipe_runner.matrix import expand
-from recipe_runner.plugin_manager import load_plugins
-from recipe_runner.recipe import validate
+from recipe_runner.base.errors import RecipeError
+from recipe_runner.plan.matrix import expand
+from recipe_runner.plugin_api.manager import load_plugins
+from recipe_runner.recipe.loading import load
+from recipe_runner.recipe.model import validate
 
 VALID = Path(__file__).resolve().parent.parent / "recipes" / "tiny.toml"
 PLUGINS = load_plugins([])

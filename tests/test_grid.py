@@ -58,7 +58,7 @@ def sheet_sizes(paths: list[Path]) -> list[tuple[int, int]]:
 
 
 def assert_within_limits(paths: list[Path]) -> None:
-    from recipe_runner import grid
+    from recipe_runner.views import grid
 
     for path, (w, h) in zip(paths, sheet_sizes(paths)):
         assert max(w, h) <= grid.MAX_SIDE, (path.name, w, h)
@@ -66,7 +66,7 @@ def assert_within_limits(paths: list[Path]) -> None:
 
 
 def test_two_prompts_by_sixty_seeds_wrap_into_one_sheet_within_limits(tmp_path):
-    from recipe_runner import grid
+    from recipe_runner.views import grid
 
     manifest = synthetic_run(tmp_path / "wide", ["a cat", "a dog"], list(range(60)))
     paths = grid.make_grid(tmp_path / "wide", manifest)
@@ -78,7 +78,7 @@ def test_two_prompts_by_sixty_seeds_wrap_into_one_sheet_within_limits(tmp_path):
 
 
 def test_one_prompt_by_1024_seeds_gets_pages_not_a_strip(tmp_path):
-    from recipe_runner import grid
+    from recipe_runner.views import grid
 
     manifest = synthetic_run(tmp_path / "many", ["a cat"], list(range(1024)))
     (tmp_path / "many" / "grid.png").write_bytes(b"an old sheet")  # from an earlier, smaller run
@@ -93,7 +93,7 @@ def test_one_prompt_by_1024_seeds_gets_pages_not_a_strip(tmp_path):
 
 @pytest.mark.parametrize("nx,ny", [(1, 1), (3, 1), (1, 7), (2, 300), (17, 5), (40, 40), (5, 2000)])
 def test_every_table_shape_fits_the_limits(nx, ny):
-    from recipe_runner import grid
+    from recipe_runner.views import grid
 
     for left in (0, grid.LABEL_WIDTH):
         p = grid.plan_pages(nx, ny, 192, 192, left, 41, 60)
@@ -103,7 +103,7 @@ def test_every_table_shape_fits_the_limits(nx, ny):
 
 
 def test_zip_mode_is_a_list_without_empty_cells(tmp_path):
-    from recipe_runner import grid
+    from recipe_runner.views import grid
 
     manifest = synthetic_run(tmp_path / "zip", ["a cat", "a dog", "a bird"], [0, 1, 2], mode="zip")
     [sheet] = grid.sheets_for(tmp_path / "zip", manifest)
@@ -114,7 +114,7 @@ def test_zip_mode_is_a_list_without_empty_cells(tmp_path):
 
 
 def test_a_scheduler_axis_over_one_class_shows_every_option_set(tmp_path):
-    from recipe_runner import grid
+    from recipe_runner.views import grid
 
     schedulers = [{"name": "DPMSolverMultistepScheduler"},
                   {"name": "DPMSolverMultistepScheduler", "options": {"use_karras_sigmas": True}},
@@ -127,7 +127,7 @@ def test_a_scheduler_axis_over_one_class_shows_every_option_set(tmp_path):
 
 
 def test_the_recipe_chooses_x_y_and_z(tmp_path):
-    from recipe_runner import grid
+    from recipe_runner.views import grid
 
     config = {"x": ["guidance_scale"], "y": ["prompt"], "z": ["seed"]}
     manifest = synthetic_run(tmp_path / "xyz", ["a cat", "a dog"], [0, 1], axes={"guidance_scale": [5.0, 7.0, 9.0]},
@@ -145,8 +145,8 @@ def test_the_recipe_chooses_x_y_and_z(tmp_path):
 
 
 def test_long_prompts_are_shortened_on_the_sheet_and_whole_in_the_gallery(tmp_path):
-    from recipe_runner import grid
-    from recipe_runner.gallery import write_gallery
+    from recipe_runner.views import grid
+    from recipe_runner.views.gallery import write_gallery
 
     long = "a lighthouse on a cliff at dusk, " * 12
     manifest = synthetic_run(tmp_path / "long", [long.strip(), "a dog"], [0, 1])
@@ -176,7 +176,7 @@ window.addEventListener("load", function () {
 
 @needs_chromium
 def test_gallery_of_1000_images_renders_and_its_filter_narrows_the_cards(tmp_path):
-    from recipe_runner.gallery import write_gallery
+    from recipe_runner.views.gallery import write_gallery
     from tests.conftest import pixels
 
     folder = tmp_path / "big"

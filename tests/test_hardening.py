@@ -64,9 +64,9 @@ def test_height_ten_million_is_refused_in_well_under_a_second(recipe_runner_cli,
 
 
 def test_a_batch_that_cannot_fit_in_memory_is_refused():
-    from recipe_runner.checks import size_problems
-    from recipe_runner.errors import Problem
-    from recipe_runner.matrix import Job
+    from recipe_runner.base.errors import Problem
+    from recipe_runner.plan.matrix import Job
+    from recipe_runner.recipe.checks import size_problems
 
     jobs = [Job(i, "x", i, params={"height": 4096, "width": 4096}) for i in range(64)]
     found = size_problems(jobs, lambda k, m, h=None: Problem(m, key=k, hint=h), 64, None,
@@ -88,7 +88,7 @@ def _broken_entry_point(monkeypatch) -> None:
     """The plugin manager (only) sees one more entry point, whose module does not exist."""
     import types
 
-    from recipe_runner import plugin_manager
+    from recipe_runner.plugin_api import manager as plugin_manager
 
     def entry_points(**kwargs):
         found = list(metadata.entry_points(**kwargs))
@@ -131,7 +131,7 @@ def test_p_finds_a_plugin_in_the_current_folder_records_it_and_reproduce_names_i
     assert {"name": "myplug", "version": "1.2", "source": "-p"}.items() <= next(
         p for p in manifest["environment"]["plugins"] if p["name"] == "myplug").items()
     image = image_files(out / "recipe")[0]
-    from recipe_runner.outputs import read_embedded
+    from recipe_runner.records.outputs import read_embedded
 
     assert any(p["name"] == "myplug" for p in json.loads(read_embedded(image)["environment"])["plugins"])
     sys.modules.pop("myplug", None)
@@ -163,7 +163,7 @@ def test_an_axis_replaces_an_inherited_param_through_extends_and_through_set(rec
         assert "guidance_scale" not in manifest["recipe"]["params"]
         assert manifest["recipe"]["matrix"]["axes"]["guidance_scale"] == expected
         assert [r["params"]["guidance_scale"] for r in manifest["images"]] == expected
-        from recipe_runner.outputs import read_embedded
+        from recipe_runner.records.outputs import read_embedded
 
         embedded = [json.loads(read_embedded(p)["job"])["params"]["guidance_scale"] for p in image_files(folder)]
         assert sorted(embedded) == expected  # files are named by job, not listed in matrix order
@@ -173,7 +173,7 @@ def test_an_axis_replaces_an_inherited_param_through_extends_and_through_set(rec
 
 
 def test_scheduler_labels_and_a1111_sampler_names(recipe_runner_cli, recipe_runner_write_recipe):
-    from recipe_runner.labels import a1111_sampler, scheduler_label
+    from recipe_runner.plan.labels import a1111_sampler, scheduler_label
 
     karras = {"name": "DPMSolverMultistepScheduler", "options": {"use_karras_sigmas": True}}
     assert scheduler_label(karras) == "DPMSolverMultistepScheduler (use_karras_sigmas=true)"
@@ -187,7 +187,7 @@ def test_scheduler_labels_and_a1111_sampler_names(recipe_runner_cli, recipe_runn
 
 
 def test_a1111_text_and_manifest_job_carry_the_scheduler_options(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
-    from recipe_runner.outputs import read_embedded
+    from recipe_runner.records.outputs import read_embedded
 
     recipe = recipe_runner_write_recipe(BASE + '[scheduler]\nname = "DPMSolverMultistepScheduler"\noptions = { use_karras_sigmas = true }\n')
     out = tmp_path / "out"
@@ -248,8 +248,8 @@ def test_inputs_of_different_sizes_never_share_a_batch(recipe_runner_cli, recipe
 
 
 def test_jobs_that_differ_only_in_negative_prompt_share_a_batch():
-    from recipe_runner.matrix import Job
-    from recipe_runner.plan import plan
+    from recipe_runner.plan.batches import plan
+    from recipe_runner.plan.matrix import Job
 
     jobs = [Job(i, f"a {w}", s, vars={"w": w}, params={"negative_prompt": f"no {w}", "num_inference_steps": 2})
             for i, (w, s) in enumerate((w, s) for w in ("cat", "dog") for s in range(4))]
@@ -268,8 +268,8 @@ def test_negative_prompt_templates_in_a_full_batch_give_the_same_pixels(recipe_r
 
 
 def test_help_names_the_lock_file_as_written(recipe_runner_cli, capsys):
-    from recipe_runner.cli import parser
-    from recipe_runner.lock import lock_path
+    from recipe_runner.cli.main import parser
+    from recipe_runner.pipelines.lock import lock_path
 
     text = parser().format_help()
     assert "recipes/warrior.lock" in text and lock_path(Path("recipes/warrior.toml")) == Path("recipes/warrior.lock")
@@ -286,7 +286,7 @@ def test_the_diffusers_class_index_is_remembered_per_installed_diffusers(tmp_pat
     later dry runs read the remembered index from the cache folder instead."""
     from pathlib import Path
 
-    from recipe_runner import pipeline_info
+    from recipe_runner.pipelines import info as pipeline_info
 
     monkeypatch.setenv("RECIPE_RUNNER_CACHE", str(tmp_path / "cache"))
     pipeline_info._classes_in.cache_clear()

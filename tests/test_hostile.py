@@ -106,8 +106,8 @@ def test_remote_code_needs_a_pinned_commit_revision(recipe_runner_cli, recipe_ru
 
 
 def test_remote_code_keys_reach_diffusers_only_with_the_flag():
-    from recipe_runner.build import BuildContext
-    from recipe_runner.recipe import Recipe
+    from recipe_runner.pipelines.build import BuildContext
+    from recipe_runner.recipe.model import Recipe
 
     r = Recipe.model_validate({"name": "x", "model": {"id": "tiny:sd15", "custom_pipeline": "p", "trust_remote_code": True,
                                                       "revision": "a" * 40},
@@ -120,7 +120,7 @@ def test_remote_code_keys_reach_diffusers_only_with_the_flag():
             captured.update(kwargs)
             raise RuntimeError("stop")
 
-    import recipe_runner.build as build
+    import recipe_runner.pipelines.build as build
 
     for allowed in (False, True):
         captured.clear()
@@ -170,7 +170,7 @@ def test_symlinks_planted_at_an_image_name_and_its_temporary_name_are_not_writte
     victim_final, victim_tmp = tmp_path / "victim-final", tmp_path / "victim-tmp"
     victim_final.write_text("precious")
     victim_tmp.write_text("precious too")
-    from recipe_runner.matrix import Job
+    from recipe_runner.plan.matrix import Job
 
     name = Job(0, "a cat", 0).filename("png")
     (folder / name).symlink_to(victim_final)
@@ -244,7 +244,7 @@ def test_urls_are_refused_offline(recipe_runner_cli, recipe_runner_write_recipe,
 def test_url_downloads_are_size_capped(monkeypatch):
     import io
 
-    from recipe_runner import inputs
+    from recipe_runner.plan import inputs
 
     class Response(io.BytesIO):
         def __enter__(self):
@@ -269,7 +269,7 @@ def test_url_downloads_are_size_capped(monkeypatch):
 
 
 def test_recipe_files_beyond_the_size_cap_are_refused(recipe_runner_cli, tmp_path):
-    from recipe_runner.loading import MAX_RECIPE_BYTES
+    from recipe_runner.recipe.loading import MAX_RECIPE_BYTES
 
     path = tmp_path / "huge.toml"
     path.write_text("# " + "x" * MAX_RECIPE_BYTES + "\n")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from recipe_runner.errors import RecipeError
-from recipe_runner.loading import load, parse_set
-from recipe_runner.recipe import validate
-from recipe_runner.sources import key_lines, line_of
+from recipe_runner.base.errors import RecipeError
+from recipe_runner.recipe.lines import key_lines, line_of
+from recipe_runner.recipe.loading import load, parse_set
+from recipe_runner.recipe.model import validate
 
 
 def test_key_lines_follow_tables_inline_tables_and_multiline_values():

@@ -7,11 +7,11 @@ import textwrap
 
 import pytest
 
-from recipe_runner.errors import RecipeError
-from recipe_runner.loading import load
-from recipe_runner.matrix import expand, slug
-from recipe_runner.plan import initial_batch_size, plan
-from recipe_runner.recipe import validate
+from recipe_runner.base.errors import RecipeError
+from recipe_runner.plan.batches import initial_batch_size, plan
+from recipe_runner.plan.matrix import expand, slug
+from recipe_runner.recipe.loading import load
+from recipe_runner.recipe.model import validate
 
 
 def jobs_of(tmp_path, text):

@@ -108,20 +108,6 @@ def test_dry_run_refuses_what_a_run_would_refuse_before_loading(recipe_runner_cl
     assert not (tmp_path / "out").exists()
 
 
-def test_the_architecture_map_names_every_module_and_no_other():
-    """docs/architecture.md gives each module of runner/ its job in one line: it matches the code."""
-    import re
-
-    from tests.conftest import REPO
-
-    text = (REPO / "docs" / "architecture.md").read_text()
-    mapped = set(re.findall(r"^\| `(\w+)\.py` \|", text, flags=re.M))
-    modules = {p.stem for p in (REPO / "runner").glob("*.py") if not p.stem.startswith("__")}
-    assert mapped == modules
-    plugins = {p.stem for p in (REPO / "plugins").glob("*.py") if p.stem not in ("__init__", "common")}
-    assert all(f"`{name}`" in text for name in plugins)
-
-
 def test_two_recipes_writing_to_one_folder_are_refused(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     first = recipe_runner_write_recipe('name = "same"\n' + TINY, "a.toml")
     second = recipe_runner_write_recipe('name = "same"\n' + TINY, "b.toml")

@@ -179,7 +179,7 @@ def test_required_false_skips_with_a_warning_and_records_why(run):
     ("attention_slicing = true\nfuse_qkv = true", "optimizations.attention_slicing: cannot run here: cannot be combined with fuse_qkv"),
 ])
 def test_known_bad_combinations_are_refused_before_loading(run, tables, message, monkeypatch):
-    from recipe_runner import build
+    from recipe_runner.pipelines import build
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded")
@@ -209,7 +209,7 @@ def test_offload_decision_on_a_cuda_machine(monkeypatch):
 def test_device_auto_takes_cuda_when_torch_sees_it_and_offload_then_passes(monkeypatch):
     import torch
 
-    from recipe_runner.build import detect_device
+    from recipe_runner.pipelines.build import detect_device
     from recipe_runner.plugins import offload
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

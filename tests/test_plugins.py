@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from recipe_runner import hookimpl, hookspecs
+from recipe_runner import hookimpl
+from recipe_runner.plugin_api import hookspecs
 from tests.conftest import REPO, run_subprocess
 
 EXAMPLE = REPO / "examples" / "recipe-runner-example"
@@ -279,7 +280,7 @@ def test_a_plugin_whose_register_optimizations_raises_is_named_and_the_rest_work
     at = next(i for i, line in enumerate(lines) if line.startswith("vae_tiling  [built-in"))
     assert lines[at + 1].startswith("    [optimizations] vae_tiling (stage memory)")
 
-    from recipe_runner import plugin_manager
+    from recipe_runner.plugin_api import manager as plugin_manager
 
     loaded = plugin_manager.load_plugins()
     assert loaded.registry.providers["vae_tiling"] == "vae_tiling"
@@ -293,7 +294,7 @@ def test_register_optimizations_goes_through_the_pluggy_hook(recipe_runner_regis
     """Called by pluggy (its hook-call monitoring sees each call), one plugin per call."""
     import pluggy
 
-    from recipe_runner import plugin_manager
+    from recipe_runner.plugin_api import manager as plugin_manager
 
     seen: list[list[str]] = []
     real_init = pluggy.PluginManager.__init__
@@ -395,6 +396,6 @@ def test_a_folder_with_its_own_plugins_and_runner_packages_gets_the_built_ins(tm
 
 
 def plugin_manager_builtins() -> tuple[str, ...]:
-    from recipe_runner.plugin_manager import BUILTIN
+    from recipe_runner.plugin_api.manager import BUILTIN
 
     return BUILTIN

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from recipe_runner import hookimpl
-from recipe_runner import plugin_manager as plugins
+from recipe_runner.plugin_api import manager as plugins
 from tests.conftest import REPO, chromium, image_files, needs_chromium, pixels, run_subprocess
 
 VARS_AXES = '''
@@ -40,7 +40,7 @@ batch_size = 4
 @pytest.fixture(scope="module")
 def matrix_run(tmp_path_factory, recipe_runner_cache):
     """One run of 2 vars x 2 guidance scales x 2 seeds, shared by the tests that read its outputs."""
-    from recipe_runner.cli import main
+    from recipe_runner.cli.main import main
 
     folder = tmp_path_factory.mktemp("matrix")
     recipe = folder / "va.toml"
@@ -70,7 +70,7 @@ def test_vars_times_axes_times_seeds_gives_eight_images_with_their_prompt_vars_a
 def test_grid_has_one_labelled_tile_per_image(matrix_run):
     from PIL import Image
 
-    from recipe_runner import grid
+    from recipe_runner.views import grid
 
     manifest = json.loads((matrix_run / "manifest.json").read_text())
     [(sheet, image)] = grid.compose(matrix_run, manifest)
@@ -97,7 +97,7 @@ def test_grid_has_one_labelled_tile_per_image(matrix_run):
 
 
 def test_tile_size_keeps_tiles_legible():
-    from recipe_runner import grid
+    from recipe_runner.views import grid
 
     assert grid.tile_size(64, 64) == (grid.MIN_TILE, grid.MIN_TILE)
     assert grid.tile_size(1024, 512) == (grid.MAX_TILE, grid.MAX_TILE // 2)
@@ -175,7 +175,7 @@ def test_headless_chromium_renders_the_gallery_with_every_image_loaded(matrix_ru
 
 
 def test_a1111_parameters_and_environment_in_each_image(matrix_run):
-    from recipe_runner.outputs import read_embedded
+    from recipe_runner.records.outputs import read_embedded
 
     record = json.loads((matrix_run / "manifest.json").read_text())["images"][7]
     text = read_embedded(matrix_run / record["file"])
@@ -192,7 +192,7 @@ def test_a1111_parameters_and_environment_in_each_image(matrix_run):
 
 
 def test_metadata_false_writes_bare_images_and_reproduce_refuses_them(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
-    from recipe_runner.outputs import read_embedded
+    from recipe_runner.records.outputs import read_embedded
 
     recipe = recipe_runner_write_recipe(VARS_AXES.replace("guidance_scale = [6.0, 8.0]", "guidance_scale = [6.0]")
                           .replace('who = ["an old chief", "a young chief"]', 'who = ["x"]')
@@ -277,7 +277,7 @@ def test_reproduce_matches_an_untouched_image_and_catches_one_changed_pixel(reci
 
 
 def test_webp_images_carry_the_metadata_in_exif_and_reproduce(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
-    from recipe_runner.outputs import read_embedded
+    from recipe_runner.records.outputs import read_embedded
 
     recipe = recipe_runner_write_recipe(REPRO.format(fmt="webp").replace("seeds = [3, 4]", "seeds = [3]"), "repro-webp.toml")
     assert recipe_runner_cli(recipe, "--out", tmp_path / "out").code == 0
@@ -411,8 +411,8 @@ def test_file_hashes_are_remembered_until_the_file_changes(monkeypatch, tmp_path
     import hashlib
     import os
 
-    from recipe_runner import filehashes
-    from recipe_runner.filehashes import FileHashes
+    from recipe_runner.base import filehashes
+    from recipe_runner.base.filehashes import FileHashes
 
     model = tmp_path / "model"
     (model / "unet").mkdir(parents=True)
@@ -467,7 +467,7 @@ def test_file_hashes_are_remembered_until_the_file_changes(monkeypatch, tmp_path
 def test_hub_references_lock_to_a_commit_online_or_from_the_cache(monkeypatch, tmp_path):
     from huggingface_hub import HfApi, constants
 
-    from recipe_runner import lock
+    from recipe_runner.pipelines import lock
 
     sha = "0123456789abcdef0123456789abcdef01234567"
     assert lock.hub_commit("org/model", sha) == sha  # a pinned commit needs no network
@@ -487,7 +487,7 @@ def test_hub_references_lock_to_a_commit_online_or_from_the_cache(monkeypatch, t
     ref.parent.mkdir(parents=True)
     ref.write_text(sha + "\n")
     assert lock.hub_commit("org/model", None) == sha
-    from recipe_runner.errors import RunError
+    from recipe_runner.base.errors import RunError
 
     with pytest.raises(RunError, match="cannot resolve org/other@v2"):
         lock.hub_commit("org/other", "v2")
@@ -559,7 +559,7 @@ def test_schema_is_printed_without_torch_and_validates_the_shipped_recipes():
     import tomllib
 
     code = ("import sys, runpy\nsys.argv = ['recipe-run', '--schema']\n"
-            "from recipe_runner.cli import main\nrc = main(['--schema'])\n"
+            "from recipe_runner.cli.main import main\nrc = main(['--schema'])\n"
             "assert not [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\nsys.exit(rc)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           env={**__import__("os").environ, "PYTHONPATH": str(REPO)})

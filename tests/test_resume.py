@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from recipe_runner import hookimpl
-from recipe_runner import plugin_manager as plugins
-from recipe_runner.journal import JOURNAL_NAME, read_journal
-from recipe_runner.paths import sha256_file
+from recipe_runner.base.paths import sha256_file
+from recipe_runner.plugin_api import manager as plugins
+from recipe_runner.records.journal import JOURNAL_NAME, read_journal
 from tests.conftest import REPO, image_files, images_in_matrix_order, pixels, run_subprocess
 
 RECIPE = '''
@@ -76,7 +76,7 @@ def assert_same_pixels(a: Path, b: Path) -> None:
 
 def uninterrupted(tmp_path_factory, text: str, name: str):
     """The output folder of an uninterrupted run of ``text`` (written as ``name``.toml)."""
-    from recipe_runner.cli import main
+    from recipe_runner.cli.main import main
 
     folder = tmp_path_factory.mktemp(f"reference-{name}")
     recipe = folder / f"{name}.toml"
@@ -209,7 +209,7 @@ def test_weights_changed_in_place_regenerate_the_old_images(recipe_runner_cli, r
 
     from safetensors.torch import load_file, save_file
 
-    from recipe_runner import tiny
+    from recipe_runner.plugins import tiny
 
     shutil.copytree(tiny.ensure("sd15"), tmp_path / "my-model")
     recipe = recipe_runner_write_recipe(RECIPE.format(batch_size=2).replace('"tiny:sd15"', '"./my-model"'), "local.toml")
@@ -234,9 +234,9 @@ def test_weights_changed_in_place_regenerate_the_old_images(recipe_runner_cli, r
 
 def test_a_hub_model_s_jobs_carry_the_commit_it_was_loaded_from(recipe_runner_write_recipe, tmp_path):
     """A Hub model's "main" moves: images made from another commit are regenerated, not done."""
-    from recipe_runner.keys import common_identity
-    from recipe_runner.lock import loaded_models
-    from recipe_runner.prepare import Options, prepare
+    from recipe_runner.pipelines.lock import loaded_models
+    from recipe_runner.records.keys import common_identity
+    from recipe_runner.running.prepare import Options, prepare
 
     recipe = recipe_runner_write_recipe('[model]\nid = "some-org/some-model"\n[matrix]\nprompts = ["a"]\n', "hub.toml")
     prepared = prepare(recipe, [], plugins.load_plugins([]), Options(out=tmp_path / "out"))
@@ -362,7 +362,7 @@ def test_a_hard_crash_loses_at_most_the_batch_in_flight(recipe_runner_cli, tmp_p
 
 
 def test_first_sigint_waits_for_a_critical_write_and_a_second_stops_at_once():
-    from recipe_runner.interrupts import critical, graceful
+    from recipe_runner.base.interrupts import critical, graceful
 
     with graceful():
         reached = []

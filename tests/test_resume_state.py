@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from recipe_runner import distributed
-from recipe_runner.errors import RecipeError
-from recipe_runner.journal import Journal
-from recipe_runner.keys import Keys
-from recipe_runner.manifest import Manifest
-from recipe_runner.matrix import Job
-from recipe_runner.paths import is_local_reference, locate, sha256_file
-from recipe_runner.resume import HISTORY, ResumeState, remove_leftovers, resume
+from recipe_runner.base.errors import RecipeError
+from recipe_runner.base.paths import is_local_reference, locate, sha256_file
+from recipe_runner.plan.matrix import Job
+from recipe_runner.records.journal import Journal
+from recipe_runner.records.keys import Keys
+from recipe_runner.records.manifest import Manifest
+from recipe_runner.records.resume import HISTORY, ResumeState, remove_leftovers, resume
+from recipe_runner.running import distributed
 
 JOBS = [Job(index=i, prompt=f"prompt {i}", seed=i, params={"width": 8, "height": 8}) for i in range(3)]
 RECIPE = {"name": "rooms", "run": {"batch_size": 1}}
@@ -125,7 +125,7 @@ def test_an_image_written_before_its_journal_line_is_done_by_its_embedded_key(tm
     pytest.importorskip("PIL")
     from PIL import Image
 
-    from recipe_runner.outputs import encode
+    from recipe_runner.records.outputs import encode
 
     manifest = new_manifest(tmp_path)
     path = manifest.file_for(JOBS[1])
@@ -195,10 +195,10 @@ def test_locate_and_local_references(tmp_path):
 
 
 def test_the_data_rooms_are_light_and_journal_does_not_need_outputs():
-    code = ("import sys, recipe_runner.resume, recipe_runner.paths, recipe_runner.keys, recipe_runner.manifest; "
+    code = ("import sys, recipe_runner.records.resume, recipe_runner.base.paths, recipe_runner.records.keys, recipe_runner.records.manifest; "
             "heavy = {'torch', 'diffusers', 'PIL'} & set(sys.modules); assert not heavy, heavy; "
             "[sys.modules.pop(m) for m in list(sys.modules) if m.startswith('recipe_runner')]; "
-            "import recipe_runner.journal; assert 'recipe_runner.outputs' not in sys.modules")
+            "import recipe_runner.records.journal; assert 'recipe_runner.records.outputs' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

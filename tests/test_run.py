@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from recipe_runner import hookimpl
-from recipe_runner import plugin_manager as plugins
+from recipe_runner.plugin_api import manager as plugins
 from tests.conftest import REPO, image_files, pixels, run_subprocess
 
 MATRIX = '''
@@ -136,7 +136,7 @@ def test_manifest_lists_every_job_in_matrix_order_with_hash_batch_and_environmen
 
 
 def test_images_carry_the_recipe_and_job(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
-    from recipe_runner.outputs import read_embedded
+    from recipe_runner.records.outputs import read_embedded
 
     folder = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 2, "carried")
     fourth = json.loads((folder / "manifest.json").read_text())["images"][3]["file"]
@@ -197,7 +197,7 @@ def test_dry_run_of_every_recipe_imports_neither_torch_nor_diffusers():
     assert len(recipes) >= 4
     code = (
         "import sys\n"
-        "from recipe_runner.cli import main\n"
+        "from recipe_runner.cli.main import main\n"
         f"rc = main(['--dry-run', *{recipes!r}])\n"
         "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
@@ -248,7 +248,7 @@ def test_the_command_skips_the_final_collection_only_after_main_returned(monkeyp
     import runpy
     from importlib import metadata
 
-    from recipe_runner import cli
+    from recipe_runner.cli import main as cli
 
     calls = []
     monkeypatch.setattr(cli, "main", lambda argv=None: calls.append("main") or 2)

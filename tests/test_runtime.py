@@ -8,10 +8,11 @@ import re
 import numpy as np
 import pytest
 
-from recipe_runner import build, hookimpl
-from recipe_runner import plugin_manager as plugins
-from recipe_runner.errors import RunError
-from recipe_runner.progress import Progress
+from recipe_runner import hookimpl
+from recipe_runner.base.errors import RunError
+from recipe_runner.pipelines import build
+from recipe_runner.plugin_api import manager as plugins
+from recipe_runner.running.progress import Progress
 from tests.conftest import image_files, pixels
 
 
@@ -112,9 +113,9 @@ def test_progress_bar_moves_with_the_denoising_steps_and_ends_on_the_final_state
 
 def test_a_run_drawn_on_a_terminal_shows_steps_and_makes_the_same_pixels(recipe_runner_write_recipe, tmp_path, capsys):
     """The step callback only reports: the images equal those of a run without a bar."""
-    from recipe_runner.plugin_manager import load_plugins
-    from recipe_runner.prepare import Options, prepare
-    from recipe_runner.run import run_recipe
+    from recipe_runner.plugin_api.manager import load_plugins
+    from recipe_runner.running.prepare import Options, prepare
+    from recipe_runner.running.session import run_recipe
 
     recipe = recipe_runner_write_recipe('''
         [model]

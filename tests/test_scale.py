@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recipe_runner import build, distributed, hookimpl
-from recipe_runner import plugin_manager as plugins
-from recipe_runner.matrix import Job
-from recipe_runner.plan import Batch
+from recipe_runner import hookimpl
+from recipe_runner.pipelines import build
+from recipe_runner.plan.batches import Batch
+from recipe_runner.plan.matrix import Job
+from recipe_runner.plugin_api import manager as plugins
+from recipe_runner.running import distributed
 from tests.conftest import REPO, image_files, pixels
 
 RECIPE = '''

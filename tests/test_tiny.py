@@ -1,4 +1,4 @@
-"""Tests for recipe_runner.tiny: tiny random diffusers pipelines built offline."""
+"""Tests for recipe_runner.plugins.tiny: tiny random diffusers pipelines built offline."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from recipe_runner import paths, tiny
+from recipe_runner.base import paths
+from recipe_runner.plugins import tiny
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["portrait photo of a old warrior chief, tribal panther make up", "a cat"]
@@ -55,7 +56,7 @@ def _init_images(count: int):
 
 
 def test_import_does_not_import_torch_or_diffusers():
-    code = "import recipe_runner.tiny, sys; assert not {'torch', 'diffusers', 'transformers'} & set(sys.modules)"
+    code = "import recipe_runner.plugins.tiny, sys; assert not {'torch', 'diffusers', 'transformers'} & set(sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, check=True)
 

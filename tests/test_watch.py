@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
-from recipe_runner import refresh
-from recipe_runner.watch import Relevant, Watcher, digest, release_unused, snapshot
+from recipe_runner.running.watch import Relevant, Watcher, digest, release_unused, snapshot
+from recipe_runner.views import refresh
 from tests.conftest import REPO, image_files
 
 RECIPE = """
@@ -132,7 +132,7 @@ def test_watch_takes_the_run_options_and_refuses_other_modes(recipe_runner_cli, 
         result = recipe_runner_cli(*args)
         assert result.code == 2, (args, result.err)
         assert "Traceback" not in result.err
-    from recipe_runner.cli import APPLIES, MODES, RECIPE_MODES
+    from recipe_runner.cli.main import APPLIES, MODES, RECIPE_MODES
 
     assert MODES["watch"] == "--watch" and "watch" in RECIPE_MODES
     for dest in ("sets", "out", "plugins", "allow_pickle", "trust_remote_code", "no_progress", "strict_plugins", "locked"):
@@ -207,7 +207,7 @@ class FakeBuilt:
 
 
 def test_release_unused_drops_the_models_no_recipe_uses_and_frees_them():
-    from recipe_runner.pipelines import Entry, ModelCache
+    from recipe_runner.pipelines.cache import Entry, ModelCache
 
     cache = ModelCache()
     kept, dropped, derived = FakeBuilt("model-a"), FakeBuilt("model-b"), FakeBuilt("model-b")
@@ -222,9 +222,9 @@ def test_release_unused_drops_the_models_no_recipe_uses_and_frees_them():
 
 
 def test_the_model_key_leaves_out_what_an_edit_changes_without_a_reload(recipe_runner_write_recipe):
-    from recipe_runner.pipelines import model_key
-    from recipe_runner.plugin_manager import load_plugins
-    from recipe_runner.prepare import Options, prepare
+    from recipe_runner.pipelines.cache import model_key
+    from recipe_runner.plugin_api.manager import load_plugins
+    from recipe_runner.running.prepare import Options, prepare
 
     plugins = load_plugins([])
     base = """
@@ -264,7 +264,7 @@ MANIFEST = {"recipe": {"name": "r", "model": {"id": "tiny:sd15"}}, "environment"
 
 
 def test_the_gallery_refreshes_itself_only_under_watch_and_its_stamp_follows_the_page(tmp_path):
-    from recipe_runner.gallery import render, write_gallery
+    from recipe_runner.views.gallery import render, write_gallery
 
     assert refresh.MARK not in render(MANIFEST)  # a plain run's page has only its filter script
     write_gallery(tmp_path, MANIFEST)

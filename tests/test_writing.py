@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from recipe_runner import hookimpl
-from recipe_runner.writing import SYNC_WRITES_ENV
+from recipe_runner.records.writing import SYNC_WRITES_ENV
 from tests.conftest import REPO, image_files, pixels
 from tests.test_resume import RECIPE as LONGRUN
 from tests.test_resume import manifest_of
@@ -42,7 +42,7 @@ def assert_listed_files_are_complete(folder: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted run of RECIPE."""
-    from recipe_runner.cli import main
+    from recipe_runner.cli.main import main
 
     folder = tmp_path_factory.mktemp("reference")
     recipe = folder / "writes.toml"
@@ -104,7 +104,7 @@ class Device:
 def test_batch_k_is_written_while_batch_k_plus_1_generates(recipe_runner_cli, recipe_runner_write_recipe,
                                                           recipe_runner_register_plugin, tmp_path, monkeypatch,
                                                           reference):
-    from recipe_runner.outputs import Writer
+    from recipe_runner.records.outputs import Writer
 
     device = recipe_runner_register_plugin(Device(batches=3), "device")
     monkeypatch.setattr(Writer, "write_batch", device.wrap(Writer.write_batch))
@@ -160,7 +160,7 @@ def test_background_and_synchronous_writes_give_the_same_bytes_and_records(recip
 @pytest.mark.parametrize("sync", ["0", "1"])
 def test_a_failed_write_fails_the_run_and_keeps_the_batches_written_before(recipe_runner_cli, recipe_runner_write_recipe,
                                                                            tmp_path, monkeypatch, sync):
-    from recipe_runner import outputs
+    from recipe_runner.records import outputs
 
     monkeypatch.setenv(SYNC_WRITES_ENV, sync)
     real = outputs.atomic_write
@@ -202,7 +202,8 @@ def test_a_failure_while_generating_still_writes_the_batches_generated_before(re
 
 SLOW_DISK = '''
 import os, pathlib, time
-from recipe_runner import hookimpl, outputs
+from recipe_runner import hookimpl
+from recipe_runner.records import outputs
 
 _real = outputs.atomic_write
 
@@ -271,7 +272,7 @@ def test_first_sigint_lets_the_batches_handed_to_the_writer_finish(recipe_runner
 
 
 class BlockedWriter:
-    """A stand-in for :class:`recipe_runner.outputs.Writer` whose write blocks until released."""
+    """A stand-in for :class:`recipe_runner.records.outputs.Writer` whose write blocks until released."""
 
     def __init__(self, folder: Path) -> None:
         self.manifest = type("M", (), {"folder": folder})()
@@ -287,9 +288,9 @@ class BlockedWriter:
 
 
 def test_a_second_sigint_abandons_the_writer_at_once(tmp_path):
-    from recipe_runner.interrupts import graceful, repeated
-    from recipe_runner.plan import Batch
-    from recipe_runner.writing import BackgroundWrites, Handed, batch_times
+    from recipe_runner.base.interrupts import graceful, repeated
+    from recipe_runner.plan.batches import Batch
+    from recipe_runner.records.writing import BackgroundWrites, Handed, batch_times
 
     writer = BlockedWriter(tmp_path)
     writes = BackgroundWrites(writer, [])  # type: ignore[arg-type]
@@ -311,7 +312,7 @@ def test_a_second_sigint_abandons_the_writer_at_once(tmp_path):
 
 
 def test_critical_sections_off_the_main_thread_neither_hold_nor_raise():
-    from recipe_runner.interrupts import critical, graceful
+    from recipe_runner.base.interrupts import critical, graceful
 
     inside, leave, outcome = threading.Event(), threading.Event(), []
 

@@ -1,0 +1,271 @@
+"""``recipe-run``: the command line. Exit status 0 success, 1 failure while running, 2 invalid
+recipe or command line (one message, no traceback, nothing written), 130 interrupted.
+
+This module, and everything it imports at the top, stays free of torch and diffusers: --help,
+--dry-run, --list-plugins and validation never pay for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from .. import __version__
+from ..base.errors import RecipeError, RunError
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse's own usage errors: exit 2, one line
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_INVALID)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="recipe-run",
+        description="Run diffusers pipelines from TOML recipes: reproducible batches, one generator per image.",
+    )
+    p.add_argument("recipes", nargs="*", metavar="RECIPE", help="recipe files (TOML)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="output root (default: outputs); a recipe writes to DIR/<name>/")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key: dotted path, TOML value (a bare word that is not TOML is a string)")
+    p.add_argument("-p", "--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                   help="load one more plugin module (importable name)")
+    p.add_argument("--strict-plugins", action="store_true",
+                   help="refuse to run (exit 2) when an installed plugin failed to load; without it, a warning")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and print the plan; loads no model, imports neither torch nor diffusers")
+    p.add_argument("--watch", action="store_true",
+                   help="run, then keep the pipelines loaded and run again on every save of a recipe, of a file "
+                        "it extends or of an input image (only new or changed jobs); Ctrl-C ends it")
+    p.add_argument("--list-plugins", action="store_true", help="list the installed plugins and their settings")
+    p.add_argument("--reproduce", type=Path, metavar="IMAGE",
+                   help="re-generate one image from the recipe embedded in it, into a scratch folder (or --out); "
+                        "exit 0 pixel-identical, 1 differs")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="compare two runs (folders or their manifest.json): pairs by job, pixels and recipe; "
+                        "report into --out (default compare-report); exit 0 identical, 1 differs, 2 bad input")
+    p.add_argument("--schema", action="store_true", help="print the JSON Schema of the recipe format (plugin tables included)")
+    p.add_argument("--lock", action="store_true",
+                   help="write each recipe's lock file beside it, the recipe's name with .lock for .toml "
+                        "(recipes/warrior.toml -> recipes/warrior.lock: model commits and weight hashes), and exit")
+    p.add_argument("--locked", action="store_true", help="refuse to run (exit 2) when a model differs from the lock file")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow pickled (.bin/.ckpt) weights; never implied by a recipe")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow model.custom_pipeline / model.trust_remote_code (with a pinned commit revision); "
+                        "never implied by a recipe")
+    p.add_argument("--force", action="store_true",
+                   help="regenerate every image, even unchanged ones (the images replaced are kept in the run's history folder)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    p.add_argument("--debug", action="store_true", help="show the traceback of a failure while running")
+    p.add_argument("--version", action="version", version=f"recipe-run {__version__}")
+    return p
+
+
+def list_plugins(plugins) -> str:
+    from ..recipe.optimizations import settings_lines
+
+    lines = []
+    for info in plugins.infos:
+        origin = f"{info.distribution or '?'} {info.version or ''}".strip()
+        lines.append(f"{info.name}  [{info.source}; {origin}; {info.module}]")
+        if info.error:
+            lines.append(f"    failed to load: {info.error}")
+        for name in info.provides:
+            opt = plugins.registry.optimizations[name]
+            lines.append(f"    [optimizations] {name} (stage {opt.stage}): {opt.description}")
+            lines += [f"        {line}" for line in settings_lines(opt.settings)]
+    return "\n".join(lines)
+
+
+def console() -> None:
+    """The ``recipe-run`` command and ``python -m recipe_runner``: :func:`main`, then exit.
+
+    The interpreter's last act before exiting is a full garbage collection that walks every object
+    torch, diffusers and transformers created: over a second here, with nothing left to do. By now
+    every file is written, closed and synced and every stream flushed, so ``gc.freeze()`` moves
+    those objects out of its way; objects are still released, and exit handlers still run.
+    """
+    code = main()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        code = code or EXIT_FAILED
+    gc.freeze()
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return _main(args)
+    except RecipeError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    except BrokenPipeError:  # `recipe-run --dry-run r.toml | head -1`: the reader is gone; end quietly
+        _stdout_to_devnull()
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {_images_written()} image(s) written by this run, every one complete and listed in "
+              "its manifest; run the same command again to finish", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RunError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # a failure while running: the message, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+# --- modes ------------------------------------------------------------------------------------------
+# One mode per invocation. Each option names the modes it means something in; any other
+# combination is refused (exit 2) naming both flags, never silently ignored.
+
+MODES = {  # mode -> its flag
+    "dry_run": "--dry-run",
+    "list_plugins": "--list-plugins",
+    "schema": "--schema",
+    "reproduce": "--reproduce",
+    "lock": "--lock",
+    "compare": "--compare",
+    "watch": "--watch",
+}
+RUN = "run"  # no mode flag: run the recipes
+RECIPE_MODES = {RUN, "dry_run", "lock", "watch"}  # the modes that take RECIPE arguments
+APPLIES = {  # option (dest) -> (its flag, the modes it applies to)
+    "recipes": ("RECIPE", RECIPE_MODES),
+    "sets": ("--set", RECIPE_MODES),
+    "out": ("--out", {RUN, "dry_run", "reproduce", "compare", "watch"}),
+    "locked": ("--locked", {RUN, "dry_run", "watch"}),
+    "plugins": ("-p", {RUN, "dry_run", "lock", "list_plugins", "schema", "reproduce", "watch"}),
+    "allow_pickle": ("--allow-pickle", {RUN, "dry_run", "lock", "reproduce", "watch"}),
+    "trust_remote_code": ("--trust-remote-code", {RUN, "dry_run", "lock", "reproduce", "watch"}),
+    "no_progress": ("--no-progress", {RUN, "dry_run", "lock", "reproduce", "watch"}),  # harmless where nothing is drawn
+    "force": ("--force", {RUN}),
+    "strict_plugins": ("--strict-plugins", {RUN, "dry_run", "lock", "reproduce", "schema", "watch"}),
+}
+
+
+def mode_of(args: argparse.Namespace) -> str:
+    """The one mode this invocation asks for; RecipeError (exit 2) for a combination that makes no sense."""
+    asked = [mode for mode in MODES if getattr(args, mode) not in (None, False)]
+    if len(asked) > 1:
+        first, second = (MODES[m] for m in asked[:2])
+        raise RecipeError.one(f"{first} and {second} cannot be combined: one mode per invocation", file="recipe-run")
+    mode = asked[0] if asked else RUN
+    for dest, (flag, modes) in APPLIES.items():
+        if getattr(args, dest) in (None, False, []) or mode in modes:
+            continue
+        raise RecipeError.one(f"{MODES[mode]} takes no recipes" if dest == "recipes"
+                              else f"{flag} has no effect with {MODES[mode]}: leave one of them out", file="recipe-run")
+    if mode in RECIPE_MODES and not args.recipes:
+        usage = f"recipe-run {MODES[mode]} RECIPE [RECIPE ...]" if mode != RUN else "recipe-run RECIPE [RECIPE ...]"
+        raise RecipeError.one(f"no recipe given: {usage}", file="recipe-run")
+    return mode
+
+
+def _images_written() -> int:
+    """Images written by this process: the outputs module is loaded only once a run wrote any."""
+    outputs = sys.modules.get("recipe_runner.records.outputs")
+    return outputs.images_written() if outputs is not None else 0
+
+
+def _stdout_to_devnull() -> None:
+    """What Python's docs recommend on SIGPIPE: point stdout at devnull, so that the interpreter's
+    final flush of the lost output raises nothing either."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (tests capture stdout)
+        pass
+
+
+def _main(args: argparse.Namespace) -> int:
+    from ..plugin_api.manager import load_plugins
+
+    mode = mode_of(args)
+    if mode == "compare":  # files only: no plugins, no torch
+        from ..views import compare
+
+        return compare.main(args.compare[0], args.compare[1], args.out)
+    plugins = load_plugins(args.plugins)
+    if mode == "list_plugins":
+        print(list_plugins(plugins))
+        return EXIT_OK
+    from ..plugin_api.failures import check as check_plugins
+    from ..running.prepare import warn as warn_stderr
+
+    check_plugins(plugins, args.strict_plugins, warn_stderr)
+    if mode == "schema":
+        from .schema import dumps
+
+        print(dumps(plugins))
+        return EXIT_OK
+    if mode == "reproduce":
+        from ..running.prepare import warn
+        from ..running.reproduce import reproduce
+
+        outcome = reproduce(args.reproduce, plugins, args.out, allow_pickle=args.allow_pickle,
+                            trust_remote_code=args.trust_remote_code, warn=warn)
+        print(outcome.report())
+        return EXIT_OK if outcome.identical else EXIT_FAILED
+
+    from ..running.prepare import Options, check_distinct_names, describe_plan, prepare
+
+    options = Options(out=args.out if args.out is not None else Path("outputs"), allow_pickle=args.allow_pickle,
+                      trust_remote_code=args.trust_remote_code, force=args.force,
+                      progress=False if args.no_progress else None)
+    if mode == "watch":
+        from ..pipelines.preflight import before_loading
+        from ..running.watch import watch
+
+        return watch([Path(p) for p in args.recipes], args.sets, plugins, options, locked=args.locked,
+                     debug=args.debug, check=before_loading)
+    problems = []
+    prepared = []
+    for path in args.recipes:  # every recipe is checked before any of them runs
+        try:
+            prepared.append(prepare(path, args.sets, plugins, options))
+        except RecipeError as exc:
+            problems += exc.problems
+    if problems:
+        raise RecipeError(problems)
+    check_distinct_names(prepared)
+    if mode == "lock":
+        from ..pipelines import lock
+
+        for item in prepared:
+            print(f"{item.recipe.name}: locked -> {lock.write_lock(item.recipe, item.loaded)}")
+        return EXIT_OK
+    if args.locked:
+        from ..pipelines import lock
+
+        for item in prepared:
+            lock.verify(item.recipe, item.loaded)
+    if mode == "dry_run":
+        print("\n\n".join(describe_plan(p, plugins) for p in prepared))
+        return EXIT_OK
+    from ..running.session import Session
+
+    Session(plugins, options).run(prepared)
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    console()

@@ -1,0 +1,85 @@
+"""Hook specifications: every hook a recipe-runner plugin can implement.
+
+A plugin is a module (or any object) with functions decorated by ``recipe_runner.hookimpl`` and named
+after one of the hooks below. Plugins come from three places: the built-ins, the ``recipe_runner``
+entry-point group of installed distributions, and ``recipe-run -p MODULE``. A plugin implements
+only the hooks it needs; pluggy checks the names, so a misspelled hook is reported at load time.
+
+All hooks run in the one process that runs the recipe (under torchrun, in every rank).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from ..pipelines.context import BuildContext
+    from ..plan.batches import Batch
+    from ..recipe.model import Recipe
+    from ..recipe.optimizations import Optimization
+
+hookspec = pluggy.HookspecMarker("recipe_runner")
+
+
+@hookspec
+def register_optimizations() -> list[Optimization]:  # type: ignore[empty-body]  # a specification: never called
+    """Declare the optimizations this plugin provides.
+
+    Called once, when the plugins are loaded: before any recipe is validated, for ``--dry-run``,
+    ``--list-plugins`` and ``--schema`` too, so it must stay cheap (no torch import here).
+
+    Receives nothing. Returns a list of :class:`recipe_runner.api.Optimization`: each has the key it
+    owns under ``[optimizations]``, a pydantic settings model (subclass of
+    :class:`recipe_runner.api.OptimizationSettings`) that validates that key's table, the stage
+    that orders it, and the functions that check, configure loading and apply it.
+    """
+
+
+@hookspec
+def pipeline_ready(pipe: Any, recipe: Recipe, context: BuildContext) -> None:
+    """The pipeline is built: weights loaded, components swapped, scheduler set, moved to its
+    device and every optimization applied. Called once per loaded pipeline, before the first batch:
+    once per ``from_pretrained`` (and per ``from_pipe`` for another task), never when a build axis
+    switches the loaded pipeline in place (another component, LoRA set or switchable optimization).
+
+    Receives ``pipe`` (the diffusers pipeline; a plugin may wrap or patch it, for example to record
+    latents), ``recipe`` (the validated :class:`recipe_runner.api.Recipe`) and ``context`` (a
+    :class:`recipe_runner.api.BuildContext`: device, dtype, task, the resolved model location).
+    Returns nothing.
+    """
+
+
+@hookspec
+def before_batch(pipe: Any, batch: Batch, call_kwargs: dict[str, Any]) -> None:
+    """A planned batch is about to be generated.
+
+    Receives ``pipe``, ``batch`` (a :class:`recipe_runner.api.Batch`: its index and jobs) and
+    ``call_kwargs``, the exact keyword arguments of the pipeline call (prompt list, one generator
+    per image, every parameter). Mutating ``call_kwargs`` changes the call; raising stops the run,
+    except that an out-of-memory error makes the runner retry the same jobs in smaller batches.
+    Returns nothing.
+    """
+
+
+@hookspec
+def after_batch(pipe: Any, batch: Batch, images: list[Image]) -> None:
+    """A batch has been generated and its images are about to be written.
+
+    Receives ``pipe``, ``batch`` and ``images`` (one PIL image per job of the batch, in job order).
+    Returns nothing; the images are written after every implementation has run.
+    """
+
+
+@hookspec
+def run_finished(recipe: Recipe, output_dir: Path, manifest: dict[str, Any]) -> None:
+    """A recipe has finished: every image is written and the manifest is complete.
+
+    Receives ``recipe``, ``output_dir`` (a pathlib.Path: the recipe's output folder; a plugin may
+    write its own files there) and ``manifest`` (the manifest as a dict, as written). Returns
+    nothing. Not called when the run failed or was interrupted.
+    """

@@ -1,0 +1,227 @@
+"""The one PluginManager: built-in plugins, the ``recipe_runner`` entry-point group, and
+``-p MODULE``. A plugin that fails to import or register is reported by name and never takes the
+tool down; a recipe that uses it then stops with exit 2.
+
+Environment: ``RECIPE_RUNNER_PLUGINS`` (comma-separated entry-point names) restricts which
+third-party plugins load; set it to an empty string to load none.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from recipe_runner import __version__
+
+from ..recipe.optimizations import Optimization, Registry
+from . import hookspecs
+
+PROJECT = "recipe_runner"
+ENTRY_POINT_GROUP = "recipe_runner"
+ALLOW_ENV = "RECIPE_RUNNER_PLUGINS"
+
+BUILTIN = (
+    "recipe_runner.plugins.quantization",
+    "recipe_runner.plugins.lora",
+    "recipe_runner.plugins.offload",
+    "recipe_runner.plugins.attention_slicing",
+    "recipe_runner.plugins.vae_slicing",
+    "recipe_runner.plugins.vae_tiling",
+    "recipe_runner.plugins.xformers",
+    "recipe_runner.plugins.attention_backend",
+    "recipe_runner.plugins.fuse_qkv",
+    "recipe_runner.plugins.channels_last",
+    "recipe_runner.plugins.cache",
+    "recipe_runner.plugins.compile",
+)
+
+_REGISTERED: list[tuple[Any, str]] = []  # plugins registered in-process (tests, embedding)
+
+
+def register(plugin: Any, name: str | None = None) -> None:
+    """Register a plugin object (a module, a class instance) for every later ``load_plugins`` in
+    this process, e.g. for one test; undo with :func:`unregister`."""
+    _REGISTERED.append((plugin, name or getattr(plugin, "__name__", None) or type(plugin).__name__))
+
+
+def unregister(plugin: Any) -> None:
+    _REGISTERED[:] = [(p, n) for p, n in _REGISTERED if p is not plugin]
+
+
+@dataclass
+class PluginInfo:
+    """What --list-plugins shows about one plugin."""
+
+    name: str
+    source: str  # "built-in" | "entry point" | "-p"
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    error: str | None = None
+    provides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plugins:
+    pm: pluggy.PluginManager
+    infos: list[PluginInfo]
+    registry: Registry
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def _register(pm: pluggy.PluginManager, plugin: Any, info: PluginInfo) -> None:
+    """Register one plugin, checking its hook names; a failure is recorded on ``info``."""
+    try:
+        pm.register(plugin, name=info.name)
+        pm.check_pending()
+    except Exception as exc:  # a misspelled hook, a duplicate name, ...
+        if pm.is_registered(plugin):
+            pm.unregister(plugin)
+        info.error = _error_text(exc)
+
+
+def _allowed_third_party() -> set[str] | None:
+    raw = os.environ.get(ALLOW_ENV)
+    if raw is None:
+        return None
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+def load_plugins(extra_modules: tuple[str, ...] | list[str] = ()) -> Plugins:
+    """Build the PluginManager with every plugin. A plugin that fails to import or register (an
+    entry point, a ``-p`` module) is recorded on its PluginInfo, never raised: runs name it in a
+    warning and in the manifest; ``--strict-plugins`` refuses to run with it."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    infos: list[PluginInfo] = []
+
+
+    for module_name in BUILTIN:
+        info = PluginInfo(module_name.rsplit(".", 1)[-1], "built-in", module_name, "recipe-runner", __version__)
+        infos.append(info)
+        try:
+            _register(pm, importlib.import_module(module_name), info)
+        except Exception as exc:
+            info.error = _error_text(exc)
+
+    allowed = _allowed_third_party()
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if allowed is not None and ep.name not in allowed:
+            continue
+        dist = getattr(ep, "dist", None)
+        info = PluginInfo(ep.name, "entry point", ep.value,
+                          dist.metadata["Name"] if dist else None, dist.version if dist else None)
+        infos.append(info)
+        try:
+            plugin = ep.load()
+            if any(plugin is p for p, _ in _REGISTERED):  # a test registered this very plugin: that one wins
+                infos.remove(info)
+                continue
+            _register(pm, plugin, info)
+        except Exception as exc:  # one broken plugin never takes the tool down
+            info.error = _error_text(exc)
+
+    for plugin, name in _REGISTERED:
+        info = PluginInfo(name, "registered", type(plugin).__module__)
+        infos.append(info)
+        _register(pm, plugin, info)
+
+    for module_name in extra_modules:
+        info = PluginInfo(module_name, "-p", module_name)
+        infos.append(info)
+        try:
+            module = import_plugin_module(module_name)
+        except Exception as exc:  # listed as failed; a run names it, --strict-plugins refuses it
+            info.error = _error_text(exc)
+            continue
+        info.distribution, info.version = _distribution_of(module)
+        _register(pm, module, info)
+
+    return Plugins(pm, infos, _collect_optimizations(pm, infos))
+
+
+def import_plugin_module(name: str) -> Any:
+    """``-p NAME``: the module, found as ``python -m`` would, the current folder first."""
+    import sys
+
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(name)
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def _distribution_of(module: Any) -> tuple[str | None, str | None]:
+    """The installed distribution providing ``module`` and its version; else the module's own
+    ``__version__`` (a plugin file in the current folder)."""
+    top = getattr(module, "__name__", "").split(".")[0]
+    try:
+        names = metadata.packages_distributions().get(top) or []
+    except Exception:  # pragma: no cover - broken metadata
+        names = []
+    for name in names:
+        try:
+            return name, metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    version = getattr(module, "__version__", None)
+    return None, version if isinstance(version, str) else None
+
+
+def failed(plugins: Plugins) -> list[PluginInfo]:
+    """The plugins that failed to import or register."""
+    return [i for i in plugins.infos if i.error]
+
+
+def _provided_by(pm: pluggy.PluginManager, plugin: object) -> list[Any]:
+    """One plugin's ``register_optimizations``, called through pluggy (a hook caller restricted to
+    that plugin), so pluggy's own calling rules (arguments, wrappers) apply."""
+    others = [p for p in pm.get_plugins() if p is not plugin]
+    results = pm.subset_hook_caller("register_optimizations", remove_plugins=others)()
+    return [opt for result in results for opt in (result or [])]
+
+
+def _collect_optimizations(pm: pluggy.PluginManager, infos: list[PluginInfo]) -> Registry:
+    """Ask each plugin for its optimizations, one at a time so a failure names its plugin (and the
+    registry records which plugin provides which key)."""
+    registry = Registry()
+    by_name = {i.name: i for i in infos}
+    for impl in pm.hook.register_optimizations.get_hookimpls():
+        info = by_name.get(impl.plugin_name)
+        try:
+            provided = _provided_by(pm, impl.plugin)
+            for opt in provided:
+                if not isinstance(opt, Optimization):
+                    raise TypeError(f"register_optimizations returned {type(opt).__name__}, not Optimization")
+                if opt.name in registry.optimizations:
+                    raise ValueError(f"optimization {opt.name!r} is already provided by {registry.providers[opt.name]!r}")
+        except Exception as exc:
+            if info is not None:
+                info.error = _error_text(exc)
+            registry.broken[impl.plugin_name] = _error_text(exc)
+            continue
+        for opt in provided:
+            registry.optimizations[opt.name] = opt
+            registry.providers[opt.name] = impl.plugin_name
+            if info is not None:
+                info.provides.append(opt.name)
+    for info in infos:
+        if info.error:
+            registry.broken.setdefault(info.name, info.error)
+    return registry

@@ -1,0 +1,384 @@
+"""The recipe format as pydantic models (``extra="forbid"`` everywhere: a misspelled key is an
+error, never silently ignored), and the translation of validation errors into ruff-like messages.
+
+Plugin settings tables (``[optimizations.<name>]``) are validated by the plugin that owns them,
+see :mod:`recipe_runner.recipe.optimizations`. Light module: no torch, no diffusers.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_serializer, field_validator
+
+from ..axes.registry import NESTED_AXES, axis_kind
+from ..base.errors import Problem, RecipeError, did_you_mean, suggest
+from .loading import LoadedRecipe
+
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+Task = Literal["text-to-image", "image-to-image", "inpainting"]
+MAX_SEED = 2**64 - 1
+DEFAULT_MAX_JOBS = 100_000
+
+# Call parameters the runner sets itself, per image or per call: a recipe sets them elsewhere.
+RESERVED_PARAMS = {
+    "prompt": "write prompts in [matrix] prompts",
+    "prompt_2": "write prompts in [matrix] prompts",
+    "generator": "the runner makes one torch.Generator per image from [matrix] seeds",
+    "image": "list input images in [matrix] images",
+    "mask_image": "list masks in [matrix] mask_images",
+    "num_images_per_prompt": "one image per job: add seeds to [matrix] seeds instead",
+    "output_type": "the runner needs PIL images to write them",
+    "return_dict": "the runner reads the pipeline's output object",
+    "latents": "starting noise comes from each job's seed",
+    "callback_on_step_end": "callbacks are code: use a plugin",
+    "callback": "callbacks are code: use a plugin",
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ModelSpec(Strict):
+    id: Annotated[str, Field(min_length=1)]
+    revision: str | None = None
+    variant: str | None = None
+    dtype: DType = "auto"
+    task: Task = "text-to-image"
+    device: str = "auto"
+    custom_pipeline: Annotated[str, Field(min_length=1)] | None = None  # code: needs --trust-remote-code
+    trust_remote_code: bool = False  # needs --trust-remote-code and a pinned commit revision
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError(f'expected "auto", "cpu", "cuda", "cuda:N" or "mps", got {value!r}')
+        return value
+
+
+class ComponentSpec(Strict):
+    id: Annotated[str, Field(min_length=1)]
+    subfolder: str | None = None
+    revision: str | None = None
+    variant: str | None = None
+    dtype: DType | None = None  # None: the pipeline's dtype
+
+
+class SchedulerSpec(Strict):
+    name: Annotated[str, Field(min_length=1)]
+    options: dict[str, Any] = {}
+
+
+class MatrixSpec(Strict):
+    prompts: Annotated[list[str], Field(min_length=1)]
+    seeds: Any = [0]
+    images: list[str] = []
+    mask_images: list[str] = []
+    mode: Literal["product", "zip"] = "product"
+    vars: dict[str, Annotated[list[str], Field(min_length=1)]] = {}
+    axes: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+
+    @field_validator("axes", mode="before")
+    @classmethod
+    def _flatten_axes(cls, value: Any) -> Any:
+        """``components.vae = [...]`` is TOML for ``components = { vae = [...] }``: both name the
+        axis ``components.vae`` (and ``optimizations.<key>`` likewise)."""
+        if not isinstance(value, dict):
+            return value
+        flat: dict[str, Any] = {}
+        for name, values in value.items():
+            if name in NESTED_AXES and isinstance(values, dict):
+                for inner, inner_values in values.items():
+                    flat[f"{name}.{inner}"] = inner_values
+            else:
+                flat[name] = values
+        return flat
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds(cls, value: Any) -> list[int]:
+        expected = "expected a list of integers, or an integer N meaning seeds 0..N-1"
+        if isinstance(value, bool):
+            raise ValueError(expected)
+        if isinstance(value, int):
+            if not 1 <= value <= DEFAULT_MAX_JOBS:
+                raise ValueError(f"seed count must be between 1 and {DEFAULT_MAX_JOBS:,}, got {value}")
+            return list(range(value))
+        if not isinstance(value, list) or not value:
+            raise ValueError(expected)
+        for seed in value:
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise ValueError(f"{expected}; got {seed!r}")
+            if not 0 <= seed <= MAX_SEED:
+                raise ValueError(f"a seed must be between 0 and 2**64-1, got {seed}")
+        return value
+
+
+class RunSpec(Strict):
+    batch_size: Any = 1
+    generator_device: str = "cpu"
+    deterministic: bool = False
+    max_jobs: Annotated[int, Field(ge=1)] = DEFAULT_MAX_JOBS
+    keep_models: bool = False  # a model axis: keep every model loaded (more memory, no reload next time)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: Any) -> int | str:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f'expected a positive integer or "auto", got {value!r}')
+
+    @field_validator("generator_device")
+    @classmethod
+    def _generator_device(cls, value: str) -> str:
+        if not re.fullmatch(r"cpu|mps|cuda(:\d+)?|device", value):
+            raise ValueError(
+                f'expected "cpu" (default), "cuda", "cuda:N", "mps" or "device" (the model\'s), got {value!r}'
+            )
+        return value
+
+
+GRID_FIELDS = ("seed", "prompt", "image", "mask_image", "scheduler")  # besides var and axis names
+
+
+class GridSpec(Strict):
+    """``[output.grid]``: the contact sheet's layout (see :mod:`recipe_runner.views.grid`); ``grid = true``
+    / ``false`` is this table with only ``enabled`` set. Truthy when enabled."""
+
+    enabled: bool = True
+    x: list[str] = []  # fields across (columns)
+    y: list[str] = []  # fields down (rows)
+    z: list[str] = []  # one sheet per value
+    layout: Literal["auto", "list"] = "auto"
+
+    @field_validator("x", "y", "z", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> list[str]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ValueError(f'expected a field name ("seed", "prompt", a var or an axis) or a list of them, got {value!r}')
+        return value
+
+    def __bool__(self) -> bool:
+        return self.enabled
+
+
+def _bool_or_table(schema: dict[str, Any]) -> None:
+    ref = schema.pop("$ref", None) or schema.pop("allOf", [{}])[0].get("$ref")
+    schema.update(anyOf=[{"type": "boolean"}, {"$ref": ref}], default=True)
+
+
+class OutputSpec(Strict):
+    format: Literal["png", "webp", "jpeg"] = "png"
+    grid: GridSpec = Field(default=GridSpec(), json_schema_extra=_bool_or_table)  # written as true, false or a table
+    gallery: bool = True  # index.html beside the images
+    metadata: bool = True
+    quality: Annotated[int, Field(ge=1, le=100)] = 95  # webp / jpeg only
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _grid(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return {"enabled": value}
+        if not isinstance(value, dict):
+            raise ValueError(f'expected true, false or a table such as {{ x = "seed", y = "prompt" }}, got {value!r}')
+        return value
+
+    @field_serializer("grid")
+    def _grid_out(self, grid: GridSpec) -> bool | dict[str, Any]:
+        table = grid.model_dump(exclude_defaults=True)
+        return grid.enabled if set(table) <= {"enabled"} else grid.model_dump()
+
+
+class Recipe(Strict):
+    name: str
+    description: str = ""
+    extends: str | None = None
+    model: ModelSpec
+    components: dict[str, ComponentSpec] = {}
+    scheduler: SchedulerSpec | None = None
+    optimizations: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    matrix: MatrixSpec
+    run: RunSpec = RunSpec()
+    output: OutputSpec = OutputSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value or value in (".", "..") or re.search(r"[/\\\x00-\x1f]", value) or len(value) > 120:
+            raise ValueError(
+                "a recipe name names its output folder: 1-120 characters, no slashes, not '.' or '..'"
+            )
+        return value
+
+    @field_validator("optimizations")
+    @classmethod
+    def _optimizations(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name, setting in value.items():
+            if not isinstance(setting, (bool, dict)):
+                raise ValueError(
+                    f"optimizations.{name}: expected true, false or a table of settings, got {setting!r}"
+                )
+        return value
+
+    @field_validator("output")
+    @classmethod
+    def _grid_fields(cls, value: OutputSpec, info: ValidationInfo) -> OutputSpec:
+        matrix = info.data.get("matrix")
+        if matrix is None:
+            return value
+        known = list(GRID_FIELDS) + list(matrix.vars) + [a for a in matrix.axes if a != "scheduler"]
+        known += [f"vars.{v}" for v in matrix.vars] + [f"params.{a}" for a in matrix.axes if axis_kind(a) == "params"]
+        known += [a.partition(".")[2] for a in matrix.axes if axis_kind(a) in NESTED_AXES]  # vae for components.vae
+        placed: dict[str, str] = {}
+        for key in ("x", "y", "z"):
+            for i, name in enumerate(getattr(value.grid, key)):
+                if name not in known:
+                    hint = suggest(name, known, "expected seed, prompt, image, scheduler, a var or an axis")
+                    raise ValueError(f"output.grid.{key}.{i}: {name!r} is neither a field of the matrix nor an axis ({hint})")
+                short = name.split(".", 1)[-1]
+                if short in placed:
+                    raise ValueError(f"output.grid.{key}.{i}: {name!r} is already in output.grid.{placed[short]}")
+                placed[short] = key
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if name in RESERVED_PARAMS:
+                raise ValueError(f"params.{name}: set by the runner: {RESERVED_PARAMS[name]}")
+        return value
+
+
+# --- validation errors, ruff style -------------------------------------------------------------
+
+_TYPE_NAMES = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "bool_type": "true or false",
+    "float_type": "a number",
+    "list_type": "a list",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "int_from_float": "an integer",
+}
+
+
+def _describe(value: Any) -> str:
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}
+    return f"{kind.get(type(value), type(value).__name__)} {value!r}"[:80]
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at ``loc`` (a pydantic error location) inside ``model``."""
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return []
+            current = field.annotation
+        elif typing.get_origin(current) is dict:
+            current = typing.get_args(current)[1]
+        elif typing.get_origin(current) is list and isinstance(part, int):
+            current = typing.get_args(current)[0]
+        else:
+            return []
+        current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _home_of(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    """``seeds`` at the top level -> ``matrix.seeds``: the dotted key of a table one level down that
+    has this very key (a key written in the wrong table), when exactly one has it."""
+    name = str(loc[-1])
+    homes = []
+    for table in _fields_at(model, loc[:-1]):
+        inner = _fields_at(model, (*loc[:-1], table))
+        if name in inner:
+            homes.append(".".join([*map(str, loc[:-1]), table, name]))
+    return homes[0] if len(homes) == 1 else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Optional[X] / Annotated[X, ...] -> X."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation
+
+
+def problem_from_pydantic(
+    error: Mapping[str, Any],
+    problem: Callable[..., Problem],
+    model: type[BaseModel] | None = None,
+    prefix: str = "",
+) -> Problem:
+    """One pydantic error -> one Problem with file, line, dotted key and did-you-mean.
+
+    ``problem(key, message, hint)`` locates a dotted key; ``model`` is the model validated (for
+    the keys it allows) and ``prefix`` the dotted key of its table within the recipe.
+    """
+    model = model or Recipe
+    loc = tuple(error["loc"])
+    key = ".".join([prefix] * bool(prefix) + [str(p) for p in loc])
+    kind = error["type"]
+    value = error.get("input")
+    hint = None
+    if kind == "extra_forbidden":
+        allowed = _fields_at(model, loc[:-1])
+        close = did_you_mean(str(loc[-1]), allowed)
+        home = _home_of(model, loc)
+        message = "unknown key"
+        if home:
+            hint = f"did you mean {home!r}?"
+        elif close:
+            hint = f"did you mean {close!r}?"
+        elif allowed:
+            hint = "expected one of: " + ", ".join(allowed)
+    elif kind == "missing":
+        message = "required key is missing"
+    elif kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        message = f"expected {expected}, got {_describe(value)}"
+        choices = re.findall(r"'([^']*)'", expected)
+        hint = suggest(value, choices) if isinstance(value, str) else None
+    elif kind in _TYPE_NAMES:
+        message = f"expected {_TYPE_NAMES[kind]}, got {_describe(value)}"
+    elif kind == "value_error":
+        message = str(error.get("ctx", {}).get("error", error["msg"]))
+        inner = re.match(r"(\w+(?:\.[\w-]+)+): (.*)", message, re.S)
+        if inner and inner.group(1).startswith(key + "."):
+            key, message = inner.group(1), inner.group(2)
+    else:
+        message = error["msg"][0].lower() + error["msg"][1:]
+        if value is not None and kind not in ("too_short", "too_long"):
+            message += f", got {_describe(value)}"
+    return problem(key, message, hint)
+
+
+def validate(loaded: LoadedRecipe) -> Recipe:
+    """The loaded data as a Recipe, or a RecipeError listing every problem found."""
+    try:
+        return Recipe.model_validate(loaded.data)
+    except ValidationError as exc:
+        problems = [problem_from_pydantic(dict(e), loaded.problem) for e in exc.errors()]
+        raise RecipeError(problems) from None

@@ -1,0 +1,202 @@
+"""The ``[optimizations]`` table: what a plugin declares, and how a recipe's table is validated,
+checked against the machine and ordered.
+
+Light module: torch and diffusers are imported only by the plugins' own functions, when they run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..base.errors import Problem, RecipeError, suggest
+from .model import problem_from_pydantic
+
+# The order optimizations are applied in: declared, not accidental.
+STAGES = ("load", "components", "memory", "attention", "layout", "compile")
+
+
+class OptimizationSettings(BaseModel):
+    """Base of every plugin's settings model: a table under ``[optimizations.<name>]``."""
+
+    # No use_attribute_docstrings: pydantic would read and parse every plugin's source at each
+    # start (about 30 ms); attribute_docs() reads them only for --list-plugins and --schema.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    required: bool = True
+    """false: skip it with a warning when it cannot run here (instead of stopping)"""
+
+
+class Unsupported(Exception):
+    """Raised by an optimization's ``check`` or ``apply`` when it cannot run here; the message
+    says why. A required optimization then stops the recipe (exit 2); ``required = false`` skips."""
+
+
+def type_text(annotation: Any) -> str:
+    """A settings field's type as a recipe author reads it: ``'auto' | 'max' | int``."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return type_text(args[0])
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("none" if a is type(None) else type_text(a) for a in args)
+    if origin in (list, tuple, dict):
+        return f"{origin.__name__}[{', '.join(type_text(a) for a in args)}]"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        inner = ", ".join(f"{n}: {type_text(f.annotation)}" for n, f in annotation.model_fields.items())
+        return "{" + inner + "}"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def attribute_docs(model: type[BaseModel]) -> dict[str, str]:
+    """Each field's description: ``Field(description=...)``, else the docstring written under the
+    field in the class body (of the model or a base), read from the source."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for cls in reversed(model.__mro__):
+        if not issubclass(cls, BaseModel) or cls is BaseModel:
+            continue
+        try:
+            node = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+            if not isinstance(node, ast.ClassDef):
+                continue
+            body = node.body
+        except (OSError, TypeError, SyntaxError, IndexError, AttributeError):
+            continue  # no source (built on the fly, or frozen): no docstrings
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)):
+                docs[node.target.id] = inspect.cleandoc(after.value.value)
+    docs.update({name: info.description for name, info in model.model_fields.items() if info.description})
+    return {name: text for name, text in docs.items() if name in model.model_fields}
+
+
+def settings_lines(model: type[BaseModel]) -> list[str]:
+    """One line per setting: name, type, default (or "required") and its description."""
+    lines = []
+    docs = attribute_docs(model)
+    for name, info in model.model_fields.items():
+        default = "required" if info.is_required() else f"= {info.get_default(call_default_factory=True)!r}"
+        text = f"{name}: {type_text(info.annotation)} {default}"
+        if name in docs:
+            text += f"  # {docs[name]}"
+        lines.append(text)
+    return lines
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """One key of ``[optimizations]``, as a plugin declares it.
+
+    - ``apply(pipe, settings, context)``: switch it on for a built pipeline; it may return a dict
+      of facts worth recording (e.g. ``{"warmup_seconds": 12.5}``), kept in the manifest's record.
+    - ``check(settings, context)``: before the model loads, raise :class:`Unsupported` when it
+      cannot run on this machine or with the other enabled optimizations (``context.enabled``).
+    - ``load_kwargs(settings, context)``: extra ``from_pretrained`` keyword arguments (load stage).
+    - ``places_model``: it moves the model to its device itself (offloading); the runner then
+      does not call ``pipe.to(device)``.
+    - ``switch(pipe, old, new, context)``: change a built pipeline in place from settings ``old``
+      to ``new`` (either None: off), giving the pipeline the same pixels a fresh build with ``new``
+      would give. With it, an ``optimizations.<name>`` axis switches the loaded pipeline instead of
+      loading another, and components and LoRA axes keep swapping in place while it is on. Like
+      ``apply`` it may return facts to record, and raise :class:`Unsupported`.
+    """
+
+    name: str
+    settings: type[OptimizationSettings]
+    stage: str
+    apply: Callable[..., dict[str, Any] | None]
+    description: str = ""
+    check: Callable[..., None] | None = None
+    load_kwargs: Callable[..., dict[str, Any]] | None = None
+    places_model: bool = False
+    switch: Callable[..., dict[str, Any] | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"optimization {self.name!r}: stage must be one of {STAGES}, got {self.stage!r}")
+
+
+@dataclass
+class Enabled:
+    """An optimization switched on by a recipe, with its validated settings."""
+
+    optimization: Optimization
+    settings: OptimizationSettings
+    status: str = "pending"  # pending -> applied | skipped
+    reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # what apply reported
+
+    @property
+    def name(self) -> str:
+        return self.optimization.name
+
+    def record(self) -> dict[str, Any]:
+        out = {"status": self.status, "settings": self.settings.model_dump(mode="json")}
+        if self.reason:
+            out["reason"] = self.reason
+        out.update(self.details)
+        return out
+
+
+@dataclass
+class Registry:
+    """Every optimization the loaded plugins provide, and the plugins that failed to load."""
+
+    optimizations: dict[str, Optimization] = field(default_factory=dict)
+    providers: dict[str, str] = field(default_factory=dict)  # name -> plugin name
+    broken: dict[str, str] = field(default_factory=dict)  # plugin name -> error
+
+    def enable(self, table: Mapping[str, Any], problem: Callable[..., Problem]) -> list[Enabled]:
+        """Validate a recipe's ``[optimizations]`` table; returns the enabled ones in stage order.
+
+        ``problem(key, message, hint)`` turns a dotted key into a located Problem.
+        """
+
+        problems: list[Problem] = []
+        enabled: list[Enabled] = []
+        for name, value in table.items():
+            key = f"optimizations.{name}"
+            opt = self.optimizations.get(name)
+            if opt is None:
+                broken = [p for p in self.broken if name in (p, p.replace("-", "_"))]
+                if broken:
+                    problems.append(problem(key, f"the plugin {broken[0]!r} failed to load: {self.broken[broken[0]]}"))
+                    continue
+                problems.append(problem(key, "unknown optimization",
+                                        suggest(name, self.optimizations, "see recipe-run --list-plugins")))
+                continue
+            if value is False:
+                continue
+            try:
+                settings = opt.settings.model_validate({} if value is True else value)
+            except ValidationError as exc:
+                for error in exc.errors():
+                    problems.append(problem_from_pydantic(dict(error), problem, model=opt.settings, prefix=key))
+                continue
+            enabled.append(Enabled(opt, settings))
+        if problems:
+            raise RecipeError(problems)
+        return sorted(enabled, key=lambda e: (STAGES.index(e.optimization.stage), e.name))
+
+
+def settle(enabled: Enabled, reason: str, problem: Callable[..., Problem], warn: Callable[[str], None]) -> None:
+    """An optimization cannot run: stop the recipe, or skip it when ``required = false``."""
+    if enabled.settings.required:
+        raise RecipeError([problem(
+            f"optimizations.{enabled.name}", f"cannot run here: {reason}",
+            "set required = false in its table to skip it when unavailable",
+        )])
+    enabled.status, enabled.reason = "skipped", reason
+    warn(f"optimizations.{enabled.name}: skipped: {reason}")

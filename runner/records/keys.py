@@ -1,0 +1,89 @@
+"""Job keys: what decides an image's pixels, hashed.
+
+A job's key hashes everything that decides its pixels: model and component ids, revisions and
+variants, the content of local model folders and the Hub commit loaded, the dtype used,
+optimizations, scheduler, call parameters, prompt, the *content* of its input images, seed, task
+and generator device. Resume (:mod:`recipe_runner.records.resume`) keeps a job whose file exists with the
+key and sha256 the manifest recorded; every written image carries its key.
+Light module: no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ..pipelines.lock import loaded_models
+from ..plan.matrix import Job
+from ..plan.variants import Variant
+from ..recipe.model import Recipe
+from ..recipe.optimizations import Enabled
+
+
+def digest(value: Any) -> str:
+    """SHA-256 of ``value`` as canonical JSON (sorted keys; what JSON cannot hold, by ``repr``)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False, default=repr).encode()).hexdigest()
+
+
+class Keys:
+    """Job keys for one recipe run, by job index: everything that decides a job's pixels, hashed.
+
+    ``commons`` holds the part its variant decides (model, components, optimizations, dtype: see
+    :func:`common_identity`), by variant id (:attr:`Job.variant`). A key never depends on the
+    job's position in the matrix or on the other jobs of its batch (batch membership changes
+    kernel rounding only, and the manifest records each image's batch), so adding a seed, a prompt
+    or a model leaves every other job's key alone."""
+
+    def __init__(self, commons: Mapping[str, dict[str, Any]], jobs: Sequence[Job], input_hashes: dict[str, str]):
+        self.commons = commons
+        self.inputs = input_hashes
+        self.keys = [self._key(job) for job in jobs]
+
+    def _key(self, job: Job) -> str:
+        return digest({
+            **self.commons[job.variant],
+            "scheduler": job.scheduler,
+            "params": job.params,
+            "prompt": job.prompt,
+            "seed": job.seed,
+            "image": self.inputs.get(job.image) if job.image is not None else None,
+            "mask_image": self.inputs.get(job.mask_image) if job.mask_image is not None else None,
+        })
+
+    def of(self, job: Job) -> str:
+        """The key of ``job``."""
+        return self.keys[job.index]
+
+
+def common_identity(recipe: Recipe, dtype: str, enabled: Sequence[Enabled],
+                    loaded_models: dict[str, Any]) -> dict[str, Any]:
+    """The part of every job's identity that the recipe's model and run settings decide.
+
+    ``loaded_models`` says what the model ids stood for in this run: the content hash of each local
+    model folder and the Hub commit loaded (see :func:`recipe_runner.pipelines.lock.local_weights`).
+    """
+    m = recipe.model
+    return {
+        "model": {k: getattr(m, k, None) for k in ("id", "revision", "variant", "task", "custom_pipeline")},
+        "loaded_models": loaded_models,
+        "dtype": dtype,
+        "components": {k: v.model_dump(mode="json") for k, v in sorted(recipe.components.items())},
+        "optimizations": [[e.name, e.settings.model_dump(mode="json")] for e in enabled if e.status != "skipped"],
+        "generator_device": recipe.run.generator_device,
+    }
+
+
+def job_keys(variants: Sequence[Variant], jobs: Sequence[Job], dtype_of: Callable[[Variant], str],
+             revisions: Mapping[str, str | None], digests: dict[str, str],
+             applied: Callable[[Variant], Sequence[Enabled]] | None = None) -> Keys:
+    """Every job's key: its variant's model (with ``revisions[model id]``, the Hub commit loaded),
+    components, optimizations (those ``applied`` gives; default: not skipped) and dtype
+    (``dtype_of(variant)``), and the job itself (input images by their ``digests``)."""
+    commons = {}
+    for v in variants:
+        enabled = applied(v) if applied is not None else v.enabled
+        commons[v.id] = common_identity(v.recipe, dtype_of(v), enabled,
+                                        loaded_models(v.recipe, v.loaded, revisions.get(v.recipe.model.id)))
+    return Keys(commons, jobs, digests)

@@ -1,0 +1,177 @@
+"""``manifest.json`` as a typed record: the resolved recipe, the environment, the optimizations'
+outcomes, the timings, one record per job and where this run moved the images it replaced.
+
+Built whole at the start of a run (:meth:`Manifest.for_jobs`); changed only through its methods
+(a job placed in its batch, written, kept from an earlier run, the images it replaced, timings);
+written by :meth:`Manifest.save` (atomically). The JSON on disk is a user-facing contract: its
+keys and their order are those of :meth:`Manifest.to_json` and :meth:`ImageRecord.to_json`.
+Light module: no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ..base.paths import atomic_write
+from ..plan.batches import Batch
+from ..plan.labels import scheduler_label
+from ..plan.matrix import Job
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class ImageRecord:
+    """One job's entry in ``images``: what it is, its planned batch and key, and its file's state
+    (``status``: pending or done)."""
+
+    file: str
+    index: int
+    prompt: str
+    seed: int
+    image: str | None
+    mask_image: str | None
+    vars: dict[str, Any]
+    params: dict[str, Any]
+    scheduler: str | None
+    axes: dict[str, Any] | None = None  # the values of the axes that changed the pipeline (model, components, LoRA, ...)
+    batch: int | None = None
+    batch_size: int | None = None
+    batch_jobs: list[int] | None = None
+    key: str | None = None
+    status: str = "pending"
+    sha256: str | None = None
+    rank: int | None = None
+    seconds: float | None = None  # generating its batch, per image of the batch
+
+    @classmethod
+    def for_job(cls, job: Job, file: str) -> ImageRecord:
+        return cls(file, job.index, job.prompt, job.seed, job.image, job.mask_image, dict(job.vars),
+                   dict(job.params), scheduler_label(job.scheduler), job.build_axes() or None)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImageRecord:
+        return cls(**{f.name: data.get(f.name, f.default) for f in fields(cls)})
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class Manifest:
+    """``manifest.json`` (or a rank's partial manifest under a launcher, at ``path``)."""
+
+    def __init__(self, folder: Path, recipe: dict[str, Any], environment: dict[str, Any], images: list[ImageRecord],
+                 *, path: Path | None = None, optimizations: dict[str, dict[str, Any]] | None = None,
+                 timings: dict[str, Any] | None = None):
+        self.folder = folder
+        self.path = path or folder / MANIFEST_NAME
+        self.recipe = recipe
+        self.environment = environment
+        self.optimizations: dict[str, dict[str, Any]] = optimizations if optimizations is not None else {}
+        self.timings: dict[str, Any] = timings if timings is not None else {}
+        self.images = images
+        self.history: str | None = None  # where this run moved the images it replaced
+        self.replaced: list[dict[str, str]] = []
+
+    @classmethod
+    def for_jobs(cls, folder: Path, recipe: dict[str, Any], environment: dict[str, Any], jobs: Sequence[Job],
+                 ext: str, *, path: Path | None = None,
+                 optimizations: dict[str, dict[str, Any]] | None = None) -> Manifest:
+        """A new run's manifest: every job pending, named by what it is (:meth:`Job.filename`)."""
+        images = [ImageRecord.for_job(job, job.filename(ext)) for job in jobs]
+        return cls(folder, recipe, environment, images, path=path, optimizations=optimizations)
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        """A manifest written by :meth:`save` (ValueError or OSError when it is not readable)."""
+        data = json.loads(path.read_text(encoding="utf-8"))
+        manifest = cls(path.parent, data["recipe"], data["environment"],
+                       [ImageRecord.from_json(r) for r in data["images"]], path=path,
+                       optimizations=data.get("optimizations"), timings=data.get("timings"))
+        history = data.get("history")
+        if isinstance(history, dict):
+            manifest.set_history(history.get("folder"), [(r["file"], r["reason"]) for r in history.get("replaced") or []])
+        return manifest
+
+    # --- the jobs' records --------------------------------------------------------------------
+
+    def record(self, job: Job) -> ImageRecord:
+        return self.images[job.index]
+
+    def file_for(self, job: Job) -> Path:
+        return self.folder / self.record(job).file
+
+    def files(self) -> list[str]:
+        """Each job's file name, in job order."""
+        return [record.file for record in self.images]
+
+    def place(self, job: Job, batch: Batch, key: str | None = None) -> ImageRecord:
+        """Record the batch ``job`` is planned in (and its key in that batch, when given)."""
+        record = self.record(job)
+        record.batch, record.batch_size, record.batch_jobs = batch.index, batch.size, [j.index for j in batch.jobs]
+        if key is not None:
+            record.key = key
+        return record
+
+    def written(self, job: Job, sha256: str, rank: int, seconds: float | None = None) -> None:
+        """``job``'s image is on disk, with these bytes, written by process ``rank``; its batch
+        took ``seconds`` per image to generate."""
+        record = self.record(job)
+        record.status, record.sha256, record.rank = "done", sha256, rank
+        record.seconds = round(seconds, 4) if seconds is not None else None
+
+    def kept(self, job: Job, sha256: str, key: str, made: dict[str, Any]) -> None:
+        """``job``'s image was made by an earlier run and is kept as it is: its record says how it
+        was made (``made``: batch, batch_size, batch_jobs, rank as recorded then)."""
+        record = self.record(job)
+        record.status, record.sha256, record.key = "done", sha256, key
+        record.batch, record.batch_size = made.get("batch"), made.get("batch_size")
+        record.batch_jobs, record.rank = made.get("batch_jobs"), made.get("rank")
+        record.seconds = made.get("seconds")
+
+    def set_history(self, folder: str | None, replaced: Iterable[tuple[str, str]]) -> None:
+        """This run moved the files it replaced into ``folder`` (relative to the manifest's): their
+        names and why."""
+        self.history = folder
+        self.replaced = [{"file": name, "reason": reason} for name, reason in replaced]
+
+    def record_timings(self, load_seconds: float, setup_seconds: float, generate_seconds: float,
+                       batches: list[dict[str, Any]], pipelines: list[dict[str, Any]] | None = None) -> None:
+        """This process's timings: loading, optimizations' setup, generation, writing, how long the
+        device waited for the writes (``write_wait_seconds``: below ``write_seconds`` when the
+        writes overlapped the next batches), per batch, and (``pipelines``, with build axes) each
+        variant's pipeline: loaded, switched in place, derived or reused, and how long it took."""
+        self.timings = {
+            "load_seconds": round(load_seconds, 4),
+            "setup_seconds": round(setup_seconds, 4),
+            "generate_seconds": round(generate_seconds, 4),
+            "write_seconds": round(sum(b["write_seconds"] for b in batches), 4),
+            "write_wait_seconds": round(sum(b.get("wait_seconds", b["write_seconds"]) for b in batches), 4),
+            "batches": batches,
+        }
+        if pipelines is not None:
+            self.timings["pipelines"] = pipelines
+
+    # --- on disk ------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as written: recipe, environment, optimizations, timings, images (and the
+        history folder of the images this run replaced, when it replaced any)."""
+        data: dict[str, Any] = {
+            "recipe": self.recipe,
+            "environment": self.environment,
+            "optimizations": self.optimizations,
+            "timings": self.timings,
+            "images": [record.to_json() for record in self.images],
+        }
+        if self.history is not None:
+            data["history"] = {"folder": self.history, "replaced": self.replaced}
+        return data
+
+    def save(self) -> None:
+        text = json.dumps(self.to_json(), indent=2, ensure_ascii=False, default=repr)
+        atomic_write(self.path, text.encode("utf-8"))

@@ -1,0 +1,36 @@
+"""What an image's ``environment`` chunk adds to :mod:`recipe_runner.base.environment` so that the image alone
+can be re-created: the model revision actually loaded, the third-party plugins of the run, and the folder of the recipe file (relative
+model and input paths in the embedded recipe resolve against it on ``--reproduce``)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..plugin_api.failures import records
+from ..recipe.loading import LoadedRecipe
+
+_SNAPSHOT = re.compile(r"snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)")
+
+
+def model_revision(pipe: Any, requested: str | None) -> str | None:
+    """The commit of a Hub model, read from the snapshot folder it was loaded from (the Hub
+    cache keeps each commit in ``snapshots/<sha>``); else the revision the recipe asked for."""
+    config = getattr(pipe, "config", None) or {}
+    where = getattr(pipe, "name_or_path", None) or (config.get("_name_or_path") if hasattr(config, "get") else None)
+    match = _SNAPSHOT.search(str(where or ""))
+    return match.group(1) if match else requested
+
+
+def environment_extras(pipe: Any, loaded: LoadedRecipe, location: str, plugins: Any = None) -> dict[str, Any]:
+    """``plugins`` (a plugin_manager.Plugins): its third-party plugins, loaded or failed, are recorded
+    (name, version, source, module, error) so that an image says which plugins made it."""
+
+    recipe_file = loaded.path.resolve()
+    return {
+        "plugins": records(plugins) if plugins is not None else [],
+        "model_revision": model_revision(pipe, loaded.data.get("model", {}).get("revision")),
+        "model_location": location,
+        "recipe_file": recipe_file.name,
+        "recipe_folder": str(recipe_file.parent),
+    }

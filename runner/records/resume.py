@@ -1,0 +1,397 @@
+"""Resume: what an output folder already holds from earlier runs, merged with what a recipe asks
+for. One call, :func:`resume`, reads the folder and returns a :class:`ResumeState`: which jobs
+are unchanged (their files kept, bytes and mtime untouched), which are new, which are
+regenerated because their result changed, and the batches that make them.
+
+- A job is **unchanged** when its file exists with the key (:mod:`recipe_runner.records.keys`) and
+  sha256 that the folder's manifest (or journal) recorded. File names and keys come from what a
+  job *is*, never from its position, so adding a seed, a prompt or an axis value leaves every
+  other job unchanged.
+- A job whose key changed (an edited parameter, scheduler, model...) or whose file was edited on
+  disk is **regenerated**; the file it replaces is never deleted: :meth:`ResumeState.retire`
+  moves it, with the files no job makes any more, into ``history/<time>/`` beside a
+  ``manifest.json`` that describes them as they were, so the previous results stay reachable (and
+  are a valid side of ``recipe-run --compare``).
+- An interrupted run resumes in the batches it recorded (when ``run.batch_size`` is unchanged
+  and every member is still the same job), so resumed pixels equal an uninterrupted run's; new
+  and regenerated jobs are planned among themselves.
+
+:func:`peek` decides the same without loading anything, importing torch or reading more than
+file metadata: a re-run with nothing to do costs about a dry run, and ``--dry-run`` says what a
+run would do. Light module: no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..base.filehashes import FileHashes
+from ..base.paths import atomic_write
+from ..pipelines.build import choose_dtype
+from ..plan.batches import Batch, plan
+from ..plan.inputs import is_url, read_bytes
+from ..plan.matrix import Job
+from ..plugins import tiny
+from ..running.distributed import PARTIAL_GLOB
+from .journal import JOURNAL_GLOB, JOURNAL_NAME, RANK_JOURNAL, read_journal
+from .keys import Keys, job_keys
+from .manifest import MANIFEST_NAME, Manifest
+from .outputs import EXTENSIONS, read_embedded
+
+if TYPE_CHECKING:
+    from ..running.prepare import Prepared
+
+HISTORY = "history"  # replaced images, one folder per run that replaced any
+
+
+@dataclass
+class Previous:
+    """What a folder holds from earlier runs: its manifest as read (None when there is none or it
+    is unreadable), the ``run.batch_size`` setting it was made with, and its image records by file
+    name, with the partial manifests and journals folded in (journal lines win)."""
+
+    manifest: dict[str, Any] | None = None
+    batch_setting: Any = None
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Replaced:
+    """An existing file that this run moves into the history folder, and why."""
+
+    file: str
+    reason: str
+    record: dict[str, Any]  # how it was made, as the folder recorded it ({} when unknown)
+
+
+@dataclass
+class ResumeState:
+    """The merge of a folder's earlier state with a recipe's jobs.
+
+    ``batches`` are the batches to run (each holds a pending job; re-computed whole, only the
+    pending images written); ``pending`` the jobs to generate, of which ``regenerated`` replace a
+    file; ``done`` the unchanged jobs (index -> sha256) with ``made``, the batch fields their
+    files were made with; ``replaced`` the files :meth:`retire` moves into the history folder."""
+
+    jobs: Sequence[Job]
+    batches: list[Batch]
+    keys: Keys
+    pending: set[int] = field(default_factory=set)
+    regenerated: set[int] = field(default_factory=set)
+    done: dict[int, str] = field(default_factory=dict)
+    made: dict[int, dict[str, Any]] = field(default_factory=dict)
+    replaced: list[Replaced] = field(default_factory=list)
+    previous: Previous = field(default_factory=Previous)
+
+    @property
+    def new(self) -> int:
+        return len(self.pending) - len(self.regenerated)
+
+    def todo(self) -> list[Batch]:
+        """The batches to run, in order."""
+        return self.batches
+
+    def summary(self) -> str:
+        """``2 new, 4 regenerated, 6 unchanged``."""
+        return f"{self.new} new, {len(self.regenerated)} regenerated, {len(self.done)} unchanged"
+
+    def apply(self, manifest: Manifest) -> None:
+        """Write the state into a new run's manifest: every job's key, the planned batch of each
+        pending job, and the unchanged jobs' records carried over as their files were made."""
+        for job_index, sha256 in self.done.items():
+            job = self.jobs[job_index]
+            manifest.kept(job, sha256, self.keys.of(job), self.made.get(job_index, {}))
+        for batch in self.batches:
+            for job in batch.jobs:
+                if job.index not in self.done:
+                    manifest.place(job, batch, key=self.keys.of(job))
+
+    def retire(self, folder: Path) -> Path | None:
+        """Move every replaced file into ``history/<UTC time>/`` (same bytes, same mtime) beside a
+        ``manifest.json`` that describes them as the folder recorded them; returns that folder."""
+        present = [r for r in self.replaced if (folder / r.file).is_file() and not (folder / r.file).is_symlink()]
+        if not present:
+            return None
+        stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
+        target = folder / HISTORY / stamp
+        suffix = 1
+        while target.exists():
+            suffix += 1
+            target = folder / HISTORY / f"{stamp}-{suffix}"
+        target.mkdir(parents=True)
+        old = self.previous.manifest or {}
+        described = {
+            "recipe": old.get("recipe") or {},
+            "environment": old.get("environment") or {},
+            "optimizations": old.get("optimizations") or {},
+            "timings": {},
+            "images": [{**r.record, "file": r.file, "status": "done", "replaced_because": r.reason} for r in present],
+        }
+        atomic_write(target / MANIFEST_NAME, json.dumps(described, indent=2, ensure_ascii=False, default=repr).encode())
+        for r in present:
+            os.replace(folder / r.file, target / r.file)
+        return target
+
+
+def read_previous(folder: Path) -> Previous:
+    """What ``folder`` holds from earlier runs, with the journals folded in (journal lines win)."""
+    manifest = None
+    path = folder / MANIFEST_NAME
+    if path.is_file() and not path.is_symlink():
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            manifest = None
+    if not isinstance(manifest, dict):
+        manifest = None
+    records: dict[str, dict[str, Any]] = {}
+    if manifest is not None:
+        for record in manifest.get("images") or []:
+            if isinstance(record, dict) and isinstance(record.get("file"), str):
+                records[record["file"]] = record
+    for partial in sorted(folder.glob(PARTIAL_GLOB)):  # a distributed run that did not finish
+        try:
+            part = json.loads(partial.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            continue
+        for record in part.get("images") or [] if isinstance(part, dict) else []:
+            if isinstance(record, dict) and isinstance(record.get("file"), str) and record.get("status") == "done":
+                records[record["file"]] = {**records.get(record["file"], {}), **record}
+    for journal in [folder / JOURNAL_NAME, *sorted(folder.glob(RANK_JOURNAL.format(rank="*")))]:
+        for line in read_journal(journal):
+            records[line["file"]] = {**records.get(line["file"], {}), **line}
+    old_run = ((manifest.get("recipe") or {}).get("run") or {}) if manifest is not None else {}
+    return Previous(manifest, old_run.get("batch_size"), records)
+
+
+def resume(manifest: Manifest, jobs: Sequence[Job], keys: Keys, batch_size: int, batch_setting: int | str,
+           *, force: bool = False, hashes: FileHashes | None = None) -> ResumeState:
+    """Merge what ``manifest.folder`` holds with the jobs of a new run whose manifest is ``manifest``
+    (its records name each job's file). ``force``: every job is regenerated (its file replaced).
+    Existing files are hashed through ``hashes`` (remembered by size, times and inode), so a re-run
+    does not read every finished image again."""
+    hashes = hashes if hashes is not None else FileHashes()
+    folder, files = manifest.folder, manifest.files()
+    previous = read_previous(folder)
+    records = previous.records
+    state = ResumeState(jobs, [], keys, previous=previous)
+    for job in jobs:
+        name = files[job.index]
+        path = folder / name
+        if path.is_symlink() or not path.exists():
+            state.pending.add(job.index)  # a planted link is replaced, never written through
+            continue
+        record = records.get(name) or {}
+        key = keys.of(job)
+        reason = "--force" if force else None
+        if reason is None and record.get("status") == "done" and record.get("key") == key:
+            sha256 = hashes.sha256(path)
+            if record.get("sha256") == sha256:
+                state.done[job.index] = sha256
+                state.made[job.index] = record
+                continue
+            reason = "changed on disk since it was written"
+        elif reason is None and not record and _embedded_key(path) == key:
+            state.done[job.index] = hashes.sha256(path)  # written just before a crash, before its journal line
+            continue
+        state.pending.add(job.index)
+        state.regenerated.add(job.index)
+        state.replaced.append(Replaced(name, reason or "its job changed since it was made", record))
+    wanted = set(files)
+    for name, record in records.items():
+        if name not in wanted and record.get("status") in ("done", "stale") and (folder / name).is_file():
+            state.replaced.append(Replaced(name, "no job of this recipe makes it any more", record))
+    honoured = previous.batch_setting == batch_setting and not force
+    state.batches = _batches(jobs, files, keys, batch_size, records if honoured else {}, state.pending)
+    hashes.save()
+    old_files = _old_files(records)
+    now = {name: i for i, name in enumerate(files)}
+    state.made = {i: _made(state.made.get(i, {}), old_files, now) for i in state.done}
+    return state
+
+
+def _old_files(records: dict[str, dict[str, Any]]) -> dict[int, str]:
+    """The earlier run's job index -> file name."""
+    return {r["index"]: name for name, r in records.items() if isinstance(r.get("index"), int)}
+
+
+def _batches(jobs: Sequence[Job], files: Sequence[str], keys: Keys, batch_size: int,
+             records: dict[str, dict[str, Any]], pending: set[int]) -> list[Batch]:
+    """The batches that make the ``pending`` jobs: those ``records`` recorded where every member is
+    still the same job (an interrupted run goes on in its own batches), the rest planned afresh
+    among themselves at ``batch_size``, in job order."""
+    by_file = {name: job for job, name in zip(jobs, files)}
+    old_files = _old_files(records)
+    placed: dict[int, tuple[Job, ...]] = {}
+    for job in jobs:
+        if job.index not in pending or job.index in placed:
+            continue
+        members = _recorded_members(records.get(files[job.index]), old_files, by_file, records, keys)
+        if members is not None and job in members and not any(m.index in placed for m in members):
+            for member in members:
+                placed[member.index] = members
+    batches: list[Batch] = []
+    loose: list[Job] = []
+
+    def flush() -> None:
+        for b in plan(loose, batch_size):
+            batches.append(Batch(len(batches), b.jobs))
+        loose.clear()
+
+    started: set[tuple[int, ...]] = set()
+    for job in jobs:
+        members = placed.get(job.index)
+        if members is None:
+            if job.index in pending:
+                loose.append(job)
+            continue
+        indices = tuple(m.index for m in members)
+        if indices in started:
+            continue
+        flush()
+        started.add(indices)
+        batches.append(Batch(len(batches), members))
+    flush()
+    return batches
+
+
+def _recorded_members(record: dict[str, Any] | None, old_files: dict[int, str], by_file: dict[str, Job],
+                      records: dict[str, dict[str, Any]], keys: Keys) -> tuple[Job, ...] | None:
+    """The jobs of the batch ``record`` was planned in, when each of them is still a job of this
+    recipe with the key it was planned with; else None."""
+    if not record or not isinstance(record.get("batch_jobs"), list) or not record["batch_jobs"]:
+        return None
+    members = []
+    for old_index in record["batch_jobs"]:
+        name = old_files.get(old_index) if isinstance(old_index, int) else None
+        job = by_file.get(name) if name is not None else None
+        if name is None or job is None or (records.get(name) or {}).get("key") != keys.of(job):
+            return None
+        members.append(job)
+    return tuple(members)
+
+
+def _made(record: dict[str, Any], old_files: dict[int, str], now: dict[str, int]) -> dict[str, Any]:
+    """The batch fields of an unchanged job's record, its batch's members renumbered to this run's
+    jobs (``batch_jobs`` None when one of them is no longer a job)."""
+    made: dict[str, Any] = {k: record.get(k) for k in ("batch", "batch_size", "rank", "seconds") if record.get(k) is not None}
+    members = record.get("batch_jobs")
+    if isinstance(members, list):
+        mapped = [now.get(old_files.get(m, "")) if isinstance(m, int) else None for m in members]
+        made["batch_jobs"] = None if None in mapped else mapped
+    return made
+
+
+def _embedded_key(path: Path) -> str | None:
+    """The key an image carries in its embedded job (None when it carries none or is unreadable)."""
+    try:
+        return json.loads(read_embedded(path).get("job", "{}")).get("key")
+    except Exception:  # any file at all may sit under an image's name
+        return None
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Once manifest.json holds everything: the partial manifests and journals of earlier runs."""
+    for path in [*folder.glob(PARTIAL_GLOB), *folder.glob(JOURNAL_GLOB)]:
+        path.unlink(missing_ok=True)
+
+
+# --- deciding without loading ---------------------------------------------------------------------
+
+@dataclass
+class Peek:
+    """What a run of a prepared recipe would do now, decided from files alone."""
+
+    new: int
+    regenerate: int
+    unchanged: int
+    manifest: dict[str, Any] | None = None  # the folder's manifest.json as read (None: there is none)
+    pending_variants: set[str] = field(default_factory=set)  # variants with a job new or to regenerate
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return self.new == 0 and self.regenerate == 0
+
+    def summary(self) -> str:
+        return f"{self.new} new, {self.regenerate} to regenerate, {self.unchanged} unchanged"
+
+
+def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
+    """What a run would do, without importing torch or loading a model: the jobs' keys computed
+    with what the folder's last run recorded about its environment (device, dtype, the Hub commit
+    loaded, which optimizations applied), files checked by size and times through the remembered
+    hashes. None when that cannot be decided cheaply (no earlier run, a device or dtype other than
+    recorded, an input image behind a URL, a tiny pipeline not built yet): the run then decides
+    after loading, as always."""
+    recipe = prepared.recipe
+    folder = prepared.out_dir
+    previous = read_previous(folder)
+    old = previous.manifest
+    if old is None or not previous.records:
+        return None if old is not None else Peek(len(prepared.jobs), 0, 0, None, {v.id for v in prepared.variants})
+    env = old.get("environment") or {}
+    device, dtype = env.get("device"), env.get("dtype")
+    if not isinstance(device, str) or not isinstance(dtype, str) or int(env.get("world_size") or 1) != 1:
+        return None
+    if recipe.model.device not in ("auto", device) or choose_dtype(recipe.model.dtype, device, _silent) != dtype:
+        return None
+    if any(value.startswith("tiny:") and not _tiny_built(value) for v in prepared.variants for value in _model_ids(v.recipe)):
+        return None
+    if any(is_url(source) for source in prepared.inputs.values()):
+        return None
+    recorded = {name: (record or {}).get("status") for name, record in (old.get("optimizations") or {}).items()}
+    if any(recorded.get(e.name) is None for v in prepared.variants for e in v.enabled):
+        return None
+    digests = {value: _sha256_bytes(read_bytes(source)) for value, source in prepared.inputs.items()}
+    hashes = hashes or FileHashes()
+    revisions = dict(env.get("model_revisions") or {})  # recorded when a model axis loads several
+    for variant in prepared.variants:
+        revisions.setdefault(variant.recipe.model.id, env.get("model_revision"))
+    keys = job_keys(prepared.variants, prepared.jobs, lambda v: choose_dtype(v.recipe.model.dtype, device, _silent),
+                    revisions, digests,
+                    applied=lambda v: [e for e in v.enabled if recorded[e.name] != "skipped"])  # as the last run settled them
+    ext = EXTENSIONS[recipe.output.format]
+    new = regenerate = unchanged = 0
+    pending: set[str] = set()
+    for job in prepared.jobs:
+        name = job.filename(ext)
+        path = folder / name
+        if path.is_symlink() or not path.exists():
+            new += 1
+            pending.add(job.variant)
+            continue
+        record = previous.records.get(name) or {}
+        if (record.get("status") == "done" and record.get("key") == keys.of(job)
+                and record.get("sha256") == hashes.sha256(path)):
+            unchanged += 1
+        else:
+            regenerate += 1
+            pending.add(job.variant)
+    hashes.save()
+    return Peek(new, regenerate, unchanged, old, pending)
+
+
+def _silent(message: str) -> None:
+    """choose_dtype's warning is the run's to give, not a peek's."""
+
+
+def _model_ids(recipe: Any) -> list[str]:
+    return [recipe.model.id, *(c.id for c in recipe.components.values())]
+
+
+def _tiny_built(model_id: str) -> bool:
+    try:
+        return tiny.cached_path(model_id.removeprefix(tiny.MODEL_ID_PREFIX)).is_dir()
+    except ValueError:
+        return False
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

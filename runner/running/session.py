@@ -1,0 +1,311 @@
+"""Running prepared recipes (see :mod:`recipe_runner.running.prepare`): a :class:`Session` runs every
+recipe of an invocation: a recipe with nothing to do is said so without importing torch; the
+others are resumed (:mod:`recipe_runner.records.resume`), built (one pipeline per variant of a build
+axis, loaded, shared and switched in place by :mod:`recipe_runner.pipelines.cache`), generated,
+written, and summarised.
+
+Light at import (every module it imports keeps torch and diffusers inside its functions).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..base import environment
+from ..base.errors import RecipeError
+from ..base.interrupts import critical, graceful
+from ..pipelines import build
+from ..pipelines.cache import ModelCache, Pipelines
+from ..pipelines.context import BuildContext
+from ..pipelines.lock import COMMIT, cached_commit
+from ..pipelines.preflight import before_loading
+from ..plan import inputs as inputs_mod
+from ..plan.batches import initial_batch_size, plan
+from ..plan.variants import Variant, relabel
+from ..plugin_api.manager import Plugins
+from ..recipe.loading import display_path
+from ..records.journal import Journal
+from ..records.keys import job_keys
+from ..records.manifest import Manifest
+from ..records.outputs import EXTENSIONS, Writer
+from ..records.provenance import environment_extras
+from ..records.resume import Peek, peek, remove_leftovers, resume
+from ..views.gallery import write_gallery
+from ..views.grid import make_grid
+from . import distributed
+from .distributed import Dist, launched_world_size
+from .execute import Execution
+from .prepare import Options, Prepared
+from .progress import Progress
+
+# --- running ---------------------------------------------------------------------------------------
+
+def peak_memory(device: str) -> str:
+    """CUDA max allocated on a GPU, the process's peak RSS otherwise."""
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{torch.cuda.max_memory_allocated(torch.device(device)) / 2**20:,.0f} MiB CUDA max allocated"
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak_mib = peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+        return f"{peak_mib:,.0f} MiB peak RSS"
+    except ImportError:  # pragma: no cover - Windows
+        return "peak memory unknown"
+
+
+@dataclass
+class Started:
+    """A recipe ready for its first batch: where it runs, its pipelines (the first one built), and
+    what writes its images."""
+
+    ctx: BuildContext
+    dist: Dist
+    pipelines: Pipelines
+    images: inputs_mod.InputImages | None
+    manifest: Manifest
+    writer: Writer
+    revisions: dict[str, str | None]  # model id -> the revision (Hub commit) its images are keyed with
+
+
+def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache,
+          first: Variant | None = None, pending: set[str] | None = None) -> Started:
+    """Everything before the first batch, shared by runs and --reproduce: device and dtype, the
+    weight and input checks, the (possibly shared) pipeline of ``first`` (default: the recipe's
+    first variant), the output folder, manifest and writer."""
+
+    recipe, loaded = prepared.recipe, prepared.loaded
+    contexts: dict[str, BuildContext] = {}
+
+    def context_for(variant: Variant) -> BuildContext:
+        if variant.id not in contexts:
+            made = variant_context(variant, options)
+            made.device = dist.device(made.device)
+            contexts[variant.id] = made
+        return contexts[variant.id]
+
+    # Every variant runs on one device ([model] device is not an axis): the first context says which.
+    probe = first or prepared.variants[0]
+    ctx = variant_context(probe, options)
+    dist = distributed.detect(ctx.device)
+    ctx.device = dist.device(ctx.device)
+    contexts[probe.id] = ctx
+    first = first or first_variant(prepared, dist, options.force, pending)
+    for variant in prepared.variants:  # every variant's optimization checks, before the first load
+        context_for(variant)
+    ctx = context_for(first)
+
+    environment.set_deterministic(recipe.run.deterministic)
+    images = None
+    if prepared.inputs:
+        images = inputs_mod.InputImages(prepared.inputs, loaded, prepared.input_keys)
+        images.preflight()
+        prepared.jobs[:] = images.with_sizes(prepared.jobs)
+    schedulers: dict[str, str] = {}  # variant -> its pipeline's own scheduler class (the images' Sampler)
+    pipelines = Pipelines(prepared, plugins, cache, options.allow_pickle, context_for,
+                          lambda variant, built: schedulers.__setitem__(variant.id, type(built.base_scheduler).__name__))
+    built = pipelines.switch_to(first)
+
+    out_dir = prepared.out_dir
+    if out_dir.is_symlink():
+        raise RecipeError.one(f"the output folder {out_dir} is a symbolic link: refusing to write through it",
+                              key="name", file=display_path(loaded.path))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dtype = ctx.dtype if first.recipe is recipe else build.choose_dtype(recipe.model.dtype, ctx.device, lambda _: None)
+    env = environment.describe(ctx.device, dtype, recipe.run.generator_device, recipe.run.deterministic)  # [model]'s
+    env["world_size"] = dist.world_size
+    env.update(environment_extras(built.pipe, first.loaded, ctx.location, plugins))
+    revisions = {first.recipe.model.id: env.get("model_revision")}
+    for variant in prepared.variants:
+        revisions.setdefault(variant.recipe.model.id, revision_before_loading(variant.recipe.model))
+    if len(revisions) > 1:
+        env["model_revisions"] = revisions
+    resolved = recipe.model_dump(mode="json")
+    manifest_path = distributed.partial_path(out_dir, dist.rank) if dist.world_size > 1 else None
+    manifest = Manifest.for_jobs(out_dir, resolved, env, prepared.jobs, EXTENSIONS[recipe.output.format],
+                                 path=manifest_path, optimizations=optimization_records(prepared))
+    writer = Writer(manifest, recipe.output.format, recipe.output.quality, recipe.output.metadata,
+                    recipe.model.id, json.dumps(resolved, ensure_ascii=False, sort_keys=True),
+                    default_scheduler=schedulers[first.id], rank=dist.rank,
+                    models={v.id: v.recipe.model.id for v in prepared.variants}, schedulers=schedulers)
+    return Started(ctx, dist, pipelines, images, manifest, writer, revisions)
+
+
+def variant_context(variant: Variant, options: Options) -> BuildContext:
+    """The build context of a variant (device, dtype, location, its optimizations' checks); a
+    problem is named by the axis value that caused it."""
+    try:
+        return build.make_context(variant.recipe, variant.loaded, variant.enabled, allow_pickle=options.allow_pickle,
+                                  trust_remote_code=options.trust_remote_code, warn=options.warn)
+    except RecipeError as exc:
+        raise RecipeError(relabel(exc.problems, variant)) from None
+
+
+def optimization_records(prepared: Prepared) -> dict[str, dict[str, Any]]:
+    """The manifest's ``optimizations``: each optimization's record (of the last variant using it)."""
+    return {e.name: e.record() for v in prepared.variants for e in v.enabled}
+
+
+def revision_before_loading(model: Any) -> str | None:
+    """The commit a Hub model's images are keyed with before it is loaded: the local Hub cache's
+    ref for its revision, else the revision asked for (a local folder is keyed by its content)."""
+    if model.revision and COMMIT.fullmatch(model.revision):
+        return str(model.revision)
+    return cached_commit(model.id, model.revision or "main") or model.revision
+
+
+def first_variant(prepared: Prepared, dist: Dist, force: bool, pending: set[str] | None = None) -> Variant:
+    """The variant to build first: the first, in this process's share of the plan, with an image
+    to make (``pending``, the variants with one; default: as far as a light look at the output
+    folder tells), so that a re-run after adding a model loads only it, and a rank loads only the
+    models it is given."""
+    variants = prepared.variants
+    if len(variants) == 1:
+        return variants[0]
+    if pending is None:
+        found = peek(prepared) if dist.world_size == 1 and not force else None
+        pending = found.pending_variants if found is not None else {v.id for v in variants}
+    order = variants
+    if dist.world_size > 1:  # the models a rank gets do not depend on the batch size
+        mine = distributed.shard(plan(prepared.jobs, 1), dist.world_size)[dist.rank]
+        order = [prepared.variant_of(b.jobs[0]) for b in mine]
+    return next((v for v in order if v.id in pending), variants[0])
+
+
+def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None = None,
+               pending: set[str] | None = None) -> dict[str, Any]:
+    """Build (or reuse) the pipelines, resume from what the output folder holds, generate this
+    process's share of the pending batches, write images, manifest, grid and gallery. Under a
+    launcher, rank 0 merges the ranks' manifests. ``pending``: the variants with an image to make,
+    when the caller has looked already (see :func:`first_variant`). Returns the manifest (the
+    merged one on rank 0)."""
+
+    recipe = prepared.recipe
+    started = start(prepared, plugins, options, cache if cache is not None else ModelCache(), pending=pending)
+    ctx, dist, pipelines, images, manifest, writer = (started.ctx, started.dist, started.pipelines, started.images,
+                                                      started.manifest, started.writer)
+    out_dir = prepared.out_dir
+    size = initial_batch_size(recipe.run.batch_size, prepared.jobs, ctx.device)
+
+    # Resume: what the folder already holds (manifests, journals) decides what still runs, and how.
+    # Every rank reads the same folder and so reaches the same plan before anyone writes.
+    keys = job_keys(prepared.variants, prepared.jobs, lambda v: pipelines.context_for(v).dtype, started.revisions,
+                    images.digests if images else {})
+    state = resume(manifest, prepared.jobs, keys, size, recipe.run.batch_size, force=options.force)
+    state.apply(manifest)
+    if dist.is_main:  # the images this run replaces stay reachable: moved, never deleted
+        history = state.retire(out_dir)
+        if history is not None:
+            manifest.set_history(history.relative_to(out_dir).as_posix(), [(r.file, r.reason) for r in state.replaced])
+    dist.barrier()
+    journal = Journal(manifest, keys, rank=dist.rank if dist.world_size > 1 else None)
+    writer = writer.journaled(journal)
+    with critical():
+        journal.fold()  # the manifest now describes the folder and every job's planned batch
+    mine = distributed.shard(state.todo(), dist.world_size)[dist.rank]
+    order = {v.id: i for i, v in enumerate(prepared.variants)}  # one variant after the other (zip mode too)
+    mine.sort(key=lambda b: (order[b.jobs[0].variant], b.index))
+    progress = Progress(sum(1 for b in mine for j in b.jobs if j.index in state.pending), recipe.name,
+                        enabled=options.progress if dist.is_main else False)
+    execution = Execution(pipelines, writer, plugins.hook, images, progress, options.warn)
+    began = time.perf_counter()
+    try:
+        execution.run(mine, pending=state.pending)
+    finally:
+        progress.close()
+        generate_seconds = time.perf_counter() - began
+        manifest.optimizations = optimization_records(prepared)
+        manifest.record_timings(pipelines.load_seconds, pipelines.setup_seconds, generate_seconds,
+                                execution.batch_times, pipelines.log if len(prepared.variants) > 1 else None)
+        with critical():
+            journal.close()
+    dist.barrier()
+    if not dist.is_main:
+        return manifest.to_json()
+    if dist.world_size > 1:
+        manifest = distributed.merge(out_dir, dist.world_size)
+        with critical():
+            manifest.save()
+    data = manifest.to_json()
+    remove_leftovers(out_dir)  # partial manifests and journals of earlier (distributed) runs
+    if recipe.output.grid:
+        make_grid(out_dir, data)
+    if recipe.output.gallery:
+        write_gallery(out_dir, data)
+    plugins.hook.run_finished(recipe=recipe, output_dir=out_dir, manifest=data)
+    done = sum(1 for b in mine for j in b.jobs if j.index in state.pending)
+    rate = done / generate_seconds if generate_seconds > 0 else 0.0
+    ranks = f" ({done} by rank 0 of {dist.world_size})" if dist.world_size > 1 else ""
+    loads = "" if len(prepared.variants) == 1 else f", {sum(1 for e in pipelines.log if e['how'] == 'loaded')} loads"
+    print(f"{recipe.name}: {len(prepared.jobs)} images: {state.summary()}; made {done}{ranks} in "
+          f"{generate_seconds:.1f} s ({rate:.2f} images/s), load {pipelines.load_seconds:.1f} s{loads}, "
+          f"{peak_memory(ctx.device)} -> {display_path(out_dir)}/")
+    print(where_to_look(out_dir, recipe.output.gallery, manifest.history))
+    return data
+
+
+def where_to_look(out_dir: Path, gallery: bool, history: str | None) -> str:
+    """The summary's second line: the gallery, and where replaced images went."""
+    parts = [f"gallery {display_path(out_dir / 'index.html')}"] if gallery else []
+    if history is not None:
+        parts.append(f"replaced images kept in {display_path(out_dir / history)}/")
+    return "  " + "; ".join(parts) if parts else ""
+
+
+def look(prepared: Prepared, options: Options) -> Peek | None:
+    """What a run of ``prepared`` would do, decided without torch (:func:`recipe_runner.records.resume.peek`);
+    None under --force or a launcher, or when files alone cannot tell."""
+    if options.force or launched_world_size() > 1:
+        return None
+    return peek(prepared)
+
+
+def up_to_date(prepared: Prepared, plugins: Plugins, found: Peek | None) -> dict[str, Any] | None:
+    """When ``found`` (:func:`look`) says every job of ``prepared`` is unchanged on disk: say so
+    and return the folder's manifest; else None."""
+    if found is None or not found.nothing_to_do:
+        return None
+    out_dir = prepared.out_dir
+    data: dict[str, Any] = found.manifest or {}
+    plugins.hook.run_finished(recipe=prepared.recipe, output_dir=out_dir, manifest=data)
+    print(f"{prepared.recipe.name}: {len(prepared.jobs)} images: {found.summary()}; nothing to do, "
+          f"nothing loaded -> {display_path(out_dir)}/")
+    return data
+
+
+@dataclass
+class Session:
+    """The runs of one invocation: the plugins and options they share, and the pipelines they load
+    (shared by recipes on the same model, and kept warm between ``--watch`` rounds)."""
+
+    plugins: Plugins
+    options: Options
+    cache: ModelCache = field(default_factory=ModelCache)
+
+    def run(self, prepared: Sequence[Prepared]) -> list[dict[str, Any]]:
+        """Run every recipe: those with nothing to do are said so without importing torch; the
+        others are checked against their pipeline classes, all of them before the first image of
+        the first one, then generated. A first Ctrl-C finishes writing and flushes the manifest."""
+
+        manifests: list[dict[str, Any]] = []
+        todo = []
+        for item in prepared:
+            found = look(item, self.options)  # once: it also says which variants to load first
+            unchanged = up_to_date(item, self.plugins, found)
+            if unchanged is None:
+                todo.append((item, found.pending_variants if found is not None else {v.id for v in item.variants}))
+            else:
+                manifests.append(unchanged)
+        before_loading([item for item, _ in todo])
+        with graceful():  # first Ctrl-C: finish writing, flush the manifest, exit 130; second: at once
+            for item, pending in todo:
+                manifests.append(run_recipe(item, self.plugins, self.options, self.cache, pending))
+        return manifests

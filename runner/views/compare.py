@@ -1,0 +1,474 @@
+"""``recipe-run --compare A B [--out DIR]``: what changed between two runs, parameters and pixels.
+
+A and B are run folders, or their ``manifest.json``: any folder that holds a manifest.json whose
+image records name their files relative to it (the previous results an edited re-run keeps are
+one). Images are paired by *job identity*, computed from the image records: prompt, seed, input
+image and mask, vars, and every other field that varies within either run (axis values, the
+scheduler with its options, ...); never by index or file name, so an added seed or reordered
+prompts still pair. A parameter that is constant on each side (``guidance_scale = 7`` in A, ``8``
+in B) is not part of the identity: its jobs pair, and their pixels differ.
+
+A pair is identical when both files have the same bytes or the same pixels; a record whose image
+file is absent (not done, or not kept) counts as identical only when both records carry the same
+sha256. Printed: a short table (pairs identical and differing with PSNR and the largest pixel
+difference, jobs only in A, only in B, recipe differences by dotted key, environment
+differences). Written to DIR (default ``compare-report``): ``index.html`` (recipe diff, environment
+diff, each differing pair side by side with a difference heatmap, worst first; identical pairs
+folded; only-in-A / only-in-B), ``compare.json`` (the same, for scripts) and ``pairs/`` (the
+images it shows: hard links where the file system allows, else copies).
+
+Exit status like ``diff``: 0 every pair identical and the same jobs on both sides, 1 any difference
+in pixels or jobs, 2 bad input (a missing or unreadable manifest: one ``error:`` line). Recipe and
+environment differences are reported; alone they do not make the status 1.
+
+Light module: numpy and Pillow, files only; no torch, no diffusers, no network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..base.paths import sha256_file
+from .jobfields import BOOKKEEPING, Described, canonical, describe, job_label, short_name, shorten
+
+if TYPE_CHECKING:
+    import numpy as np
+
+EXIT_SAME, EXIT_DIFFERENT, EXIT_BAD = 0, 1, 2
+DEFAULT_OUT = Path("compare-report")
+PRINTED = 20  # rows per section of the printed table
+IDENTITY = ("prompt", "seed", "image", "mask_image")  # with vars.*: always part of a job's identity
+ENVIRONMENT_FIRST = ("torch", "diffusers", "transformers", "device", "device_name", "dtype", "threads",
+                     "generator_device", "deterministic", "platform", "python", "recipe_runner")
+
+
+class BadInput(Exception):
+    """A side that is not a readable run: exit 2 with this message."""
+
+
+@dataclass
+class Side:
+    given: str
+    folder: Path
+    manifest: dict[str, Any]
+    described: Described
+
+    @property
+    def name(self) -> str:
+        return str((self.manifest.get("recipe") or {}).get("name") or self.folder.name)
+
+
+def load_side(given: str | Path) -> Side:
+    """A run folder or its manifest.json, checked to be a manifest (BadInput otherwise)."""
+    path = Path(given)
+    if path.is_dir():
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise BadInput(f"{given}: no manifest.json in this folder (give a run folder or its manifest.json)")
+    elif path.is_file():
+        manifest_path = path
+    else:
+        raise BadInput(f"{given}: no such file or folder")
+    try:
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BadInput(f"{manifest_path}: cannot read it ({exc.strerror or exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{manifest_path}: not valid JSON ({exc})") from None
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise BadInput(f"{manifest_path}: not a recipe-run manifest (no \"images\" list)")
+    for i, record in enumerate(images):
+        if not (isinstance(record, dict) and isinstance(record.get("file"), str) and "prompt" in record
+                and "seed" in record):
+            raise BadInput(f"{manifest_path}: images[{i}] is not an image record (file, prompt, seed)")
+    if not isinstance(data.get("recipe", {}), dict) or not isinstance(data.get("environment", {}), dict):
+        raise BadInput(f"{manifest_path}: not a recipe-run manifest (recipe and environment must be tables)")
+    return Side(str(given), manifest_path.parent, data, describe(data))
+
+
+# --- pairing -----------------------------------------------------------------------------------
+
+
+def identity_fields(a: Described, b: Described) -> list[str]:
+    """The fields that tell jobs apart: the fixed ones, and whatever varies within either run
+    (except what the vars render: the vars say it)."""
+    names = list(dict.fromkeys(k for d in (a, b) for f in d.fields for k in f))
+    fixed = [n for n in names if n in IDENTITY or n.startswith("vars.")]
+    derived = a.derived | b.derived
+    varying = [n for n in names if n not in fixed and n not in derived and (n in a.varying or n in b.varying)
+               and n.split(".")[0] not in BOOKKEEPING]
+    return fixed + varying
+
+
+def keyed(side: Described, names: Sequence[str]) -> dict[str, int]:
+    """identity key -> record position; a repeated identity gets ``#2``, ``#3``... in order."""
+    out: dict[str, int] = {}
+    for i, f in enumerate(side.fields):
+        key = canonical({n: f.get(n) for n in names})
+        n = 1
+        unique = key
+        while unique in out:
+            n += 1
+            unique = f"{key}#{n}"
+        out[unique] = i
+    return out
+
+
+# --- pixels ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    a: int | None  # record positions
+    b: int | None
+    label: str
+    status: str = "identical"  # identical, different, only-a, only-b
+    psnr: float | None = None
+    max_diff: int | None = None
+    changed: float | None = None  # fraction of pixels that differ
+    note: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # a, b, diff: paths in the report folder
+    heat: Any = None  # the heatmap, until written
+
+    @property
+    def worst(self) -> tuple[float, float]:
+        return (self.psnr if self.psnr is not None else -1.0, -(self.max_diff or 0))
+
+
+def _pixels(path: Path, mode: str) -> np.ndarray:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert(mode))
+
+
+def _has_alpha(path: Path) -> bool:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+
+
+
+
+def heatmap(diff: np.ndarray) -> np.ndarray:
+    """Per-pixel largest channel difference, stretched to the largest, as black-red-yellow-white."""
+    import numpy as np
+
+    d = diff.max(axis=-1).astype(np.float32) if diff.ndim == 3 else diff.astype(np.float32)
+    peak = float(d.max()) or 1.0
+    t = d / peak
+    rgb = np.stack([np.clip(t * 3, 0, 1), np.clip(t * 3 - 1, 0, 1), np.clip(t * 3 - 2, 0, 1)], axis=-1)
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def compare_pair(a: Side, b: Side, pair: Pair) -> None:
+    """Fill in ``pair``: identical or different, with PSNR, largest difference and a heatmap."""
+    import numpy as np
+
+    assert pair.a is not None and pair.b is not None
+    ra, rb = a.described.records[pair.a], b.described.records[pair.b]
+    fa, fb = a.folder / ra["file"], b.folder / rb["file"]
+    has_a, has_b = ra.get("status") == "done" and fa.is_file(), rb.get("status") == "done" and fb.is_file()
+    if not (has_a and has_b):
+        if ra.get("status") == rb.get("status") == "done" and ra.get("sha256") and ra.get("sha256") == rb.get("sha256"):
+            pair.note = "same sha256 in both manifests"
+            return
+        missing = [s for s, has, r in (("A", has_a, ra), ("B", has_b, rb)) if not has]
+        status = {s: (r.get("status") if r.get("status") != "done" else "file missing") for s, _, r in
+                  (("A", has_a, ra), ("B", has_b, rb))}
+        pair.status = "different"
+        pair.note = "; ".join(f"no image in {s} ({status[s]})" for s in missing)
+        return
+    if fa.stat().st_size == fb.stat().st_size and sha256_file(fa) == sha256_file(fb):
+        return
+    try:
+        mode = "RGBA" if _has_alpha(fa) or _has_alpha(fb) else "RGB"
+        pa, pb = _pixels(fa, mode), _pixels(fb, mode)
+    except Exception as exc:  # an unreadable image is a difference, not bad input
+        pair.status, pair.note = "different", f"cannot read an image: {type(exc).__name__}: {exc}"
+        return
+    if pa.shape != pb.shape:
+        pair.status = "different"
+        pair.note = f"size {pa.shape[1]}x{pa.shape[0]} -> {pb.shape[1]}x{pb.shape[0]}"
+        return
+    diff = np.abs(pa.astype(np.int16) - pb.astype(np.int16)).astype(np.uint8)
+    peak = int(diff.max())
+    if peak == 0:
+        pair.note = "same pixels (metadata differs)"
+        return
+    mse = float(np.mean(diff.astype(np.float64) ** 2))
+    pair.status, pair.max_diff = "different", peak
+    pair.psnr = 10 * math.log10(255 ** 2 / mse) if mse else math.inf
+    pair.changed = float(np.mean(diff.max(axis=-1) > 0))
+    pair.heat = heatmap(diff)
+
+
+# --- recipe and environment ----------------------------------------------------------------------
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested tables -> ``{dotted key: value}`` (lists stay values)."""
+    if isinstance(value, Mapping) and (value or not prefix):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def differences(a: Mapping[str, Any], b: Mapping[str, Any], first: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every key whose value differs; ``first`` keys lead."""
+    fa, fb = flatten(a), flatten(b)
+    keys = list(dict.fromkeys([*fa, *fb]))
+    keys.sort(key=lambda k: (k not in first, first.index(k) if k in first else 0))
+    missing = object()
+    out = []
+    for key in keys:
+        va, vb = fa.get(key, missing), fb.get(key, missing)
+        if va is missing or vb is missing or canonical(va) != canonical(vb):
+            out.append((key, None if va is missing else va, None if vb is missing else vb))
+    return out
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    text = "(absent)" if value is None else value if isinstance(value, str) else json.dumps(value, default=repr)
+    return shorten(text, limit)
+
+
+# --- the comparison ----------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    a: Side
+    b: Side
+    pairs: list[Pair]
+    recipe: list[tuple[str, Any, Any]]
+    environment: list[tuple[str, Any, Any]]
+    identity: list[str]
+
+    def of(self, status: str) -> list[Pair]:
+        return [p for p in self.pairs if p.status == status]
+
+    @property
+    def code(self) -> int:
+        return EXIT_SAME if all(p.status == "identical" for p in self.pairs) else EXIT_DIFFERENT
+
+
+def compare(a: Side, b: Side) -> Result:
+    names = identity_fields(a.described, b.described)
+    ka, kb = keyed(a.described, names), keyed(b.described, names)
+    label_names = [n for n in names if n in ("prompt", "seed") or n in a.described.varying or n in b.described.varying]
+    label_names = [n for n in label_names if not (n == "mask_image")]
+
+    def label(side: Side, i: int) -> str:
+        return job_label(label_names, side.described.fields[i], " · ", 60, 40)
+
+    pairs: list[Pair] = []
+    for key, i in ka.items():
+        if key in kb:
+            pair = Pair(i, kb[key], label(a, i))
+            compare_pair(a, b, pair)
+        else:
+            pair = Pair(i, None, label(a, i), status="only-a")
+        pairs.append(pair)
+    pairs += [Pair(None, j, label(b, j), status="only-b") for key, j in kb.items() if key not in ka]
+    env_a, env_b = a.manifest.get("environment") or {}, b.manifest.get("environment") or {}
+    return Result(a, b, pairs, differences(a.manifest.get("recipe") or {}, b.manifest.get("recipe") or {}),
+                  differences(env_a, env_b, ENVIRONMENT_FIRST), names)
+
+
+def summary(result: Result, report: Path | None) -> str:
+    """The printed table."""
+    different = sorted(result.of("different"), key=lambda p: p.worst)
+    identical, only_a, only_b = result.of("identical"), result.of("only-a"), result.of("only-b")
+    paired = len(identical) + len(different)
+    lines = [f"compare {result.a.given} -> {result.b.given}",
+             f"  pairs: {paired} ({len(identical)} identical, {len(different)} differ); "
+             f"only in A: {len(only_a)}; only in B: {len(only_b)}"]
+
+    def section(title: str, rows: list[str]) -> None:
+        if rows:
+            lines.append(f"  {title}:")
+            lines.extend(f"    {r}" for r in rows[:PRINTED])
+            if len(rows) > PRINTED:
+                lines.append(f"    ... {len(rows) - PRINTED} more (see the report)")
+
+    section("recipe (A -> B)", [f"{k}: {_show(va)} -> {_show(vb)}" for k, va, vb in result.recipe])
+    section("environment (A -> B)", [f"{k}: {_show(va)} -> {_show(vb)}" for k, va, vb in result.environment])
+    rows = []
+    for p in different:
+        figures = (f"PSNR {p.psnr:6.2f} dB  max {p.max_diff:3d}" if p.psnr is not None and p.max_diff is not None
+                   else p.note)
+        rows.append(f"{figures}  {p.label}")
+    section("differing pairs, worst first", rows)
+    section("only in A", [p.label for p in only_a])
+    section("only in B", [p.label for p in only_b])
+    verdict = "identical" if result.code == EXIT_SAME else "different"
+    lines.append(f"  result: {verdict}" + (f"; report: {report / 'index.html'}" if report else ""))
+    return "\n".join(lines)
+
+
+# --- the report --------------------------------------------------------------------------------
+
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em; color: #222; background: #fafafa; }
+h1 { font-size: 1.4em; margin: 0 0 .3em; } h2 { font-size: 1.15em; margin: 1.4em 0 .4em; }
+.meta { color: #555; } .same { color: #176b2c; font-weight: 600; } .diff { color: #a4161a; font-weight: 600; }
+table.kv { border-collapse: collapse; font-size: 13px; }
+table.kv td, table.kv th { border-bottom: 1px solid #e3e3e3; padding: 3px 10px 3px 0; text-align: left; vertical-align: top; }
+table.kv td.k { font-family: ui-monospace, monospace; } .old { color: #a4161a; } .new { color: #176b2c; }
+td.old, td.new { font-family: ui-monospace, monospace; word-break: break-all; max-width: 40em; }
+.pair { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 10px; margin: 0 0 14px; }
+.pair h3 { font-size: 14px; margin: 0 0 6px; font-weight: 600; }
+.pair .figs { color: #555; font-size: 13px; margin-bottom: 6px; }
+.row { display: flex; gap: 10px; flex-wrap: wrap; }
+.row figure { margin: 0; } .row figcaption { font-size: 12px; color: #555; }
+.row img { width: 256px; height: auto; image-rendering: pixelated; background: #eee; display: block; }
+details summary { cursor: pointer; font-weight: 600; margin: .6em 0; }
+ul.jobs { font-size: 13px; columns: 2; }
+"""
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def write_report(result: Result, out: Path) -> Path:
+    """``out/index.html``, ``out/compare.json`` and the images they show in ``out/pairs``."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    pairs_dir = out / "pairs"
+    pairs_dir.mkdir(exist_ok=True)
+    for old in pairs_dir.iterdir():  # an earlier report's images
+        if re.fullmatch(r"\d+-(a|b|diff)\.[a-z]+", old.name):
+            old.unlink()
+    different = sorted(result.of("different"), key=lambda p: p.worst)
+    for n, p in enumerate(different + result.of("only-a") + result.of("only-b")):
+        for side_name, side, i in (("a", result.a, p.a), ("b", result.b, p.b)):
+            if i is None:
+                continue
+            record = side.described.records[i]
+            source = side.folder / record["file"]
+            if source.is_file():
+                target = pairs_dir / f"{n:05d}-{side_name}{source.suffix.lower()}"
+                _link_or_copy(source, target)
+                p.files[side_name] = f"pairs/{target.name}"
+        if p.heat is not None:
+            Image.fromarray(p.heat).save(pairs_dir / f"{n:05d}-diff.png", compress_level=1)
+            p.files["diff"] = f"pairs/{n:05d}-diff.png"
+            p.heat = None
+    (out / "index.html").write_text(render_report(result), encoding="utf-8")
+    (out / "compare.json").write_text(json.dumps(as_json(result), indent=2, ensure_ascii=False, default=repr),
+                                      encoding="utf-8")
+    return out / "index.html"
+
+
+def as_json(result: Result) -> dict[str, Any]:
+    def pair(p: Pair) -> dict[str, Any]:
+        return {"label": p.label, "status": p.status, "psnr": None if p.psnr in (None, math.inf) else round(p.psnr, 3),
+                "max_diff": p.max_diff, "changed": p.changed, "note": p.note,
+                "a": result.a.described.records[p.a]["file"] if p.a is not None else None,
+                "b": result.b.described.records[p.b]["file"] if p.b is not None else None}
+
+    return {"a": result.a.given, "b": result.b.given, "exit": result.code, "identity": result.identity,
+            "recipe": [{"key": k, "a": va, "b": vb} for k, va, vb in result.recipe],
+            "environment": [{"key": k, "a": va, "b": vb} for k, va, vb in result.environment],
+            "pairs": [pair(p) for p in result.pairs]}
+
+
+def _kv_table(rows: list[tuple[str, Any, Any]]) -> str:
+    body = "".join(f'<tr><td class="k">{escape(k)}</td><td class="old">{escape(_show(va, 400))}</td>'
+                   f'<td class="new">{escape(_show(vb, 400))}</td></tr>' for k, va, vb in rows)
+    return f'<table class="kv"><tr><th>key</th><th>A</th><th>B</th></tr>{body}</table>'
+
+
+def _figure(src: str | None, caption: str, title: str = "") -> str:
+    if not src:
+        return f'<figure><div style="width:256px;height:64px;background:#eee"></div><figcaption>{escape(caption)}</figcaption></figure>'
+    s = escape(src, quote=True)
+    return (f'<figure><a href="{s}"><img src="{s}" loading="lazy" decoding="async" alt="{escape(caption, quote=True)}"'
+            f' title="{escape(title, quote=True)}"></a><figcaption>{escape(caption)}</figcaption></figure>')
+
+
+def render_report(result: Result) -> str:
+    a, b = result.a, result.b
+    different = sorted(result.of("different"), key=lambda p: p.worst)
+    identical, only_a, only_b = result.of("identical"), result.of("only-a"), result.of("only-b")
+    verdict = ('<span class="same">identical</span>' if result.code == EXIT_SAME
+               else '<span class="diff">different</span>')
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             f"<title>compare {escape(a.name)} / {escape(b.name)}</title><style>{CSS}</style></head><body>",
+             f"<h1>{escape(a.name)} → {escape(b.name)}: {verdict}</h1>",
+             f'<p class="meta">A: {escape(str(a.given))} · B: {escape(str(b.given))}<br>'
+             f"{len(identical) + len(different)} pairs: {len(identical)} identical, {len(different)} differ · "
+             f"only in A: {len(only_a)} · only in B: {len(only_b)}<br>"
+             f"paired by: {escape(', '.join(short_name(n) for n in result.identity))}</p>"]
+    parts.append("<h2>Recipe</h2>")
+    parts.append(_kv_table(result.recipe) if result.recipe else '<p class="meta">no difference</p>')
+    parts.append("<h2>Environment</h2>")
+    parts.append(_kv_table(result.environment) if result.environment else '<p class="meta">no difference</p>')
+    if different:
+        parts.append(f"<h2>Differing pairs ({len(different)}), worst first</h2>")
+        for p in different:
+            ra = a.described.records[p.a] if p.a is not None else {}
+            rb = b.described.records[p.b] if p.b is not None else {}
+            figs = (f"PSNR {p.psnr:.2f} dB · largest difference {p.max_diff} of 255 · "
+                    f"{(p.changed or 0) * 100:.1f}% of pixels changed" if p.psnr is not None else p.note)
+            parts.append(f'<section class="pair"><h3>{escape(p.label)}</h3><div class="figs">{escape(figs)}</div>'
+                         f'<div class="row">{_figure(p.files.get("a"), "A: " + ra.get("file", ""))}'
+                         f'{_figure(p.files.get("b"), "B: " + rb.get("file", ""))}'
+                         + (_figure(p.files.get("diff"), "difference (stretched to the largest)") if "diff" in p.files else "")
+                         + "</div></section>")
+    for title, group, key in (("Only in A", only_a, "a"), ("Only in B", only_b, "b")):
+        if group:
+            parts.append(f"<h2>{title} ({len(group)})</h2><div class=\"row\">")
+            parts += [_figure(p.files.get(key), p.label) for p in group]
+            parts.append("</div>")
+    if identical:
+        parts.append(f"<details><summary>{len(identical)} identical pairs</summary><ul class=\"jobs\">")
+        parts += [f"<li>{escape(p.label)}</li>" for p in identical]
+        parts.append("</ul></details>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def main(a: str | Path, b: str | Path, out: Path | None = None) -> int:
+    """``recipe-run --compare A B [--out DIR]``: print the table, write the report; the exit status."""
+    try:
+        side_a, side_b = load_side(a), load_side(b)
+        report = Path(out) if out is not None else DEFAULT_OUT
+        if (report / "manifest.json").exists():
+            raise BadInput(f"--out {report}: that folder holds a run (manifest.json); give the report a folder of its own")
+        result = compare(side_a, side_b)
+        write_report(result, report)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD
+    except OSError as exc:
+        print(f"error: cannot write the report: {exc}", file=sys.stderr)
+        return EXIT_BAD
+    print(summary(result, report))
+    return result.code
