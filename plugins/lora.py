@@ -19,19 +19,29 @@ loaded pipeline (``switch``): each adapter file loads once, ``set_adapters`` act
 
 from __future__ import annotations
 
+import copy
+import json
+import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recipe_runner.api import (
+    AxisContext,
+    AxisKind,
     BuildContext,
     Optimization,
     OptimizationSettings,
+    Problem,
     Unsupported,
+    enable,
     hookimpl,
     is_local_reference,
+    moved,
+    short_id,
 )
 
 from .common import denoiser, require_package
@@ -151,3 +161,113 @@ def switch(pipe: Any, old: Settings | None, new: Settings | None, context: Build
 def register_optimizations():
     return [Optimization(name="lora", settings=Settings, stage="components", apply=apply, check=check, switch=switch,
                          description="LoRA adapters: load, weight (set_adapters), optionally fuse")]
+
+
+# --- the lora and lora_scale axes ------------------------------------------------------------------
+
+NO_LORA = "none"  # a lora axis value: no adapter
+TABLE = "optimizations.lora"  # the table a lora axis value stands for
+
+
+def _adapters(value: Any) -> list[dict[str, Any]]:
+    return [dict(a) for a in (value if isinstance(value, list) else [value])]
+
+
+class LoraAxis(AxisKind):
+    """``lora = ["none", { id = "pixel.safetensors" }, [{ id = "a" }, { id = "b", scale = 0.5 }]]``:
+    adapter sets switched on one loaded model (``set_adapters``); ``"none"`` unloads them."""
+
+    name = "lora"
+    rank = 40
+    replaces = TABLE
+    description = '"none", an adapter table { id, weight_name, scale, name } or a list of them'
+
+    def target(self, axis: str) -> str:
+        return TABLE
+
+    def label(self, axis: str, value: Any) -> str:
+        if value == NO_LORA:
+            return NO_LORA
+        parts = []
+        for adapter in value if isinstance(value, list) else [value]:
+            if isinstance(adapter, dict) and isinstance(adapter.get("id"), str):
+                label = adapter.get("name") or short_id(adapter.get("weight_name") or adapter["id"])
+                scale = adapter.get("scale")
+                parts.append(f"{label}" + (f" x{scale:g}" if isinstance(scale, (int, float)) and scale != 1 else ""))
+        return " + ".join(parts) or json.dumps(value)
+
+    def check(self, axis: str, values: list[Any], ctx: AxisContext) -> list[Problem]:
+        problems: list[Problem] = []
+        for i, value in enumerate(values):
+            at = f"matrix.axes.{axis}.{i}"
+            if value == NO_LORA:
+                continue
+            if isinstance(value, dict) or (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
+                # optimizations.lora.adapters.N... is written at <at>.N..., optimizations.lora.<setting> at <at>.<setting>
+                located = moved(moved(ctx.problem, TABLE, at), f"{TABLE}.adapters", at)
+                enable({"lora": {"adapters": _adapters(value)}}, ctx.optimizations, located, problems)
+                continue
+            problems.append(ctx.problem(at, f"expected {NO_LORA!r}, an adapter table {{ id = ..., scale = ... }} or a "
+                                            f"list of them, got {value!r}"))
+        return problems
+
+    def check_axes(self, axes: list[str], ctx: AxisContext) -> list[Problem]:
+        if ctx.recipe.optimizations.get("lora") is not None:
+            return [ctx.problem(TABLE, "a lora axis lists the adapters itself",
+                                "remove [optimizations.lora], or list its adapters as one value of matrix.axes.lora")]
+        return []
+
+    def place(self, axis: str, value: Any, data: dict[str, Any]) -> list[tuple[str, Any]]:
+        return [(TABLE, None if value == NO_LORA else {"adapters": _adapters(value)})]
+
+    def schema(self, optimizations: Any) -> dict[str, Any]:
+        adapter: dict[str, Any] = {"type": "object"}
+        lora = optimizations.optimizations.get("lora")
+        if lora is not None:
+            adapter = lora.settings.model_json_schema().get("$defs", {}).get("Adapter", adapter)
+            adapter.pop("required", None)
+        return {"anyOf": [{"const": NO_LORA}, adapter, {"type": "array", "minItems": 1, "items": adapter}]}
+
+
+class LoraScaleAxis(AxisKind):
+    """``lora_scale = [0.5, 1.0]``: multiplies every adapter's scale (of a lora axis or [optimizations.lora])."""
+
+    name = "lora_scale"
+    rank = 45
+    description = "multiplies each adapter's scale"
+
+    def label(self, axis: str, value: Any) -> str:
+        return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else super().label(axis, value)
+
+    def check(self, axis: str, values: list[Any], ctx: AxisContext) -> list[Problem]:
+        return [ctx.problem(f"matrix.axes.{axis}.{i}", f"expected a number (the adapters' weight multiplier), got {value!r}")
+                for i, value in enumerate(values)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)]
+
+    def check_axes(self, axes: list[str], ctx: AxisContext) -> list[Problem]:
+        table = ctx.recipe.optimizations.get("lora")
+        if "lora" not in ctx.recipe.matrix.axes and not table:
+            return [ctx.problem("matrix.axes.lora_scale", "weights LoRA adapters, but the recipe loads none",
+                                "add a lora axis, or adapters in [optimizations.lora]")]
+        if isinstance(table, dict) and table.get("fuse") is True:
+            return [ctx.problem("optimizations.lora.fuse", "fused adapters cannot be re-weighted by a lora_scale axis",
+                                "set fuse = false")]
+        return []
+
+    def adjust(self, value: Any, data: dict[str, Any]) -> None:
+        table = data.get("optimizations", {}).get("lora")
+        if isinstance(table, dict):
+            table = copy.deepcopy(table)
+            for adapter in table.get("adapters") or []:
+                if isinstance(adapter, dict):
+                    adapter["scale"] = float(adapter.get("scale", 1.0)) * float(value)
+            data["optimizations"]["lora"] = table
+
+    def schema(self, optimizations: Any) -> dict[str, Any]:
+        return {"type": "number"}
+
+
+@hookimpl
+def register_axis_kinds(register: Callable[[AxisKind], None]) -> None:
+    register(LoraAxis())
+    register(LoraScaleAxis())

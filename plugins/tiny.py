@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from ..base import paths
+from recipe_runner.api import ModelInfo, ModelSource, cache_dir, did_you_mean, hookimpl, model_info_from_folder
 
 KINDS: tuple[str, ...] = ("sd15", "sdxl", "sd3", "cogview4")
 
@@ -162,7 +162,7 @@ def _check_kind(kind: str) -> None:
 def cached_path(kind: str) -> Path:
     """Where ``ensure(kind)`` keeps the tiny pipeline of this kind."""
     _check_kind(kind)
-    return paths.cache_dir() / "tiny" / f"{kind}-{FORMAT_VERSION}"
+    return cache_dir() / "tiny" / f"{kind}-{FORMAT_VERSION}"
 
 
 def ensure(kind: str) -> Path:
@@ -583,3 +583,52 @@ _PIPELINE_BUILDERS: dict[str, Callable] = {
     "sd3": _make_sd3_pipeline,
     "cogview4": _make_cogview4_pipeline,
 }
+
+
+# --------------------------------------------------------------------------
+# The model source: ``tiny:<kind>`` in a recipe (registered as a plugin)
+# --------------------------------------------------------------------------
+
+# Each kind's pipeline class, so a tiny model not built yet is checked too (its call parameters).
+CLASSES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
+           "sd3": "StableDiffusion3Pipeline", "cogview4": "CogView4Pipeline"}
+DEFAULT_SIZE = (64, 64)
+
+
+class TinySource(ModelSource):
+    """``tiny:sd15``, ``tiny:sdxl``, ``tiny:sd3``, ``tiny:cogview4``: built on first use into the cache."""
+
+    name = "tiny"
+    description = "tiny:<kind>: a tiny random pipeline built on this machine (tests, the offline demo)"
+    safetensors_only = True  # built here, in safetensors
+
+    def claims(self, model_id: str) -> bool:
+        return model_id.startswith(MODEL_ID_PREFIX)
+
+    def problem(self, model_id: str) -> tuple[str, str | None] | None:
+        kind = model_id[len(MODEL_ID_PREFIX):]
+        if kind in KINDS:
+            return None
+        known = [f"{MODEL_ID_PREFIX}{k}" for k in KINDS]
+        close = did_you_mean(model_id, known)
+        return f"unknown tiny pipeline {model_id!r}; known: {', '.join(known)}", f"did you mean {close!r}?" if close else None
+
+    def locate(self, model_id: str, folder: Path) -> str:
+        return str(ensure(model_id[len(MODEL_ID_PREFIX):]))  # ValueError for an unknown kind
+
+    def ready(self, model_id: str) -> bool:
+        try:
+            return cached_path(model_id[len(MODEL_ID_PREFIX):]).is_dir()
+        except ValueError:
+            return False
+
+    def info(self, model_id: str) -> ModelInfo | None:
+        kind = model_id[len(MODEL_ID_PREFIX):]
+        folder = cached_path(kind)
+        found = model_info_from_folder(folder) if folder.is_dir() else None
+        return found or ModelInfo(CLASSES[kind], None, {}, 8, DEFAULT_SIZE)
+
+
+@hookimpl
+def register_model_sources(register: Callable[[ModelSource], None]) -> None:
+    register(TinySource())

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from recipe_runner.base.errors import RecipeError
-from recipe_runner.base.paths import is_local_reference, locate, sha256_file
+from recipe_runner.base.paths import is_local_reference, sha256_file
+from recipe_runner.pipelines.sources import locate
 from recipe_runner.plan.matrix import Job
 from recipe_runner.records.journal import Journal
 from recipe_runner.records.keys import Keys

@@ -86,7 +86,7 @@ def test_watch_runs_new_jobs_on_a_warm_pipeline_survives_an_invalid_edit_and_end
                                  "-p", "counter", "--no-progress"], cwd=tmp_path, env=env, stdout=out, stderr=err)
     try:
         def rounds_done() -> int:
-            return out_log.read_text().count("watching ")
+            return err_log.read_text().count("watching ")
 
         wait_until(lambda: rounds_done() == 1, proc, what="the first round")
         assert len(done_files(folder)) == 1, err_log.read_text()
@@ -98,7 +98,7 @@ def test_watch_runs_new_jobs_on_a_warm_pipeline_survives_an_invalid_edit_and_end
 
         save(recipe, RECIPE.format(seeds="[0, 1]"))  # one more seed: exactly one new image
         wait_until(lambda: rounds_done() == 2, proc, what="the round after adding a seed")
-        assert "changed: recipe.toml" in out_log.read_text()
+        assert "changed: recipe.toml" in err_log.read_text()
         after = state(folder)
         assert len(done_files(folder)) == 2 and len(after) == 2
         assert {k: v for k, v in after.items() if k in before} == before  # same bytes, same mtime
@@ -283,3 +283,31 @@ def test_the_gallery_refreshes_itself_only_under_watch_and_its_stamp_follows_the
         write_gallery(tmp_path, more)
         assert (tmp_path / refresh.STAMP_FILE).read_text() != first
     assert render(MANIFEST) == render(MANIFEST) and refresh.MARK not in render(MANIFEST)
+
+
+def test_a_watch_round_on_an_up_to_date_folder_says_nothing_to_do_and_loads_no_model(
+        recipe_runner_cli, recipe_runner_write_recipe, recipe_runner_register_plugin, tmp_path, capsys):
+    """The first round of --watch is the loop of a plain run: an up-to-date folder is nothing to do."""
+    from recipe_runner import hookimpl
+    from recipe_runner.plugin_api.manager import load_plugins
+    from recipe_runner.running.prepare import Options
+    from recipe_runner.running.watch import watch
+
+    recipe = recipe_runner_write_recipe(RECIPE.format(seeds="[0, 1]"))
+    assert recipe_runner_cli(recipe, "--out", tmp_path / "out", "--no-progress").code == 0
+    before = state(tmp_path / "out" / "recipe")
+
+    class Loads:
+        count = 0
+
+        @hookimpl
+        def pipeline_ready(self, pipe, recipe, context):
+            Loads.count += 1
+
+    recipe_runner_register_plugin(Loads(), "loads")
+    capsys.readouterr()
+    assert watch([recipe], [], load_plugins(), Options(out=tmp_path / "out", progress=False), rounds=1) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do, nothing loaded" in out
+    assert Loads.count == 0
+    assert state(tmp_path / "out" / "recipe") == before

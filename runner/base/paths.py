@@ -1,10 +1,9 @@
 """Paths and files, shared by the light modules (safety, lock, filehashes, outputs) and by build:
-where a model reference points, recipe-runner's cache folder, atomic writes and file hashes.
+recipe-runner's cache folder, whether an id is written as a path, atomic writes and file hashes.
 
 No half-written file ever exists under a final name: :func:`atomic_write` writes to a hidden
 temporary file in the same folder, flushes and fsyncs it, then ``os.replace``s it into place.
-Light module: no torch (a ``tiny:`` id is resolved through :mod:`recipe_runner.plugins.tiny`, which imports
-torch only when it has to build a pipeline that is not cached yet).
+Light module: the standard library only.
 """
 
 from __future__ import annotations
@@ -12,14 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from ..plugins import tiny
-from ..recipe.loading import problem_at
-from .errors import RecipeError
-
-if TYPE_CHECKING:
-    from ..recipe.loading import LoadedRecipe
 
 TMP_MARK = ".tmp-"
 
@@ -35,23 +26,6 @@ def cache_dir() -> Path:
 def is_local_reference(value: str) -> bool:
     """Whether a model, component or adapter id is written as a path (not a Hub repo id)."""
     return value.startswith(("/", "./", "../", "~", ".\\", "..\\")) or (len(value) > 1 and value[1] == ":")
-
-
-def locate(model_id: str, folder: Path, key: str, loaded: LoadedRecipe | None) -> str:
-    """A model or component ``id`` as from_pretrained takes it: a built-in tiny pipeline
-    (``tiny:sd15``), a local folder (relative to the recipe file that wrote it), or a Hub id.
-    RecipeError (exit 2, located at ``key``) for an unknown tiny kind or a missing local folder."""
-    if model_id.startswith(tiny.MODEL_ID_PREFIX):
-        try:
-            return str(tiny.ensure(model_id[len(tiny.MODEL_ID_PREFIX):]))
-        except ValueError as exc:
-            raise RecipeError([problem_at(loaded, key, str(exc))]) from exc
-    candidate = (folder / Path(model_id).expanduser()).resolve()
-    if candidate.is_dir():
-        return str(candidate)
-    if is_local_reference(model_id):
-        raise RecipeError([problem_at(loaded, key, f"no such folder: {candidate}")])
-    return model_id
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -71,6 +71,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def list_plugins(plugins) -> str:
+    from ..plugin_api.manager import EXTENSION_POINTS
     from ..recipe.optimizations import settings_lines
 
     lines = []
@@ -80,6 +81,12 @@ def list_plugins(plugins) -> str:
         if info.error:
             lines.append(f"    failed to load: {info.error}")
         for name in info.provides:
+            label, _, kind_name = name.partition(" ")
+            point = next((p for p in EXTENSION_POINTS if p[3] == label and kind_name), None)
+            if point is not None:  # an axis kind, a model source, an output format, a metric
+                kind = point[1].require(kind_name)
+                lines.append(f"    [{point[1].what}] {kind_name}: {getattr(kind, 'description', '')}")
+                continue
             opt = plugins.registry.optimizations[name]
             lines.append(f"    [optimizations] {name} (stage {opt.stage}): {opt.description}")
             lines += [f"        {line}" for line in settings_lines(opt.settings)]
@@ -208,17 +215,16 @@ def _main(args: argparse.Namespace) -> int:
     if mode == "list_plugins":
         print(list_plugins(plugins))
         return EXIT_OK
+    from ..base.report import warn
     from ..plugin_api.failures import check as check_plugins
-    from ..running.prepare import warn as warn_stderr
 
-    check_plugins(plugins, args.strict_plugins, warn_stderr)
+    check_plugins(plugins, args.strict_plugins, warn)
     if mode == "schema":
         from .schema import dumps
 
         print(dumps(plugins))
         return EXIT_OK
     if mode == "reproduce":
-        from ..running.prepare import warn
         from ..running.reproduce import reproduce
 
         outcome = reproduce(args.reproduce, plugins, args.out, allow_pickle=args.allow_pickle,
@@ -226,38 +232,22 @@ def _main(args: argparse.Namespace) -> int:
         print(outcome.report())
         return EXIT_OK if outcome.identical else EXIT_FAILED
 
-    from ..running.prepare import Options, check_distinct_names, describe_plan, prepare
+    from ..running.prepare import Options, describe_plan, prepare_all
 
     options = Options(out=args.out if args.out is not None else Path("outputs"), allow_pickle=args.allow_pickle,
                       trust_remote_code=args.trust_remote_code, force=args.force,
                       progress=False if args.no_progress else None)
     if mode == "watch":
-        from ..pipelines.preflight import before_loading
         from ..running.watch import watch
 
-        return watch([Path(p) for p in args.recipes], args.sets, plugins, options, locked=args.locked,
-                     debug=args.debug, check=before_loading)
-    problems = []
-    prepared = []
-    for path in args.recipes:  # every recipe is checked before any of them runs
-        try:
-            prepared.append(prepare(path, args.sets, plugins, options))
-        except RecipeError as exc:
-            problems += exc.problems
-    if problems:
-        raise RecipeError(problems)
-    check_distinct_names(prepared)
+        return watch([Path(p) for p in args.recipes], args.sets, plugins, options, locked=args.locked, debug=args.debug)
+    prepared = prepare_all(args.recipes, args.sets, plugins, options, locked=args.locked)
     if mode == "lock":
         from ..pipelines import lock
 
         for item in prepared:
             print(f"{item.recipe.name}: locked -> {lock.write_lock(item.recipe, item.loaded)}")
         return EXIT_OK
-    if args.locked:
-        from ..pipelines import lock
-
-        for item in prepared:
-            lock.verify(item.recipe, item.loaded)
     if mode == "dry_run":
         print("\n\n".join(describe_plan(p, plugins) for p in prepared))
         return EXIT_OK

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..axes.registry import NO_LORA
-from ..plan.variants import ModelValue
+from ..axes.kind import listed
+from ..axes.registry import KINDS
 from ..plugin_api.manager import Plugins
 from ..recipe.model import DEFAULT_MAX_JOBS, MAX_SEED, Recipe
 from ..recipe.optimizations import attribute_docs
@@ -59,36 +59,22 @@ def _optimizations(plugins: Plugins) -> dict[str, Any]:
 
 
 def _axes(plugins: Plugins, tables: dict[str, Any]) -> dict[str, Any]:
-    """``[matrix.axes]``: call parameters and the scheduler, and the build axes (docs/axes.md)."""
-
-    def listed(item: dict[str, Any], description: str) -> dict[str, Any]:
-        return {"type": "array", "minItems": 1, "items": item, "description": description}
-
-    lora = plugins.registry.optimizations.get("lora")
-    adapter: dict[str, Any] = {"type": "object"}
-    if lora is not None:
-        adapters = lora.settings.model_json_schema()
-        adapter = adapters.get("$defs", {}).get("Adapter", adapter)
-        _strip_required(adapter)
-    model = ModelValue.model_json_schema()
-    model.pop("title", None)
-    optimizations = {name: listed({"anyOf": table["anyOf"]}, f"{name}: off, on, or settings, per value")
-                     for name, table in tables["properties"].items()}
+    """``[matrix.axes]``: each registered kind's values (docs/axes.md); any other key a call parameter."""
+    properties: dict[str, Any] = {}
+    for kind in KINDS.kinds()[:-1]:  # the call-parameter fallback: additionalProperties
+        if kind.name == "optimizations":
+            per_key = {name: listed({"anyOf": table["anyOf"]}, f"{name}: off, on, or settings, per value")
+                       for name, table in tables["properties"].items()}
+            properties[kind.name] = {"type": "object", "properties": per_key, "additionalProperties": False}
+        elif kind.nested:
+            properties[kind.name] = {"type": "object", "additionalProperties": listed(kind.schema(plugins.registry), kind.description)}
+        else:
+            properties[kind.name] = listed(kind.schema(plugins.registry), kind.description)
+    names = ", ".join(k.name + (".<key>" if k.nested else "") for k in KINDS.kinds()[:-1])
     return {
         "type": "object",
-        "description": "One image per value of each axis: a call parameter, scheduler, model, components.<name>, "
-                       "lora, lora_scale or optimizations.<key> (see docs/axes.md).",
-        "properties": {
-            "scheduler": listed({"anyOf": [{"type": "string"}, {"$ref": "#/$defs/SchedulerSpec"}]}, "scheduler classes"),
-            "model": listed({"anyOf": [{"type": "string", "minLength": 1}, model]}, "model ids or { id, revision, variant, dtype }"),
-            "components": {"type": "object", "additionalProperties": listed(
-                {"anyOf": [{"type": "string", "minLength": 1}, {"$ref": "#/$defs/ComponentSpec"}]},
-                '"default" (the model\'s own), a component id or a [components.<name>] table')},
-            "lora": listed({"anyOf": [{"const": NO_LORA}, adapter, {"type": "array", "minItems": 1, "items": adapter}]},
-                           '"none", an adapter table or a list of them'),
-            "lora_scale": listed({"type": "number"}, "multiplies each adapter's scale"),
-            "optimizations": {"type": "object", "properties": optimizations, "additionalProperties": False},
-        },
+        "description": f"One image per value of each axis: a call parameter, {names} (see docs/axes.md).",
+        "properties": properties,
         "additionalProperties": listed({}, "a call parameter's values"),
         "default": {},
     }

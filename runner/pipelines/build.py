@@ -20,12 +20,12 @@ from typing import Any
 
 from ..axes.registry import axis_kind
 from ..base.errors import RecipeError, RunError, suggest
-from ..base.paths import locate
 from ..plan.matrix import SCHEDULER_AXIS, Job
 from ..recipe.loading import LoadedRecipe, problem_at
 from ..recipe.model import Recipe
 from ..recipe.optimizations import Enabled, Unsupported, settle
 from .context import BuildContext  # the dataclass lives in a light module (recipe_runner.api exposes it)
+from .sources import locate
 
 TASK_PIPELINES = {
     "text-to-image": ("diffusers", "DiffusionPipeline"),

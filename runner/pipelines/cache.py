@@ -28,14 +28,13 @@ from ..recipe.loading import problem_at
 from ..recipe.optimizations import Enabled, Unsupported, settle
 from . import build
 from .build import Built
-from .context import BuildContext
+from .context import BuildContext, HasHooks
 
 if TYPE_CHECKING:
     from ..plan.matrix import Job
+    from ..plan.prepared import Prepared
     from ..plan.variants import Variant
-    from ..plugin_api.manager import Plugins
     from ..recipe.model import ComponentSpec, Recipe
-    from ..running.prepare import Prepared
 
 
 def switchable(enabled: Iterable[Enabled]) -> bool:
@@ -84,7 +83,7 @@ class ModelCache:
     derived: int = 0
     switches: int = 0
 
-    def get(self, variant: Variant, plugins: Plugins, ctx: BuildContext, allow_pickle: bool,
+    def get(self, variant: Variant, plugins: HasHooks, ctx: BuildContext, allow_pickle: bool,
             log: list[dict[str, Any]] | None = None) -> Built:
         """The pipeline of ``variant``: reused, switched in place, derived or loaded. ``log``
         gets one line per load, derivation or switch (what, how, seconds)."""
@@ -187,8 +186,8 @@ class ModelCache:
             entry.pool.setdefault((name, built.swapped.get(name, "default")), current)
         if found is not None:
             return found
-        from ..base.paths import locate
         from ..recipe.model import ComponentSpec
+        from .sources import locate
 
         index = build.read_model_index(ctx.location, recipe.model.revision)
         if text == "default":
@@ -231,7 +230,7 @@ class Pipelines:
     ``run.keep_models``; the timings of every load and switch are kept for the manifest."""
 
     prepared: Prepared
-    plugins: Plugins
+    plugins: HasHooks
     cache: ModelCache
     allow_pickle: bool
     context_for: Callable[[Variant], BuildContext]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..recipe.loading import LoadedRecipe
@@ -36,3 +36,11 @@ class BuildContext:
         import torch
 
         return getattr(torch, self.dtype)
+
+
+class HasHooks(Protocol):
+    """What the pipeline stage needs of the loaded plugins: their hooks (``pipeline_ready`` and the
+    optimizations' callbacks are called through it). The plugin manager's ``Plugins`` is one."""
+
+    @property
+    def hook(self) -> Any: ...

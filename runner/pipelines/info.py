@@ -24,13 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..base.paths import atomic_write, cache_dir
-from ..plugins import tiny
-from ..recipe.checks import ANY, BOOL, FLOAT, INT, NONE, STR, Parameter, T, from_default, union
+from ..plan.checks import ANY, BOOL, FLOAT, INT, NONE, STR, Parameter, T, from_default, union
 
-# The tiny pipelines' classes, so a tiny model not built yet is checked too (tiny.py builds them).
-TINY_CLASSES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
-                "sd3": "StableDiffusion3Pipeline", "cogview4": "CogView4Pipeline"}
-TINY_DEFAULT_SIZE = (64, 64)
 TASK_MAPPINGS = {"image-to-image": "AUTO_IMAGE2IMAGE_PIPELINES_MAPPING",
                  "inpainting": "AUTO_INPAINT_PIPELINES_MAPPING"}
 
@@ -78,13 +73,6 @@ def from_folder(folder: Path, config: Any = None) -> ModelInfo | None:
                 info.default_size = (size * info.vae_scale_factor, size * info.vae_scale_factor)
             break
     return info
-
-
-def tiny_info(kind: str) -> ModelInfo:
-
-    folder = tiny.cached_path(kind)  # ValueError for an unknown kind
-    found = from_folder(folder) if folder.is_dir() else None
-    return found or ModelInfo(TINY_CLASSES[kind], None, {}, 8, TINY_DEFAULT_SIZE)
 
 
 def hub_cache_dir() -> Path:

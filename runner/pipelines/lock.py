@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..axes.registry import DEFAULT_COMPONENT, axis_kind
+from ..axes.registry import KINDS
 from ..base.errors import Problem, RecipeError, RunError
 from ..base.filehashes import FileHashes, combined
-from ..base.paths import atomic_write, locate
+from ..base.paths import atomic_write
 from ..recipe.loading import LoadedRecipe, display_path
 from ..recipe.model import Recipe
+from .sources import locate
 
 LOCK_VERSION = 1
 COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -62,16 +63,12 @@ def references(recipe: Recipe, loaded: LoadedRecipe) -> list[Reference]:
         key = f"components.{name}"
         refs.append(Reference(key, spec.id, spec.revision, spec.subfolder, loaded.origin(f"{key}.id").folder))
     for axis, values in recipe.matrix.axes.items():
-        kind = axis_kind(axis)
-        if kind not in ("model", "components"):
-            continue
+        kind = KINDS.of(axis)
         folder = loaded.origin(f"matrix.axes.{axis}").folder
         for i, value in enumerate(values):
-            if value == DEFAULT_COMPONENT and kind == "components":
-                continue
-            table = {"id": value} if isinstance(value, str) else value
-            refs.append(Reference(f"matrix.axes.{axis}.{i}", table["id"], table.get("revision"),
-                                  table.get("subfolder") if kind == "components" else None, folder))
+            found = kind.references(axis, value)
+            if found is not None:
+                refs.append(Reference(f"matrix.axes.{axis}.{i}", found.id, found.revision, found.subfolder, folder))
     return refs
 
 

@@ -1,5 +1,5 @@
 """Every check a recipe can get before any weights load, in one pass (every problem reported at
-once): parameter values (:mod:`recipe_runner.recipe.checks`), sizes, and, from the model's
+once): parameter values (:mod:`recipe_runner.plan.checks`), sizes, and, from the model's
 ``model_index.json``, call parameters and scheduler names against the pipeline class.
 
 - :func:`problems` is light (no torch, no diffusers import, no network): ``prepare`` runs it, so
@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ..base.errors import Problem, RecipeError, suggest
-from ..plan import inputs
+from ..plan import checks, inputs
 from ..plan.variants import relabel
-from ..recipe import checks
 from ..recipe.loading import LoadedRecipe, problem_at
 from . import info as pipeline_info
 from .info import ModelInfo
+from .sources import SOURCES
 
 LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
 AFTER_LOADING = "scheduler compatibility, component classes, optimizations on this device, input image decoding"
@@ -44,15 +44,14 @@ def _is_local(value: str) -> bool:
 
 
 def find_model(recipe: Any, loaded: LoadedRecipe | None) -> Found:
-    """The model's :class:`ModelInfo` from a tiny kind, a local folder or the local Hub cache."""
+    """The model's :class:`ModelInfo` from its plugin source (``tiny:``), a local folder or the local Hub cache."""
     model_id, key = recipe.model.id, "model.id"
-    if model_id.startswith("tiny:"):
-        kind = model_id[len("tiny:"):]
-        if kind not in pipeline_info.TINY_CLASSES:
-            known = [f"tiny:{k}" for k in pipeline_info.TINY_CLASSES]
-            return Found(None, [problem_at(loaded, key, f"unknown tiny pipeline {model_id!r}; known: {', '.join(known)}",
-                                           suggest(f"tiny:{kind}", known))])
-        return Found(pipeline_info.tiny_info(kind))
+    source = SOURCES.plugin_source(model_id)
+    if source is not None:
+        problem = source.problem(model_id)
+        if problem is not None:
+            return Found(None, [problem_at(loaded, key, *problem)])
+        return Found(source.info(model_id))
     folder = loaded.origin(key).folder if loaded else Path.cwd()
     candidate = (folder / Path(model_id).expanduser()).resolve()
     if candidate.is_dir():
@@ -211,7 +210,7 @@ def notes(recipe: Any, loaded: LoadedRecipe | None) -> list[str]:
 def _before_loading(recipe: Any, loaded: LoadedRecipe, jobs: Sequence[Any]) -> list[Problem]:
     found: list[Problem] = []
     info = find_model(recipe, loaded).info
-    if info is None and not recipe.model.custom_pipeline and not recipe.model.id.startswith("tiny:"):
+    if info is None and not recipe.model.custom_pipeline and SOURCES.plugin_source(recipe.model.id) is None:
         try:
             info = fetch_hub_info(recipe.model.id, recipe.model.revision, loaded)
         except RecipeError as exc:

@@ -16,11 +16,10 @@ import json
 import re
 from pathlib import Path
 
-from ..base.errors import Problem, RecipeError, suggest
-from ..base.paths import locate
-from ..plugins import tiny
+from ..base.errors import Problem, RecipeError
 from ..recipe.loading import LoadedRecipe, problem_at
 from ..recipe.model import Recipe
+from .sources import SOURCES, locate
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -79,19 +78,19 @@ def weight_folders(location: Path, subfolder: str | None = None) -> list[Path]:
 
 def check_sources(recipe: Recipe, loaded: LoadedRecipe, *, allow_pickle: bool) -> None:
     """What each model and component ``id`` names on this machine, checked without loading it: a
-    built-in tiny kind that exists, a local folder that exists and (without ``--allow-pickle``)
+    plugin source's model it knows (``tiny:sd15``), a local folder that exists and (without ``--allow-pickle``)
     does not hold pickled weights only. Hub ids are checked when they load."""
     problems = []
     targets: list[tuple[str, str, str | None]] = [("model.id", recipe.model.id, None)]
     targets += [(f"components.{name}.id", spec.id, spec.subfolder) for name, spec in recipe.components.items()]
     for key, model_id, subfolder in targets:
-        if model_id.startswith(tiny.MODEL_ID_PREFIX):
-            kind = model_id[len(tiny.MODEL_ID_PREFIX):]
-            known = [f"tiny:{k}" for k in tiny.KINDS]
-            if kind not in tiny.KINDS and key != "model.id":  # the model's kind: checked with its class (preflight)
-                problems.append(problem_at(loaded, key, f"unknown tiny pipeline {model_id!r}; known: {', '.join(known)}",
-                                           suggest(model_id, known)))
-            continue  # built here, in safetensors
+        source = SOURCES.plugin_source(model_id)
+        if source is not None:
+            refused = source.problem(model_id)
+            if refused is not None and key != "model.id":  # the model's: checked with its class (preflight)
+                problems.append(problem_at(loaded, key, *refused))
+            if source.safetensors_only or refused is not None:
+                continue
         try:
             location = Path(locate(model_id, loaded.origin(key).folder, key, loaded))
         except RecipeError as exc:

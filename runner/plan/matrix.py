@@ -21,13 +21,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..axes.registry import BUILD_AXIS_KINDS, axis_kind, is_build_axis
+from ..axes.call import SCHEDULER_AXIS
+from ..axes.registry import KINDS, axis_kind, is_build_axis
 from ..base.errors import Problem, RecipeError, suggest
 from ..recipe.loading import LoadedRecipe, problem_at
 from ..recipe.model import RESERVED_PARAMS, Recipe
 
 TEMPLATED_PARAMS = ("negative_prompt", "negative_prompt_2")  # {var} placeholders render here too
-SCHEDULER_AXIS = "scheduler"
 _FORMATTER = string.Formatter()
 
 
@@ -224,8 +224,7 @@ def expand(recipe: Recipe, loaded: LoadedRecipe | None = None) -> list[Job]:
 def axis_order(names: list[str]) -> list[str]:
     """Axis names outermost first: the build axes by switching cost (model, optimizations,
     components, lora, lora_scale), then the scheduler, then call parameters; ties as written."""
-    rank = {kind: i for i, kind in enumerate((*BUILD_AXIS_KINDS, SCHEDULER_AXIS, "params"))}
-    return sorted(names, key=lambda n: rank[axis_kind(n)])  # stable: ties keep the written order
+    return sorted(names, key=lambda n: KINDS.of(n).rank)  # stable: ties keep the written order
 
 
 def _iter_jobs(recipe: Recipe) -> Iterator[Job]:

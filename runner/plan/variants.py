@@ -24,31 +24,19 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
-from ..axes.registry import DEFAULT_COMPONENT, NO_LORA, axis_kind, is_build_axis, value_label
+from ..axes.kind import AxisContext
+from ..axes.registry import KINDS, is_build_axis, value_label
 from ..base.errors import Problem, RecipeError
 from ..recipe.loading import LoadedRecipe
-from ..recipe.model import ComponentSpec, DType, Recipe, Strict, problem_from_pydantic
+from ..recipe.model import Recipe, problem_from_pydantic
 from ..recipe.optimizations import Enabled, Registry
 from .matrix import Job, axis_order
-
-LORA = "lora"  # the optimization a lora / lora_scale axis sets
-
-
-class ModelValue(Strict):
-    """A ``model`` axis value written as a table: the ``[model]`` keys that may vary. The others
-    (task, device, custom_pipeline, trust_remote_code) are the ``[model]`` table's."""
-
-    id: Annotated[str, Field(min_length=1)]
-    revision: str | None = None
-    variant: str | None = None
-    dtype: DType | None = None  # None: the [model] table's
 
 
 @dataclass
@@ -72,121 +60,20 @@ class Variant:
 
 
 def check(recipe: Recipe, loaded: LoadedRecipe, registry: Registry) -> list[Problem]:
-    """Every problem with the build axes' values (each value checked as the table it stands for)."""
+    """Every problem with the build axes' values, each kind checking its own (each value checked
+    as the table it stands for), then each kind's checks of the combination."""
+    ctx = AxisContext(recipe, loaded, registry, KINDS.kinds())
     problems: list[Problem] = []
-    axes = recipe.matrix.axes
-    problem = loaded.problem
-
-    def fail(key: str, message: str, hint: str | None = None) -> None:
-        problems.append(problem(key, message, hint))
-
-    lora_table = recipe.optimizations.get(LORA)
-    for name, values in axes.items():
-        if not is_build_axis(name):
-            continue
-        key = f"matrix.axes.{name}"
-        kind = axis_kind(name)
-        for i, value in enumerate(values):
-            at = f"{key}.{i}"
-            if kind == "model":
-                _check_model(value, at, problem, problems)
-            elif kind == "components":
-                _check_component(value, at, problem, problems)
-            elif kind == "lora":
-                _check_lora(value, at, registry, problem, problems)
-            elif kind == "lora_scale":
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    fail(at, f"expected a number (the adapters' weight multiplier), got {value!r}")
-            else:
-                option = name.partition(".")[2]
-                if option == LORA:
-                    fail(key, "write adapter sets as a lora axis", f"use matrix.axes.lora = [{NO_LORA!r}, {{ id = ... }}]")
-                    break
-                if option not in registry.optimizations:  # said once for the axis, with "did you mean"
-                    _enable({option: True}, registry, _moved(problem, f"optimizations.{option}", key), problems)
-                    break
-                if not isinstance(value, (bool, dict)):
-                    fail(at, f"expected true, false or a table of {option}'s settings, got {value!r}")
-                    continue
-                _enable({option: value}, registry, _moved(problem, f"optimizations.{option}", at), problems)
-    if LORA in axes and lora_table is not None:
-        fail("optimizations.lora", "a lora axis lists the adapters itself",
-             "remove [optimizations.lora], or list its adapters as one value of matrix.axes.lora")
-    if "lora_scale" in axes:
-        fused = isinstance(lora_table, dict) and lora_table.get("fuse") is True
-        if LORA not in axes and not lora_table:
-            fail("matrix.axes.lora_scale", "weights LoRA adapters, but the recipe loads none",
-                 "add a lora axis, or adapters in [optimizations.lora]")
-        elif fused:
-            fail("optimizations.lora.fuse", "fused adapters cannot be re-weighted by a lora_scale axis",
-                 "set fuse = false")
+    by_kind: dict[str, list[str]] = {}
+    for name, values in recipe.matrix.axes.items():
+        kind = KINDS.of(name)
+        if kind.build:
+            problems += kind.check(name, values, ctx)
+            by_kind.setdefault(kind.name, []).append(name)
+    for kind in KINDS.kinds():
+        if kind.name in by_kind:
+            problems += kind.check_axes(by_kind[kind.name], ctx)
     return problems
-
-
-def _moved(problem: Callable[..., Problem], prefix: str, to: str) -> Callable[..., Problem]:
-    """A problem function that reports ``<prefix>.rest`` as ``<to>.rest`` (where it was written)."""
-
-    def located(key: str, message: str, hint: str | None = None) -> Problem:
-        if key == prefix or key.startswith(prefix + "."):
-            key = to + key[len(prefix):]
-        return problem(key, message, hint)
-
-    return located
-
-
-def _check_model(value: Any, at: str, problem: Callable[..., Problem], problems: list[Problem]) -> None:
-    if isinstance(value, str):
-        if not value:
-            problems.append(problem(at, "expected a model id, got an empty string"))
-        return
-    if not isinstance(value, dict):
-        problems.append(problem(at, f"expected a model id or a table {{ id, revision, variant, dtype }}, got {value!r}"))
-        return
-    try:
-        ModelValue.model_validate(value)
-    except ValidationError as exc:
-        problems += [problem_from_pydantic(dict(e), problem, model=ModelValue, prefix=at) for e in exc.errors()]
-
-
-def _check_component(value: Any, at: str, problem: Callable[..., Problem], problems: list[Problem]) -> None:
-    if isinstance(value, str):
-        if not value:
-            problems.append(problem(at, f"expected a component id or {DEFAULT_COMPONENT!r}, got an empty string"))
-        return
-    if not isinstance(value, dict):
-        problems.append(problem(at, f"expected a component id, {DEFAULT_COMPONENT!r} (the model's own) or a table "
-                                    f"like [components.<name>], got {value!r}"))
-        return
-    try:
-        ComponentSpec.model_validate(value)
-    except ValidationError as exc:
-        problems += [problem_from_pydantic(dict(e), problem, model=ComponentSpec, prefix=at) for e in exc.errors()]
-
-
-def _check_lora(value: Any, at: str, registry: Registry, problem: Callable[..., Problem],
-                problems: list[Problem]) -> None:
-    if value == NO_LORA:
-        return
-    if isinstance(value, dict) or (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
-        # optimizations.lora.adapters.N... is written at <at>.N..., optimizations.lora.<setting> at <at>.<setting>
-        located = _moved(_moved(problem, "optimizations.lora", at), "optimizations.lora.adapters", at)
-        _enable({LORA: {"adapters": _adapters(value)}}, registry, located, problems)
-        return
-    problems.append(problem(at, f"expected {NO_LORA!r}, an adapter table {{ id = ..., scale = ... }} or a list of "
-                                f"them, got {value!r}"))
-
-
-def _enable(table: dict[str, Any], registry: Registry, problem: Callable[..., Problem],
-            problems: list[Problem]) -> list[Enabled]:
-    try:
-        return registry.enable(table, problem)
-    except RecipeError as exc:
-        problems += exc.problems
-        return []
-
-
-def _adapters(value: Any) -> list[dict[str, Any]]:
-    return [dict(a) for a in (value if isinstance(value, list) else [value])]
 
 
 # --- making the variants ---------------------------------------------------------------------------
@@ -252,31 +139,11 @@ def _variant(recipe: Recipe, loaded: LoadedRecipe, axes: dict[str, Any], positio
         if value is not None:
             origins[key] = loaded.origin(f"matrix.axes.{axis}")
 
-    scale = axes.get("lora_scale")
     for name, value in axes.items():
-        kind = axis_kind(name)
-        if kind == "model":
-            spec = {"id": value} if isinstance(value, str) else dict(value)
-            model = {k: v for k, v in data["model"].items() if k not in ("id", "revision", "variant")}
-            model.update({k: v for k, v in spec.items() if v is not None})
-            place("model", model, name)
-        elif kind == "components":
-            component = name.partition(".")[2]
-            component_spec = None if value == DEFAULT_COMPONENT else ({"id": value} if isinstance(value, str) else dict(value))
-            place(f"components.{component}", component_spec, name)
-        elif kind == "lora":
-            place("optimizations.lora", None if value == NO_LORA else {"adapters": _adapters(value)}, name)
-        elif kind == "optimizations":
-            option = name.partition(".")[2]
-            place(f"optimizations.{option}", None if value is False else value, name)
-    if scale is not None:
-        table = data.get("optimizations", {}).get(LORA)
-        if isinstance(table, dict):
-            table = copy.deepcopy(table)
-            for adapter in table.get("adapters") or []:
-                if isinstance(adapter, dict):
-                    adapter["scale"] = float(adapter.get("scale", 1.0)) * float(scale)
-            data["optimizations"][LORA] = table
+        for key, placed in KINDS.of(name).place(name, value, data):
+            place(key, placed, name)
+    for name, value in axes.items():
+        KINDS.of(name).adjust(value, data)
     variant_loaded = replace(loaded, data=data, origins=origins)
     try:
         variant_recipe = Recipe.model_validate(data)
@@ -295,8 +162,7 @@ def relabel(problems: Sequence[Problem], variant: Variant) -> list[Problem]:
     for p in problems:
         key = p.key or ""
         for name in variant.axes:
-            kind = axis_kind(name)
-            table = {"model": "model", "components": name, "lora": "optimizations.lora", "optimizations": name}.get(kind)
+            table = KINDS.of(name).target(name)
             if table is not None and (key == table or key.startswith(table + ".")):
                 key = f"matrix.axes.{name}.{variant.positions[name]}"
                 break

@@ -37,12 +37,6 @@ def check(plugins: Any, strict: bool, warn: Callable[[str], None]) -> None:
         raise RecipeError(problems)
 
 
-def records(plugins: Any) -> list[dict[str, Any]]:
-    """The non-built-in plugins of this process, loaded or failed."""
-    return [{"name": i.name, "version": i.version, "source": i.source, "module": i.module, "error": i.error}
-            for i in plugins.infos if i.source != BUILT_IN]
-
-
 def missing(recorded: Any, plugins: Any) -> list[str]:
     """``name version`` of each plugin recorded (loaded then) that is not loaded now, or another version."""
     if not isinstance(recorded, list):

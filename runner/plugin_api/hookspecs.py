@@ -16,12 +16,18 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from PIL.Image import Image
 
+    from ..axes.kind import AxisKind
     from ..pipelines.context import BuildContext
+    from ..pipelines.sources import ModelSource
     from ..plan.batches import Batch
     from ..recipe.model import Recipe
     from ..recipe.optimizations import Optimization
+    from ..records.formats import OutputFormat
+    from ..views.metrics import Metric
 
 hookspec = pluggy.HookspecMarker("recipe_runner")
 
@@ -37,6 +43,53 @@ def register_optimizations() -> list[Optimization]:  # type: ignore[empty-body] 
     owns under ``[optimizations]``, a pydantic settings model (subclass of
     :class:`recipe_runner.api.OptimizationSettings`) that validates that key's table, the stage
     that orders it, and the functions that check, configure loading and apply it.
+    """
+
+
+@hookspec
+def register_axis_kinds(register: Callable[[AxisKind], None]) -> None:
+    """Add kinds of ``[matrix.axes]`` keys.
+
+    Called once, when the plugins are loaded (cheap: no torch). Receives ``register``: call it with
+    an instance of a :class:`recipe_runner.api.AxisKind` subclass for each kind. The kind's ``name``
+    is the axis key (or, with ``nested = True``, the table of ``<name>.<key>`` axes); its methods
+    check values, label them, give their JSON Schema, and (for a ``build`` kind) write a value into
+    the variant's recipe tables. The built-in ``lora`` plugin registers ``lora`` and ``lora_scale``.
+    Two plugins registering one name: the second fails to load, naming both. Returns nothing.
+    """
+
+
+@hookspec
+def register_model_sources(register: Callable[[ModelSource], None]) -> None:
+    """Add kinds of model references (``[model] id``, ``[components.<name>] id``, axis values).
+
+    Called once, when the plugins are loaded (cheap: no torch). Receives ``register``: call it with
+    an instance of a :class:`recipe_runner.api.ModelSource` subclass; its ``claims(id)`` says which
+    ids it serves (asked before the built-in local-folder and Hub sources), ``locate(id, folder)``
+    gives what ``from_pretrained`` loads. The built-in ``tiny`` plugin serves ``tiny:<kind>``.
+    Returns nothing.
+    """
+
+
+@hookspec
+def register_output_formats(register: Callable[[OutputFormat], None]) -> None:
+    """Add image formats for ``[output] format``.
+
+    Called once, when the plugins are loaded. Receives ``register``: call it with an instance of a
+    :class:`recipe_runner.api.OutputFormat` subclass (``name``, ``extension``, ``encode(image,
+    quality, text)`` returning the file's bytes with ``text`` embedded, ``read_text(image)`` giving
+    it back, so that resume, ``--reproduce`` and ``--compare`` read its images). Returns nothing.
+    """
+
+
+@hookspec
+def register_metrics(register: Callable[[Metric], None]) -> None:
+    """Add image comparison metrics to ``--compare``.
+
+    Called once, when the plugins are loaded. Receives ``register``: call it with an instance of a
+    :class:`recipe_runner.api.Metric` subclass (``name``, ``better``: "higher" or "lower",
+    ``compute(a, b)``: a float from two uint8 pixel arrays of one shape). ``--compare`` prints it for
+    each differing pair and writes it to ``compare.json``. Returns nothing.
     """
 
 

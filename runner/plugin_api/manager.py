@@ -18,8 +18,22 @@ import pluggy
 
 from recipe_runner import __version__
 
+from ..axes.kind import AxisKind
+from ..axes.registry import KINDS
+from ..base.registry import Registry as KindRegistry
+from ..pipelines.sources import SOURCES, ModelSource
 from ..recipe.optimizations import Optimization, Registry
+from ..records.formats import FORMATS, OutputFormat
+from ..views.metrics import METRICS, Metric
 from . import hookspecs
+
+# The registries plugins add kinds to: hook, registry, the class each kind must be, how --list-plugins names it.
+EXTENSION_POINTS: tuple[tuple[str, KindRegistry[Any], type[Any], str], ...] = (
+    ("register_axis_kinds", KINDS, AxisKind, "axis"),
+    ("register_model_sources", SOURCES, ModelSource, "source"),
+    ("register_output_formats", FORMATS, OutputFormat, "format"),
+    ("register_metrics", METRICS, Metric, "metric"),
+)
 
 PROJECT = "recipe_runner"
 ENTRY_POINT_GROUP = "recipe_runner"
@@ -38,6 +52,7 @@ BUILTIN = (
     "recipe_runner.plugins.channels_last",
     "recipe_runner.plugins.cache",
     "recipe_runner.plugins.compile",
+    "recipe_runner.plugins.tiny",
 )
 
 _REGISTERED: list[tuple[Any, str]] = []  # plugins registered in-process (tests, embedding)
@@ -149,7 +164,9 @@ def load_plugins(extra_modules: tuple[str, ...] | list[str] = ()) -> Plugins:
         info.distribution, info.version = _distribution_of(module)
         _register(pm, module, info)
 
-    return Plugins(pm, infos, _collect_optimizations(pm, infos))
+    registry = _collect_optimizations(pm, infos)
+    _collect_kinds(pm, infos, registry)
+    return Plugins(pm, infos, registry)
 
 
 def import_plugin_module(name: str) -> Any:
@@ -225,3 +242,32 @@ def _collect_optimizations(pm: pluggy.PluginManager, infos: list[PluginInfo]) ->
         if info.error:
             registry.broken.setdefault(info.name, info.error)
     return registry
+
+
+def _collect_kinds(pm: pluggy.PluginManager, infos: list[PluginInfo], registry: Registry) -> None:
+    """Fill each extension point's registry anew (its built-ins, then each plugin's kinds), one plugin
+    at a time: a plugin whose hook fails, registers something that is not of the documented class,
+    or takes a name another plugin has fails to load whole (named, with both providers)."""
+    by_name = {i.name: i for i in infos}
+    for hook_name, kinds, base, label in EXTENSION_POINTS:
+        kinds.reset()  # its built-ins only
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            info = by_name.get(impl.plugin_name)
+            found: list[Any] = []  # instances of ``base``: each has a ``name``
+            others = [p for p in pm.get_plugins() if p is not impl.plugin]
+            try:
+                pm.subset_hook_caller(hook_name, remove_plugins=others)(register=found.append)
+                for kind in found:
+                    if not isinstance(kind, base):
+                        raise TypeError(f"{hook_name} registered {type(kind).__name__}, not a {base.__name__}")
+                    if kind.name in kinds and kinds.providers[kind.name] != impl.plugin_name:
+                        raise ValueError(f"{kinds.what} {kind.name!r} is already provided by {kinds.providers[kind.name]!r}")
+            except Exception as exc:
+                if info is not None:
+                    info.error = _error_text(exc)
+                registry.broken[impl.plugin_name] = _error_text(exc)
+                continue
+            for kind in found:
+                kinds.register(kind.name, kind, impl.plugin_name)
+                if info is not None:
+                    info.provides.append(f"{label} {kind.name}")

@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_serializer, field_validator
 
-from ..axes.registry import NESTED_AXES, axis_kind
 from ..base.errors import Problem, RecipeError, did_you_mean, suggest
 from .loading import LoadedRecipe
 
@@ -88,12 +87,12 @@ class MatrixSpec(Strict):
     @classmethod
     def _flatten_axes(cls, value: Any) -> Any:
         """``components.vae = [...]`` is TOML for ``components = { vae = [...] }``: both name the
-        axis ``components.vae`` (and ``optimizations.<key>`` likewise)."""
+        axis ``components.vae`` (and ``optimizations.<key>`` likewise: any table of axes)."""
         if not isinstance(value, dict):
             return value
         flat: dict[str, Any] = {}
         for name, values in value.items():
-            if name in NESTED_AXES and isinstance(values, dict):
+            if isinstance(values, dict):
                 for inner, inner_values in values.items():
                     flat[f"{name}.{inner}"] = inner_values
             else:
@@ -176,7 +175,7 @@ def _bool_or_table(schema: dict[str, Any]) -> None:
 
 
 class OutputSpec(Strict):
-    format: Literal["png", "webp", "jpeg"] = "png"
+    format: str = "png"  # a registered output format (recipe_runner.records.formats): checked by prepare
     grid: GridSpec = Field(default=GridSpec(), json_schema_extra=_bool_or_table)  # written as true, false or a table
     gallery: bool = True  # index.html beside the images
     metadata: bool = True
@@ -236,8 +235,9 @@ class Recipe(Strict):
         if matrix is None:
             return value
         known = list(GRID_FIELDS) + list(matrix.vars) + [a for a in matrix.axes if a != "scheduler"]
-        known += [f"vars.{v}" for v in matrix.vars] + [f"params.{a}" for a in matrix.axes if axis_kind(a) == "params"]
-        known += [a.partition(".")[2] for a in matrix.axes if axis_kind(a) in NESTED_AXES]  # vae for components.vae
+        # an axis written <table>.<key> (components.vae) is also named by its key alone; the others as params.<name>
+        known += [f"vars.{v}" for v in matrix.vars] + [f"params.{a}" for a in matrix.axes if "." not in a and a != "scheduler"]
+        known += [a.partition(".")[2] for a in matrix.axes if "." in a]
         placed: dict[str, str] = {}
         for key in ("x", "y", "z"):
             for i, name in enumerate(getattr(value.grid, key)):

@@ -61,6 +61,10 @@ class ImageRecord:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+PARTIAL = ".manifest.rank-{rank}.json"  # a rank's part of a distributed run, merged when every rank is done
+PARTIAL_GLOB = ".manifest.rank-*.json"
+
+
 class Manifest:
     """``manifest.json`` (or a rank's partial manifest under a launcher, at ``path``)."""
 

@@ -8,7 +8,6 @@ No half-written file ever exists under a final name (:func:`recipe_runner.base.p
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -21,14 +20,13 @@ from ..base.paths import atomic_write
 from ..plan.batches import Batch
 from ..plan.labels import a1111_sampler
 from ..plan.matrix import Job
+from .formats import FORMATS, read_text
 from .journal import Journal
 from .manifest import ImageRecord, Manifest
 
 if TYPE_CHECKING:
-    from .writing import Gate
+    from .gate import Gate
 
-EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
-PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}
 _written = [0]  # images written by this process (what an interrupted run reports)
 
 
@@ -57,45 +55,13 @@ def a1111_parameters(job: Job, scheduler: str | None, model: str) -> str:
 
 
 def encode(image: Any, fmt: str, quality: int, text: dict[str, str] | None) -> bytes:
-    """Image bytes in ``fmt``; ``text`` goes into PNG iTXt chunks, or EXIF for webp/jpeg."""
-    buffer = io.BytesIO()
-    if fmt == "png":
-        from PIL.PngImagePlugin import PngInfo
-
-        info = None
-        if text:
-            info = PngInfo()
-            for key, value in text.items():
-                info.add_itxt(key, value)
-        image.save(buffer, format="PNG", pnginfo=info)
-    else:
-        from PIL import Image
-
-        kwargs: dict[str, Any] = {"quality": quality}
-        if text:
-            exif = Image.Exif()
-            exif[0x010E] = text.get("parameters", "")  # ImageDescription
-            exif[0x9286] = json.dumps(text)  # UserComment: every chunk, ASCII-safe JSON
-            kwargs["exif"] = exif.tobytes()
-        image.convert("RGB").save(buffer, format=PIL_FORMATS[fmt], **kwargs)
-    return buffer.getvalue()
+    """Image bytes in the output format ``fmt`` (see :mod:`.formats`), ``text`` embedded."""
+    return FORMATS.require(fmt).encode(image, quality, text)
 
 
 def read_embedded(path: Path) -> dict[str, str]:
-    """The text an image carries (PNG text chunks, or the EXIF that :func:`encode` writes for
-    webp/jpeg), e.g. {"recipe": ..., "job": ...}; {} when it carries none."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        text = dict(getattr(image, "text", {}) or {})
-        if not text and image.format in ("WEBP", "JPEG"):
-            try:
-                found = json.loads(image.getexif().get(0x9286) or "{}")
-            except (TypeError, ValueError):
-                found = {}
-            if isinstance(found, dict):
-                text = {k: v for k, v in found.items() if isinstance(v, str)}
-        return text
+    """The text an image carries, e.g. {"recipe": ..., "job": ...}; {} when it carries none."""
+    return read_text(path)
 
 
 @dataclass

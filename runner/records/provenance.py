@@ -7,8 +7,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..plugin_api.failures import records
 from ..recipe.loading import LoadedRecipe
+
+BUILT_IN = "built-in"  # PluginInfo.source of the built-in plugins, which are not recorded
 
 _SNAPSHOT = re.compile(r"snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)")
 
@@ -28,9 +29,15 @@ def environment_extras(pipe: Any, loaded: LoadedRecipe, location: str, plugins: 
 
     recipe_file = loaded.path.resolve()
     return {
-        "plugins": records(plugins) if plugins is not None else [],
+        "plugins": plugin_records(plugins) if plugins is not None else [],
         "model_revision": model_revision(pipe, loaded.data.get("model", {}).get("revision")),
         "model_location": location,
         "recipe_file": recipe_file.name,
         "recipe_folder": str(recipe_file.parent),
     }
+
+
+def plugin_records(plugins: Any) -> list[dict[str, Any]]:
+    """The non-built-in plugins of this process, loaded or failed."""
+    return [{"name": i.name, "version": i.version, "source": i.source, "module": i.module, "error": i.error}
+            for i in plugins.infos if i.source != BUILT_IN]

@@ -35,18 +35,18 @@ from typing import TYPE_CHECKING, Any
 from ..base.filehashes import FileHashes
 from ..base.paths import atomic_write
 from ..pipelines.build import choose_dtype
+from ..pipelines.sources import SOURCES
 from ..plan.batches import Batch, plan
 from ..plan.inputs import is_url, read_bytes
 from ..plan.matrix import Job
-from ..plugins import tiny
-from ..running.distributed import PARTIAL_GLOB
+from .formats import extension
 from .journal import JOURNAL_GLOB, JOURNAL_NAME, RANK_JOURNAL, read_journal
 from .keys import Keys, job_keys
-from .manifest import MANIFEST_NAME, Manifest
-from .outputs import EXTENSIONS, read_embedded
+from .manifest import MANIFEST_NAME, PARTIAL_GLOB, Manifest
+from .outputs import read_embedded
 
 if TYPE_CHECKING:
-    from ..running.prepare import Prepared
+    from ..plan.prepared import Prepared
 
 HISTORY = "history"  # replaced images, one folder per run that replaced any
 
@@ -328,7 +328,7 @@ def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
     with what the folder's last run recorded about its environment (device, dtype, the Hub commit
     loaded, which optimizations applied), files checked by size and times through the remembered
     hashes. None when that cannot be decided cheaply (no earlier run, a device or dtype other than
-    recorded, an input image behind a URL, a tiny pipeline not built yet): the run then decides
+    recorded, an input image behind a URL, a model its source has not built yet): the run then decides
     after loading, as always."""
     recipe = prepared.recipe
     folder = prepared.out_dir
@@ -342,7 +342,7 @@ def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
         return None
     if recipe.model.device not in ("auto", device) or choose_dtype(recipe.model.dtype, device, _silent) != dtype:
         return None
-    if any(value.startswith("tiny:") and not _tiny_built(value) for v in prepared.variants for value in _model_ids(v.recipe)):
+    if not all(SOURCES.of(value).ready(value) for v in prepared.variants for value in _model_ids(v.recipe)):
         return None
     if any(is_url(source) for source in prepared.inputs.values()):
         return None
@@ -357,7 +357,7 @@ def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
     keys = job_keys(prepared.variants, prepared.jobs, lambda v: choose_dtype(v.recipe.model.dtype, device, _silent),
                     revisions, digests,
                     applied=lambda v: [e for e in v.enabled if recorded[e.name] != "skipped"])  # as the last run settled them
-    ext = EXTENSIONS[recipe.output.format]
+    ext = extension(recipe.output.format)
     new = regenerate = unchanged = 0
     pending: set[str] = set()
     for job in prepared.jobs:
@@ -384,13 +384,6 @@ def _silent(message: str) -> None:
 
 def _model_ids(recipe: Any) -> list[str]:
     return [recipe.model.id, *(c.id for c in recipe.components.values())]
-
-
-def _tiny_built(model_id: str) -> bool:
-    try:
-        return tiny.cached_path(model_id.removeprefix(tiny.MODEL_ID_PREFIX)).is_dir()
-    except ValueError:
-        return False
 
 
 def _sha256_bytes(data: bytes) -> str:

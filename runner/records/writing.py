@@ -31,14 +31,13 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..base import interrupts
 from ..base.paths import TMP_MARK
 from ..plan.batches import Batch
+from .gate import Abandoned, Gate
 
 if TYPE_CHECKING:
     from .outputs import Writer
@@ -52,35 +51,6 @@ def background_writes() -> bool:
     """Whether batches are written on the background writer (default), or on the main thread
     before the next batch starts (``RECIPE_RUNNER_SYNC_WRITES=1``)."""
     return os.environ.get(SYNC_WRITES_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
-
-
-class Abandoned(Exception):
-    """The run stopped at once (a second Ctrl-C): the writer stops where it is."""
-
-
-class Gate:
-    """Where the main thread can stop the writer: every change to the manifest or journal happens
-    inside :meth:`records`, so once :meth:`close` returns the writer changes nothing any more and
-    the main thread may fold the journal into ``manifest.json`` itself."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.closed = False
-
-    def check(self) -> None:
-        """Raise :class:`Abandoned` when closed (before starting the next file)."""
-        if self.closed:
-            raise Abandoned
-
-    @contextmanager
-    def records(self) -> Iterator[None]:
-        with self._lock:
-            self.check()
-            yield
-
-    def close(self) -> None:
-        with self._lock:
-            self.closed = True
 
 
 @dataclass

@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..plan.batches import Batch
-from ..records.manifest import MANIFEST_NAME, Manifest
+from ..records.manifest import MANIFEST_NAME, PARTIAL, Manifest
 
 if TYPE_CHECKING:
     from accelerate import PartialState
 
-PARTIAL = ".manifest.rank-{rank}.json"
-PARTIAL_GLOB = ".manifest.rank-*.json"
 
 
 @dataclass

@@ -11,31 +11,28 @@ diffusers are never imported.
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..axes.registry import value_label
-from ..base.errors import Problem, RecipeError
-from ..pipelines import preflight, safety
+from ..base.errors import Problem, RecipeError, suggest
+from ..base.report import warn
+from ..pipelines import lock, preflight, safety
 from ..pipelines.cache import load_order
+from ..plan import checks
 from ..plan import inputs as inputs_mod
 from ..plan.batches import initial_batch_size, plan
 from ..plan.labels import scheduler_label
-from ..plan.matrix import Job, expand
+from ..plan.matrix import expand
+from ..plan.prepared import Prepared
 from ..plan.variants import Variant, relabel
 from ..plan.variants import make as make_variants
 from ..plugin_api.manager import Plugins
-from ..recipe import checks
 from ..recipe.loading import LoadedRecipe, display_path, load
 from ..recipe.model import Recipe, validate
-from ..recipe.optimizations import Enabled
+from ..records.formats import FORMATS, extension
 from ..records.resume import peek
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
 
 
 @dataclass
@@ -48,28 +45,6 @@ class Options:
     force: bool = False  # --force: regenerate every job (what it replaces is kept in the history folder)
     progress: bool | None = None  # None: when stderr is a terminal
     warn: Callable[[str], None] = warn
-
-
-@dataclass
-class Prepared:
-    """A recipe that validated: ready to print as a plan or to run."""
-
-    loaded: LoadedRecipe
-    recipe: Recipe
-    jobs: list[Job]
-    enabled: list[Enabled]
-    inputs: dict[str, str]  # as written -> absolute path or URL
-    input_keys: dict[str, str]  # as written -> dotted key
-    out_dir: Path
-    variants: list[Variant]  # the pipelines its jobs need (one: the recipe, without build axes)
-    by_variant: dict[str, Variant] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.by_variant = {v.id: v for v in self.variants}
-
-    def variant_of(self, job: Job) -> Variant:
-        """The variant (pipeline) that makes ``job``."""
-        return self.by_variant[job.variant]
 
 
 def prepare(path: str | Path, sets: list[str], plugins: Plugins, options: Options) -> Prepared:
@@ -87,7 +62,7 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
         recipe = validate(loaded)
     except RecipeError as exc:  # the value checks need no valid tables: report theirs in the same pass
         raise RecipeError(exc.problems + checks.value_problems(loaded.data, loaded.problem)) from exc
-    problems = []
+    problems = format_problems(recipe, loaded)
     try:
         jobs = expand(recipe, loaded)
     except RecipeError as exc:
@@ -117,6 +92,16 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
     return Prepared(loaded, recipe, jobs, enabled, resolved, keys, options.out / recipe.name, found)
 
 
+def format_problems(recipe: Recipe, loaded: LoadedRecipe) -> list[Problem]:
+    """``[output] format`` names a registered output format (built-in or a plugin's)."""
+    if recipe.output.format in FORMATS:
+        return []
+    names = [repr(n) for n in FORMATS.names()]
+    expected = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+    return [loaded.problem("output.format", f"expected {expected}, got {recipe.output.format!r}",
+                           suggest(recipe.output.format, FORMATS.names()))]
+
+
 def variant_problems(variant: Variant, options: Options) -> list[Problem]:
     """The safety policy and the checks that need no torch, on one variant (the recipe itself
     when it has no build axis): its model, components and optimizations, and its jobs."""
@@ -130,6 +115,31 @@ def variant_problems(variant: Variant, options: Options) -> list[Problem]:
         except RecipeError as exc:
             problems += exc.problems
     return problems + preflight.problems(recipe, loaded, variant.jobs)
+
+
+def prepare_all(paths: Sequence[str | Path], sets: list[str], plugins: Plugins, options: Options, *,
+                locked: bool = False, seen: Callable[[Path, LoadedRecipe], None] | None = None) -> list[Prepared]:
+    """Every recipe of an invocation loaded and prepared, each checked before any runs: the
+    problems of them all in one RecipeError (exit 2); their output folders distinct; with
+    ``locked``, their models as their lock files say. ``seen(path, loaded)`` is told of each
+    recipe that loaded (``--watch`` watches its extends chain even when it does not validate)."""
+    problems: list[Problem] = []
+    prepared: list[Prepared] = []
+    for path in paths:
+        try:
+            loaded = load(path, sets)
+            if seen is not None:
+                seen(Path(path), loaded)
+            prepared.append(prepare_loaded(loaded, plugins, options))
+        except RecipeError as exc:
+            problems += exc.problems
+    if problems:
+        raise RecipeError(problems)
+    check_distinct_names(prepared)
+    if locked:
+        for item in prepared:
+            lock.verify(item.recipe, item.loaded)
+    return prepared
 
 
 def check_distinct_names(prepared: list[Prepared]) -> None:
@@ -183,7 +193,7 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
     fixed = {k: v for k, v in r.params.items()}
     if fixed:
         lines.append(f"  params         {', '.join(f'{k}={v!r}' for k, v in fixed.items())}")
-    ext = {"jpeg": "jpg"}.get(r.output.format, r.output.format)
+    ext = extension(r.output.format)
     shown = 0
     for batch in batches:
         if shown >= show:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..base import environment
-from ..base.errors import RecipeError
+from ..base import environment, report
+from ..base.errors import RecipeError, RunError
 from ..base.interrupts import critical, graceful
 from ..pipelines import build
 from ..pipelines.cache import ModelCache, Pipelines
@@ -30,10 +31,11 @@ from ..plan.batches import initial_batch_size, plan
 from ..plan.variants import Variant, relabel
 from ..plugin_api.manager import Plugins
 from ..recipe.loading import display_path
+from ..records.formats import extension
 from ..records.journal import Journal
 from ..records.keys import job_keys
 from ..records.manifest import Manifest
-from ..records.outputs import EXTENSIONS, Writer
+from ..records.outputs import Writer
 from ..records.provenance import environment_extras
 from ..records.resume import Peek, peek, remove_leftovers, resume
 from ..views.gallery import write_gallery
@@ -130,7 +132,7 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
         env["model_revisions"] = revisions
     resolved = recipe.model_dump(mode="json")
     manifest_path = distributed.partial_path(out_dir, dist.rank) if dist.world_size > 1 else None
-    manifest = Manifest.for_jobs(out_dir, resolved, env, prepared.jobs, EXTENSIONS[recipe.output.format],
+    manifest = Manifest.for_jobs(out_dir, resolved, env, prepared.jobs, extension(recipe.output.format),
                                  path=manifest_path, optimizations=optimization_records(prepared))
     writer = Writer(manifest, recipe.output.format, recipe.output.quality, recipe.output.metadata,
                     recipe.model.id, json.dumps(resolved, ensure_ascii=False, sort_keys=True),
@@ -289,11 +291,14 @@ class Session:
     plugins: Plugins
     options: Options
     cache: ModelCache = field(default_factory=ModelCache)
+    debug: bool = False  # --debug: a reported failure shows its traceback
 
-    def run(self, prepared: Sequence[Prepared]) -> list[dict[str, Any]]:
-        """Run every recipe: those with nothing to do are said so without importing torch; the
-        others are checked against their pipeline classes, all of them before the first image of
-        the first one, then generated. A first Ctrl-C finishes writing and flushes the manifest."""
+    def run(self, prepared: Sequence[Prepared], *, keep_going: bool = False) -> list[dict[str, Any]]:
+        """Run every recipe: those with nothing to do are said so without importing torch or
+        loading a model; the others are checked against their pipeline classes, all of them before
+        the first image of the first one, then generated. A first Ctrl-C finishes writing and
+        flushes the manifest. The error policy: raise the first failure (a plain run), or with
+        ``keep_going`` (a ``--watch`` round) report each failure and go on with the next recipe."""
 
         manifests: list[dict[str, Any]] = []
         todo = []
@@ -304,8 +309,28 @@ class Session:
                 todo.append((item, found.pending_variants if found is not None else {v.id for v in item.variants}))
             else:
                 manifests.append(unchanged)
-        before_loading([item for item, _ in todo])
+        if not todo:
+            return manifests
+        try:
+            before_loading([item for item, _ in todo])
+        except RecipeError as exc:
+            if not keep_going:
+                raise
+            report.problems(exc.problems)
+            return manifests
         with graceful():  # first Ctrl-C: finish writing, flush the manifest, exit 130; second: at once
             for item, pending in todo:
-                manifests.append(run_recipe(item, self.plugins, self.options, self.cache, pending))
+                try:
+                    manifests.append(run_recipe(item, self.plugins, self.options, self.cache, pending))
+                except RecipeError as exc:
+                    if not keep_going:
+                        raise
+                    report.problems(exc.problems)
+                except Exception as exc:  # a failure while running: reported, and the session goes on
+                    if not keep_going:
+                        raise
+                    if self.debug:
+                        traceback.print_exc()
+                    report.error(f"{item.recipe.name}: {exc if isinstance(exc, RunError) else f'{type(exc).__name__}: {exc}'}")
+                sys.stdout.flush()
         return manifests

@@ -28,23 +28,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
-import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..base.errors import RecipeError, RunError
-from ..base.interrupts import graceful
-from ..pipelines import lock
-from ..pipelines.cache import ModelCache, model_key
+from ..base import report
+from ..base.errors import RecipeError
+from ..pipelines.cache import model_key
 from ..plan import inputs as inputs_mod
 from ..plugin_api.manager import Plugins
-from ..recipe.loading import display_path, load
+from ..recipe.loading import LoadedRecipe, display_path
 from ..views import refresh
-from .prepare import Options, Prepared, check_distinct_names, prepare_loaded
-from .session import run_recipe
+from .prepare import Options, Prepared, prepare_all
+from .session import Session
 
 STEP_MS = 150  # a burst of saves ends after this long without another
 DEBOUNCE_MS = 1600  # and is cut after this long at most
@@ -160,15 +157,6 @@ def release_unused(cache: Any, keep: Iterable[str]) -> list[str]:
 
 # --- the session ------------------------------------------------------------------------------------
 
-def _print(message: str) -> None:
-    print(message, flush=True)
-
-
-def _problems(exc: RecipeError) -> None:
-    for problem in exc.problems:
-        print(f"error: {problem}", file=sys.stderr, flush=True)
-
-
 @dataclass
 class WatchSession:
     """One ``--watch`` invocation: the recipes, what each was last known to read, the warm pipelines."""
@@ -179,10 +167,12 @@ class WatchSession:
     options: Options
     locked: bool = False
     debug: bool = False
-    cache: Any = None  # pipelines.ModelCache, made on the first round (run.py is imported then)
+    session: Session = field(init=False)  # the loop of a plain run; its pipelines stay warm between rounds
     chains: dict[Path, set[Path]] = field(default_factory=dict)  # recipe -> its extends chain (itself included)
     inputs: dict[Path, set[Path]] = field(default_factory=dict)  # recipe -> local input images and masks
-    check: Callable[[list[Prepared]], None] | None = None  # run-only checks (preflight.before_loading)
+
+    def __post_init__(self) -> None:
+        self.session = Session(self.plugins, self.options, debug=self.debug)
 
     def files(self) -> set[Path]:
         """Every file the recipes read, as last known (a recipe that failed to load keeps what it had)."""
@@ -192,73 +182,43 @@ class WatchSession:
         return found
 
     def prepare(self) -> list[Prepared]:
-        """Load and prepare every recipe (RecipeError listing every problem), recording what each reads."""
+        """Load and prepare every recipe as a run does (:func:`~.prepare.prepare_all`: RecipeError
+        listing every problem), recording what each reads."""
 
-        problems = []
-        prepared = []
-        for path in self.paths:
-            try:
-                loaded = load(path, self.sets)
-            except RecipeError as exc:
-                problems += exc.problems
-                continue
+        def seen(path: Path, loaded: LoadedRecipe) -> None:
             self.chains[path] = {p.resolve() for p in loaded.chain}
-            try:
-                item = prepare_loaded(loaded, self.plugins, self.options)
-            except RecipeError as exc:
-                problems += exc.problems
-                continue
+
+        prepared = prepare_all(self.paths, self.sets, self.plugins, self.options, locked=self.locked, seen=seen)
+        for path, item in zip(self.paths, prepared):
             self.inputs[path] = {Path(v) for v in item.inputs.values() if not inputs_mod.is_url(v)}
-            prepared.append(item)
-        if problems:
-            raise RecipeError(problems)
-        check_distinct_names(prepared)  # as a run checks them
-        if self.locked:
-            for item in prepared:
-                lock.verify(item.recipe, item.loaded)
-        if self.check is not None:
-            self.check(prepared)
         return prepared
 
     def round(self) -> None:
-        """Prepare, release what no recipe uses, run every recipe. An invalid edit or a failure is
-        printed, never raised (the session goes on); KeyboardInterrupt is raised (exit 130)."""
+        """Prepare, release what no recipe uses, run every recipe through the session loop a plain
+        run uses (a recipe with nothing to do loads nothing). An invalid edit or a failure is
+        reported, never raised (the session goes on, its models kept); KeyboardInterrupt is raised (exit 130)."""
 
         try:
             prepared = self.prepare()
         except RecipeError as exc:
-            _problems(exc)
+            report.problems(exc.problems)
             return
-        if self.cache is None:
-            self.cache = ModelCache()
-        released = release_unused(self.cache, [model_key(v.recipe, v.enabled, self.options.allow_pickle)
-                                               for p in prepared for v in p.variants])
+        released = release_unused(self.session.cache, [model_key(v.recipe, v.enabled, self.options.allow_pickle)
+                                                       for p in prepared for v in p.variants])
         if released:
-            _print(f"released {', '.join(released)}: no recipe uses it any more")
-        with graceful():  # first Ctrl-C: finish writing, flush the manifest, exit 130; second: at once
-            for item in prepared:
-                try:
-                    run_recipe(item, self.plugins, self.options, self.cache)
-                except RecipeError as exc:
-                    _problems(exc)
-                except Exception as exc:  # a failure while running: reported, and the session goes on
-                    if self.debug:
-                        traceback.print_exc()
-                    message = str(exc) if isinstance(exc, RunError) else f"{type(exc).__name__}: {exc}"
-                    print(f"error: {item.recipe.name}: {message}", file=sys.stderr, flush=True)
-                sys.stdout.flush()
+            report.note(f"released {', '.join(released)}: no recipe uses it any more")
+        self.session.run(prepared, keep_going=True)
 
 
 def watch(paths: list[Path], sets: list[str], plugins: Plugins, options: Options, *, locked: bool = False,
-          debug: bool = False, check: Callable[[list[Prepared]], None] | None = None,
-          watcher: Watcher | None = None, rounds: int | None = None) -> int:
+          debug: bool = False, watcher: Watcher | None = None, rounds: int | None = None) -> int:
     """Run the recipes, then again on every change, until Ctrl-C (KeyboardInterrupt: exit 130).
     ``rounds`` stops after that many rounds (tests); returns 0 then."""
 
     missing = [p for p in paths if not p.is_file()]
     if missing:  # a folder that does not exist cannot be watched; a file that does may later fail to parse
         raise RecipeError.one(f"no such recipe file: {', '.join(display_path(p) for p in missing)}", file="recipe-run")
-    session = WatchSession(list(paths), list(sets), plugins, options, locked=locked, debug=debug, check=check)
+    session = WatchSession(list(paths), list(sets), plugins, options, locked=locked, debug=debug)
     watcher = watcher or Watcher()
     done = 0
     changed: list[Path] = []
@@ -266,9 +226,9 @@ def watch(paths: list[Path], sets: list[str], plugins: Plugins, options: Options
         with refresh.live():
             while rounds is None or done < rounds:
                 if changed:
-                    _print(f"changed: {', '.join(display_path(p) for p in changed)}")
+                    report.note(f"changed: {', '.join(display_path(p) for p in changed)}")
                 else:
-                    _print(f"watch: running {len(paths)} recipe{'s' * (len(paths) != 1)}")
+                    report.note(f"watch: running {len(paths)} recipe{'s' * (len(paths) != 1)}")
                 before = snapshot(session.files())  # before reading: a save during the round starts the next
                 session.round()
                 done += 1
@@ -276,7 +236,7 @@ def watch(paths: list[Path], sets: list[str], plugins: Plugins, options: Options
                 snap = {p: before[p] if p in before else digest(p) for p in files}
                 if rounds is not None and done >= rounds:
                     break
-                _print(f"watching {len(files)} file{'s' * (len(files) != 1)} (Ctrl-C to stop)")
+                report.note(f"watching {len(files)} file{'s' * (len(files) != 1)} (Ctrl-C to stop)")
                 changed = watcher.wait(snap)
     finally:
         watcher.close()

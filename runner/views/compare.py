@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..base.paths import sha256_file
 from .jobfields import BOOKKEEPING, Described, canonical, describe, job_label, short_name, shorten
+from .metrics import METRICS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -137,6 +138,7 @@ class Pair:
     psnr: float | None = None
     max_diff: int | None = None
     changed: float | None = None  # fraction of pixels that differ
+    metrics: dict[str, float] = field(default_factory=dict)  # the plugins' metrics (views.metrics), by name
     note: str = ""
     files: dict[str, str] = field(default_factory=dict)  # a, b, diff: paths in the report folder
     heat: Any = None  # the heatmap, until written
@@ -209,10 +211,11 @@ def compare_pair(a: Side, b: Side, pair: Pair) -> None:
     if peak == 0:
         pair.note = "same pixels (metadata differs)"
         return
-    mse = float(np.mean(diff.astype(np.float64) ** 2))
     pair.status, pair.max_diff = "different", peak
-    pair.psnr = 10 * math.log10(255 ** 2 / mse) if mse else math.inf
-    pair.changed = float(np.mean(diff.max(axis=-1) > 0))
+    pair.psnr = METRICS.require("psnr").compute(pa, pb)
+    pair.changed = METRICS.require("changed").compute(pa, pb)
+    for metric in METRICS.plugin_metrics():
+        pair.metrics[metric.name] = metric.compute(pa, pb)
     pair.heat = heatmap(diff)
 
 
@@ -311,7 +314,7 @@ def summary(result: Result, report: Path | None) -> str:
     section("environment (A -> B)", [f"{k}: {_show(va)} -> {_show(vb)}" for k, va, vb in result.environment])
     rows = []
     for p in different:
-        figures = (f"PSNR {p.psnr:6.2f} dB  max {p.max_diff:3d}" if p.psnr is not None and p.max_diff is not None
+        figures = (f"PSNR {p.psnr:6.2f} dB  max {p.max_diff:3d}" + _more(p) if p.psnr is not None and p.max_diff is not None
                    else p.note)
         rows.append(f"{figures}  {p.label}")
     section("differing pairs, worst first", rows)
@@ -385,7 +388,7 @@ def write_report(result: Result, out: Path) -> Path:
 def as_json(result: Result) -> dict[str, Any]:
     def pair(p: Pair) -> dict[str, Any]:
         return {"label": p.label, "status": p.status, "psnr": None if p.psnr in (None, math.inf) else round(p.psnr, 3),
-                "max_diff": p.max_diff, "changed": p.changed, "note": p.note,
+                "max_diff": p.max_diff, "changed": p.changed, **p.metrics, "note": p.note,
                 "a": result.a.described.records[p.a]["file"] if p.a is not None else None,
                 "b": result.b.described.records[p.b]["file"] if p.b is not None else None}
 
@@ -393,6 +396,11 @@ def as_json(result: Result) -> dict[str, Any]:
             "recipe": [{"key": k, "a": va, "b": vb} for k, va, vb in result.recipe],
             "environment": [{"key": k, "a": va, "b": vb} for k, va, vb in result.environment],
             "pairs": [pair(p) for p in result.pairs]}
+
+
+def _more(p: Pair) -> str:
+    """The plugins' metrics of a pair, as `` · name value``."""
+    return "".join(f" · {name} {value:.4g}" for name, value in p.metrics.items())
 
 
 def _kv_table(rows: list[tuple[str, Any, Any]]) -> str:
@@ -433,7 +441,7 @@ def render_report(result: Result) -> str:
             ra = a.described.records[p.a] if p.a is not None else {}
             rb = b.described.records[p.b] if p.b is not None else {}
             figs = (f"PSNR {p.psnr:.2f} dB · largest difference {p.max_diff} of 255 · "
-                    f"{(p.changed or 0) * 100:.1f}% of pixels changed" if p.psnr is not None else p.note)
+                    f"{(p.changed or 0) * 100:.1f}% of pixels changed" + _more(p) if p.psnr is not None else p.note)
             parts.append(f'<section class="pair"><h3>{escape(p.label)}</h3><div class="figs">{escape(figs)}</div>'
                          f'<div class="row">{_figure(p.files.get("a"), "A: " + ra.get("file", ""))}'
                          f'{_figure(p.files.get("b"), "B: " + rb.get("file", ""))}'

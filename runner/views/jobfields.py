@@ -18,14 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..axes.registry import is_build_axis, value_label
+from ..axes.registry import build_kind_names, is_build_axis, value_label
 
 # Fields of a record about the file and its making, not about the job.
 BOOKKEEPING = frozenset({"file", "index", "status", "sha256", "batch", "batch_size", "batch_jobs", "key", "rank",
                          "seconds"})
 # Record fields of the axes that change the pipeline: ``axes`` holds them by axis name (model,
-# components.<name>, lora, lora_scale, optimizations.<key>); the others are read when present.
-EXTRA_AXES = ("model", "components", "lora", "lora_scale", "optimizations", "axes")
+# components.<name>, optimizations.<key>, a plugin's kinds); older records held them by kind.
 TEMPLATED = ("prompt", "params.negative_prompt", "params.negative_prompt_2")  # rendered from vars
 
 
@@ -89,9 +88,9 @@ def schedulers(manifest: Mapping[str, Any]) -> list[dict[str, Any] | None]:
 def fields_of(record: Mapping[str, Any], scheduler: dict[str, Any] | None) -> dict[str, Any]:
     """The job of one record as ``{dotted field: value}``, in matrix order (outermost first)."""
     fields: dict[str, Any] = {}
-    for name in EXTRA_AXES:
+    for name in (*build_kind_names(), "axes"):
         if name == "axes" and isinstance(record.get("axes"), dict):
-            fields.update(record["axes"])  # model, components.<name>, lora, lora_scale, optimizations.<key>
+            fields.update(record["axes"])  # by axis name: model, components.<name>, optimizations.<key>, ...
         elif record.get(name) is not None:
             fields[name] = record[name]
     fields["scheduler"] = scheduler

@@ -1,0 +1,74 @@
+"""The ``model`` axis: several models in one run, each loaded once (outermost in the plan)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import Field, ValidationError
+
+from ..recipe.model import DType, Strict, problem_from_pydantic
+from .kind import AxisContext, AxisKind, ModelReference, short_id
+
+if TYPE_CHECKING:
+    from ..base.errors import Problem
+    from ..recipe.optimizations import Registry
+
+
+class ModelValue(Strict):
+    """A ``model`` axis value written as a table: the ``[model]`` keys that may vary. The others
+    (task, device, custom_pipeline, trust_remote_code) are the ``[model]`` table's."""
+
+    id: Annotated[str, Field(min_length=1)]
+    revision: str | None = None
+    variant: str | None = None
+    dtype: DType | None = None  # None: the [model] table's
+
+
+class ModelAxis(AxisKind):
+    name = "model"
+    rank = 10
+    description = 'model ids or { id, revision, variant, dtype }: each model loaded once'
+
+    def target(self, axis: str) -> str:
+        return "model"
+
+    def label(self, axis: str, value: Any) -> str:
+        if isinstance(value, str):
+            return short_id(value)
+        if isinstance(value, dict) and isinstance(value.get("id"), str):
+            extra = [str(value[k]) for k in ("revision", "variant", "subfolder", "dtype") if value.get(k)]
+            return short_id(value["id"]) + (f" ({', '.join(extra)})" if extra else "")
+        return super().label(axis, value)
+
+    def check(self, axis: str, values: list[Any], ctx: AxisContext) -> list[Problem]:
+        problems: list[Problem] = []
+        for i, value in enumerate(values):
+            at = f"matrix.axes.{axis}.{i}"
+            if isinstance(value, str):
+                if not value:
+                    problems.append(ctx.problem(at, "expected a model id, got an empty string"))
+                continue
+            if not isinstance(value, dict):
+                problems.append(ctx.problem(at, f"expected a model id or a table {{ id, revision, variant, dtype }}, got {value!r}"))
+                continue
+            try:
+                ModelValue.model_validate(value)
+            except ValidationError as exc:
+                problems += [problem_from_pydantic(dict(e), ctx.problem, model=ModelValue, prefix=at) for e in exc.errors()]
+        return problems
+
+    def place(self, axis: str, value: Any, data: dict[str, Any]) -> list[tuple[str, Any]]:
+        spec = {"id": value} if isinstance(value, str) else dict(value)
+        # the [model] table keeps what the value does not say, except which weights: id, revision, variant
+        model = {k: v for k, v in data["model"].items() if k not in ("id", "revision", "variant")}
+        model.update({k: v for k, v in spec.items() if v is not None})
+        return [("model", model)]
+
+    def schema(self, optimizations: Registry) -> dict[str, Any]:
+        model = ModelValue.model_json_schema()
+        model.pop("title", None)
+        return {"anyOf": [{"type": "string", "minLength": 1}, model]}
+
+    def references(self, axis: str, value: Any) -> ModelReference:
+        table = {"id": value} if isinstance(value, str) else value
+        return ModelReference(table["id"], table.get("revision"), None)
