@@ -23,7 +23,7 @@ class Settings(OptimizationSettings):
     backend: str = "native"
 
 
-def _backend(name: str):
+def _backend(name: str) -> Any:
     from diffusers.models.attention_dispatch import AttentionBackendName
 
     known = sorted(b.value for b in AttentionBackendName)
@@ -59,6 +59,6 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
 
 
 @hookimpl
-def register_optimizations():
+def register_optimizations() -> list[Optimization]:
     return [Optimization(name="attention_backend", settings=Settings, stage="attention", apply=apply, check=check,
                          description="the denoiser's attention kernel (diffusers set_attention_backend)")]

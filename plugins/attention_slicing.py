@@ -44,7 +44,7 @@ def switch(pipe: Any, old: Settings | None, new: Settings | None, context: Build
 
 
 @hookimpl
-def register_optimizations():
+def register_optimizations() -> list[Optimization]:
     return [
         Optimization(
             name="attention_slicing",

@@ -91,7 +91,7 @@ class Settings(OptimizationSettings):
     """faster: layout of the attention outputs; default BCHW (images)"""
 
     @model_validator(mode="after")
-    def _settings_of_this_type(self):
+    def _settings_of_this_type(self) -> Settings:
         own = SETTINGS_OF[self.type] | {"type", "required"}
         foreign = sorted(k for k in self.model_fields_set if k not in own)
         if foreign:
@@ -105,7 +105,7 @@ def check(settings: Settings, context: BuildContext) -> None:
         raise Unsupported("diffusers' cache hooks need a transformer denoiser; this pipeline's is a UNet")
 
 
-def config(settings: Settings, pipe: Any, context: BuildContext):
+def config(settings: Settings, pipe: Any, context: BuildContext) -> Any:
     """The diffusers config object for these settings."""
     import diffusers
     import torch
@@ -151,7 +151,7 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
 
 
 @hookimpl
-def register_optimizations():
+def register_optimizations() -> list[Optimization]:
     return [Optimization(name="cache", settings=Settings, stage="layout", apply=apply, check=check,
                          description="diffusers cache hooks (first_block, faster, pyramid_attention_broadcast, "
                                      "taylorseer, mag) for transformer denoisers")]

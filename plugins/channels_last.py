@@ -32,6 +32,6 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
 
 
 @hookimpl
-def register_optimizations():
+def register_optimizations() -> list[Optimization]:
     return [Optimization(name="channels_last", settings=Settings, stage="layout", apply=apply,
                          description="channels-last memory format for the denoiser (and VAE)")]

@@ -177,6 +177,6 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> dict:
 
 
 @hookimpl
-def register_optimizations():
+def register_optimizations() -> list[Optimization]:
     return [Optimization(name="compile", settings=Settings, stage="compile", apply=apply, check=check,
                          description="torch.compile the denoiser (optionally the VAE); warm-up reported apart")]

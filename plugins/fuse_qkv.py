@@ -41,6 +41,6 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
 
 
 @hookimpl
-def register_optimizations():
+def register_optimizations() -> list[Optimization]:
     return [Optimization(name="fuse_qkv", settings=Settings, stage="attention", apply=apply,
                          description="fused query/key/value projections")]

@@ -61,7 +61,7 @@ class Settings(OptimizationSettings):
     fuse: bool = False
 
     @model_validator(mode="after")
-    def _distinct_names(self):
+    def _distinct_names(self) -> Settings:
         names = adapter_names(self)
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
@@ -158,7 +158,7 @@ def switch(pipe: Any, old: Settings | None, new: Settings | None, context: Build
 
 
 @hookimpl
-def register_optimizations():
+def register_optimizations() -> list[Optimization]:
     return [Optimization(name="lora", settings=Settings, stage="components", apply=apply, check=check, switch=switch,
                          description="LoRA adapters: load, weight (set_adapters), optionally fuse")]
 

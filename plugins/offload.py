@@ -38,7 +38,7 @@ class Settings(OptimizationSettings):
     low_cpu_mem_usage: bool = False
 
     @model_validator(mode="after")
-    def _group_settings_need_group(self):
+    def _group_settings_need_group(self) -> Settings:
         misplaced = [k for k in GROUP_ONLY if k in self.model_fields_set and self.strategy != "group"]
         if misplaced:
             raise ValueError(f"{misplaced[0]} is a setting of strategy = \"group\"")
@@ -72,7 +72,7 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
 
 
 @hookimpl
-def register_optimizations():
+def register_optimizations() -> list[Optimization]:
     return [Optimization(name="offload", settings=Settings, stage="memory", apply=apply, check=check,
                          places_model=True,
                          description="CPU offload: model, sequential or group (needs an accelerator)")]

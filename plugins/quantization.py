@@ -46,7 +46,7 @@ class Settings(OptimizationSettings):
     llm_int8_skip_modules: list[str] | None = None
 
     @model_validator(mode="after")
-    def _settings_of_this_backend(self):
+    def _settings_of_this_backend(self) -> Settings:
         own = SETTINGS_OF[self.backend] | {"backend", "components", "required"}
         foreign = sorted(k for k in self.model_fields_set if k not in own)
         if foreign:
@@ -122,7 +122,7 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> dict:
 
 
 @hookimpl
-def register_optimizations():
+def register_optimizations() -> list[Optimization]:
     return [Optimization(name="quantization", settings=Settings, stage="load", apply=apply, check=check,
                          load_kwargs=load_kwargs,
                          description="quantized weights at load time (torchao, bitsandbytes), per component")]

@@ -28,6 +28,7 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from recipe_runner.api import ModelInfo, ModelSource, cache_dir, did_you_mean, hookimpl, model_info_from_folder
 
@@ -274,7 +275,7 @@ def _write_clip_vocab_files(folder: Path) -> tuple[Path, Path]:
     return vocab_file, merges_file
 
 
-def _make_clip_tokenizer():
+def _make_clip_tokenizer() -> Any:
     """A CLIPTokenizer over the generated vocabulary, limited to CLIP's 77 tokens."""
     import tempfile
 
@@ -285,7 +286,7 @@ def _make_clip_tokenizer():
         return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=CLIP_MAX_TOKENS)
 
 
-def _make_t5_tokenizer():
+def _make_t5_tokenizer() -> Any:
     """A T5Tokenizer over a generated unigram vocabulary (no sentencepiece needed)."""
     from transformers import T5Tokenizer
 
@@ -294,7 +295,7 @@ def _make_t5_tokenizer():
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=T5_MAX_TOKENS)
 
 
-def _make_glm_tokenizer():
+def _make_glm_tokenizer() -> Any:
     """A byte-level BPE tokenizer shaped like GLM-4's (prefix tokens, left padding)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -331,7 +332,7 @@ def _make_glm_tokenizer():
 _SEED_OFFSET = [0]  # build(kind, dest, seed): added to every component's seed while it builds
 
 
-def _seeded(seed: int, factory: Callable, *args, **kwargs):
+def _seeded(seed: int, factory: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call ``factory`` right after seeding torch, so its random init is reproducible."""
     import torch
 
@@ -339,7 +340,7 @@ def _seeded(seed: int, factory: Callable, *args, **kwargs):
     return factory(*args, **kwargs).eval()
 
 
-def _make_clip_encoder(tokenizer, seed: int, with_projection: bool):
+def _make_clip_encoder(tokenizer: Any, seed: int, with_projection: bool) -> Any:
     """A 2-layer CLIP text encoder whose vocabulary matches ``tokenizer``."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -360,7 +361,7 @@ def _make_clip_encoder(tokenizer, seed: int, with_projection: bool):
     return _seeded(seed, model_class, config)
 
 
-def _make_t5_encoder(tokenizer, seed: int):
+def _make_t5_encoder(tokenizer: Any, seed: int) -> Any:
     """A 2-layer T5 (v1.1-style, gated-gelu) encoder whose vocabulary matches ``tokenizer``."""
     from transformers import T5Config, T5EncoderModel
 
@@ -380,7 +381,7 @@ def _make_t5_encoder(tokenizer, seed: int):
     return _seeded(seed, T5EncoderModel, config)
 
 
-def _make_glm_encoder(tokenizer, seed: int):
+def _make_glm_encoder(tokenizer: Any, seed: int) -> Any:
     """A 2-layer GLM text encoder (CogView4's) whose vocabulary matches ``tokenizer``."""
     from transformers import GlmConfig, GlmModel
 
@@ -399,7 +400,7 @@ def _make_glm_encoder(tokenizer, seed: int):
     return _seeded(seed, GlmModel, config)
 
 
-def _make_vae(seed: int, **overrides):
+def _make_vae(seed: int, **overrides: Any) -> Any:
     """A 4-block AutoencoderKL (8x downsampling like SD's) with few channels.
 
     sample_size=32 makes ``vae.enable_tiling()`` actually tile 64x64 images.
@@ -421,7 +422,7 @@ def _make_vae(seed: int, **overrides):
     )
 
 
-def _make_sd15_unet():
+def _make_sd15_unet() -> Any:
     from diffusers import UNet2DConditionModel
 
     return _seeded(
@@ -440,7 +441,7 @@ def _make_sd15_unet():
     )
 
 
-def _make_sdxl_unet():
+def _make_sdxl_unet() -> Any:
     from diffusers import UNet2DConditionModel
 
     time_embed_dim = 8
@@ -467,7 +468,7 @@ def _make_sdxl_unet():
     )
 
 
-def _make_sd3_transformer():
+def _make_sd3_transformer() -> Any:
     from diffusers import SD3Transformer2DModel
 
     heads, head_dim = 4, 8
@@ -488,7 +489,7 @@ def _make_sd3_transformer():
     )
 
 
-def _make_cogview4_transformer():
+def _make_cogview4_transformer() -> Any:
     from diffusers import CogView4Transformer2DModel
 
     return _seeded(
@@ -512,7 +513,7 @@ def _make_cogview4_transformer():
 # --------------------------------------------------------------------------
 
 
-def _make_sd15_pipeline():
+def _make_sd15_pipeline() -> Any:
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
     tokenizer = _make_clip_tokenizer()
@@ -528,7 +529,7 @@ def _make_sd15_pipeline():
     )
 
 
-def _make_sdxl_pipeline():
+def _make_sdxl_pipeline() -> Any:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     tokenizer = _make_clip_tokenizer()
@@ -543,7 +544,7 @@ def _make_sdxl_pipeline():
     )
 
 
-def _make_sd3_pipeline():
+def _make_sd3_pipeline() -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
     tokenizer = _make_clip_tokenizer()
@@ -564,7 +565,7 @@ def _make_sd3_pipeline():
     )
 
 
-def _make_cogview4_pipeline():
+def _make_cogview4_pipeline() -> Any:
     from diffusers import CogView4Pipeline, FlowMatchEulerDiscreteScheduler
 
     tokenizer = _make_glm_tokenizer()

@@ -39,6 +39,6 @@ def switch(pipe: Any, old: Settings | None, new: Settings | None, context: Build
 
 
 @hookimpl
-def register_optimizations():
+def register_optimizations() -> list[Optimization]:
     return [Optimization(name="vae_slicing", settings=Settings, stage="memory", apply=apply, switch=switch,
                          description="decode the batch one image at a time: less VAE memory")]

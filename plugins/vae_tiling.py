@@ -43,6 +43,6 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
         vae.tile_overlap_factor = settings.tile_overlap_factor
 
 @hookimpl
-def register_optimizations():
+def register_optimizations() -> list[Optimization]:
     return [Optimization(name="vae_tiling", settings=Settings, stage="memory", apply=apply,
                          description="decode in overlapping tiles: large images in bounded memory")]

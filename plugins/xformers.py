@@ -33,6 +33,6 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
 
 
 @hookimpl
-def register_optimizations():
+def register_optimizations() -> list[Optimization]:
     return [Optimization(name="xformers", settings=Settings, stage="attention", apply=apply, check=check,
                          description="xformers memory-efficient attention (needs xformers and CUDA)")]

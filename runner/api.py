@@ -23,12 +23,12 @@ from .axes.kind import AxisContext, AxisKind, ModelReference, enable, listed, mo
 from .base.errors import Problem, did_you_mean
 from .base.paths import atomic_write, cache_dir, is_local_reference
 from .pipelines.build import read_model_index
-from .pipelines.context import BuildContext
 from .pipelines.info import ModelInfo
 from .pipelines.info import from_folder as model_info_from_folder
 from .pipelines.sources import ModelSource
 from .plan.batches import Batch, plan
 from .plan.matrix import Job, expand
+from .recipe.context import BuildContext
 from .recipe.model import Recipe
 from .recipe.optimizations import STAGES, Optimization, OptimizationSettings, Unsupported
 from .records.formats import OutputFormat

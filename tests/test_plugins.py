@@ -157,6 +157,22 @@ class Recorder:
         return []
 
     @hookimpl
+    def register_axis_kinds(self, register):
+        self._seen("register_axis_kinds")
+
+    @hookimpl
+    def register_model_sources(self, register):
+        self._seen("register_model_sources")
+
+    @hookimpl
+    def register_output_formats(self, register):
+        self._seen("register_output_formats")
+
+    @hookimpl
+    def register_metrics(self, register):
+        self._seen("register_metrics")
+
+    @hookimpl
     def pipeline_ready(self, pipe, recipe, context):
         self._seen("pipeline_ready", pipe=pipe, recipe=recipe, context=context)
 

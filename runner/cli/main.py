@@ -11,10 +11,13 @@ import argparse
 import gc
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .. import __version__
 from ..base.errors import RecipeError, RunError
+
+if TYPE_CHECKING:
+    from ..plugin_api.manager import Plugins
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -70,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def list_plugins(plugins) -> str:
+def list_plugins(plugins: Plugins) -> str:
     from ..plugin_api.manager import EXTENSION_POINTS
     from ..recipe.optimizations import settings_lines
 

@@ -21,10 +21,10 @@ from typing import Any
 from ..axes.registry import axis_kind
 from ..base.errors import RecipeError, RunError, suggest
 from ..plan.matrix import SCHEDULER_AXIS, Job
+from ..recipe.context import BuildContext  # a light module (recipe_runner.api exposes it)
 from ..recipe.loading import LoadedRecipe, problem_at
 from ..recipe.model import Recipe
 from ..recipe.optimizations import Enabled, Unsupported, settle
-from .context import BuildContext  # the dataclass lives in a light module (recipe_runner.api exposes it)
 from .sources import locate
 
 TASK_PIPELINES = {

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..base.errors import RunError
+from ..recipe.context import BuildContext, HasHooks
 from ..recipe.loading import problem_at
 from ..recipe.optimizations import Enabled, Unsupported, settle
 from . import build
 from .build import Built
-from .context import BuildContext, HasHooks
 
 if TYPE_CHECKING:
     from ..plan.matrix import Job

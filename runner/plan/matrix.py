@@ -270,7 +270,8 @@ def _axes(axis_values: dict[str, Any], scheduler: dict[str, Any] | None, order: 
 def _counter() -> Callable[..., Job]:
     index = itertools.count()
 
-    def make(template, seed, image, mask, var_values, params, sched, axes) -> Job:
+    def make(template: str, seed: int, image: str | None, mask: str | None, var_values: dict[str, str],
+             params: dict[str, Any], sched: Any, axes: dict[str, Any]) -> Job:
         return Job(
             index=next(index),
             prompt=render(template, var_values),

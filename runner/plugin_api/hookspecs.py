@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from ..axes.kind import AxisKind
-    from ..pipelines.context import BuildContext
     from ..pipelines.sources import ModelSource
     from ..plan.batches import Batch
+    from ..recipe.context import BuildContext
     from ..recipe.model import Recipe
     from ..recipe.optimizations import Optimization
     from ..records.formats import OutputFormat

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..base.errors import Problem, RecipeError, suggest
 from .model import problem_from_pydantic
+
+if TYPE_CHECKING:
+    from .context import BuildContext
 
 # The order optimizations are applied in: declared, not accidental.
 STAGES = ("load", "components", "memory", "attention", "layout", "compile")
@@ -95,8 +98,37 @@ def settings_lines(model: type[BaseModel]) -> list[str]:
     return lines
 
 
+S = TypeVar("S", bound=OptimizationSettings)
+S_contra = TypeVar("S_contra", bound=OptimizationSettings, contravariant=True)
+Facts = dict[str, Any] | None  # what an optimization reports, recorded in the manifest
+
+
+class Apply(Protocol[S_contra]):
+    """``apply(pipe, settings, context)``: switch the optimization on for a built pipeline."""
+
+    def __call__(self, pipe: Any, settings: S_contra, context: BuildContext, /) -> Facts: ...
+
+
+class Check(Protocol[S_contra]):
+    """``check(settings, context)``: before loading; raise :class:`Unsupported` when it cannot run."""
+
+    def __call__(self, settings: S_contra, context: BuildContext, /) -> None: ...
+
+
+class LoadKwargs(Protocol[S_contra]):
+    """``load_kwargs(settings, context)``: extra ``from_pretrained`` keyword arguments."""
+
+    def __call__(self, settings: S_contra, context: BuildContext, /) -> dict[str, Any]: ...
+
+
+class Switch(Protocol[S_contra]):
+    """``switch(pipe, old, new, context)``: from settings ``old`` to ``new`` in place (None: off)."""
+
+    def __call__(self, pipe: Any, old: S_contra | None, new: S_contra | None, context: BuildContext, /) -> Facts: ...
+
+
 @dataclass(frozen=True)
-class Optimization:
+class Optimization(Generic[S]):
     """One key of ``[optimizations]``, as a plugin declares it.
 
     - ``apply(pipe, settings, context)``: switch it on for a built pipeline; it may return a dict
@@ -114,14 +146,14 @@ class Optimization:
     """
 
     name: str
-    settings: type[OptimizationSettings]
+    settings: type[S]
     stage: str
-    apply: Callable[..., dict[str, Any] | None]
+    apply: Apply[S]
     description: str = ""
-    check: Callable[..., None] | None = None
-    load_kwargs: Callable[..., dict[str, Any]] | None = None
+    check: Check[S] | None = None
+    load_kwargs: LoadKwargs[S] | None = None
     places_model: bool = False
-    switch: Callable[..., dict[str, Any] | None] | None = None
+    switch: Switch[S] | None = None
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:

@@ -23,13 +23,13 @@ from ..base.errors import RecipeError, RunError
 from ..base.interrupts import critical, graceful
 from ..pipelines import build
 from ..pipelines.cache import ModelCache, Pipelines
-from ..pipelines.context import BuildContext
 from ..pipelines.lock import COMMIT, cached_commit
 from ..pipelines.preflight import before_loading
 from ..plan import inputs as inputs_mod
 from ..plan.batches import initial_batch_size, plan
 from ..plan.variants import Variant, relabel
 from ..plugin_api.manager import Plugins
+from ..recipe.context import BuildContext
 from ..recipe.loading import display_path
 from ..records.formats import extension
 from ..records.journal import Journal
