@@ -75,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
 
 def list_plugins(plugins: Plugins) -> str:
     from ..plugin_api.manager import EXTENSION_POINTS
-    from ..recipe.optimizations import settings_lines
+    from ..recipe.settings_docs import settings_lines
 
     lines = []
     for info in plugins.infos:
@@ -235,7 +235,8 @@ def _main(args: argparse.Namespace) -> int:
         print(outcome.report())
         return EXIT_OK if outcome.identical else EXIT_FAILED
 
-    from ..running.prepare import Options, describe_plan, prepare_all
+    from ..running.prepare import Options, prepare_all
+    from .dry_run import describe_plan
 
     options = Options(out=args.out if args.out is not None else Path("outputs"), allow_pickle=args.allow_pickle,
                       trust_remote_code=args.trust_remote_code, force=args.force,

@@ -18,7 +18,7 @@ from ..axes.kind import listed
 from ..axes.registry import KINDS
 from ..plugin_api.manager import Plugins
 from ..recipe.model import DEFAULT_MAX_JOBS, MAX_SEED, Recipe
-from ..recipe.optimizations import attribute_docs
+from ..recipe.settings_docs import attribute_docs
 
 SCHEMA_ID = "https://recipe-runner.invalid/recipe.schema.json"
 

@@ -12,7 +12,6 @@ import functools
 import importlib
 import inspect
 import json
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from ..axes.registry import axis_kind
 from ..base.errors import RecipeError, RunError, suggest
+from ..base.quiet import quiet_libraries
 from ..plan.matrix import SCHEDULER_AXIS, Job
 from ..recipe.context import BuildContext  # a light module (recipe_runner.api exposes it)
 from ..recipe.loading import LoadedRecipe, problem_at
@@ -346,26 +346,3 @@ def derive(built: Built, recipe: Recipe, loaded: LoadedRecipe | None, jobs: list
     schedulers = build_schedulers(pipe, base, jobs, recipe, loaded)
     hook.pipeline_ready(pipe=pipe, recipe=recipe, context=ctx)
     return Built(pipe, ctx, built.optimizations, schedulers, base, 0.0, time.perf_counter() - start)
-
-
-def quiet_libraries() -> None:
-    """diffusers, transformers and huggingface_hub print load-time chatter and progress bars;
-    keep errors only (must run before they are imported to silence their import-time notes)."""
-    import os
-
-    for env in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY"):
-        os.environ.setdefault(env, "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for name in ("diffusers", "transformers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from diffusers.utils import logging as dlogging
-
-        dlogging.set_verbosity_error()
-        dlogging.disable_progress_bar()
-        from transformers.utils import logging as tlogging
-
-        tlogging.set_verbosity_error()
-        tlogging.disable_progress_bar()
-    except Exception:  # pragma: no cover - logging is cosmetic
-        pass

@@ -92,11 +92,12 @@ class ModelCache:
         entry = self.entries.get(key)
         began = time.perf_counter()
         how = "reused"
-        if entry is not None and task in entry.by_task:
+        step = next_step({k: set(e.by_task) for k, e in self.entries.items()}, key, variant)
+        if entry is not None and step == "reuse":
             built = entry.by_task[task]
             built.rebind(recipe, loaded, variant.jobs)
             built.load_seconds = built.setup_seconds = 0.0
-        elif entry is not None and entry.by_task and not any(e.optimization.places_model for e in variant.enabled):
+        elif entry is not None and step == "derive":
             source = next(iter(entry.by_task.values()))
             built = build.derive(source, recipe, loaded, variant.jobs, plugins.hook, ctx)
             built.swapped = dict(source.swapped)
@@ -262,23 +263,35 @@ class Pipelines:
         return built
 
 
+def next_step(loaded: dict[str, set[str]], key: str, variant: Variant) -> str:
+    """How the pipeline of ``variant`` (model key ``key``) is made, given the loaded model keys and
+    the tasks each has a pipeline for: ``reuse`` (its task is there; components and switchable
+    optimizations are then switched in place), ``derive`` (another task on the same weights:
+    ``from_pipe``, unless an optimization places the model itself) or ``load`` (from_pretrained).
+    The one rule :meth:`ModelCache.get` follows and ``--dry-run`` (:func:`load_order`) shows."""
+    tasks = loaded.get(key)
+    if tasks and variant.recipe.model.task in tasks:
+        return "reuse"
+    if tasks and not any(e.optimization.places_model for e in variant.enabled):
+        return "derive"
+    return "load"
+
+
 def load_order(variants: list[Variant], allow_pickle: bool, keep_models: bool) -> list[tuple[str, Variant]]:
-    """What a run will do for each variant, in plan order: ``load`` (from_pretrained), ``switch``
-    (in place, on the pipeline loaded before) or ``reuse`` (a pipeline kept loaded) (--dry-run)."""
-    loaded: set[str] = set()
+    """What a run will do for each variant, in plan order (--dry-run): ``load``, ``derive``,
+    ``switch`` (in place, on the pipeline used just before) or ``reuse`` (a pipeline kept loaded),
+    by :func:`next_step` on the models a run would hold (one at a time unless ``keep_models``)."""
+    loaded: dict[str, set[str]] = {}
     current: str | None = None
     steps = []
     for variant in variants:
         key = model_key(variant.recipe, variant.enabled, allow_pickle)
-        if key == current:
+        how = next_step(loaded, key, variant)
+        if how == "load" and current is not None and current != key and not keep_models:
+            loaded.pop(current, None)  # a run releases the model it leaves
+        if how == "reuse" and key == current:
             how = "switch"
-        elif key in loaded:
-            how = "reuse"
-        else:
-            how = "load"
-            if current is not None and not keep_models:
-                loaded.discard(current)
-        loaded.add(key)
+        loaded.setdefault(key, set()).add(variant.recipe.model.task)
         current = key
         steps.append((how, variant))
     return steps

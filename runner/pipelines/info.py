@@ -202,10 +202,8 @@ def task_class(class_name: str, task: str) -> str | None:
             if pairs is not None:
                 mappings[node.targets[0].id] = pairs
     for name, pairs in mappings.items():
-        if task == "image-to-image" and name == mapping_name and class_name in pairs.values():
+        if name == mapping_name and class_name in pairs.values():
             return class_name  # already the task's class
-        if task == "inpainting" and name == mapping_name and class_name in pairs.values():
-            return class_name
     for pairs in mappings.values():
         for model, cls in pairs.items():
             if cls == class_name:

@@ -10,29 +10,23 @@ diffusers are never imported.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..axes.registry import value_label
 from ..base.errors import Problem, RecipeError, suggest
 from ..base.report import warn
 from ..pipelines import lock, preflight, safety
-from ..pipelines.cache import load_order
 from ..plan import checks
 from ..plan import inputs as inputs_mod
-from ..plan.batches import initial_batch_size, plan
-from ..plan.labels import scheduler_label
 from ..plan.matrix import expand
 from ..plan.prepared import Prepared
 from ..plan.variants import Variant, relabel
 from ..plan.variants import make as make_variants
 from ..plugin_api.manager import Plugins
-from ..recipe.loading import LoadedRecipe, display_path, load
+from ..recipe.loading import LoadedRecipe, load
 from ..recipe.model import Recipe, validate
-from ..records.formats import FORMATS, extension
-from ..records.resume import peek
+from ..records.formats import FORMATS
 
 
 @dataclass
@@ -149,70 +143,3 @@ def check_distinct_names(prepared: list[Prepared]) -> None:
     if duplicated:
         raise RecipeError.one(f"several recipes write to the same output folder {duplicated[0]!r}: "
                               "give them distinct names", file="recipe-run")
-
-
-def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
-    """The --dry-run text: model, optimizations, plugins, jobs, the pipelines a build axis asks for
-    (loads and in-place switches, in plan order) and batches."""
-    r = prepared.recipe
-    batch_setting = r.run.batch_size
-    size = batch_setting if batch_setting != "auto" else initial_batch_size("auto", prepared.jobs, "cpu")
-    batches = plan(prepared.jobs, size)
-    lines = [f"{r.name}  ({display_path(prepared.loaded.path)} -> {display_path(prepared.out_dir)}/)"]
-    if r.description:
-        lines.append(f"  {r.description}")
-    m = r.model
-    extras = ", ".join(f"{k} {getattr(m, k)}" for k in ("revision", "variant") if getattr(m, k))
-    lines.append(f"  model          {m.id}  [{m.task}, dtype {m.dtype}, device {m.device}{', ' + extras if extras else ''}]")
-    for name, comp in r.components.items():
-        if f"components.{name}" in r.matrix.axes:
-            continue  # an axis replaces it: the pipelines below say with what
-        lines.append(f"  component      {name} <- {comp.id}" + (f" ({comp.subfolder})" if comp.subfolder else ""))
-    if r.scheduler:
-        lines.append(f"  scheduler      {scheduler_label(r.scheduler.model_dump())}")
-    opts = ", ".join(f"{e.name} {json.dumps(e.settings.model_dump(mode='json'))}" for e in prepared.enabled) or "none"
-    lines.append(f"  optimizations  {opts}")
-    loaded_plugins = ", ".join(f"{i.name} ({i.source}{', failed' if i.error else ''})" for i in plugins.infos)
-    lines.append(f"  plugins        {loaded_plugins}")
-    auto = " (auto: halves on out of memory)" if batch_setting == "auto" else ""
-    lines += [f"  {'checks' if i == 0 else '':<15}{note}" for i, note in enumerate(preflight.notes(r, prepared.loaded))]
-    lines.append(f"  jobs           {len(prepared.jobs)} in {len(batches)} batch{'es' * (len(batches) != 1)}, "
-                 f"batch_size {size}{auto}, generator on {r.run.generator_device}")
-    if len(prepared.variants) > 1:
-        steps = load_order(prepared.variants, False, r.run.keep_models)  # --allow-pickle is the same for all
-        counts = {how: sum(1 for h, _ in steps if h == how) for how in ("load", "switch", "reuse")}
-        summary = ", ".join(f"{n} {how}{'es' if how == 'switch' and n != 1 else 's' if n != 1 else ''}"
-                            for how, n in counts.items() if n)
-        lines.append(f"  pipelines      {summary}, in plan order:")
-        for i, (how, variant) in enumerate(steps, 1):
-            lines.append(f"    {i}. {how:<7} {variant.label()}  ({len(variant.jobs)} image{'s' * (len(variant.jobs) != 1)})")
-    now = peek(prepared)
-    lines.append(f"  a run now      {now.summary()}" if now is not None else
-                 "  a run now      decides after loading what is unchanged (the folder's last run was elsewhere "
-                 "or its inputs are not local)")
-    fixed = {k: v for k, v in r.params.items()}
-    if fixed:
-        lines.append(f"  params         {', '.join(f'{k}={v!r}' for k, v in fixed.items())}")
-    ext = extension(r.output.format)
-    shown = 0
-    for batch in batches:
-        if shown >= show:
-            break
-        lines.append(f"  batch {batch.index}")
-        for job in batch.jobs:
-            if shown >= show:
-                break
-            extra = {k: v for k, v in job.params.items() if k not in r.params or r.params[k] != v}
-            bits = [f"seed {job.seed}"] + [f"{k}={v}" for k, v in extra.items()]
-            if job.image:
-                bits.append(f"image {job.image}")
-            if job.mask_image:
-                bits.append(f"mask {job.mask_image}")
-            if job.scheduler and "scheduler" in r.matrix.axes:
-                bits.append(str(scheduler_label(job.scheduler)))
-            bits += [f"{name} {value_label(name, value)}" for name, value in job.build_axes().items()]
-            lines.append(f"    {job.filename(ext)}  {', '.join(bits)}")
-            shown += 1
-    if shown < len(prepared.jobs):
-        lines.append(f"    ... {len(prepared.jobs) - shown} more")
-    return "\n".join(lines)
