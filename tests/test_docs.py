@@ -226,6 +226,7 @@ def test_every_readme_command_runs_offline(tmp_path, monkeypatch, recipe_runner_
     assert len(commands) >= 10
     modes = {"--dry-run", "--compare", "--reproduce", "--lock", "--locked", "--schema", "--list-plugins"}
     assert modes <= {arg for c in commands for arg in shlex.split(c.text)}, "a mode is missing from the README"
+    printed = {}
     for command in commands:
         args = shlex.split(command.text)[1:]
         redirect = None
@@ -239,7 +240,11 @@ def test_every_readme_command_runs_offline(tmp_path, monkeypatch, recipe_runner_
         assert "Traceback" not in result.err, command.text
         if redirect is not None:
             Path(redirect).write_text(result.out)
+        printed.setdefault(command.text, []).append(result.out)
     # what the comments promise
+    assert "nothing to do, nothing loaded" in printed["recipe-run recipes/tiny.toml"][1]
+    (reproduced,) = [out for text, outs in printed.items() if "--reproduce" in text for out in outs]
+    assert "pixel-identical" in reproduced
     assert json.loads((tmp_path / "recipe.schema.json").read_text())["properties"]["model"]
     assert (tmp_path / "recipes" / "tiny.lock").is_file()
     assert (tmp_path / "outputs" / "tiny" / "index.html").is_file()
@@ -253,7 +258,7 @@ def test_the_readme_watch_sample_is_what_a_session_prints(tmp_path):
     (at,) = [i for i, b in enumerate(blocks) if any("--watch" in c.text for c in commands_of(b))]
     (command,) = commands_of(blocks[at])
     sample = blocks[at + 1].lines
-    assert "`seeds = 2` changed to\n`seeds = 3`" in text or "`seeds = 2` changed to `seeds = 3`" in text
+    assert "`seeds = 2` changed\nto `seeds = 3`" in text, "the README says which edit its sample shows"
     shutil.copytree(REPO / "recipes", tmp_path / "recipes")
     recipe = tmp_path / "recipes" / "tiny.toml"
     assert "\nseeds = 2\n" in recipe.read_text()
