@@ -50,7 +50,25 @@ from .common import denoiser
 
 WARMUP_STEPS = 2
 CACHE_VARIABLES = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}
-USER_SET = {name for name in CACHE_VARIABLES if name in os.environ}  # at start-up, before torch looks
+
+
+def _torch_default(value: str) -> bool:
+    """Whether ``value`` is the folder torch writes into the variable itself once it has looked
+    (``<tmp>/torchinductor_<user>``, triton's below it): torch's choice, not the user's."""
+    import getpass
+    import re
+    import tempfile
+
+    try:
+        user = re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())
+    except (KeyError, ModuleNotFoundError, OSError):
+        return False
+    default = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
+    return value == default or value.startswith(default + os.sep)
+
+
+# Set by the user (at start-up, or before this plugin loaded, unless torch's own default): kept as they are.
+USER_SET = {name for name in CACHE_VARIABLES if name in os.environ and not _torch_default(os.environ[name])}
 
 
 class Settings(OptimizationSettings):

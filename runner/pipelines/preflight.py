@@ -13,10 +13,10 @@ once): parameter values (:mod:`recipe_runner.plan.checks`), sizes, and, from the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..base.errors import Problem, RecipeError, suggest
 from ..plan import checks, inputs
@@ -25,6 +25,11 @@ from ..recipe.loading import LoadedRecipe, problem_at
 from . import info as pipeline_info
 from .info import ModelInfo
 from .sources import SOURCES
+
+if TYPE_CHECKING:
+    from ..plan.matrix import Job
+    from ..plan.prepared import Prepared
+    from ..recipe.model import Recipe
 
 LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
 AFTER_LOADING = "scheduler compatibility, component classes, optimizations on this device, input image decoding"
@@ -43,7 +48,7 @@ def _is_local(value: str) -> bool:
     return value.startswith(LOCAL_PREFIXES) or (len(value) > 1 and value[1] == ":")
 
 
-def find_model(recipe: Any, loaded: LoadedRecipe | None) -> Found:
+def find_model(recipe: Recipe, loaded: LoadedRecipe | None) -> Found:
     """The model's :class:`ModelInfo` from its plugin source (``tiny:``), a local folder or the local Hub cache."""
     model_id, key = recipe.model.id, "model.id"
     source = SOURCES.plugin_source(model_id)
@@ -65,7 +70,7 @@ def find_model(recipe: Any, loaded: LoadedRecipe | None) -> Found:
     return Found(info, waits=None if info else f"{model_id} is not in the local Hub cache yet")
 
 
-def _scheduler_specs(jobs: Sequence[Any], recipe: Any) -> list[tuple[str, dict[str, Any]]]:
+def _scheduler_specs(jobs: Sequence[Job], recipe: Recipe) -> list[tuple[str, dict[str, Any]]]:
     """(dotted key, {"name", "options"}) of each distinct scheduler the jobs use."""
     axis = recipe.matrix.axes.get("scheduler")
     seen: list[tuple[str, dict[str, Any]]] = []
@@ -81,7 +86,7 @@ def _scheduler_specs(jobs: Sequence[Any], recipe: Any) -> list[tuple[str, dict[s
     return seen
 
 
-def scheduler_problems(jobs: Sequence[Any], recipe: Any, loaded: LoadedRecipe | None) -> list[Problem]:
+def scheduler_problems(jobs: Sequence[Job], recipe: Recipe, loaded: LoadedRecipe | None) -> list[Problem]:
     """Scheduler class names and options against the installed diffusers' schedulers."""
     specs = _scheduler_specs(jobs, recipe)
     known = pipeline_info.scheduler_names() if specs else []
@@ -117,7 +122,7 @@ def _size_keys(data: dict[str, Any]) -> dict[str, str]:
     return keys
 
 
-def problems(recipe: Any, loaded: LoadedRecipe, jobs: Sequence[Any]) -> list[Problem]:
+def problems(recipe: Recipe, loaded: LoadedRecipe, jobs: Sequence[Job]) -> list[Problem]:
     """Every light check of a validated recipe (see the module doc)."""
     problem = loaded.problem
     found = find_model(recipe, loaded)
@@ -138,7 +143,7 @@ def problems(recipe: Any, loaded: LoadedRecipe, jobs: Sequence[Any]) -> list[Pro
     return _unique(out)
 
 
-def component_problems(recipe: Any, problem: Any, info: ModelInfo | None) -> list[Problem]:
+def component_problems(recipe: Recipe, problem: Callable[..., Problem], info: ModelInfo | None) -> list[Problem]:
     """``[components.<name>]`` names the pipeline's ``model_index.json`` does not declare."""
     if info is None or not info.index:
         return []
@@ -148,7 +153,7 @@ def component_problems(recipe: Any, problem: Any, info: ModelInfo | None) -> lis
             for name in recipe.components if name not in known]
 
 
-def call_problems(recipe: Any, loaded: LoadedRecipe, info: ModelInfo, skip: set[str],
+def call_problems(recipe: Recipe, loaded: LoadedRecipe, info: ModelInfo, skip: set[str],
                   importing: bool = False) -> list[Problem]:
     """Call parameter names and values against the task's pipeline class's ``__call__``."""
     class_name = pipeline_info.task_class(info.class_name, recipe.model.task)
@@ -190,7 +195,7 @@ def _unique(found: list[Problem]) -> list[Problem]:
     return out
 
 
-def notes(recipe: Any, loaded: LoadedRecipe | None) -> list[str]:
+def notes(recipe: Recipe, loaded: LoadedRecipe | None) -> list[str]:
     """What --dry-run checked and what waits for the model, in plain words."""
     found = find_model(recipe, loaded)
     now = "parameter types and ranges, finite numbers, sizes, plugin names and settings, input files"
@@ -207,7 +212,7 @@ def notes(recipe: Any, loaded: LoadedRecipe | None) -> list[str]:
 # --- runs: after every recipe validated, before the first image -------------------------------------
 
 
-def _before_loading(recipe: Any, loaded: LoadedRecipe, jobs: Sequence[Any]) -> list[Problem]:
+def _before_loading(recipe: Recipe, loaded: LoadedRecipe, jobs: Sequence[Job]) -> list[Problem]:
     found: list[Problem] = []
     info = find_model(recipe, loaded).info
     if info is None and not recipe.model.custom_pipeline and SOURCES.plugin_source(recipe.model.id) is None:
@@ -228,7 +233,7 @@ def _before_loading(recipe: Any, loaded: LoadedRecipe, jobs: Sequence[Any]) -> l
     return found
 
 
-def before_loading(items: Sequence[Any]) -> None:
+def before_loading(items: Sequence[Prepared]) -> None:
     """Run-only checks of every prepared recipe (see the module doc), each variant's model on its
     own jobs (a ``model`` axis); RecipeError with them all."""
     found: list[Problem] = []
@@ -239,7 +244,7 @@ def before_loading(items: Sequence[Any]) -> None:
         raise RecipeError(_unique(found))
 
 
-def compatibility_problems(jobs: Sequence[Any], recipe: Any, loaded: LoadedRecipe | None,
+def compatibility_problems(jobs: Sequence[Job], recipe: Recipe, loaded: LoadedRecipe | None,
                            info: ModelInfo) -> list[Problem]:
     """Each scheduler of the jobs against the ``compatibles`` of the scheduler the model declares."""
     specs = _scheduler_specs(jobs, recipe)

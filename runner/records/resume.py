@@ -47,6 +47,7 @@ from .outputs import read_embedded
 
 if TYPE_CHECKING:
     from ..plan.prepared import Prepared
+    from ..recipe.model import Recipe
 
 HISTORY = "history"  # replaced images, one folder per run that replaced any
 
@@ -382,7 +383,7 @@ def _silent(message: str) -> None:
     """choose_dtype's warning is the run's to give, not a peek's."""
 
 
-def _model_ids(recipe: Any) -> list[str]:
+def _model_ids(recipe: Recipe) -> list[str]:
     return [recipe.model.id, *(c.id for c in recipe.components.values())]
 
 

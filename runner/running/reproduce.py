@@ -33,7 +33,7 @@ from ..pipelines.cache import ModelCache
 from ..plan.batches import Batch
 from ..plugin_api.failures import missing
 from ..plugin_api.manager import Plugins
-from ..recipe.loading import load_data
+from ..recipe.loading import LoadedRecipe, load_data
 from ..records.outputs import read_embedded
 from .execute import Execution
 from .prepare import Options, prepare_loaded
@@ -144,7 +144,7 @@ def reproduce(image: Path, plugins: Plugins, out: Path | None, *, allow_pickle: 
     return outcome
 
 
-def _reproduce(image: Path, embedded: Embedded, loaded: Any, plugins: Plugins, scratch: Path, allow_pickle: bool,
+def _reproduce(image: Path, embedded: Embedded, loaded: LoadedRecipe, plugins: Plugins, scratch: Path, allow_pickle: bool,
                trust_remote_code: bool, warn: Callable[[str], None]) -> Outcome:
     import torch
 
