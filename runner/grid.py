@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from .axes import is_build_axis
 from .jobfields import Described, canonical, describe, job_label, short_name, shorten
-from .paths import atomic_write
+from .paths import atomic_write, record_file, regular_file
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -365,7 +365,10 @@ def _as_list(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def done_records(folder: Path, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in records if r.get("status") == "done" and (folder / r["file"]).is_file()]
+    """The records of images on disk: a plain file name of ``folder`` (:func:`record_file`), a
+    regular file there."""
+    return [r for r in records if r.get("status") == "done"
+            and (path := record_file(folder, r.get("file"), "a manifest record")) is not None and regular_file(path)]
 
 
 def sheets_for(folder: Path, manifest: Mapping[str, Any]) -> list[Sheet]:

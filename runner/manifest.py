@@ -16,12 +16,89 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
+
 from .labels import scheduler_label
 from .matrix import Job
 from .paths import atomic_write
 from .plan import Batch
 
 MANIFEST_NAME = "manifest.json"
+
+
+# --- records as read back: checked before anything trusts them ---------------------------------------
+
+class _Record(BaseModel):
+    """A record read from disk: the fields a run relies on are typed; others are kept as they are
+    (later versions may add fields)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class StoredImage(_Record):
+    """One entry of ``images`` (or one journal line): ``file`` is checked to be a plain file name
+    of the run folder where it is used (:func:`recipe_runner.paths.record_file`)."""
+
+    file: StrictStr
+    status: StrictStr | None = None
+    key: StrictStr | None = None
+    sha256: StrictStr | None = None
+    index: StrictInt | None = None
+    batch: StrictInt | None = None
+    batch_size: StrictInt | None = None
+    batch_jobs: list[StrictInt | None] | None = None
+    rank: StrictInt | None = None
+    seconds: float | None = None
+
+
+class StoredEnvironment(_Record):
+    device: StrictStr | None = None
+    dtype: StrictStr | None = None
+    world_size: StrictInt | None = None
+    model_revision: StrictStr | None = None
+    model_revisions: dict[str, StrictStr | None] | None = None
+
+
+class StoredRecipe(_Record):
+    run: dict[str, Any] | None = None
+    output: dict[str, Any] | None = None
+
+
+class StoredHistory(_Record):
+    folder: StrictStr | None = None
+    replaced: list[dict[str, Any]] | None = None
+
+
+class StoredManifest(_Record):
+    """``manifest.json`` (or a rank's partial manifest) as a run reads it back."""
+
+    recipe: StoredRecipe | None = None
+    environment: StoredEnvironment | None = None
+    optimizations: dict[str, dict[str, Any] | None] | None = None
+    timings: dict[str, Any] | None = None
+    images: list[StoredImage]
+    history: StoredHistory | None = None
+
+
+def check_manifest(data: Any) -> str | None:
+    """None when ``data`` (parsed JSON) is a manifest a run can rely on; else what is wrong with
+    it, in one line (the first few problems, by dotted key)."""
+    try:
+        StoredManifest.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()[:3]]
+        more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+        return "; ".join(problems) + more
+    return None
+
+
+def check_line(data: Any) -> bool:
+    """Whether one journal line is a record a run can rely on."""
+    try:
+        StoredImage.model_validate(data)
+    except ValidationError:
+        return False
+    return True
 
 
 @dataclass

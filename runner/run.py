@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from .loading import display_path
 from .lock import COMMIT, cached_commit
 from .manifest import Manifest
 from .outputs import EXTENSIONS, Writer
+from .paths import TMP_NAME
 from .pipelines import ModelCache, Pipelines
 from .plan import initial_batch_size, plan
 from .plugin_manager import Plugins
@@ -40,6 +42,7 @@ from .prepare import Options, Prepared
 from .progress import Progress
 from .provenance import environment_extras
 from .resume import Peek, peek, remove_leftovers, resume
+from .runlock import hold
 from .variants import Variant, relabel
 
 # --- running ---------------------------------------------------------------------------------------
@@ -186,6 +189,12 @@ def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: Mo
     when the caller has looked already (see :func:`first_variant`). Returns the manifest (the
     merged one on rank 0)."""
 
+    with hold(prepared.out_dir, wait=options.wait):  # one run per folder; held until grid and gallery are written
+        return _run_recipe(prepared, plugins, options, cache, pending)
+
+
+def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None,
+                pending: set[str] | None) -> dict[str, Any]:
     recipe = prepared.recipe
     started = start(prepared, plugins, options, cache if cache is not None else ModelCache(), pending=pending)
     ctx, dist, pipelines, images, manifest, writer = (started.ctx, started.dist, started.pipelines, started.images,
@@ -273,10 +282,45 @@ def up_to_date(prepared: Prepared, plugins: Plugins, found: Peek | None) -> dict
         return None
     out_dir = prepared.out_dir
     data: dict[str, Any] = found.manifest or {}
+    repair(prepared, data)
     plugins.hook.run_finished(recipe=prepared.recipe, output_dir=out_dir, manifest=data)
     print(f"{prepared.recipe.name}: {len(prepared.jobs)} images: {found.summary()}; nothing to do, "
           f"nothing loaded -> {display_path(out_dir)}/")
     return data
+
+
+def repair(prepared: Prepared, data: dict[str, Any]) -> None:
+    """A folder with nothing to do still gets what an earlier run failed to finish after its images
+    (a full disk while writing ``grid.png``, a kill mid-write): the missing contact sheets and
+    gallery are written and temporary files removed, under the folder's run lock. When another run
+    holds it, that run writes them."""
+    out_dir, output = prepared.out_dir, prepared.recipe.output
+    try:
+        names = [entry.name for entry in out_dir.iterdir()]
+    except OSError:
+        return
+    leftovers = any(TMP_NAME.fullmatch(name) for name in names)
+    sheets = output.grid and any(not (out_dir / s.file).is_file() for s in _sheets(out_dir, data))
+    gallery = output.gallery and "index.html" not in names
+    if not (leftovers or sheets or gallery):
+        return
+    try:
+        with hold(out_dir):  # removes the temporary files
+            if sheets:
+                make_grid(out_dir, data)
+            if sheets or gallery:
+                write_gallery(out_dir, data)
+    except RecipeError:
+        return  # another run is writing into the folder: it writes them
+
+
+def _sheets(out_dir: Path, data: dict[str, Any]) -> list[Any]:
+    from .grid import sheets_for
+
+    try:
+        return sheets_for(out_dir, data)
+    except Exception:  # an unreadable image: the next run that writes one draws the sheets
+        return []
 
 
 @dataclass
@@ -302,8 +346,11 @@ class Session:
                 todo.append((item, found.pending_variants if found is not None else {v.id for v in item.variants}))
             else:
                 manifests.append(unchanged)
-        before_loading([item for item, _ in todo])
-        with graceful():  # first Ctrl-C: finish writing, flush the manifest, exit 130; second: at once
-            for item, pending in todo:
-                manifests.append(run_recipe(item, self.plugins, self.options, self.cache, pending))
+        with ExitStack() as locks:
+            for item, _ in todo:  # every folder this invocation writes is ours before anything loads
+                locks.enter_context(hold(item.out_dir, wait=self.options.wait))
+            before_loading([item for item, _ in todo])
+            with graceful():  # first Ctrl-C: finish writing, flush the manifest, exit 130; second: at once
+                for item, pending in todo:
+                    manifests.append(run_recipe(item, self.plugins, self.options, self.cache, pending))
         return manifests
