@@ -39,10 +39,11 @@ def check_links(folder: Path) -> None:
     symbolic link (or not a folder): a run never writes through a link."""
     for path, what in ((folder.parent, "output root"), (folder, "run folder"), (folder / "history", "history folder")):
         if path.is_symlink():
-            raise RecipeError.one(f"the {what} {path} is a symbolic link (to {os.readlink(path)}): refusing to write "
-                                  "through it; remove the link or choose another output folder", file=str(path))
+            raise RecipeError.one(f"the {what} is a symbolic link: refusing to write through it (it points to "
+                                  f"{os.readlink(path)}; remove the link or choose another output folder)",
+                                  file=str(path))
         if path.exists() and not path.is_dir():
-            raise RecipeError.one(f"the {what} {path} exists and is not a folder", file=str(path))
+            raise RecipeError.one(f"the {what} exists and is not a folder", file=str(path))
 
 
 def holder(path: Path) -> str:
@@ -108,6 +109,10 @@ def hold(folder: Path, *, wait: bool = False, command: str | None = None) -> Ite
     with ``wait``, blocks until it is free. Yields the lock file's path."""
     key = str(folder.absolute())
     path = folder / LOCK_NAME
+    if _launched_rank() > 0:  # under torchrun/accelerate the ranks run as one: rank 0 holds the lock
+        check_links(folder)
+        yield path
+        return
     if key in _held:
         _held[key] += 1
         try:
@@ -158,6 +163,15 @@ def hold(folder: Path, *, wait: bool = False, command: str | None = None) -> Ite
                 folder.rmdir()  # a run that ended before writing anything leaves no empty folder
             except OSError:
                 pass
+
+
+def _launched_rank() -> int:
+    """This process's rank under a launcher (0 without one): the ranks of one launch share the lock
+    that rank 0 holds."""
+    try:
+        return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except ValueError:
+        return 0
 
 
 def held(folder: Path) -> bool:

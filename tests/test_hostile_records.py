@@ -401,6 +401,29 @@ def after_batch(pipe, batch, images):
 """
 
 
+@pytest.mark.parametrize("planted", ["link", "fifo", "garbage"])
+def test_a_link_fifo_or_garbage_at_the_lock_name_is_replaced(tmp_path, planted):
+    from recipe_runner.runlock import hold
+
+    folder = tmp_path / "out" / NAME
+    folder.mkdir(parents=True)
+    (tmp_path / "victim.txt").write_text("precious\n")
+    lock = folder / LOCK_NAME
+    if planted == "link":
+        lock.symlink_to(tmp_path / "victim.txt")
+    elif planted == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.write_bytes(b"\xff not json")
+    before = tree_digest(tmp_path, skip=tmp_path / "out")
+    started = time.monotonic()
+    with hold(folder, command="test") as path:
+        assert stat.S_ISREG(path.lstat().st_mode) and json.loads(path.read_text())["pid"] == os.getpid()
+    assert time.monotonic() - started < 5
+    assert not lock.exists() and not lock.is_symlink()
+    assert tree_digest(tmp_path, skip=tmp_path / "out") == before
+
+
 def test_two_runs_at_once_one_refuses(tmp_path, pristine):
     """Two real processes into one folder: the second, started while the first is generating,
     refuses naming it; the folder is the first run's, every image with its history."""
