@@ -191,13 +191,14 @@ def read_previous(folder: Path, *, set_aside: bool = False, warn: Callable[[str]
             if record.get("status") == "done":
                 records[record["file"]] = {**records.get(record["file"], {}), **record}
     for journal in [folder / JOURNAL_NAME, *sorted(folder.glob(RANK_JOURNAL.format(rank="*")))]:
-        lines = read_journal(journal)
-        invalid = [line for line in lines if not check_line(line)]
-        if invalid:
-            warn(f"{journal}: {len(invalid)} line(s) that are not image records: ignored")
-        for line in lines:
+        invalid = 0
+        for line in read_journal(journal):
             if check_line(line):
                 records[line["file"]] = {**records.get(line["file"], {}), **line}
+            else:
+                invalid += 1
+        if invalid:
+            warn(f"{journal}: {invalid} line(s) that are not image records: ignored")
     records = {name: record for name, record in records.items()
                if paths.record_file(folder, name, "a manifest or journal record", warn) is not None}
     if manifest is not None:
