@@ -121,7 +121,7 @@ def hold(folder: Path, *, wait: bool = False, command: str | None = None) -> Ite
             _held[key] -= 1
         return
     check_links(folder)
-    created = not folder.exists()
+    created = [p for p in [folder, *folder.parents] if not p.exists() and not p.is_symlink()]  # innermost first
     folder.mkdir(parents=True, exist_ok=True)
     check_links(folder)  # made just now: still no link on the way
     told = False
@@ -158,11 +158,11 @@ def hold(folder: Path, *, wait: bool = False, command: str | None = None) -> Ite
                 path.unlink()  # while locked: a waiter then sees a removed file and locks a new one
         finally:
             os.close(fd)  # releases the lock
-        if created:
+        for made in created:  # a run that ended before writing anything leaves no empty folders
             try:
-                folder.rmdir()  # a run that ended before writing anything leaves no empty folder
+                made.rmdir()
             except OSError:
-                pass
+                break
 
 
 def _launched_rank() -> int:

@@ -401,6 +401,23 @@ def after_batch(pipe, batch, images):
 """
 
 
+def test_a_run_refused_under_the_lock_leaves_no_folder_behind(tmp_path):
+    """The lock is taken (and the run folder made) before the checks against the pipeline class; a
+    run those refuse leaves no folder and no lock file behind."""
+    from recipe_runner.errors import RecipeError
+    from recipe_runner.runlock import hold
+
+    folder = tmp_path / "new" / "out" / NAME
+    with pytest.raises(RecipeError), hold(folder):
+        assert (folder / LOCK_NAME).is_file()
+        raise RecipeError.one("refused by a check before loading")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    with hold(tmp_path / "kept" / NAME):
+        (tmp_path / "kept" / NAME / "x.png").write_bytes(b"written")
+    assert sorted(p.name for p in (tmp_path / "kept" / NAME).iterdir()) == ["x.png"]
+
+
 @pytest.mark.parametrize("planted", ["link", "fifo", "garbage"])
 def test_a_link_fifo_or_garbage_at_the_lock_name_is_replaced(tmp_path, planted):
     from recipe_runner.runlock import hold
