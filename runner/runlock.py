@@ -144,7 +144,7 @@ def hold(folder: Path, *, wait: bool = False, command: str | None = None) -> Ite
         os.close(fd)  # the holder before removed the file as it released it: lock the new one
         time.sleep(0.01)
     try:
-        record = {"pid": os.getpid(), "command": command if command is not None else " ".join(sys.argv),
+        record = {"pid": os.getpid(), "command": command if command is not None else _command(),
                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode("utf-8") + b"\n", 0)
@@ -163,6 +163,14 @@ def hold(folder: Path, *, wait: bool = False, command: str | None = None) -> Ite
                 made.rmdir()
             except OSError:
                 break
+
+
+def _command() -> str:
+    """This process's command line, as the user typed it (``recipe-run ...`` for ``python -m``)."""
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name in ("__main__.py", "recipe-run"):
+        argv[0] = "recipe-run"
+    return " ".join(argv)
 
 
 def _launched_rank() -> int:
