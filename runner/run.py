@@ -309,9 +309,24 @@ def repair(prepared: Prepared, data: dict[str, Any]) -> None:
             if sheets:
                 make_grid(out_dir, data)
             if sheets or gallery:
-                write_gallery(out_dir, data)
+                write_gallery(out_dir, as_recipe_says(prepared, data))
     except RecipeError:
         return  # another run is writing into the folder: it writes them
+
+
+def as_recipe_says(prepared: Prepared, data: dict[str, Any]) -> dict[str, Any]:
+    """The folder's manifest, for a page drawn without a run: only the records of this recipe's
+    jobs, with the input images and recipe folder the recipe names (a record never makes the
+    gallery read a file the recipe does not)."""
+    ext = EXTENSIONS[prepared.recipe.output.format]
+    jobs = {job.filename(ext): job for job in prepared.jobs}
+    images = []
+    for record in data.get("images") or []:
+        job = jobs.get(str(record.get("file"))) if isinstance(record, dict) else None
+        if job is not None:
+            images.append({**record, "image": job.image, "mask_image": job.mask_image})
+    environment = {**(data.get("environment") or {}), "recipe_folder": str(prepared.loaded.path.resolve().parent)}
+    return {**data, "environment": environment, "images": images}
 
 
 def _sheets(out_dir: Path, data: dict[str, Any]) -> list[Any]:

@@ -583,3 +583,29 @@ def test_a_lost_grid_or_gallery_is_written_again(recipe_runner_cli, tmp_path, pr
     assert {k: v for k, v in images(case.folder).items() if k != "grid.png"} == kept
     assert not (case.folder / LOCK_NAME).exists()
     assert stat.S_ISREG((case.folder / "manifest.json").lstat().st_mode)
+
+
+def test_a_gallery_drawn_again_reads_only_the_inputs_the_recipe_names(tmp_path, pristine):
+    """A record's input image (``image``) naming a FIFO or a private image outside the folder: the
+    gallery written again for a folder with nothing to do shows the recipe's inputs, never those."""
+    from tests.conftest import run_subprocess
+
+    case = Case(tmp_path, pristine)
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(tmp_path / "private.png")
+    data = case.manifest()
+    data["environment"]["recipe_folder"] = str(tmp_path)
+    data["images"][0]["image"] = "fifo.png"
+    data["images"][1]["image"] = "private.png"
+    case.write_manifest(data)
+    (case.folder / "index.html").unlink()
+    case.snap()
+    result = run_subprocess(case.recipe, "--out", case.out, "--no-progress", timeout=60)  # a hang fails here
+    assert result.code == 0, result.err
+    assert "nothing to do" in result.out
+    case.check()
+    page = (case.folder / "index.html").read_text()
+    assert "fifo.png" not in page and "private.png" not in page and "base64" not in page
