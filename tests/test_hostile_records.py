@@ -196,8 +196,11 @@ def test_compare_copies_an_image_as_a_copy(recipe_runner_cli, tmp_path, pristine
     with Image.open(target) as image:
         Image.new("RGB", image.size, (255, 0, 0)).save(target)
     report = tmp_path / "report"
+    before = tree_digest(tmp_path, skip=report)
+    started = time.monotonic()
     result = recipe_runner_cli("--compare", side_a, side_b, "--out", report)
     assert result.code == 1, result.err
+    assert time.monotonic() - started < LIMIT and tree_digest(tmp_path, skip=report) == before
     shown = sorted((report / "pairs").iterdir())
     assert len(shown) == 3  # a, b, diff
     assert all(p.stat().st_nlink == 1 and not p.is_symlink() for p in shown)
@@ -236,8 +239,10 @@ def test_a_run_folder_that_is_a_link_is_refused(recipe_runner_cli, tmp_path, pri
     case.out.mkdir(parents=True)
     case.folder.symlink_to(victim)
     before = tree_digest(tmp_path)
+    started = time.monotonic()
     result = run(recipe_runner_cli, case, "--force")
     assert result.code == 2 and "symbolic link" in result.err
+    assert time.monotonic() - started < LIMIT
     assert tree_digest(tmp_path) == before
 
 
@@ -274,8 +279,10 @@ def test_reproduce_into_another_run_s_folder_is_refused(recipe_runner_cli, tmp_p
     elsewhere = tmp_path / "elsewhere.png"
     shutil.copyfile(image_files(case.folder)[0], elsewhere)  # e.g. an image from history/
     before = tree_digest(tmp_path)
+    started = time.monotonic()
     result = recipe_runner_cli("--reproduce", elsewhere, "--out", case.out)
     assert result.code == 2 and "holds a run" in result.err
+    assert time.monotonic() - started < LIMIT
     assert tree_digest(tmp_path) == before
 
 
@@ -354,15 +361,17 @@ def test_wait_waits_for_the_other_run(recipe_runner_cli, tmp_path, pristine):
     case = Case(tmp_path, pristine)
     holder = start_holder(case.folder, 2)
     try:
-        started = time.monotonic()
+        case.snap()
         result = run(recipe_runner_cli, case, "--force", "--wait")
-        waited = time.monotonic() - started
+        waited = time.monotonic() - case.started
     finally:
         holder.kill()
         holder.wait(timeout=10)
     assert result.code == 0, result.err
     assert f"waiting: process {holder.pid}" in result.err
     assert 1.0 < waited < LIMIT
+    case.check()
+    assert not (case.folder / LOCK_NAME).exists()
 
 
 def test_watch_rounds_and_reproduce_hold_the_lock(recipe_runner_cli, tmp_path, pristine, capsys):
@@ -375,12 +384,14 @@ def test_watch_rounds_and_reproduce_hold_the_lock(recipe_runner_cli, tmp_path, p
     holders = [start_holder(case.folder, 60), start_holder(scratch / NAME, 60)]
     try:
         kept = images(case.folder)
+        case.snap()
         code = watch([case.recipe], [], load_plugins([]), Options(out=case.out, progress=False), rounds=1)
         err = capsys.readouterr().err
         assert code == 0 and f"process {holders[0].pid}" in err
         assert images(case.folder) == kept
         result = recipe_runner_cli("--reproduce", image_files(pristine)[0], "--out", scratch)
         assert result.code == 2 and f"process {holders[1].pid}" in result.err
+        case.check()
     finally:
         for holder in holders:
             holder.kill()
