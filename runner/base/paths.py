@@ -10,9 +10,57 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import stat
 from pathlib import Path
 
+from .report import warn
+
 TMP_MARK = ".tmp-"
+TMP_NAME = re.compile(r"\..+" + re.escape(TMP_MARK) + r"\d+")  # what atomic_write leaves when killed mid-write
+
+
+_said: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """:func:`warn`, once per message and process (a folder is read by the look before a run and by
+    the run itself)."""
+    if message not in _said:
+        _said.add(message)
+        warn(message)
+
+
+def regular_file(path: Path) -> bool:
+    """``path`` is a regular file itself (not a link to one, not a FIFO or device)."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def remove_temporary(folder: Path) -> list[str]:
+    """Remove what :func:`atomic_write` left in ``folder`` (and its history folders) when a process
+    was killed mid-write: ``.NAME.tmp-PID`` files and links. Only safe while the folder's run lock
+    (:mod:`recipe_runner.runlock`) is held: then no other process writes there. Returns the names."""
+    removed: list[str] = []
+    folders = [folder]
+    history = folder / "history"
+    if history.is_dir() and not history.is_symlink():
+        folders += [p for p in history.iterdir() if p.is_dir() and not p.is_symlink()]
+    for where in folders:
+        try:
+            entries = list(os.scandir(where))
+        except OSError:
+            continue
+        for entry in entries:
+            if TMP_NAME.fullmatch(entry.name) and (entry.is_symlink() or entry.is_file(follow_symlinks=False)):
+                try:
+                    os.unlink(entry.path)
+                except OSError:
+                    continue
+                removed.append(str(Path(entry.path).relative_to(folder)))
+    return removed
 
 
 def cache_dir() -> Path:

@@ -67,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
                         "never implied by a recipe")
     p.add_argument("--force", action="store_true",
                    help="regenerate every image, even unchanged ones (the images replaced are kept in the run's history folder)")
+    p.add_argument("--wait", action="store_true",
+                   help="when another recipe-run is writing into the same output folder, wait for it to end "
+                        "(default: refuse at once, exit 2, naming it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.add_argument("--debug", action="store_true", help="show the traceback of a failure while running")
     p.add_argument("--version", action="version", version=f"recipe-run {__version__}")
@@ -166,6 +169,7 @@ APPLIES = {  # option (dest) -> (its flag, the modes it applies to)
     "trust_remote_code": ("--trust-remote-code", {RUN, "dry_run", "lock", "reproduce", "watch"}),
     "no_progress": ("--no-progress", {RUN, "dry_run", "lock", "reproduce", "watch"}),  # harmless where nothing is drawn
     "force": ("--force", {RUN}),
+    "wait": ("--wait", {RUN, "reproduce", "watch"}),
     "strict_plugins": ("--strict-plugins", {RUN, "dry_run", "lock", "reproduce", "schema", "watch"}),
 }
 
@@ -231,7 +235,7 @@ def _main(args: argparse.Namespace) -> int:
         from ..running.reproduce import reproduce
 
         outcome = reproduce(args.reproduce, plugins, args.out, allow_pickle=args.allow_pickle,
-                            trust_remote_code=args.trust_remote_code, warn=warn)
+                            trust_remote_code=args.trust_remote_code, warn=warn, wait=args.wait)
         print(outcome.report())
         return EXIT_OK if outcome.identical else EXIT_FAILED
 
@@ -240,7 +244,7 @@ def _main(args: argparse.Namespace) -> int:
 
     options = Options(out=args.out if args.out is not None else Path("outputs"), allow_pickle=args.allow_pickle,
                       trust_remote_code=args.trust_remote_code, force=args.force,
-                      progress=False if args.no_progress else None)
+                      progress=False if args.no_progress else None, wait=args.wait)
     if mode == "watch":
         from ..running.watch import watch
 

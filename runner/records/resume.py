@@ -27,13 +27,15 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..base import paths
+from ..base.errors import RecipeError
 from ..base.filehashes import FileHashes
-from ..base.paths import atomic_write
+from ..base.paths import atomic_write, regular_file
 from ..pipelines.build import choose_dtype
 from ..pipelines.sources import SOURCES
 from ..plan.batches import Batch, plan
@@ -42,7 +44,8 @@ from ..plan.matrix import Job
 from .formats import extension
 from .journal import JOURNAL_GLOB, JOURNAL_NAME, RANK_JOURNAL, read_journal
 from .keys import Keys, job_keys
-from .manifest import MANIFEST_NAME, PARTIAL_GLOB, Manifest
+from .manifest import MANIFEST_NAME, PARTIAL_GLOB, Manifest, check_line, check_manifest
+from .names import plain_file_name, record_file
 from .outputs import read_embedded
 
 if TYPE_CHECKING:
@@ -61,6 +64,7 @@ class Previous:
     manifest: dict[str, Any] | None = None
     batch_setting: Any = None
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    bad: str | None = None  # what is wrong with its manifest.json, when it is not a valid manifest
 
 
 @dataclass
@@ -120,6 +124,9 @@ class ResumeState:
         present = [r for r in self.replaced if (folder / r.file).is_file() and not (folder / r.file).is_symlink()]
         if not present:
             return None
+        if (folder / HISTORY).is_symlink():  # checked before the run too (runlock.check_links)
+            raise RecipeError.one(f"the history folder {folder / HISTORY} is a symbolic link: refusing to move "
+                                  "images through it", file=str(folder / HISTORY))
         stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
         target = folder / HISTORY / stamp
         suffix = 1
@@ -141,35 +148,97 @@ class ResumeState:
         return target
 
 
-def read_previous(folder: Path) -> Previous:
-    """What ``folder`` holds from earlier runs, with the journals folded in (journal lines win)."""
+def read_previous(folder: Path, *, set_aside: bool = False, warn: Callable[[str], None] = paths.warn_once) -> Previous:
+    """What ``folder`` holds from earlier runs, with the journals folded in (journal lines win).
+
+    Every record is checked on read (:func:`recipe_runner.manifest.check_manifest`), and a record's
+    ``file`` is used only when it is a plain file name of the folder (others are ignored with a
+    warning). A ``manifest.json`` that is not valid JSON or not a valid manifest is reported in
+    ``Previous.bad``; with ``set_aside`` (a run holding the folder's lock), it is renamed to
+    ``manifest.json.bad-<UTC time>`` (kept, with a warning) and the folder is re-read from what its
+    images carry (their embedded job: key, batch), so a damaged manifest never blocks a folder."""
     manifest = None
+    bad = None
     path = folder / MANIFEST_NAME
-    if path.is_file() and not path.is_symlink():
+    if regular_file(path):
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, OSError):
+        except (ValueError, OSError) as exc:
+            bad = f"not valid JSON ({exc})" if isinstance(exc, ValueError) else None
             manifest = None
-    if not isinstance(manifest, dict):
+        else:
+            bad = check_manifest(manifest)
+    if bad is not None or not isinstance(manifest, dict):
         manifest = None
     records: dict[str, dict[str, Any]] = {}
+    batch_setting: Any = None
+    if bad is not None and set_aside:
+        aside = folder / f"{MANIFEST_NAME}.bad-{time.strftime('%Y-%m-%dT%H-%M-%SZ', time.gmtime())}"
+        os.replace(path, aside)
+        warn(f"{path}: not a valid manifest ({bad}): set aside as {aside.name}; the folder is re-read from "
+             "what its images carry")
+        records, batch_setting = embedded_records(folder)
     if manifest is not None:
         for record in manifest.get("images") or []:
-            if isinstance(record, dict) and isinstance(record.get("file"), str):
-                records[record["file"]] = record
+            records[record["file"]] = record
     for partial in sorted(folder.glob(PARTIAL_GLOB)):  # a distributed run that did not finish
         try:
-            part = json.loads(partial.read_text(encoding="utf-8"))
+            part = json.loads(partial.read_text(encoding="utf-8")) if regular_file(partial) else None
         except (ValueError, OSError):
             continue
-        for record in part.get("images") or [] if isinstance(part, dict) else []:
-            if isinstance(record, dict) and isinstance(record.get("file"), str) and record.get("status") == "done":
+        if part is None or check_manifest(part) is not None:
+            if part is not None:
+                warn(f"{partial}: not a valid partial manifest: ignored")
+            continue
+        for record in part["images"]:
+            if record.get("status") == "done":
                 records[record["file"]] = {**records.get(record["file"], {}), **record}
     for journal in [folder / JOURNAL_NAME, *sorted(folder.glob(RANK_JOURNAL.format(rank="*")))]:
+        invalid = 0
         for line in read_journal(journal):
-            records[line["file"]] = {**records.get(line["file"], {}), **line}
-    old_run = ((manifest.get("recipe") or {}).get("run") or {}) if manifest is not None else {}
-    return Previous(manifest, old_run.get("batch_size"), records)
+            if check_line(line):
+                records[line["file"]] = {**records.get(line["file"], {}), **line}
+            else:
+                invalid += 1
+        if invalid:
+            warn(f"{journal}: {invalid} line(s) that are not image records: ignored")
+    records = {name: record for name, record in records.items()
+               if record_file(folder, name, "a manifest or journal record", warn) is not None}
+    if manifest is not None:
+        batch_setting = ((manifest.get("recipe") or {}).get("run") or {}).get("batch_size")
+    return Previous(manifest, batch_setting, records, bad)
+
+
+def embedded_records(folder: Path) -> tuple[dict[str, dict[str, Any]], Any]:
+    """The image records of ``folder`` as its images carry them (each one's embedded job: index,
+    key, batch...; its status done, its sha256 that of the file as it is), and the ``run.batch_size``
+    setting their embedded recipe was made with. Only regular files with a plain image name whose
+    embedded job names that file are read."""
+    records: dict[str, dict[str, Any]] = {}
+    batch_setting: Any = None
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return records, None
+    for entry in entries:
+        if not plain_file_name(entry.name) or not entry.is_file(follow_symlinks=False):
+            continue
+        path = Path(entry.path)
+        try:
+            text = read_embedded(path)
+            job = json.loads(text.get("job") or "null")
+        except Exception:  # any file at all may sit under an image's name
+            continue
+        if not isinstance(job, dict) or job.get("file") != entry.name or not check_line(job):
+            continue
+        records[entry.name] = {**job, "status": "done", "sha256": paths.sha256_file(path)}
+        if batch_setting is None:
+            try:
+                recipe = json.loads(text.get("recipe") or "{}")
+                batch_setting = (recipe.get("run") or {}).get("batch_size")
+            except (ValueError, AttributeError):
+                pass
+    return records, batch_setting
 
 
 def resume(manifest: Manifest, jobs: Sequence[Job], keys: Keys, batch_size: int, batch_setting: int | str,
@@ -180,7 +249,7 @@ def resume(manifest: Manifest, jobs: Sequence[Job], keys: Keys, batch_size: int,
     does not read every finished image again."""
     hashes = hashes if hashes is not None else FileHashes()
     folder, files = manifest.folder, manifest.files()
-    previous = read_previous(folder)
+    previous = read_previous(folder, set_aside=True)
     records = previous.records
     state = ResumeState(jobs, [], keys, previous=previous)
     for job in jobs:
@@ -199,15 +268,18 @@ def resume(manifest: Manifest, jobs: Sequence[Job], keys: Keys, batch_size: int,
                 state.made[job.index] = record
                 continue
             reason = "changed on disk since it was written"
-        elif reason is None and not record and _embedded_key(path) == key:
-            state.done[job.index] = hashes.sha256(path)  # written just before a crash, before its journal line
+        elif reason is None and _embedded_key(path) == key:
+            # written just before a crash, before its journal line (its record still says pending,
+            # or how the job was made before): recognised by the key it carries
+            state.done[job.index] = hashes.sha256(path)
+            state.made[job.index] = {k: v for k, v in _embedded_job(path).items() if k in MADE_FIELDS}
             continue
         state.pending.add(job.index)
         state.regenerated.add(job.index)
         state.replaced.append(Replaced(name, reason or "its job changed since it was made", record))
     wanted = set(files)
     for name, record in records.items():
-        if name not in wanted and record.get("status") in ("done", "stale") and (folder / name).is_file():
+        if name not in wanted and record.get("status") in ("done", "stale") and regular_file(folder / name):
             state.replaced.append(Replaced(name, "no job of this recipe makes it any more", record))
     honoured = previous.batch_setting == batch_setting and not force
     state.batches = _batches(jobs, files, keys, batch_size, records if honoured else {}, state.pending)
@@ -290,12 +362,22 @@ def _made(record: dict[str, Any], old_files: dict[int, str], now: dict[str, int]
     return made
 
 
+MADE_FIELDS = ("batch", "batch_size", "batch_jobs", "rank", "index")
+
+
+def _embedded_job(path: Path) -> dict[str, Any]:
+    """The job an image carries ({} when it carries none or is unreadable)."""
+    try:
+        job = json.loads(read_embedded(path).get("job", "{}"))
+    except Exception:  # any file at all may sit under an image's name
+        return {}
+    return job if isinstance(job, dict) else {}
+
+
 def _embedded_key(path: Path) -> str | None:
     """The key an image carries in its embedded job (None when it carries none or is unreadable)."""
-    try:
-        return json.loads(read_embedded(path).get("job", "{}")).get("key")
-    except Exception:  # any file at all may sit under an image's name
-        return None
+    key = _embedded_job(path).get("key")
+    return key if isinstance(key, str) else None
 
 
 def remove_leftovers(folder: Path) -> None:
@@ -334,6 +416,8 @@ def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
     recipe = prepared.recipe
     folder = prepared.out_dir
     previous = read_previous(folder)
+    if previous.bad is not None:
+        return None  # the run sets the manifest aside and reads the images themselves
     old = previous.manifest
     if old is None or not previous.records:
         return None if old is not None else Peek(len(prepared.jobs), 0, 0, None, {v.id for v in prepared.variants})

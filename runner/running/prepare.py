@@ -38,6 +38,7 @@ class Options:
     trust_remote_code: bool = False  # --trust-remote-code
     force: bool = False  # --force: regenerate every job (what it replaces is kept in the history folder)
     progress: bool | None = None  # None: when stderr is a terminal
+    wait: bool = False  # --wait: wait for another run into the same folder to end, instead of refusing
     warn: Callable[[str], None] = warn
 
 

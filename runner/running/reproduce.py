@@ -5,7 +5,9 @@ An exact match needs the image's planned batch (batched kernels round differentl
 size and composition) and the CPU thread count it was made with (it changes CPU kernel rounding):
 the job chunk records ``batch`` and ``batch_jobs``, the environment chunk ``threads``. The whole
 batch is re-computed and only the image asked for is written, to a scratch folder (a new temporary
-folder, or ``--out``), never over the original. Without ``--out`` the temporary folder is removed
+folder, or ``--out``), never over the original: ``--out`` naming the image's own folder, or a run
+folder (one with a ``manifest.json`` that ``--reproduce`` did not make) is refused (exit 2). The
+pixels compared are those of the file given, read before anything is generated. Without ``--out`` the temporary folder is removed
 before returning when the pixels match (the report then names no file); when they differ, only the
 re-generated image is kept there, and the report names it, for inspection.
 
@@ -31,16 +33,19 @@ from ..base import environment
 from ..base.errors import RecipeError, RunError
 from ..pipelines.cache import ModelCache
 from ..plan.batches import Batch
+from ..plan.prepared import Prepared
 from ..plugin_api.failures import missing
 from ..plugin_api.manager import Plugins
 from ..recipe.loading import LoadedRecipe, load_data
 from ..records.outputs import read_embedded
+from ..records.runlock import hold
 from .execute import Execution
 from .prepare import Options, prepare_loaded
 from .progress import Progress
 from .session import start
 
 RECORDED_LIBRARIES = ("torch", "diffusers", "transformers")
+SCRATCH_MARK = ".recipe-run-reproduce"  # in a folder --reproduce writes to: it may write there again
 
 
 @dataclass
@@ -122,15 +127,20 @@ class Outcome:
 
 
 def reproduce(image: Path, plugins: Plugins, out: Path | None, *, allow_pickle: bool = False,
-              trust_remote_code: bool = False, warn: Callable[[str], None] = print) -> Outcome:
+              trust_remote_code: bool = False, warn: Callable[[str], None] = print, wait: bool = False) -> Outcome:
     """Re-generate ``image`` in its planned batch with its recorded thread count; compare pixels."""
     embedded = read(image)
+    try:
+        original = pixels(image)  # the file given, before anything is written anywhere
+    except Exception as exc:  # noqa: BLE001 - a file that reads as text chunks but not as pixels
+        raise RecipeError.one(f"cannot read the image's pixels: {type(exc).__name__}: {exc}", file=str(image)) from None
     loaded = load_data(embedded.recipe, recipe_path(embedded, image))
     if out is not None:
-        return _reproduce(image, embedded, loaded, plugins, out, allow_pickle, trust_remote_code, warn)
+        return _reproduce(image, original, embedded, loaded, plugins, out, allow_pickle, trust_remote_code, warn, wait)
     scratch = Path(tempfile.mkdtemp(prefix="recipe-run-reproduce-"))
     try:
-        outcome = _reproduce(image, embedded, loaded, plugins, scratch, allow_pickle, trust_remote_code, warn)
+        outcome = _reproduce(image, original, embedded, loaded, plugins, scratch, allow_pickle, trust_remote_code, warn,
+                             wait)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
@@ -144,14 +154,32 @@ def reproduce(image: Path, plugins: Plugins, out: Path | None, *, allow_pickle: 
     return outcome
 
 
-def _reproduce(image: Path, embedded: Embedded, loaded: LoadedRecipe, plugins: Plugins, scratch: Path, allow_pickle: bool,
-               trust_remote_code: bool, warn: Callable[[str], None]) -> Outcome:
+def check_scratch(image: Path, folder: Path) -> None:
+    """RecipeError (exit 2) when ``folder``, where the re-generated image would be written, is the
+    folder ``image`` is in, or a run's folder (its manifest and images would be rewritten)."""
+    if folder.resolve() == image.resolve().parent:
+        raise RecipeError.one(f"--out would write into {folder}, the folder the image is in: --reproduce never "
+                              "writes over the original or its run; give another folder", file=str(image))
+    if (folder / "manifest.json").exists() and not (folder / SCRATCH_MARK).is_file():
+        raise RecipeError.one(f"--out would write into {folder}, which holds a run (manifest.json): --reproduce "
+                              "never rewrites a run's folder; give another folder", file=str(image))
+
+
+def _reproduce(image: Path, original: Any, embedded: Embedded, loaded: LoadedRecipe, plugins: Plugins, scratch: Path,
+               allow_pickle: bool, trust_remote_code: bool, warn: Callable[[str], None], wait: bool) -> Outcome:
+    options = Options(out=scratch, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                      progress=False, warn=warn, wait=wait)
+    prepared = prepare_loaded(loaded, plugins, options)  # the safety policy applies to embedded recipes too
+    check_scratch(image, prepared.out_dir)
+    with hold(prepared.out_dir, wait=wait):  # one writer per folder, as for a run
+        check_scratch(image, prepared.out_dir)
+        return _regenerate(image, original, embedded, prepared, plugins, options, warn)
+
+
+def _regenerate(image: Path, original: Any, embedded: Embedded, prepared: Prepared, plugins: Plugins, options: Options,
+                warn: Callable[[str], None]) -> Outcome:
     import torch
 
-
-    options = Options(out=scratch, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                      progress=False, warn=warn)
-    prepared = prepare_loaded(loaded, plugins, options)  # the safety policy applies to embedded recipes too
     job_info, env = embedded.job, embedded.environment
     index = job_info.get("index")
     jobs = prepared.jobs
@@ -175,6 +203,7 @@ def _reproduce(image: Path, embedded: Embedded, loaded: LoadedRecipe, plugins: P
     threads = env.get("threads")
     if isinstance(threads, int) and threads > 0:
         torch.set_num_threads(threads)
+    (prepared.out_dir / SCRATCH_MARK).touch()  # a folder --reproduce writes to (it may again)
     try:
         started = start(prepared, plugins, options, ModelCache(), prepared.variant_of(job))  # only its pipeline
         execution = Execution(started.pipelines, started.writer, plugins.hook, started.images,
@@ -186,7 +215,7 @@ def _reproduce(image: Path, embedded: Embedded, loaded: LoadedRecipe, plugins: P
     produced = manifest.file_for(job)
     if not produced.is_file():
         raise RunError(f"the re-generated image was not written: {produced}")
-    a, b = pixels(image), pixels(produced)
+    a, b = original, pixels(produced)
     gone = missing(env.get("plugins"), plugins)
     if a.shape != b.shape:
         return Outcome(image, produced, False, 0.0, a.shape[0] * a.shape[1], a.shape[0] * a.shape[1], gone)

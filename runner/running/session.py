@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from ..base import environment, report
 from ..base.errors import RecipeError, RunError
 from ..base.interrupts import critical, graceful
+from ..base.paths import TMP_NAME
 from ..pipelines import build
 from ..pipelines.cache import ModelCache, Pipelines
 from ..pipelines.lock import COMMIT, cached_commit
@@ -38,6 +40,7 @@ from ..records.manifest import Manifest
 from ..records.outputs import Writer
 from ..records.provenance import environment_extras
 from ..records.resume import Peek, peek, remove_leftovers, resume
+from ..records.runlock import hold
 from ..views.gallery import write_gallery
 from ..views.grid import make_grid
 from . import distributed
@@ -190,6 +193,12 @@ def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: Mo
     when the caller has looked already (see :func:`first_variant`). Returns the manifest (the
     merged one on rank 0)."""
 
+    with hold(prepared.out_dir, wait=options.wait):  # one run per folder; held until grid and gallery are written
+        return _run_recipe(prepared, plugins, options, cache, pending)
+
+
+def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None,
+                pending: set[str] | None) -> dict[str, Any]:
     recipe = prepared.recipe
     started = start(prepared, plugins, options, cache if cache is not None else ModelCache(), pending=pending)
     ctx, dist, pipelines, images, manifest, writer = (started.ctx, started.dist, started.pipelines, started.images,
@@ -277,10 +286,60 @@ def up_to_date(prepared: Prepared, plugins: Plugins, found: Peek | None) -> dict
         return None
     out_dir = prepared.out_dir
     data: dict[str, Any] = found.manifest or {}
+    repair(prepared, data)
     plugins.hook.run_finished(recipe=prepared.recipe, output_dir=out_dir, manifest=data)
     print(f"{prepared.recipe.name}: {len(prepared.jobs)} images: {found.summary()}; nothing to do, "
           f"nothing loaded -> {display_path(out_dir)}/")
     return data
+
+
+def repair(prepared: Prepared, data: dict[str, Any]) -> None:
+    """A folder with nothing to do still gets what an earlier run failed to finish after its images
+    (a full disk while writing ``grid.png``, a kill mid-write): the missing contact sheets and
+    gallery are written and temporary files removed, under the folder's run lock. When another run
+    holds it, that run writes them."""
+    out_dir, output = prepared.out_dir, prepared.recipe.output
+    try:
+        names = [entry.name for entry in out_dir.iterdir()]
+    except OSError:
+        return
+    leftovers = any(TMP_NAME.fullmatch(name) for name in names)
+    sheets = output.grid and any(not (out_dir / s.file).is_file() for s in _sheets(out_dir, data))
+    gallery = output.gallery and "index.html" not in names
+    if not (leftovers or sheets or gallery):
+        return
+    try:
+        with hold(out_dir):  # removes the temporary files
+            if sheets:
+                make_grid(out_dir, data)
+            if sheets or gallery:
+                write_gallery(out_dir, as_recipe_says(prepared, data))
+    except RecipeError:
+        return  # another run is writing into the folder: it writes them
+
+
+def as_recipe_says(prepared: Prepared, data: dict[str, Any]) -> dict[str, Any]:
+    """The folder's manifest, for a page drawn without a run: only the records of this recipe's
+    jobs, with the input images and recipe folder the recipe names (a record never makes the
+    gallery read a file the recipe does not)."""
+    ext = extension(prepared.recipe.output.format)
+    jobs = {job.filename(ext): job for job in prepared.jobs}
+    images = []
+    for record in data.get("images") or []:
+        job = jobs.get(str(record.get("file"))) if isinstance(record, dict) else None
+        if job is not None:
+            images.append({**record, "image": job.image, "mask_image": job.mask_image})
+    environment = {**(data.get("environment") or {}), "recipe_folder": str(prepared.loaded.path.resolve().parent)}
+    return {**data, "environment": environment, "images": images}
+
+
+def _sheets(out_dir: Path, data: dict[str, Any]) -> list[Any]:
+    from ..views.grid import sheets_for
+
+    try:
+        return sheets_for(out_dir, data)
+    except Exception:  # an unreadable image: the next run that writes one draws the sheets
+        return []
 
 
 @dataclass
@@ -311,26 +370,36 @@ class Session:
                 manifests.append(unchanged)
         if not todo:
             return manifests
-        try:
-            before_loading([item for item, _ in todo])
-        except RecipeError as exc:
-            if not keep_going:
-                raise
-            report.problems(exc.problems)
-            return manifests
-        with graceful():  # first Ctrl-C: finish writing, flush the manifest, exit 130; second: at once
-            for item, pending in todo:
+        with ExitStack() as locks:
+            held = []
+            for item, pending in todo:  # every folder this invocation writes is ours before anything loads
                 try:
-                    manifests.append(run_recipe(item, self.plugins, self.options, self.cache, pending))
-                except RecipeError as exc:
+                    locks.enter_context(hold(item.out_dir, wait=self.options.wait))
+                    held.append((item, pending))
+                except RecipeError as exc:  # another run writes there
                     if not keep_going:
                         raise
                     report.problems(exc.problems)
-                except Exception as exc:  # a failure while running: reported, and the session goes on
-                    if not keep_going:
-                        raise
-                    if self.debug:
-                        traceback.print_exc()
-                    report.error(f"{item.recipe.name}: {exc if isinstance(exc, RunError) else f'{type(exc).__name__}: {exc}'}")
-                sys.stdout.flush()
+            try:
+                before_loading([item for item, _ in held])
+            except RecipeError as exc:
+                if not keep_going:
+                    raise
+                report.problems(exc.problems)
+                return manifests
+            with graceful():  # first Ctrl-C: finish writing, flush the manifest, exit 130; second: at once
+                for item, pending in held:
+                    try:
+                        manifests.append(run_recipe(item, self.plugins, self.options, self.cache, pending))
+                    except RecipeError as exc:
+                        if not keep_going:
+                            raise
+                        report.problems(exc.problems)
+                    except Exception as exc:  # a failure while running: reported, and the session goes on
+                        if not keep_going:
+                            raise
+                        if self.debug:
+                            traceback.print_exc()
+                        report.error(f"{item.recipe.name}: {exc if isinstance(exc, RunError) else f'{type(exc).__name__}: {exc}'}")
+                    sys.stdout.flush()
         return manifests

@@ -14,8 +14,10 @@ sha256. Printed: a short table (pairs identical and differing with PSNR and the 
 difference, jobs only in A, only in B, recipe differences by dotted key, environment
 differences). Written to DIR (default ``compare-report``): ``index.html`` (recipe diff, environment
 diff, each differing pair side by side with a difference heatmap, worst first; identical pairs
-folded; only-in-A / only-in-B), ``compare.json`` (the same, for scripts) and ``pairs/`` (the
-images it shows: hard links where the file system allows, else copies).
+folded; only-in-A / only-in-B), ``compare.json`` (the same, for scripts) and ``pairs/`` (copies of
+the images it shows, never links). A record's ``file`` is read only when it is a plain image file
+name in its side's folder and a regular file there (not a link, FIFO or device: such a record counts
+as an image that is not there, with a warning); a copy stops at :data:`MAX_COPY_BYTES`.
 
 Exit status like ``diff``: 0 every pair identical and the same jobs on both sides, 1 any difference
 in pixels or jobs, 2 bad input (a missing or unreadable manifest: one ``error:`` line). Recipe and
@@ -30,7 +32,7 @@ import json
 import math
 import os
 import re
-import shutil
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +40,8 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..base.paths import sha256_file
+from ..base.paths import regular_file, sha256_file
+from ..records.names import record_file
 from .jobfields import BOOKKEEPING, Described, canonical, describe, job_label, short_name, shorten
 from .metrics import METRICS
 
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
 EXIT_SAME, EXIT_DIFFERENT, EXIT_BAD = 0, 1, 2
 DEFAULT_OUT = Path("compare-report")
 PRINTED = 20  # rows per section of the printed table
+MAX_COPY_BYTES = 256 * 2**20  # an image copied into the report: larger ones are left out
 IDENTITY = ("prompt", "seed", "image", "mask_image")  # with vars.*: always part of a job's identity
 ENVIRONMENT_FIRST = ("torch", "diffusers", "transformers", "device", "device_name", "dtype", "threads",
                      "generator_device", "deterministic", "platform", "python", "recipe_runner")
@@ -148,6 +152,13 @@ class Pair:
         return (self.psnr if self.psnr is not None else -1.0, -(self.max_diff or 0))
 
 
+def image_file(side: Side, record: Mapping[str, Any]) -> Path | None:
+    """The image file a record of ``side`` names: a regular file with a plain name in the side's
+    folder, else None (a warning says why a record names something else)."""
+    path = record_file(side.folder, record.get("file"), f"a record of {side.given}")
+    return path if path is not None and regular_file(path) else None
+
+
 def _pixels(path: Path, mode: str) -> np.ndarray:
     import numpy as np
     from PIL import Image
@@ -182,9 +193,9 @@ def compare_pair(a: Side, b: Side, pair: Pair) -> None:
 
     assert pair.a is not None and pair.b is not None
     ra, rb = a.described.records[pair.a], b.described.records[pair.b]
-    fa, fb = a.folder / ra["file"], b.folder / rb["file"]
-    has_a, has_b = ra.get("status") == "done" and fa.is_file(), rb.get("status") == "done" and fb.is_file()
-    if not (has_a and has_b):
+    fa, fb = image_file(a, ra), image_file(b, rb)
+    has_a, has_b = ra.get("status") == "done" and fa is not None, rb.get("status") == "done" and fb is not None
+    if fa is None or fb is None or not (has_a and has_b):
         if ra.get("status") == rb.get("status") == "done" and ra.get("sha256") and ra.get("sha256") == rb.get("sha256"):
             pair.note = "same sha256 in both manifests"
             return
@@ -346,18 +357,41 @@ ul.jobs { font-size: 13px; columns: 2; }
 """
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def copy_bounded(source: Path, target: Path, limit: int | None = None) -> bool:
+    """Copy the regular file ``source`` to ``target`` (never a link, never through a link), at most
+    ``limit`` bytes (default :data:`MAX_COPY_BYTES`); False (and no ``target``) when it is not a
+    regular file or is larger."""
+    limit = MAX_COPY_BYTES if limit is None else limit
     target.unlink(missing_ok=True)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        os.link(source, target)
+        fd = os.open(source, flags)
     except OSError:
-        shutil.copyfile(source, target)
+        return False
+    with os.fdopen(fd, "rb") as src:
+        info = os.fstat(src.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return False
+        copied = 0
+        with open(target, "xb") as dst:
+            while chunk := src.read(1 << 20):
+                copied += len(chunk)
+                if copied > limit:  # grew while copied
+                    break
+                dst.write(chunk)
+        if copied > limit:
+            target.unlink(missing_ok=True)
+            return False
+    return True
 
 
 def write_report(result: Result, out: Path) -> Path:
     """``out/index.html``, ``out/compare.json`` and the images they show in ``out/pairs``."""
     from PIL import Image
 
+    for folder in (out, out / "pairs"):
+        if folder.is_symlink():
+            raise BadInput(f"--out {out}: {folder} is a symbolic link: the report is never written through one")
     out.mkdir(parents=True, exist_ok=True)
     pairs_dir = out / "pairs"
     pairs_dir.mkdir(exist_ok=True)
@@ -369,12 +403,11 @@ def write_report(result: Result, out: Path) -> Path:
         for side_name, side, i in (("a", result.a, p.a), ("b", result.b, p.b)):
             if i is None:
                 continue
-            record = side.described.records[i]
-            source = side.folder / record["file"]
-            if source.is_file():
+            source = image_file(side, side.described.records[i])
+            if source is not None:
                 target = pairs_dir / f"{n:05d}-{side_name}{source.suffix.lower()}"
-                _link_or_copy(source, target)
-                p.files[side_name] = f"pairs/{target.name}"
+                if copy_bounded(source, target):
+                    p.files[side_name] = f"pairs/{target.name}"
         if p.heat is not None:
             Image.fromarray(p.heat).save(pairs_dir / f"{n:05d}-diff.png", compress_level=1)
             p.files["diff"] = f"pairs/{n:05d}-diff.png"

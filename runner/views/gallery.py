@@ -31,7 +31,8 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..base.paths import atomic_write
+from ..base.paths import atomic_write, regular_file
+from ..records.names import record_file
 from . import refresh
 from .grid import grid_config, sheets_for
 from .jobfields import Described, describe, scheduler_label, short_name, value_text
@@ -275,8 +276,11 @@ def write_gallery(folder: Path, manifest: Mapping[str, Any]) -> Path:
 
 
     size = None
-    first = next((r for r in manifest.get("images") or [] if r.get("status") == "done"), None)
-    if first is not None and (folder / first["file"]).is_file():
+    images = [r for r in manifest.get("images") or [] if isinstance(r, dict)
+              and record_file(folder, r.get("file"), "a manifest record") is not None]  # plain names of this folder
+    manifest = {**manifest, "images": images}
+    first = next((r for r in images if r.get("status") == "done" and regular_file(folder / r["file"])), None)
+    if first is not None:
         with Image.open(folder / first["file"]) as image:
             size = image.size
     sheets: list[Sheet] = []

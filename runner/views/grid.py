@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..axes.registry import is_build_axis
-from ..base.paths import atomic_write
+from ..base.paths import atomic_write, regular_file
+from ..records.names import record_file
 from .jobfields import Described, canonical, describe, job_label, short_name, shorten
 
 if TYPE_CHECKING:
@@ -365,7 +366,10 @@ def _as_list(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def done_records(folder: Path, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in records if r.get("status") == "done" and (folder / r["file"]).is_file()]
+    """The records of images on disk: a plain file name of ``folder`` (:func:`record_file`), a
+    regular file there."""
+    return [r for r in records if r.get("status") == "done"
+            and (path := record_file(folder, r.get("file"), "a manifest record")) is not None and regular_file(path)]
 
 
 def sheets_for(folder: Path, manifest: Mapping[str, Any]) -> list[Sheet]:
