@@ -9,7 +9,6 @@ torch only when it has to build a pipeline that is not cached yet).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING
 from . import tiny
 from .errors import RecipeError
 from .loading import problem_at
+from .safe_read import sha256_regular
 
 if TYPE_CHECKING:
     from .loading import LoadedRecipe
@@ -85,10 +85,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def sha256_file(path: Path) -> str:
-    """The SHA-256 of a file's bytes (read in 1 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def sha256_file(path: Path, limit: int | None = None) -> str:
+    """The SHA-256 of a regular file's bytes (read in 1 MiB chunks, up to the size it had when
+    opened). A FIFO, device or ``/proc`` file is refused (:class:`safe_read.NotRegularFile`, an
+    OSError), never read: hashing one would hang or read without end."""
+    return sha256_regular(path, limit)
