@@ -20,6 +20,7 @@ from .labels import scheduler_label
 from .matrix import Job
 from .paths import atomic_write
 from .plan import Batch
+from .safe_read import read_text
 
 MANIFEST_NAME = "manifest.json"
 
@@ -88,7 +89,7 @@ class Manifest:
     @classmethod
     def load(cls, path: Path) -> Manifest:
         """A manifest written by :meth:`save` (ValueError or OSError when it is not readable)."""
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, follow=False, what="manifest"))
         manifest = cls(path.parent, data["recipe"], data["environment"],
                        [ImageRecord.from_json(r) for r in data["images"]], path=path,
                        optimizations=data.get("optimizations"), timings=data.get("timings"))

@@ -44,6 +44,7 @@ from .matrix import Job
 from .outputs import EXTENSIONS, read_embedded
 from .paths import atomic_write
 from .plan import Batch, plan
+from .safe_read import read_text
 
 if TYPE_CHECKING:
     from .prepare import Prepared
@@ -146,7 +147,7 @@ def read_previous(folder: Path) -> Previous:
     path = folder / MANIFEST_NAME
     if path.is_file() and not path.is_symlink():
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
+            manifest = json.loads(read_text(path, follow=False, what="manifest"))
         except (ValueError, OSError):
             manifest = None
     if not isinstance(manifest, dict):
@@ -158,7 +159,7 @@ def read_previous(folder: Path) -> Previous:
                 records[record["file"]] = record
     for partial in sorted(folder.glob(PARTIAL_GLOB)):  # a distributed run that did not finish
         try:
-            part = json.loads(partial.read_text(encoding="utf-8"))
+            part = json.loads(read_text(partial, follow=False, what="partial manifest"))
         except (ValueError, OSError):
             continue
         for record in part.get("images") or [] if isinstance(part, dict) else []:
@@ -185,8 +186,8 @@ def resume(manifest: Manifest, jobs: Sequence[Job], keys: Keys, batch_size: int,
     for job in jobs:
         name = files[job.index]
         path = folder / name
-        if path.is_symlink() or not path.exists():
-            state.pending.add(job.index)  # a planted link is replaced, never written through
+        if path.is_symlink() or not path.is_file():
+            state.pending.add(job.index)  # a planted link or FIFO is replaced, never written through or read
             continue
         record = records.get(name) or {}
         key = keys.of(job)
@@ -363,7 +364,7 @@ def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
     for job in prepared.jobs:
         name = job.filename(ext)
         path = folder / name
-        if path.is_symlink() or not path.exists():
+        if path.is_symlink() or not path.is_file():
             new += 1
             pending.add(job.variant)
             continue

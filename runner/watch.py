@@ -26,7 +26,6 @@ Light module at import (no torch, no diffusers): running a round imports them, a
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import traceback
@@ -44,6 +43,7 @@ from .pipelines import ModelCache, model_key
 from .plugin_manager import Plugins
 from .prepare import Options, Prepared, check_distinct_names, prepare_loaded
 from .run import run_recipe
+from .safe_read import MAX_IMAGE_BYTES, sha256_regular
 
 STEP_MS = 150  # a burst of saves ends after this long without another
 DEBOUNCE_MS = 1600  # and is cut after this long at most
@@ -53,9 +53,10 @@ Snapshot = dict[Path, str | None]  # file -> sha256 of its bytes when a round re
 
 
 def digest(path: Path) -> str | None:
-    """sha256 of a file's bytes; None when it cannot be read (absent, mid-rename)."""
+    """sha256 of a file's bytes; None when it cannot be read (absent, mid-rename, or not a regular
+    file: a FIFO put at a recipe's name is never opened for reading, so it cannot block the watcher)."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return sha256_regular(path, MAX_IMAGE_BYTES)
     except OSError:
         return None
 
