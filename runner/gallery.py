@@ -35,6 +35,7 @@ from . import refresh
 from .grid import grid_config, sheets_for
 from .jobfields import Described, describe, scheduler_label, short_name, value_text
 from .paths import atomic_write
+from .safe_read import open_image
 
 if TYPE_CHECKING:
     from .grid import Sheet
@@ -142,12 +143,11 @@ def _input_thumbs(manifest: Mapping[str, Any], folder: Path | None) -> dict[str,
     out: dict[str, str] = {}
     if not names or base is None:
         return out
-    from PIL import Image
 
     for i, name in enumerate(names):
         path = base / Path(name).expanduser()
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 image.thumbnail((THUMB, THUMB))
                 buffer = io.BytesIO()
                 image.convert("RGB").save(buffer, format="JPEG", quality=80)
@@ -271,13 +271,12 @@ def _chip_name(name: str) -> str:
 def write_gallery(folder: Path, manifest: Mapping[str, Any]) -> Path:
     """Write ``folder/index.html`` for ``manifest`` (atomically); returns its path. The contact
     sheets it shows are those the recipe's grid makes, when they are on disk."""
-    from PIL import Image
 
 
     size = None
     first = next((r for r in manifest.get("images") or [] if r.get("status") == "done"), None)
     if first is not None and (folder / first["file"]).is_file():
-        with Image.open(folder / first["file"]) as image:
+        with open_image(folder / first["file"]) as image:
             size = image.size
     sheets: list[Sheet] = []
     if grid_config(manifest.get("recipe") or {}).get("enabled", True):

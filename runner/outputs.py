@@ -23,6 +23,7 @@ from .manifest import ImageRecord, Manifest
 from .matrix import Job
 from .paths import atomic_write
 from .plan import Batch
+from .safe_read import open_image
 
 if TYPE_CHECKING:
     from .writing import Gate
@@ -84,9 +85,7 @@ def encode(image: Any, fmt: str, quality: int, text: dict[str, str] | None) -> b
 def read_embedded(path: Path) -> dict[str, str]:
     """The text an image carries (PNG text chunks, or the EXIF that :func:`encode` writes for
     webp/jpeg), e.g. {"recipe": ..., "job": ...}; {} when it carries none."""
-    from PIL import Image
-
-    with Image.open(path) as image:
+    with open_image(path) as image:  # a regular file, bounded: any file may sit under an image's name
         text = dict(getattr(image, "text", {}) or {})
         if not text and image.format in ("WEBP", "JPEG"):
             try:

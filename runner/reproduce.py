@@ -39,6 +39,7 @@ from .plugin_manager import Plugins
 from .prepare import Options, prepare_loaded
 from .progress import Progress
 from .run import start
+from .safe_read import ImageTooLarge, open_image
 
 RECORDED_LIBRARIES = ("torch", "diffusers", "transformers")
 
@@ -62,7 +63,7 @@ def read(image: Path) -> Embedded:
         raise RecipeError.one("no such image file", file=shown)
     try:
         text = read_embedded(image)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, ImageTooLarge) as exc:
         raise RecipeError.one(f"not an image: {exc}", file=shown) from None
     if "recipe" not in text or "job" not in text:
         raise RecipeError.one("the image carries no recipe (written with [output] metadata = false, "
@@ -94,9 +95,8 @@ def psnr(a: Any, b: Any) -> float:
 
 def pixels(path: Path) -> Any:
     import numpy as np
-    from PIL import Image
 
-    with Image.open(path) as image:
+    with open_image(path) as image:
         return np.asarray(image.convert("RGB")).copy()
 
 
