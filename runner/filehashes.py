@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .paths import atomic_write, cache_dir, sha256_file
-from .safe_read import read_text, size_text
+from .safe_read import NotRegularFile, read_text, size_text
 
 FILE_NAME = "file-hashes.json"
 SETTLED_NS = 2_000_000_000  # a file is remembered once it has not changed for this long
@@ -71,7 +71,13 @@ class FileHashes:
         with more than ``MAX_FOLDER_FILES`` files or ``MAX_FOLDER_BYTES`` bytes raises
         :class:`FolderTooLarge` before any is read; a file that is not a regular file in the end
         (a link to a FIFO, a device or a ``/proc`` file) raises OSError, never hangs."""
-        return {rel: self.sha256(path) for rel, path in list_folder(folder)}
+        found: dict[str, str] = {}
+        for rel, path in list_folder(folder):
+            try:
+                found[rel] = self.sha256(path)
+            except NotRegularFile as exc:  # named as the folder holds it, not only where its link points
+                raise NotRegularFile(f"{rel}: {exc}", exc.kind) from None
+        return found
 
     def save(self) -> None:
         """Remember what was hashed (entries of files that no longer exist are dropped)."""
@@ -92,6 +98,7 @@ def list_folder(folder: Path) -> list[tuple[str, Path]]:
     stops after ``MAX_FOLDER_ENTRIES`` entries)."""
     found: list[tuple[str, Path]] = []
     seen = total = 0
+    failed: OSError | None = None  # raised once the walk is done: the bounds speak first
     for root, dirs, files in os.walk(folder):
         seen += len(dirs) + len(files)
         if seen > MAX_FOLDER_ENTRIES:
@@ -99,14 +106,22 @@ def list_folder(folder: Path) -> list[tuple[str, Path]]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             path = Path(root) / name
-            if name.startswith(".") or not path.is_file():
+            if name.startswith("."):
+                continue
+            try:
+                if not path.is_file():
+                    continue
+                total += path.stat().st_size
+            except OSError as exc:
+                failed = failed or exc
                 continue
             found.append((path.relative_to(folder).as_posix(), path))
-            total += path.stat().st_size
             if len(found) > MAX_FOLDER_FILES:
                 raise FolderTooLarge(f"{folder} holds more than {MAX_FOLDER_FILES:,} files: not a model folder")
             if total > MAX_FOLDER_BYTES:
                 raise FolderTooLarge(f"{folder} holds more than {size_text(MAX_FOLDER_BYTES)}: not a model folder")
+    if failed is not None:
+        raise failed
     return found
 
 

@@ -350,7 +350,10 @@ def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
     recorded = {name: (record or {}).get("status") for name, record in (old.get("optimizations") or {}).items()}
     if any(recorded.get(e.name) is None for v in prepared.variants for e in v.enabled):
         return None
-    digests = {value: _sha256_bytes(read_bytes(source)) for value, source in prepared.inputs.items()}
+    try:
+        digests = {value: _sha256_bytes(read_bytes(source)) for value, source in prepared.inputs.items()}
+    except OSError:  # not a regular file, too large, unreadable: the inputs' preflight says so (exit 2)
+        return None
     hashes = hashes or FileHashes()
     revisions = dict(env.get("model_revisions") or {})  # recorded when a model axis loads several
     for variant in prepared.variants:

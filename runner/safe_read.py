@@ -95,7 +95,7 @@ class _Bounded(io.RawIOBase):
                 self._checked = True
                 try:
                     extra = os.read(self._fd, 1)
-                except BlockingIOError:
+                except OSError:  # EAGAIN, EINVAL: a special file (/proc/kmsg) that only says it is empty
                     extra = b"?"
                 if extra:
                     raise NotRegularFile(f"{self._path}: reads past its size (a special file): refused",
