@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,28 @@ def list_folder(folder: Path) -> list[tuple[str, Path]]:
                 raise FolderTooLarge(f"{folder} holds more than {size_text(MAX_FOLDER_BYTES)}: not a model folder")
     if failed is not None:
         raise failed
+    return found
+
+
+def special_files(folder: Path) -> list[str]:
+    """The names below ``folder`` (relative POSIX paths, hidden ones skipped, links followed) that
+    are FIFOs, devices or sockets: loading a model that holds one would block or read without end.
+    FolderTooLarge beyond MAX_FOLDER_ENTRIES (nothing opened: a stat per name)."""
+    found: list[str] = []
+    seen = 0
+    for root, dirs, files in os.walk(folder):
+        seen += len(dirs) + len(files)
+        if seen > MAX_FOLDER_ENTRIES:
+            raise FolderTooLarge(f"{folder} holds more than {MAX_FOLDER_ENTRIES:,} files and folders: not a model folder")
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = Path(root) / name
+            try:
+                mode = path.stat().st_mode
+            except OSError:  # a dangling link: nothing to read
+                continue
+            if not name.startswith(".") and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+                found.append(path.relative_to(folder).as_posix())
     return found
 
 

@@ -31,6 +31,8 @@ MAX_RECORD_BYTES = 512 << 20
 # An input image or an image given to --compare / --reproduce: a 8192 x 8192 16-bit RGBA PNG
 # stored without compression is 512 MiB; anything bigger is not an image this tool makes or takes.
 MAX_IMAGE_BYTES = 512 << 20
+# A model's JSON config (model_index.json, config.json, a tokenizer's files are not read here).
+MAX_CONFIG_BYTES = 16 << 20
 # Pixels decoded at most per image (width x height): 16384 x 16384, the largest contact sheet.
 MAX_IMAGE_PIXELS = 16384 * 16384
 

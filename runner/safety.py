@@ -18,9 +18,11 @@ from pathlib import Path
 
 from . import tiny
 from .errors import Problem, RecipeError, suggest
+from .filehashes import FolderTooLarge, special_files
 from .loading import LoadedRecipe, problem_at
 from .paths import locate
 from .recipe import Recipe
+from .safe_read import MAX_CONFIG_BYTES, read_text
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -70,9 +72,9 @@ def weight_folders(location: Path, subfolder: str | None = None) -> list[Path]:
     if not index.is_file():
         return [root]
     try:
-        names = [k for k, v in json.loads(index.read_text(encoding="utf-8")).items()
+        names = [k for k, v in json.loads(read_text(index, MAX_CONFIG_BYTES, what="model index")).items()
                  if not k.startswith("_") and isinstance(v, list)]
-    except (ValueError, OSError):
+    except (ValueError, OSError, AttributeError):
         return [root]
     return [root / name for name in names if (root / name).is_dir()]
 
@@ -97,8 +99,20 @@ def check_sources(recipe: Recipe, loaded: LoadedRecipe, *, allow_pickle: bool) -
         except RecipeError as exc:
             problems += exc.problems
             continue
-        if allow_pickle or not location.is_dir():
+        if not location.is_dir():
             continue  # a Hub id: diffusers is asked for safetensors only
+        try:
+            special = special_files(location)
+        except FolderTooLarge as exc:
+            problems.append(problem_at(loaded, key, str(exc)))
+            continue
+        if special:
+            problems.append(problem_at(loaded, key, f"{location} holds {', '.join(special[:3])}"
+                                       f"{' ...' if len(special) > 3 else ''}: not regular files (a FIFO, device or "
+                                       "socket would block the load or read without end)"))
+            continue
+        if allow_pickle:
+            continue
         for folder in weight_folders(location, subfolder):
             found = pickled_only(folder)
             if found:

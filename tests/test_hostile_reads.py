@@ -264,6 +264,22 @@ def test_a_run_with_such_a_model_folder_ends_with_exit_2(planted_model, tmp_path
     assert tree_digest(tmp_path, skip=out) == around
 
 
+@pytest.mark.parametrize("config", ["model_index.json", "unet/config.json"])
+def test_a_model_file_that_is_a_fifo_is_refused_before_anything_loads(recipe_runner_tiny_sd15, tmp_path, config):
+    model = tmp_path / "model"
+    shutil.copytree(recipe_runner_tiny_sd15, model)
+    (model / config).unlink()
+    os.mkfifo(model / config)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(T2I.format(name="fifo-config", model="./model"))
+    started = time.monotonic()
+    result = run_subprocess(recipe, "--dry-run", cwd=tmp_path, timeout=60)
+    assert time.monotonic() - started < 30
+    assert result.code == 2, result.err
+    assert "model.id" in result.err and f"holds {config}: not regular files" in result.err, result.err
+    assert "Traceback" not in result.err
+
+
 def test_lock_of_model_id_root_ends_at_once_with_exit_2(tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text(T2I.format(name="root", model="/"))
@@ -502,3 +518,116 @@ def test_compare_bounds_what_it_reads(tmp_path):
     assert result.code == 2 and "error:" in result.err and "3,221,225,472 bytes" in result.err, result.err
     assert "Traceback" not in result.err and time.monotonic() - started < 40
     assert digest_around(tmp_path, report) == outside
+
+
+# --- item 17: recursion, BOM, bidi, --set extends, malformed manifests --------------------------------
+
+
+def dry_run(recipe: Path, *args: Any) -> Any:
+    started = time.monotonic()
+    result = run_subprocess(recipe, "--dry-run", *args, cwd=recipe.parent, timeout=60)
+    assert time.monotonic() - started < 30
+    assert "Traceback" not in result.err and "RecursionError" not in result.err, result.err
+    return result
+
+
+BASE = '[model]\nid = "tiny:sd15"\n[matrix]\nprompts = ["a cat"]\nseeds = 1\n'
+
+
+@pytest.mark.parametrize("nested", [
+    "v = " + "[" * 5000 + "]" * 5000,
+    "v = " + "{a = " * 5000 + "1" + "}" * 5000,
+    ".".join(["a"] * 3000) + " = 1",
+    "[" + ".".join(["t"] * 3000) + "]\nx = 1",
+    "v = " + "[" * 40 + "]" * 40,
+])
+def test_deep_nesting_is_exit_2_with_a_message(tmp_path, nested):
+    recipe = tmp_path / "deep.toml"
+    recipe.write_text(nested + "\n" + BASE)
+    result = dry_run(recipe)
+    assert result.code == 2, result.err
+    assert "deep.toml" in result.err and "nest" in result.err and "32 levels" in result.err, result.err
+
+
+def test_a_dotted_key_of_moderate_depth_still_loads(tmp_path):
+    recipe = tmp_path / "ok.toml"
+    recipe.write_text(BASE + "[params]\ncross_attention_kwargs = { scale = 0.5 }\n")
+    assert dry_run(recipe).code == 0
+
+
+def test_a_1500_file_extends_chain_is_exit_2_with_a_message(tmp_path):
+    (tmp_path / "r0.toml").write_text(BASE)
+    for i in range(1, 1500):
+        (tmp_path / f"r{i}.toml").write_text(f'extends = "r{i - 1}.toml"\n')
+    result = dry_run(tmp_path / "r1499.toml")
+    assert result.code == 2, result.err
+    assert "extends chain is longer than 32 files" in result.err and "extends" in result.err
+    (tmp_path / "short.toml").write_text('extends = "r20.toml"\n')
+    assert dry_run(tmp_path / "short.toml").code == 0  # 22 files: fine
+
+
+def test_set_extends_is_refused_not_ignored(tmp_path):
+    (tmp_path / "base.toml").write_text(BASE + "[params]\nguidance_scale = 3.0\n")
+    (tmp_path / "r.toml").write_text(BASE)
+    result = dry_run(tmp_path / "r.toml", "--set", "extends=base.toml")
+    assert result.code == 2, result.err
+    assert "--set" in result.err and "cannot change extends" in result.err
+    assert dry_run(tmp_path / "r.toml", "--set", "params.guidance_scale=3.0").code == 0
+
+
+def test_a_bom_at_the_start_of_a_recipe_is_reported(tmp_path):
+    recipe = tmp_path / "bom.toml"
+    recipe.write_bytes(b"\xef\xbb\xbf" + BASE.encode())
+    result = dry_run(recipe)
+    assert result.code == 2, result.err
+    assert "bom.toml:1:" in result.err and "byte order mark" in result.err
+    recipe.write_bytes(BASE.encode())
+    assert dry_run(recipe).code == 0
+
+
+@pytest.mark.parametrize("name", ["x\u202egnp.exe", "a\u2066b", "tab\x7f", "line\u2028sep", "c1\x85"])
+def test_control_and_bidi_characters_are_refused_in_recipe_names(tmp_path, name):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"name = {json.dumps(name)}\n" + BASE, encoding="utf-8")
+    out = tmp_path / "out"
+    result = dry_run(recipe, "--out", out)
+    assert result.code == 2, result.err
+    assert "name" in result.err and "U+" in result.err and "control or bidirectional" in result.err
+    assert not out.exists()
+
+
+def test_emoji_and_accents_stay_fine_in_recipe_names(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "caf\u00e9 \U0001F468\u200D\U0001F469\u200D\U0001F467 \u0627\u0644\u0642\u0637"\n' + BASE,
+                      encoding="utf-8")
+    assert dry_run(recipe).code == 0
+
+
+MALFORMED = {
+    "prompt": ("images", 0, "prompt", [1]),
+    "seed": ("images", 0, "seed", {"a": 1}),
+    "vars": ("images", 0, "vars", [1]),
+    "params": ("images", 0, "params", "x"),
+    "index": ("images", 0, "index", "a"),
+    "status": ("images", 0, "status", 5),
+    "matrix": ("recipe", "matrix", [1]),
+    "axes": ("recipe", "matrix", {"axes": [1]}),
+    "scheduler": ("recipe", "scheduler", {"name": "x", "options": [1]}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_compare_on_a_malformed_manifest_exits_2_with_a_message(tmp_path, case):
+    a = compare_side(tmp_path / "A")
+    b = compare_side(tmp_path / "B")
+    data = json.loads((b / "manifest.json").read_text())
+    *path, value = MALFORMED[case]
+    node = data
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    (b / "manifest.json").write_text(json.dumps(data))
+    result = run_subprocess("--compare", a, b, "--out", tmp_path / "report", cwd=tmp_path, timeout=60)
+    assert result.code == 2, (result.code, result.err)
+    assert "error:" in result.err and "malformed manifest" in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "report").exists()
