@@ -87,7 +87,7 @@ def _open_url(request: Any, timeout: float) -> Any:
     import urllib.request
 
     class NoDowngrade(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
             new_scheme = urlparse(urljoin(req.full_url, newurl)).scheme
             if new_scheme != "https":
                 raise urllib.error.URLError(f"refused a redirect from https to {new_scheme}:// ({newurl})")

@@ -90,7 +90,7 @@ class _Bounded(io.RawIOBase):
     def fileno(self) -> int:
         return self._fd
 
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def, override]
+    def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         if self._left <= 0:
             if not self._checked:
@@ -146,7 +146,7 @@ def open_regular(path: str | Path, limit: int | None = None, *, follow: bool = T
         os.close(fd)
         raise
     with io.BufferedReader(raw, CHUNK) as reader:
-        yield reader  # type: ignore[misc]
+        yield reader
 
 
 def read_regular(path: str | Path, limit: int | None = None, *, follow: bool = True, what: str = "file") -> bytes:
