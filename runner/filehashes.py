@@ -31,7 +31,7 @@ SETTLED_NS = 2_000_000_000  # a file is remembered once it has not changed for t
 # hundred); a folder beyond these bounds is not a model (``model.id = "/"``) and is refused before
 # any file in it is read.
 MAX_FOLDER_FILES = 10_000
-MAX_FOLDER_ENTRIES = 100_000  # files and folders looked at while listing, hidden ones included
+MAX_FOLDER_ENTRIES = 20_000  # files and folders looked at while listing, hidden ones included
 MAX_FOLDER_BYTES = 4 << 40
 
 
