@@ -147,7 +147,7 @@ def open_image(data: bytes, mode: str) -> Any:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
         width, height = image.size  # from the header: nothing decoded yet
         if width * height > MAX_IMAGE_PIXELS:
-            raise ImageTooLarge(f"{width} x {height} pixels is more than the {MAX_IMAGE_PIXELS:,} an input image may have")
+            raise ImageTooLarge(f"{width} x {height} pixels, more than the input image limit of {MAX_IMAGE_PIXELS:,}")
         image.load()
     return ImageOps.exif_transpose(image).convert(mode)
 

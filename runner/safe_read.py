@@ -132,14 +132,14 @@ def open_regular(path: str | Path, limit: int | None = None, *, follow: bool = T
         fd = os.open(path, flags)
     except OSError as exc:
         if not follow and os.path.islink(path):
-            raise NotRegularFile(f"{path}: a symbolic link, not a {what}: refused", "a symbolic link") from None
+            raise NotRegularFile(f"{path}: a symbolic link, refused ({what})", "a symbolic link") from None
         raise exc
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise NotRegularFile(f"{path}: {_describe(st.st_mode)}, not a {what}: refused", _describe(st.st_mode))
+            raise NotRegularFile(f"{path}: {_describe(st.st_mode)}, not a regular file: refused", _describe(st.st_mode))
         if limit is not None and st.st_size > limit:
-            raise FileTooLarge(f"{path}: {size_text(st.st_size)}, more than the {size_text(limit)} a {what} may have",
+            raise FileTooLarge(f"{path}: {size_text(st.st_size)}, more than the {what} limit of {size_text(limit)}",
                                st.st_size)
         raw = _Bounded(fd, path, st.st_size)
     except BaseException:
@@ -194,5 +194,5 @@ def open_image(path: str | Path, limit: int = MAX_IMAGE_BYTES, max_pixels: int =
     width, height = image.size
     if width * height > max_pixels:
         image.close()
-        raise ImageTooLarge(f"{path}: {width} x {height} pixels, more than the {max_pixels:,} an {what} may have")
+        raise ImageTooLarge(f"{path}: {width} x {height} pixels, more than the {what} limit of {max_pixels:,}")
     return image
