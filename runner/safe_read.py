@@ -6,8 +6,9 @@ would block the run for good or be read until memory runs out; ``/proc`` files (
 say they are empty regular files and then read on. So every reader of such files goes through
 :func:`open_regular`: ``os.open`` with ``O_NONBLOCK`` (opening a FIFO returns at once), an
 ``fstat`` check of the opened file (``S_ISREG``: the file actually opened, not the name looked at
-before), a size bound; then reads stop at the size ``fstat`` gave, and a file that reads past it
-is refused (:class:`NotRegularFile`).
+before), a size bound; then reads stop at the size ``fstat`` gave (a file appended to meanwhile is
+read as it was when opened), and a file that says it is empty and reads on anyway is refused
+(:class:`NotRegularFile`).
 
 Errors are ``OSError`` subclasses, so the callers' existing ``except OSError`` (an unreadable
 manifest is "no manifest", an unreadable journal is "no journal") covers them.
@@ -75,14 +76,15 @@ def size_text(size: int) -> str:
 
 
 class _Bounded(io.RawIOBase):
-    """A regular file opened by :func:`open_regular`: reads end at the size ``fstat`` gave; a
-    read past it that returns data raises :class:`NotRegularFile`."""
+    """A regular file opened by :func:`open_regular`: reads end at the size ``fstat`` gave (a file
+    appended to meanwhile is read as it was when opened). A file that says it is empty and yet
+    returns data (``/proc/self/pagemap``, ``/proc/kmsg``) raises :class:`NotRegularFile`."""
 
     def __init__(self, fd: int, path: Path, size: int):
         self._fd = fd
         self._path = path
         self._left = size
-        self._checked = False
+        self._checked = size > 0  # only a file that says it is empty is probed past its size
 
     def readable(self) -> bool:
         return True

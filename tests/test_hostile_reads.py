@@ -631,3 +631,16 @@ def test_compare_on_a_malformed_manifest_exits_2_with_a_message(tmp_path, case):
     assert result.code == 2, (result.code, result.err)
     assert "error:" in result.err and "malformed manifest" in result.err and "Traceback" not in result.err
     assert not (tmp_path / "report").exists()
+
+
+def test_a_file_appended_to_while_it_is_read_is_read_as_it_was_when_opened(tmp_path):
+    from recipe_runner.safe_read import open_regular, read_regular
+
+    journal = tmp_path / ".manifest.journal.jsonl"
+    journal.write_bytes(b'{"file": "a.png"}\n')
+    with open_regular(journal) as fh:
+        with open(journal, "ab") as writer:  # another process appends a line meanwhile
+            writer.write(b'{"file": "b.png"}\n')
+        assert fh.read() == b'{"file": "a.png"}\n'
+    (tmp_path / "empty").write_bytes(b"")
+    assert read_regular(tmp_path / "empty") == b""
