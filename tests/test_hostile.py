@@ -259,13 +259,11 @@ def test_url_downloads_are_size_capped(monkeypatch):
         seen["timeout"] = timeout
         return Response(b"x" * 101)
 
-    import urllib.request
-
-    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(inputs, "_open_url", fake_urlopen)
     monkeypatch.setattr(inputs, "URL_MAX_BYTES", 100)
     with pytest.raises(ValueError, match="larger than"):
         inputs.read_bytes("https://example.org/huge.png")
-    assert seen["timeout"] == inputs.URL_TIMEOUT
+    assert seen["timeout"] == inputs.URL_DEADLINE
 
 
 def test_recipe_files_beyond_the_size_cap_are_refused(recipe_runner_cli, tmp_path):

@@ -17,14 +17,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
 
 from .paths import atomic_write, cache_dir, sha256_file
+from .safe_read import NotRegularFile, read_text, size_text
 
 FILE_NAME = "file-hashes.json"
 SETTLED_NS = 2_000_000_000  # a file is remembered once it has not changed for this long
+# A model folder is a handful of configs and weight files (a Hub snapshot with every variant, a few
+# hundred); a folder beyond these bounds is not a model (``model.id = "/"``) and is refused before
+# any file in it is read.
+MAX_FOLDER_FILES = 10_000
+MAX_FOLDER_ENTRIES = 20_000  # files and folders looked at while listing, hidden ones included
+MAX_FOLDER_BYTES = 4 << 40
+
+
+class FolderTooLarge(ValueError):
+    """A model folder with more files or bytes than a model has: nothing in it is hashed."""
 
 
 class FileHashes:
@@ -33,7 +45,7 @@ class FileHashes:
     def __init__(self, path: Path | None = None):
         self.path = path if path is not None else cache_dir() / FILE_NAME
         try:
-            known = json.loads(self.path.read_text(encoding="utf-8"))
+            known = json.loads(read_text(self.path))
         except (OSError, ValueError):
             known = {}
         self.known: dict[str, dict[str, Any]] = known if isinstance(known, dict) else {}
@@ -55,14 +67,17 @@ class FileHashes:
         return digest
 
     def folder(self, folder: Path) -> dict[str, str]:
-        """SHA-256 of every regular file below ``folder`` by relative POSIX path (hidden ones skipped)."""
+        """SHA-256 of every regular file below ``folder`` by relative POSIX path (hidden ones skipped;
+        links to files followed, links to folders not). The files are listed first, and a folder
+        with more than ``MAX_FOLDER_FILES`` files or ``MAX_FOLDER_BYTES`` bytes raises
+        :class:`FolderTooLarge` before any is read; a file that is not a regular file in the end
+        (a link to a FIFO, a device or a ``/proc`` file) raises OSError, never hangs."""
         found: dict[str, str] = {}
-        for root, dirs, files in os.walk(folder):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(files):
-                path = Path(root) / name
-                if not name.startswith(".") and path.is_file():
-                    found[path.relative_to(folder).as_posix()] = self.sha256(path)
+        for rel, path in list_folder(folder):
+            try:
+                found[rel] = self.sha256(path)
+            except NotRegularFile as exc:  # named as the folder holds it, not only where its link points
+                raise NotRegularFile(f"{rel}: {exc}", exc.kind) from None
         return found
 
     def save(self) -> None:
@@ -76,6 +91,61 @@ class FileHashes:
         except OSError:
             pass  # a read-only cache only costs hashing again next time
         self.hashed = 0
+
+
+def list_folder(folder: Path) -> list[tuple[str, Path]]:
+    """The regular files below ``folder`` that :meth:`FileHashes.folder` hashes, in order, by
+    relative POSIX path; FolderTooLarge beyond the bounds (counted while listing: a walk of ``/``
+    stops after ``MAX_FOLDER_ENTRIES`` entries)."""
+    found: list[tuple[str, Path]] = []
+    seen = total = 0
+    failed: OSError | None = None  # raised once the walk is done: the bounds speak first
+    for root, dirs, files in os.walk(folder):
+        seen += len(dirs) + len(files)
+        if seen > MAX_FOLDER_ENTRIES:
+            raise FolderTooLarge(f"{folder} holds more than {MAX_FOLDER_ENTRIES:,} files and folders: not a model folder")
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = Path(root) / name
+            if name.startswith("."):
+                continue
+            try:
+                if not path.is_file():
+                    continue
+                total += path.stat().st_size
+            except OSError as exc:
+                failed = failed or exc
+                continue
+            found.append((path.relative_to(folder).as_posix(), path))
+            if len(found) > MAX_FOLDER_FILES:
+                raise FolderTooLarge(f"{folder} holds more than {MAX_FOLDER_FILES:,} files: not a model folder")
+            if total > MAX_FOLDER_BYTES:
+                raise FolderTooLarge(f"{folder} holds more than {size_text(MAX_FOLDER_BYTES)}: not a model folder")
+    if failed is not None:
+        raise failed
+    return found
+
+
+def special_files(folder: Path) -> list[str]:
+    """The names below ``folder`` (relative POSIX paths, hidden ones skipped, links followed) that
+    are FIFOs, devices or sockets: loading a model that holds one would block or read without end.
+    FolderTooLarge beyond MAX_FOLDER_ENTRIES (nothing opened: a stat per name)."""
+    found: list[str] = []
+    seen = 0
+    for root, dirs, files in os.walk(folder):
+        seen += len(dirs) + len(files)
+        if seen > MAX_FOLDER_ENTRIES:
+            raise FolderTooLarge(f"{folder} holds more than {MAX_FOLDER_ENTRIES:,} files and folders: not a model folder")
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = Path(root) / name
+            try:
+                mode = path.stat().st_mode
+            except OSError:  # a dangling link: nothing to read
+                continue
+            if not name.startswith(".") and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+                found.append(path.relative_to(folder).as_posix())
+    return found
 
 
 def combined(files: dict[str, str]) -> str:

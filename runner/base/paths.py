@@ -8,13 +8,13 @@ Light module: the standard library only.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
 from pathlib import Path
 
 from .report import warn
+from .safe_read import sha256_regular
 
 TMP_MARK = ".tmp-"
 TMP_NAME = re.compile(r"\..+" + re.escape(TMP_MARK) + r"\d+")  # what atomic_write leaves when killed mid-write
@@ -107,10 +107,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def sha256_file(path: Path) -> str:
-    """The SHA-256 of a file's bytes (read in 1 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def sha256_file(path: Path, limit: int | None = None) -> str:
+    """The SHA-256 of a regular file's bytes (read in 1 MiB chunks, up to the size it had when
+    opened). A FIFO, device or ``/proc`` file is refused (:class:`safe_read.NotRegularFile`, an
+    OSError), never read: hashing one would hang or read without end."""
+    return sha256_regular(path, limit)

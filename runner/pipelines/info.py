@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..base.paths import atomic_write, cache_dir
+from ..base.safe_read import MAX_CONFIG_BYTES, read_text
 from ..plan.checks import ANY, BOOL, FLOAT, INT, NONE, STR, Parameter, T, from_default, union
 
 TASK_MAPPINGS = {"image-to-image": "AUTO_IMAGE2IMAGE_PIPELINES_MAPPING",
@@ -44,7 +45,7 @@ class ModelInfo:
 
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, MAX_CONFIG_BYTES, what="config file"))  # a FIFO at its name: None
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -95,7 +96,7 @@ def hub_snapshot(repo: str, revision: str | None) -> Path | None:
     commit = revision if revision and re.fullmatch(r"[0-9a-f]{40}", revision) else None
     if commit is None:
         try:
-            commit = (root / "refs" / (revision or "main")).read_text(encoding="utf-8").strip()
+            commit = read_text(root / "refs" / (revision or "main"), 4096).strip()
         except OSError:
             return None
     folder = root / "snapshots" / commit

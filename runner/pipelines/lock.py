@@ -27,8 +27,9 @@ from typing import Any
 from .. import __version__
 from ..axes.registry import KINDS
 from ..base.errors import Problem, RecipeError, RunError
-from ..base.filehashes import FileHashes, combined
+from ..base.filehashes import FileHashes, FolderTooLarge, combined
 from ..base.paths import atomic_write
+from ..base.safe_read import read_text
 from ..recipe.loading import LoadedRecipe, display_path
 from ..recipe.model import Recipe
 from .sources import locate
@@ -96,7 +97,7 @@ def cached_commit(repo_id: str, revision: str) -> str | None:
         from huggingface_hub import constants
 
         ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / revision
-        text = ref.read_text().strip()
+        text = read_text(ref, 4096).strip()
     except Exception:
         return None
     return text if COMMIT.fullmatch(text) else None
@@ -110,6 +111,17 @@ def local_root(ref: Reference, loaded: LoadedRecipe) -> Path | None:
     return location / ref.subfolder if ref.subfolder else location
 
 
+def hash_folder(ref: Reference, root: Path, loaded: LoadedRecipe, hashes: FileHashes) -> dict[str, str]:
+    """The file hashes of a local model folder; RecipeError (exit 2, at the key that names it) for a
+    folder too large to be a model or a file in it that is not a regular file (nothing hangs)."""
+    try:
+        return hashes.folder(root)
+    except FolderTooLarge as exc:
+        raise loaded.error(ref.id_key, str(exc)) from None
+    except OSError as exc:
+        raise loaded.error(ref.id_key, f"cannot hash the model folder: {exc}") from None
+
+
 def resolve_reference(ref: Reference, loaded: LoadedRecipe, hashes: FileHashes) -> dict[str, Any]:
     """The lock entry of one reference, as it is now."""
     entry: dict[str, Any] = {"id": ref.id, "revision": ref.revision}
@@ -117,7 +129,7 @@ def resolve_reference(ref: Reference, loaded: LoadedRecipe, hashes: FileHashes) 
         entry["subfolder"] = ref.subfolder
     root = local_root(ref, loaded)
     if root is not None:
-        files = hashes.folder(root)
+        files = hash_folder(ref, root, loaded, hashes)
         if not files:
             raise loaded.error(ref.id_key, f"no files to hash in {root}")
         entry.update(kind="local", sha256=combined(files), files=files)
@@ -134,7 +146,7 @@ def local_weights(recipe: Recipe, loaded: LoadedRecipe, hashes: FileHashes) -> d
     for ref in references(recipe, loaded):
         root = local_root(ref, loaded)
         if root is not None and root.is_dir():
-            found[ref.key] = combined(hashes.folder(root))
+            found[ref.key] = combined(hash_folder(ref, root, loaded, hashes))
     return found
 
 
@@ -175,7 +187,7 @@ def read_lock(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError.one("no lock file: write one with recipe-run --lock RECIPE (and commit it)", file=shown)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, what="lock file"))
     except (OSError, ValueError) as exc:
         raise RecipeError.one(f"unreadable lock file: {exc}", file=shown) from exc
     if not isinstance(data, dict) or data.get("lock_version") != LOCK_VERSION or not isinstance(data.get("models"), dict):

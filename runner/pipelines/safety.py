@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 
 from ..base.errors import Problem, RecipeError
+from ..base.filehashes import FolderTooLarge, special_files
+from ..base.safe_read import MAX_CONFIG_BYTES, read_text
 from ..recipe.loading import LoadedRecipe, problem_at
 from ..recipe.model import Recipe
 from .sources import SOURCES, locate
@@ -69,9 +71,9 @@ def weight_folders(location: Path, subfolder: str | None = None) -> list[Path]:
     if not index.is_file():
         return [root]
     try:
-        names = [k for k, v in json.loads(index.read_text(encoding="utf-8")).items()
+        names = [k for k, v in json.loads(read_text(index, MAX_CONFIG_BYTES, what="model index")).items()
                  if not k.startswith("_") and isinstance(v, list)]
-    except (ValueError, OSError):
+    except (ValueError, OSError, AttributeError):
         return [root]
     return [root / name for name in names if (root / name).is_dir()]
 
@@ -96,8 +98,20 @@ def check_sources(recipe: Recipe, loaded: LoadedRecipe, *, allow_pickle: bool) -
         except RecipeError as exc:
             problems += exc.problems
             continue
-        if allow_pickle or not location.is_dir():
+        if not location.is_dir():
             continue  # a Hub id: diffusers is asked for safetensors only
+        try:
+            special = special_files(location)
+        except FolderTooLarge as exc:
+            problems.append(problem_at(loaded, key, str(exc)))
+            continue
+        if special:
+            problems.append(problem_at(loaded, key, f"{location} holds {', '.join(special[:3])}"
+                                       f"{' ...' if len(special) > 3 else ''}: not regular files (a FIFO, device or "
+                                       "socket would block the load or read without end)"))
+            continue
+        if allow_pickle:
+            continue
         for folder in weight_folders(location, subfolder):
             found = pickled_only(folder)
             if found:

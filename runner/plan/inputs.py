@@ -2,7 +2,8 @@
 names them) and https URLs, checked before any model loads and opened before any image is made.
 
 Only image formats are opened; Pillow's decompression-bomb limit is an error, not a warning;
-URLs are fetched with a timeout and a size cap, and refused when running offline.
+URLs are fetched within an overall deadline and a size cap (https only, redirects too), and refused
+when running offline. Local files are read only when they are regular files within a size bound.
 """
 
 from __future__ import annotations
@@ -10,19 +11,22 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 from ..base.errors import Problem, RecipeError
 from ..recipe.loading import LoadedRecipe, problem_at
 from .matrix import Job
+from .safe_read import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, FileTooLarge, ImageTooLarge, read_regular
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
-URL_TIMEOUT = 30.0
+URL_DEADLINE = 30.0  # seconds for a whole URL fetch, redirects and every read together
 URL_MAX_BYTES = 50 << 20
+INPUT_MAX_BYTES = MAX_IMAGE_BYTES  # a local input image's file
 OFFLINE_ENVS = ("RECIPE_RUNNER_OFFLINE", "HF_HUB_OFFLINE")
 
 
@@ -69,17 +73,70 @@ def inputs_of(recipe_matrix: Any) -> dict[str, str]:
 
 
 def read_bytes(source: str) -> bytes:
-    """The bytes of a local file or an https URL (timeout, size cap)."""
+    """The bytes of a local file (a regular file of at most INPUT_MAX_BYTES: a FIFO or device at
+    its name is refused, never read) or an https URL (see :func:`fetch`)."""
     if not is_url(source):
-        return Path(source).read_bytes()
-    import urllib.request  # only when there is a URL to fetch: it costs ~40 ms to import
+        return read_regular(source, INPUT_MAX_BYTES, what="input image")
+    return fetch(source)
 
-    request = urllib.request.Request(source, headers={"User-Agent": "recipe-runner"})
-    with urllib.request.urlopen(request, timeout=URL_TIMEOUT) as response:  # noqa: S310 - https only
-        data = response.read(URL_MAX_BYTES + 1)
-    if len(data) > URL_MAX_BYTES:
-        raise ValueError(f"larger than {URL_MAX_BYTES >> 20} MiB")
-    return data
+
+def _open_url(request: Any, timeout: float) -> Any:
+    """urlopen, following redirects from https to https only (urllib imported here: it costs
+    ~40 ms, paid only when there is a URL to fetch)."""
+    import urllib.error
+    import urllib.request
+
+    class NoDowngrade(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                             newurl: str) -> urllib.request.Request | None:
+            new_scheme = urlparse(urljoin(req.full_url, newurl)).scheme
+            if new_scheme != "https":
+                raise urllib.error.URLError(f"refused a redirect from https to {new_scheme}:// ({newurl})")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return urllib.request.build_opener(NoDowngrade).open(request, timeout=timeout)
+
+
+def fetch(url: str, deadline: float | None = None) -> bytes:
+    """The bytes behind an https URL, within URL_DEADLINE seconds in all (connecting, redirects and
+    every read together, not per read: a server that sends a byte a second is cut off too), at
+    most URL_MAX_BYTES. A redirect to anything but https is refused. TimeoutError, URLError or
+    ValueError otherwise."""
+    deadline = URL_DEADLINE if deadline is None else deadline
+    if urlparse(url).scheme != "https":
+        raise ValueError(f"only https URLs are fetched: {url!r}")
+    result: dict[str, Any] = {}
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            import urllib.request
+
+            request = urllib.request.Request(url, headers={"User-Agent": "recipe-runner"})
+            chunks: list[bytes] = []
+            total = 0
+            with _open_url(request, max(0.1, deadline)) as response:
+                while not stop.is_set():
+                    chunk = response.read1(1 << 16)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    total += len(chunk)
+                    if total > URL_MAX_BYTES:
+                        raise ValueError(f"larger than {URL_MAX_BYTES >> 20} MiB")
+            result["data"] = b"".join(chunks)
+        except BaseException as exc:  # handed to the caller's thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=work, name="recipe-runner-fetch", daemon=True)
+    worker.start()
+    worker.join(deadline)
+    if worker.is_alive():
+        stop.set()  # the worker ends at its next read (each read is bounded by the socket timeout)
+        raise TimeoutError(f"not fetched within {deadline:g} s")
+    if "error" in result:
+        raise result["error"]
+    return result["data"]
 
 
 def open_image(data: bytes, mode: str) -> Any:
@@ -89,6 +146,9 @@ def open_image(data: bytes, mode: str) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image = Image.open(io.BytesIO(data), formats=FORMATS)
+        width, height = image.size  # from the header: nothing decoded yet
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ImageTooLarge(f"{width} x {height} pixels, more than the input image limit of {MAX_IMAGE_PIXELS:,}")
         image.load()
     return ImageOps.exif_transpose(image).convert(mode)
 
@@ -120,7 +180,7 @@ class InputImages:
                 if is_url(source):
                     self._fetched[source] = data
                 self.sizes[value] = open_image(data, "RGB").size
-            except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            except (Image.DecompressionBombWarning, Image.DecompressionBombError, ImageTooLarge, FileTooLarge) as exc:
                 problems.append(problem_at(self._loaded, key, f"refused: {exc}"))
             except Exception as exc:
                 problems.append(problem_at(self._loaded, key, f"cannot read image {value!r}: {type(exc).__name__}: {exc}"))

@@ -177,18 +177,23 @@ def _check(recipe: Recipe, loaded: LoadedRecipe | None) -> list[Problem]:
 
 
 def _prompt_combos(recipe: Recipe, template: str) -> list[dict[str, str]]:
-    names = list(dict.fromkeys(placeholders(template) + [
-        n for k in TEMPLATED_PARAMS if isinstance(recipe.params.get(k), str) for n in placeholders(recipe.params[k])
-    ]))
+    names = _prompt_names(recipe, template)
     return [dict(zip(names, values)) for values in itertools.product(*(recipe.matrix.vars[n] for n in names))]
 
 
+def _prompt_names(recipe: Recipe, template: str) -> list[str]:
+    return list(dict.fromkeys(placeholders(template) + [
+        n for k in TEMPLATED_PARAMS if isinstance(recipe.params.get(k), str) for n in placeholders(recipe.params[k])
+    ]))
+
+
 def count(recipe: Recipe) -> int:
-    """How many jobs the matrix makes, without making them."""
+    """How many jobs the matrix makes, by multiplication: nothing is built (a 100^5 matrix of
+    vars is counted, and refused by run.max_jobs, in microseconds)."""
     m = recipe.matrix
     if m.mode == "zip":
         return len(m.prompts)
-    prompts = sum(len(_prompt_combos(recipe, p)) for p in m.prompts)
+    prompts = sum(math.prod(len(m.vars[n]) for n in _prompt_names(recipe, p)) for p in m.prompts)
     axes = math.prod(len(v) for v in m.axes.values())
     return axes * prompts * max(1, len(m.images)) * len(m.seeds)
 

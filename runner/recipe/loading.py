@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..base.errors import Problem, RecipeError
+from ..base.safe_read import FileTooLarge, NotRegularFile, read_regular
 from .lines import key_lines, line_of
 
 if sys.version_info >= (3, 11):
@@ -27,6 +28,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is text written by people; 1 MiB is far beyond any real one
+MAX_DEPTH = 32  # tables and arrays inside each other; a real recipe nests 6 deep at most
+MAX_EXTENDS = 32  # files in one extends chain
 SET_ORIGIN = "--set"
 
 
@@ -87,24 +90,27 @@ def display_path(path: Path) -> str:
 
 
 def read_toml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
-    """Parse one file; returns (data, key -> line). Any failure is a RecipeError naming the file."""
+    """Parse one file; returns (data, key -> line). Any failure is a RecipeError naming the file.
+    Only a regular file is read (a FIFO or ``/dev/zero`` at a recipe's name is refused, never
+    read), of at most MAX_RECIPE_BYTES, nested at most MAX_DEPTH tables and arrays deep."""
     shown = display_path(path)
     try:
-        size = path.stat().st_size
+        raw = read_regular(path, MAX_RECIPE_BYTES, what="recipe file")
+    except FileTooLarge as exc:
+        raise RecipeError.one(
+            f"recipe is {exc.size:,} bytes; recipes are limited to {MAX_RECIPE_BYTES:,}", file=shown
+        ) from None
+    except NotRegularFile as exc:
+        raise RecipeError.one(f"not a file: {exc.kind}, never read", file=shown) from None
     except OSError as exc:
         raise RecipeError.one(f"cannot read recipe: {exc.strerror or exc}", file=shown) from None
-    if not path.is_file():
-        raise RecipeError.one("not a file", file=shown)
-    if size > MAX_RECIPE_BYTES:
-        raise RecipeError.one(
-            f"recipe is {size:,} bytes; recipes are limited to {MAX_RECIPE_BYTES:,}", file=shown
-        )
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise RecipeError.one("the file starts with a UTF-8 byte order mark (BOM): TOML files are UTF-8 without "
+                              "one; save it again as plain UTF-8", file=shown, line=1)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise RecipeError.one("not UTF-8 text: a recipe is a TOML file", file=shown) from None
-    except OSError as exc:
-        raise RecipeError.one(f"cannot read recipe: {exc.strerror or exc}", file=shown) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -113,11 +119,34 @@ def read_toml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         line = int(match.group(1)) if match else None
         message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", message)
         raise RecipeError.one(f"invalid TOML: {message}", file=shown, line=line) from None
+    except RecursionError:
+        raise RecipeError.one(f"arrays or tables nested too deeply: a recipe nests at most {MAX_DEPTH} levels",
+                              file=shown) from None
+    too_deep = _too_deep(data)
+    if too_deep is not None:
+        raise RecipeError.one(f"nested more than {MAX_DEPTH} levels deep (a dotted key of too many parts, or arrays or "
+                              f"tables inside each other): a recipe nests at most {MAX_DEPTH} levels",
+                              key=too_deep, file=shown)
     try:
         lines = key_lines(text)
     except Exception:  # positions are a courtesy; never let them hide the real error
         lines = {}
     return data, lines
+
+
+def _too_deep(data: dict[str, Any]) -> str | None:
+    """The dotted key (its first MAX_DEPTH parts) where ``data`` nests deeper than MAX_DEPTH, else
+    None. Iterative: it must not be what overflows the stack."""
+    stack: list[tuple[Any, list[str]]] = [(data, [])]
+    while stack:
+        value, where = stack.pop()
+        if len(where) > MAX_DEPTH:
+            return ".".join(where[:MAX_DEPTH]) + ". ..."
+        if isinstance(value, dict):
+            stack.extend((v, [*where, str(k)]) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, [*where, str(i)]) for i, v in enumerate(value))
+    return None
 
 
 def _origins_for(data: Any, prefix: str, file: str, lines: dict[str, int]) -> dict[str, Origin]:
@@ -178,6 +207,9 @@ def _load_chain(path: Path, seen: list[Path]) -> tuple[dict[str, Any], dict[str,
     if resolved in seen:
         cycle = " -> ".join(display_path(p) for p in [*seen, resolved])
         raise RecipeError.one(f"extends cycle: {cycle}", key="extends", file=display_path(seen[-1]))
+    if len(seen) >= MAX_EXTENDS:
+        raise RecipeError.one(f"the extends chain is longer than {MAX_EXTENDS} files (from {display_path(seen[0])}): "
+                              "shorten it", key="extends", file=display_path(seen[-1]))
     data, lines = read_toml(path)
     shown = display_path(path)
     origins = _origins_for(data, "", shown, lines)
@@ -226,11 +258,22 @@ def parse_set(item: str) -> tuple[list[str], Any]:
             f"--set expects KEY=VALUE with a dotted key, e.g. params.num_inference_steps=4; got {item!r}",
             file=SET_ORIGIN,
         )
+    if parts[0].strip() == "extends":
+        raise RecipeError.one(
+            "--set cannot change extends: the chain is read before --set applies; write extends in the recipe, "
+            "or --set the keys themselves", key="extends", file=SET_ORIGIN,
+        )
+    if len(parts) > MAX_DEPTH:
+        raise RecipeError.one(f"--set {key[:60]}...: a key of more than {MAX_DEPTH} parts", file=SET_ORIGIN)
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except RecursionError:
+        raise RecipeError.one(f"--set {key}: the value nests too deeply", file=SET_ORIGIN) from None
+    if _too_deep({"v": value}) is not None:
+        raise RecipeError.one(f"--set {key}: the value nests more than {MAX_DEPTH} levels", file=SET_ORIGIN)
     return [p.strip() for p in parts], value
 
 

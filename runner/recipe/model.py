@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import types
 import typing
+import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..base.errors import Problem, RecipeError, did_you_mean, suggest
 from .loading import LoadedRecipe
+
+# Characters that reorder or isolate text invisibly (Unicode's bidirectional formatting characters).
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 Task = Literal["text-to-image", "image-to-image", "inpainting"]
@@ -216,6 +220,18 @@ class Recipe(Strict):
             raise ValueError(
                 "a recipe name names its output folder: 1-120 characters, no slashes, not '.' or '..'"
             )
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name_characters(cls, value: str) -> str:
+        """Control characters and the invisible ones that reorder text (U+202E turns
+        ``x\u202egnp.exe`` into what reads as ``xexe.png``) never name a folder."""
+        for i, ch in enumerate(value):
+            if ch in BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs"):
+                what = unicodedata.name(ch, "a control character")
+                raise ValueError(f"a recipe name names its output folder: no control or bidirectional-text characters "
+                                 f"(U+{ord(ch):04X} {what} at position {i + 1})")
         return value
 
     @field_validator("optimizations")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..base.registry import Registry
+from ..base.safe_read import open_image
 
 
 class OutputFormat:
@@ -120,9 +121,7 @@ def extension(name: str) -> str:
 
 def read_text(path: Path) -> dict[str, str]:
     """The text an image file carries, read by the format Pillow recognises; {} when none."""
-    from PIL import Image
-
-    with Image.open(path) as image:
+    with open_image(path) as image:  # a regular file, bounded: any file may sit under an image's name
         text = dict(getattr(image, "text", {}) or {})
         if text:
             return {k: v for k, v in text.items() if isinstance(v, str)}

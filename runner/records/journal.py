@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 from .keys import Keys
 from .manifest import ImageRecord, Manifest
+from .safe_read import MAX_RECORD_BYTES, read_regular
 
 JOURNAL_NAME = ".manifest.journal.jsonl"
 RANK_JOURNAL = ".manifest.journal.rank-{rank}.jsonl"  # one per process under a launcher
@@ -29,9 +30,10 @@ RECORD_FIELDS = ("file", "index", "key", "sha256", "status", "batch", "batch_siz
 
 
 def read_journal(path: Path) -> list[dict[str, Any]]:
-    """The records of a journal; a torn or garbled line (a crash mid-append) is skipped."""
+    """The records of a journal; a torn or garbled line (a crash mid-append) is skipped. Only a
+    regular file (not a link, FIFO or device) is read, up to MAX_RECORD_BYTES: anything else is no journal."""
     try:
-        raw = path.read_bytes() if not path.is_symlink() else b""
+        raw = read_regular(path, MAX_RECORD_BYTES, follow=False, what="journal")
     except OSError:
         return []
     records = []
@@ -63,9 +65,10 @@ class Journal:
 
     def _open(self) -> BinaryIO:
         if self._fh is None:
-            if self.path.is_symlink():
-                self.path.unlink()
-            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+            if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
+                self.path.unlink()  # a planted link or FIFO is replaced, never written through or waited on
+            flags = (os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+                     | getattr(os, "O_NONBLOCK", 0))
             self._fh = os.fdopen(os.open(self.path, flags, 0o644), "ab")
         return self._fh
 

@@ -20,6 +20,7 @@ from pydantic import StrictInt, StrictStr, TypeAdapter, ValidationError
 from typing_extensions import Required, TypedDict
 
 from ..base.paths import atomic_write
+from ..base.safe_read import read_text
 from ..plan.batches import Batch
 from ..plan.labels import scheduler_label
 from ..plan.matrix import Job
@@ -171,7 +172,7 @@ class Manifest:
     @classmethod
     def load(cls, path: Path) -> Manifest:
         """A manifest written by :meth:`save` (ValueError or OSError when it is not readable)."""
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, follow=False, what="manifest"))
         manifest = cls(path.parent, data["recipe"], data["environment"],
                        [ImageRecord.from_json(r) for r in data["images"]], path=path,
                        optimizations=data.get("optimizations"), timings=data.get("timings"))

@@ -36,6 +36,7 @@ from ..base import paths
 from ..base.errors import RecipeError
 from ..base.filehashes import FileHashes
 from ..base.paths import atomic_write, regular_file
+from ..base.safe_read import read_text
 from ..pipelines.build import choose_dtype
 from ..pipelines.sources import SOURCES
 from ..plan.batches import Batch, plan
@@ -162,7 +163,7 @@ def read_previous(folder: Path, *, set_aside: bool = False, warn: Callable[[str]
     path = folder / MANIFEST_NAME
     if regular_file(path):
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
+            manifest = json.loads(read_text(path, follow=False, what="manifest"))
         except (ValueError, OSError) as exc:
             bad = f"not valid JSON ({exc})" if isinstance(exc, ValueError) else None
             manifest = None
@@ -183,7 +184,7 @@ def read_previous(folder: Path, *, set_aside: bool = False, warn: Callable[[str]
             records[record["file"]] = record
     for partial in sorted(folder.glob(PARTIAL_GLOB)):  # a distributed run that did not finish
         try:
-            part = json.loads(partial.read_text(encoding="utf-8")) if regular_file(partial) else None
+            part = json.loads(read_text(partial, follow=False, what="partial manifest"))
         except (ValueError, OSError):
             continue
         if part is None or check_manifest(part) is not None:
@@ -255,8 +256,8 @@ def resume(manifest: Manifest, jobs: Sequence[Job], keys: Keys, batch_size: int,
     for job in jobs:
         name = files[job.index]
         path = folder / name
-        if path.is_symlink() or not path.exists():
-            state.pending.add(job.index)  # a planted link is replaced, never written through
+        if path.is_symlink() or not path.is_file():
+            state.pending.add(job.index)  # a planted link or FIFO is replaced, never written through or read
             continue
         record = records.get(name) or {}
         key = keys.of(job)
@@ -434,7 +435,10 @@ def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
     recorded = {name: (record or {}).get("status") for name, record in (old.get("optimizations") or {}).items()}
     if any(recorded.get(e.name) is None for v in prepared.variants for e in v.enabled):
         return None
-    digests = {value: _sha256_bytes(read_bytes(source)) for value, source in prepared.inputs.items()}
+    try:
+        digests = {value: _sha256_bytes(read_bytes(source)) for value, source in prepared.inputs.items()}
+    except OSError:  # not a regular file, too large, unreadable: the inputs' preflight says so (exit 2)
+        return None
     hashes = hashes or FileHashes()
     revisions = dict(env.get("model_revisions") or {})  # recorded when a model axis loads several
     for variant in prepared.variants:
@@ -448,7 +452,7 @@ def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
     for job in prepared.jobs:
         name = job.filename(ext)
         path = folder / name
-        if path.is_symlink() or not path.exists():
+        if path.is_symlink() or not path.is_file():
             new += 1
             pending.add(job.variant)
             continue

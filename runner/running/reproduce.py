@@ -31,6 +31,7 @@ from typing import Any
 
 from ..base import environment
 from ..base.errors import RecipeError, RunError
+from ..base.safe_read import ImageTooLarge, open_image
 from ..pipelines.cache import ModelCache
 from ..plan.batches import Batch
 from ..plan.prepared import Prepared
@@ -67,7 +68,7 @@ def read(image: Path) -> Embedded:
         raise RecipeError.one("no such image file", file=shown)
     try:
         text = read_embedded(image)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, ImageTooLarge) as exc:
         raise RecipeError.one(f"not an image: {exc}", file=shown) from None
     if "recipe" not in text or "job" not in text:
         raise RecipeError.one("the image carries no recipe (written with [output] metadata = false, "
@@ -99,9 +100,8 @@ def psnr(a: Any, b: Any) -> float:
 
 def pixels(path: Path) -> Any:
     import numpy as np
-    from PIL import Image
 
-    with Image.open(path) as image:
+    with open_image(path) as image:
         return np.asarray(image.convert("RGB")).copy()
 
 

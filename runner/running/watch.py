@@ -26,7 +26,6 @@ Light module at import (no torch, no diffusers): running a round imports them, a
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Any
 
 from ..base import report
 from ..base.errors import RecipeError
+from ..base.safe_read import MAX_IMAGE_BYTES, sha256_regular
 from ..pipelines.cache import model_key
 from ..plan import inputs as inputs_mod
 from ..plugin_api.manager import Plugins
@@ -51,9 +51,10 @@ Snapshot = dict[Path, str | None]  # file -> sha256 of its bytes when a round re
 
 
 def digest(path: Path) -> str | None:
-    """sha256 of a file's bytes; None when it cannot be read (absent, mid-rename)."""
+    """sha256 of a file's bytes; None when it cannot be read (absent, mid-rename, or not a regular
+    file: a FIFO put at a recipe's name is never opened for reading, so it cannot block the watcher)."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return sha256_regular(path, MAX_IMAGE_BYTES)
     except OSError:
         return None
 

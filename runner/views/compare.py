@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..base.paths import regular_file, sha256_file
+from ..base.safe_read import open_image, read_text
 from ..records.names import record_file
 from .jobfields import BOOKKEEPING, Described, canonical, describe, job_label, short_name, shorten
 from .metrics import METRICS
@@ -85,7 +86,7 @@ def load_side(given: str | Path) -> Side:
     else:
         raise BadInput(f"{given}: no such file or folder")
     try:
-        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(manifest_path, what="manifest"))
     except OSError as exc:
         raise BadInput(f"{manifest_path}: cannot read it ({exc.strerror or exc})") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -99,7 +100,48 @@ def load_side(given: str | Path) -> Side:
             raise BadInput(f"{manifest_path}: images[{i}] is not an image record (file, prompt, seed)")
     if not isinstance(data.get("recipe", {}), dict) or not isinstance(data.get("environment", {}), dict):
         raise BadInput(f"{manifest_path}: not a recipe-run manifest (recipe and environment must be tables)")
-    return Side(str(given), manifest_path.parent, data, describe(data))
+    malformed = _malformed(data)
+    if malformed:
+        raise BadInput(f"{manifest_path}: a malformed manifest: {malformed}")
+    try:
+        described = describe(data)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:  # a shape no check above foresaw
+        raise BadInput(f"{manifest_path}: a malformed manifest ({type(exc).__name__}: {exc})") from None
+    return Side(str(given), manifest_path.parent, data, described)
+
+
+def _malformed(data: dict[str, Any]) -> str | None:
+    """What is not of its type in a manifest that --compare reads (None when nothing is)."""
+    recipe = data.get("recipe") or {}
+    tables = {"recipe.matrix": recipe.get("matrix"), "recipe.params": recipe.get("params"),
+              "recipe.output": recipe.get("output")}
+    matrix = recipe.get("matrix")
+    if isinstance(matrix, dict):
+        tables.update({"recipe.matrix.axes": matrix.get("axes"), "recipe.matrix.vars": matrix.get("vars")})
+    scheduler = recipe.get("scheduler")
+    if scheduler is not None and not isinstance(scheduler, (dict, str)):
+        return "recipe.scheduler must be a table"
+    if isinstance(scheduler, dict):
+        tables["recipe.scheduler.options"] = scheduler.get("options")
+    for key, value in tables.items():
+        if value is not None and not isinstance(value, dict):
+            return f"{key} must be a table, not {type(value).__name__}"
+    for i, record in enumerate(data["images"]):
+        for name in ("vars", "params", "axes", "scheduler_options"):
+            if record.get(name) is not None and not isinstance(record[name], dict):
+                return f"images[{i}].{name} must be a table, not {type(record[name]).__name__}"
+        if record.get("scheduler") is not None and not isinstance(record["scheduler"], (str, dict)):
+            return f"images[{i}].scheduler must be a class name or a table"
+        for name in ("status", "sha256"):
+            if record.get(name) is not None and not isinstance(record[name], str):
+                return f"images[{i}].{name} must be a string, not {type(record[name]).__name__}"
+        if not isinstance(record["prompt"], str):
+            return f"images[{i}].prompt must be a string, not {type(record['prompt']).__name__}"
+        if not isinstance(record["seed"], int) or isinstance(record["seed"], bool):
+            return f"images[{i}].seed must be an integer, not {type(record['seed']).__name__}"
+        if record.get("index") is not None and (not isinstance(record["index"], int) or isinstance(record["index"], bool)):
+            return f"images[{i}].index must be an integer"
+    return None
 
 
 # --- pairing -----------------------------------------------------------------------------------
@@ -161,16 +203,13 @@ def image_file(side: Side, record: Mapping[str, Any]) -> Path | None:
 
 def _pixels(path: Path, mode: str) -> np.ndarray:
     import numpy as np
-    from PIL import Image
 
-    with Image.open(path) as image:
+    with open_image(path) as image:  # a regular file, its size and pixel count bounded before decoding
         return np.asarray(image.convert(mode))
 
 
 def _has_alpha(path: Path) -> bool:
-    from PIL import Image
-
-    with Image.open(path) as image:
+    with open_image(path) as image:
         return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..base.paths import atomic_write, regular_file
+from ..base.safe_read import open_image
 from ..records.names import record_file
 from . import refresh
 from .grid import grid_config, sheets_for
@@ -143,12 +144,11 @@ def _input_thumbs(manifest: Mapping[str, Any], folder: Path | None) -> dict[str,
     out: dict[str, str] = {}
     if not names or base is None:
         return out
-    from PIL import Image
 
     for i, name in enumerate(names):
         path = base / Path(name).expanduser()
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 image.thumbnail((THUMB, THUMB))
                 buffer = io.BytesIO()
                 image.convert("RGB").save(buffer, format="JPEG", quality=80)
@@ -272,7 +272,6 @@ def _chip_name(name: str) -> str:
 def write_gallery(folder: Path, manifest: Mapping[str, Any]) -> Path:
     """Write ``folder/index.html`` for ``manifest`` (atomically); returns its path. The contact
     sheets it shows are those the recipe's grid makes, when they are on disk."""
-    from PIL import Image
 
 
     size = None
@@ -281,7 +280,7 @@ def write_gallery(folder: Path, manifest: Mapping[str, Any]) -> Path:
     manifest = {**manifest, "images": images}
     first = next((r for r in images if r.get("status") == "done" and regular_file(folder / r["file"])), None)
     if first is not None:
-        with Image.open(folder / first["file"]) as image:
+        with open_image(folder / first["file"]) as image:
             size = image.size
     sheets: list[Sheet] = []
     if grid_config(manifest.get("recipe") or {}).get("enabled", True):

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..axes.registry import is_build_axis
 from ..base.paths import atomic_write, regular_file
+from ..base.safe_read import open_image
 from ..records.names import record_file
 from .jobfields import Described, canonical, describe, job_label, short_name, shorten
 
@@ -374,12 +375,11 @@ def done_records(folder: Path, records: Sequence[dict[str, Any]]) -> list[dict[s
 
 def sheets_for(folder: Path, manifest: Mapping[str, Any]) -> list[Sheet]:
     """The sheets :func:`make_grid` makes for ``manifest`` (reads one image's size, no more)."""
-    from PIL import Image
 
     done = done_records(folder, manifest.get("images") or [])
     if not done:
         return []
-    with Image.open(folder / done[0]["file"]) as first:
+    with open_image(folder / done[0]["file"]) as first:
         size = first.size
     return plan(manifest, size, done)
 
@@ -412,7 +412,7 @@ def draw(folder: Path, sheet: Sheet) -> Image:
                 pen.multiline_text((b.x + PAD, y + PAD), "\n".join(lines), fill=INK, font=font, spacing=5)
                 pen.line([(b.x, y), (b.x + sheet.left - 1, y)], fill=RULE)
     for cell in sheet.cells:
-        with Image.open(folder / cell.record["file"]) as image:
+        with open_image(folder / cell.record["file"]) as image:
             resample = Image.Resampling.NEAREST if cell.w >= image.width else Image.Resampling.LANCZOS
             canvas.paste(image.convert("RGB").resize((cell.w, cell.h), resample), (cell.x, cell.y))
     return canvas
