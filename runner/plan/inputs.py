@@ -19,9 +19,9 @@ from typing import Any
 from urllib.parse import urljoin, urlparse
 
 from ..base.errors import Problem, RecipeError
+from ..base.safe_read import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, FileTooLarge, ImageTooLarge, read_regular
 from ..recipe.loading import LoadedRecipe, problem_at
 from .matrix import Job
-from .safe_read import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, FileTooLarge, ImageTooLarge, read_regular
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 URL_DEADLINE = 30.0  # seconds for a whole URL fetch, redirects and every read together

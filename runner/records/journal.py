@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..base.safe_read import MAX_RECORD_BYTES, read_regular
 from .keys import Keys
 from .manifest import ImageRecord, Manifest
-from .safe_read import MAX_RECORD_BYTES, read_regular
 
 JOURNAL_NAME = ".manifest.journal.jsonl"
 RANK_JOURNAL = ".manifest.journal.rank-{rank}.jsonl"  # one per process under a launcher
