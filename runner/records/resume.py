@@ -242,6 +242,43 @@ def embedded_records(folder: Path) -> tuple[dict[str, dict[str, Any]], Any]:
     return records, batch_setting
 
 
+NEW, UNCHANGED, REGENERATE = "new", "unchanged", "regenerate"
+
+
+@dataclass
+class Found:
+    """What the folder holds for one job: ``new`` (no file, or not a regular one: written in its
+    place), ``unchanged`` (kept: its sha256 and how it was made) or ``regenerate`` (and why)."""
+
+    verdict: str
+    sha256: str | None = None
+    made: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    recorded: bool = True  # unchanged as its record says (False: known by its embedded key, the record to be written)
+
+
+def judge(path: Path, record: dict[str, Any], key: str, hashes: FileHashes, *, force: bool = False) -> Found:
+    """The one rule of what a folder holds for a job whose file is ``path``, recorded as ``record``
+    (its manifest or journal line, {} when none), whose key is now ``key``. A run (:func:`resume`)
+    and the torch-free look (:func:`peek`) both decide through it; the look gives it the keys it
+    can compute without loading (from the environment the folder's last run recorded)."""
+    if path.is_symlink() or not path.is_file():
+        return Found(NEW)  # a planted link or FIFO is replaced, never written through or read
+    if force:
+        return Found(REGENERATE, reason="--force")
+    if record.get("status") == "done" and record.get("key") == key:
+        sha256 = hashes.sha256(path)
+        if record.get("sha256") == sha256:
+            return Found(UNCHANGED, sha256, record)
+        return Found(REGENERATE, reason="changed on disk since it was written")
+    if _embedded_key(path) == key:
+        # written just before a crash, before its journal line (its record still says pending, or
+        # how the job was made before): recognised by the key it carries
+        return Found(UNCHANGED, hashes.sha256(path), {k: v for k, v in _embedded_job(path).items() if k in MADE_FIELDS},
+                     recorded=False)
+    return Found(REGENERATE, reason="its job changed since it was made")
+
+
 def resume(manifest: Manifest, jobs: Sequence[Job], keys: Keys, batch_size: int, batch_setting: int | str,
            *, force: bool = False, hashes: FileHashes | None = None) -> ResumeState:
     """Merge what ``manifest.folder`` holds with the jobs of a new run whose manifest is ``manifest``
@@ -255,29 +292,16 @@ def resume(manifest: Manifest, jobs: Sequence[Job], keys: Keys, batch_size: int,
     state = ResumeState(jobs, [], keys, previous=previous)
     for job in jobs:
         name = files[job.index]
-        path = folder / name
-        if path.is_symlink() or not path.is_file():
-            state.pending.add(job.index)  # a planted link or FIFO is replaced, never written through or read
-            continue
         record = records.get(name) or {}
-        key = keys.of(job)
-        reason = "--force" if force else None
-        if reason is None and record.get("status") == "done" and record.get("key") == key:
-            sha256 = hashes.sha256(path)
-            if record.get("sha256") == sha256:
-                state.done[job.index] = sha256
-                state.made[job.index] = record
-                continue
-            reason = "changed on disk since it was written"
-        elif reason is None and _embedded_key(path) == key:
-            # written just before a crash, before its journal line (its record still says pending,
-            # or how the job was made before): recognised by the key it carries
-            state.done[job.index] = hashes.sha256(path)
-            state.made[job.index] = {k: v for k, v in _embedded_job(path).items() if k in MADE_FIELDS}
+        found = judge(folder / name, record, keys.of(job), hashes, force=force)
+        if found.verdict == UNCHANGED:
+            state.done[job.index] = found.sha256 or ""
+            state.made[job.index] = found.made
             continue
         state.pending.add(job.index)
-        state.regenerated.add(job.index)
-        state.replaced.append(Replaced(name, reason or "its job changed since it was made", record))
+        if found.verdict == REGENERATE:
+            state.regenerated.add(job.index)
+            state.replaced.append(Replaced(name, found.reason, record))
     wanted = set(files)
     for name, record in records.items():
         if name not in wanted and record.get("status") in ("done", "stale") and regular_file(folder / name):
@@ -398,10 +422,11 @@ class Peek:
     unchanged: int
     manifest: dict[str, Any] | None = None  # the folder's manifest.json as read (None: there is none)
     pending_variants: set[str] = field(default_factory=set)  # variants with a job new or to regenerate
+    unrecorded: int = 0  # unchanged images the folder's records do not list yet (written before a crash)
 
     @property
     def nothing_to_do(self) -> bool:
-        return self.new == 0 and self.regenerate == 0
+        return self.new == 0 and self.regenerate == 0 and self.unrecorded == 0
 
     def summary(self) -> str:
         return f"{self.new} new, {self.regenerate} to regenerate, {self.unchanged} unchanged"
@@ -447,24 +472,19 @@ def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
                     revisions, digests,
                     applied=lambda v: [e for e in v.enabled if recorded[e.name] != "skipped"])  # as the last run settled them
     ext = extension(recipe.output.format)
-    new = regenerate = unchanged = 0
+    new = regenerate = unchanged = unrecorded = 0
     pending: set[str] = set()
     for job in prepared.jobs:
         name = job.filename(ext)
-        path = folder / name
-        if path.is_symlink() or not path.is_file():
-            new += 1
-            pending.add(job.variant)
-            continue
-        record = previous.records.get(name) or {}
-        if (record.get("status") == "done" and record.get("key") == keys.of(job)
-                and record.get("sha256") == hashes.sha256(path)):
-            unchanged += 1
-        else:
-            regenerate += 1
+        found = judge(folder / name, previous.records.get(name) or {}, keys.of(job), hashes)
+        new += found.verdict == NEW
+        regenerate += found.verdict == REGENERATE
+        unchanged += found.verdict == UNCHANGED
+        unrecorded += not found.recorded
+        if found.verdict != UNCHANGED or not found.recorded:  # a run records it (without generating it)
             pending.add(job.variant)
     hashes.save()
-    return Peek(new, regenerate, unchanged, old, pending)
+    return Peek(new, regenerate, unchanged, old, pending, unrecorded)
 
 
 def _silent(message: str) -> None:
