@@ -25,7 +25,7 @@ from .errors import RecipeError
 from .execute import Execution
 from .gallery import write_gallery
 from .grid import make_grid
-from .interrupts import critical, graceful
+from .interrupts import begin_writing, critical, graceful
 from .journal import Journal
 from .keys import job_keys
 from .loading import display_path
@@ -191,6 +191,7 @@ def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: Mo
     ctx, dist, pipelines, images, manifest, writer = (started.ctx, started.dist, started.pipelines, started.images,
                                                       started.manifest, started.writer)
     out_dir = prepared.out_dir
+    begin_writing()  # from here an interrupt lets the writes finish and folds the journal (exit 130/143)
     size = initial_batch_size(recipe.run.batch_size, prepared.jobs, ctx.device)
 
     # Resume: what the folder already holds (manifests, journals) decides what still runs, and how.

