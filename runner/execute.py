@@ -29,14 +29,23 @@ if TYPE_CHECKING:
     from .pipelines import Pipelines
 
 
+OUT_OF_MEMORY_MESSAGES = (
+    "out of memory",  # CUDA, MPS: "CUDA out of memory", "MPS backend out of memory"
+    "defaultcpuallocator",  # CPU: "[enforce fail at alloc_cpu.cpp] ... DefaultCPUAllocator: can't allocate memory"
+    "can't allocate memory",
+    "cannot allocate memory",  # ENOMEM spelled by the C library
+)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """torch.OutOfMemoryError, and the CUDA / MPS out-of-memory RuntimeErrors."""
+    """torch.OutOfMemoryError, MemoryError, and the CUDA / MPS / CPU allocator RuntimeErrors."""
     import torch
 
     oom_type = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    if isinstance(exc, oom_type):
+    if isinstance(exc, (oom_type, MemoryError)):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(text in message for text in OUT_OF_MEMORY_MESSAGES)
 
 
 def free_memory() -> None:
@@ -126,6 +135,13 @@ class Execution:
         if len(images) != batch.size:
             raise RunError(f"the pipeline returned {len(images)} images for a batch of {batch.size}")
         self.hook.after_batch(pipe=built.pipe, batch=batch, images=images)
+        if len(images) != batch.size or not all(hasattr(image, "save") for image in images):
+            from .plugin_manager import PluginError
+
+            raise PluginError(f"after_batch left {len(images)} image(s) for a batch of {batch.size}"
+                              f"{'' if len(images) != batch.size else ', not all of them images'}: a hook may change "
+                              f"the images (in place, or replace an item), never remove or add one "
+                              f"(after_batch implemented by {self.hook.implementers('after_batch')})")
         mine = None if only is None else {j.index for j in batch.jobs if j.index in only}
         return Handed(batch, images, mine, batch_times(batch, seconds))
 

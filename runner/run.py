@@ -240,7 +240,7 @@ def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: Mo
     if recipe.output.gallery:
         write_gallery(out_dir, data)
     plugins.hook.run_finished(recipe=recipe, output_dir=out_dir, manifest=data)
-    done = sum(1 for b in mine for j in b.jobs if j.index in state.pending)
+    done = made_on_disk(manifest, [j for b in mine for j in b.jobs if j.index in state.pending])
     rate = done / generate_seconds if generate_seconds > 0 else 0.0
     ranks = f" ({done} by rank 0 of {dist.world_size})" if dist.world_size > 1 else ""
     loads = "" if len(prepared.variants) == 1 else f", {sum(1 for e in pipelines.log if e['how'] == 'loaded')} loads"
@@ -249,6 +249,12 @@ def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: Mo
           f"{peak_memory(ctx.device)} -> {display_path(out_dir)}/")
     print(where_to_look(out_dir, recipe.output.gallery, manifest.history))
     return data
+
+
+def made_on_disk(manifest: Manifest, jobs: Sequence[Any]) -> int:
+    """How many of ``jobs`` (this run's) are done: recorded so and their file on disk (the summary
+    counts files, never the plan)."""
+    return sum(1 for job in jobs if manifest.record(job).status == "done" and manifest.file_for(job).is_file())
 
 
 def where_to_look(out_dir: Path, gallery: bool, history: str | None) -> str:

@@ -203,3 +203,133 @@ def test_ctrl_c_inside_an_import_exits_130_with_one_line(recipe_runner_tiny_sd15
     assert proc.returncode == 130, proc.stderr
     assert lines == ["interrupted before any image was written: nothing to finish"], proc.stderr
     assert not (tmp_path / "out" / "startup").exists() or not image_files(tmp_path / "out" / "startup")
+
+
+# --- 14: plugins that lie or raise -------------------------------------------------------------------
+
+FOUR = RECIPE.replace('"a red fox", "a blue house", "a green tree"', '"a red fox", "a blue house"')  # 4 jobs, 2 batches
+
+
+class EmptiesImages:
+    @hookimpl
+    def after_batch(self, pipe, batch, images):
+        images.clear()
+
+
+class Raises:
+    def __init__(self, error: BaseException, hook: str = "before_batch"):
+        self.error, self.hook = error, hook
+
+    @hookimpl
+    def before_batch(self, pipe, batch, call_kwargs):
+        if self.hook == "before_batch":
+            raise self.error
+
+    @hookimpl
+    def run_finished(self, recipe, output_dir, manifest):
+        if self.hook == "run_finished":
+            raise self.error
+
+
+def test_an_after_batch_hook_that_empties_the_images_fails_naming_it(recipe_runner_cli, recipe_runner_write_recipe,
+                                                                       recipe_runner_register_plugin, tmp_path):
+    recipe_runner_register_plugin(EmptiesImages(), "emptier")
+    recipe = recipe_runner_write_recipe(FOUR, "four.toml")
+    before = tree_digest(tmp_path, skip=tmp_path / "out")
+    result = recipe_runner_cli(recipe, "--out", tmp_path / "out")
+    assert result.code == 1, result.err
+    assert "after_batch left 0 image(s) for a batch of 2" in result.err
+    assert "plugin 'emptier'" in result.err and "made" not in result.out
+    folder = tmp_path / "out" / "four"
+    assert image_files(folder) == []
+    assert all(r["status"] == "pending" for r in manifest_of(folder)["images"])
+    assert tree_digest(tmp_path, skip=tmp_path / "out") == before
+
+
+@pytest.mark.parametrize("error, shown", [
+    (SystemExit(0), "SystemExit: 0"),
+    (SystemExit("bye"), "SystemExit: bye"),
+    (KeyError("width"), "KeyError: 'width'"),
+])
+@pytest.mark.parametrize("hook", ["before_batch", "run_finished"])
+def test_an_exception_in_a_hook_exits_1_naming_the_plugin(recipe_runner_cli, recipe_runner_write_recipe,
+                                                           recipe_runner_register_plugin, tmp_path, error, shown, hook):
+    recipe_runner_register_plugin(Raises(error, hook), "raiser")
+    result = recipe_runner_cli(recipe_runner_write_recipe(FOUR, "four.toml"), "--out", tmp_path / "out")
+    assert result.code == 1, (result.out, result.err)
+    assert f"error: plugin 'raiser' (registered; {__name__}) failed in its {hook} hook: {shown}" in result.err
+
+
+def test_an_entry_point_plugin_is_named_with_its_distribution_and_version(recipe_runner_tiny_sd15, tmp_path):
+    site = tmp_path / "site"
+    (site / "crashy-1.2.3.dist-info").mkdir(parents=True)
+    (site / "crashy-1.2.3.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: crashy\nVersion: 1.2.3\n")
+    (site / "crashy-1.2.3.dist-info" / "entry_points.txt").write_text("[recipe_runner]\ncrashy = crashy_plugin\n")
+    (site / "crashy_plugin.py").write_text(
+        "from recipe_runner import hookimpl\n\n"
+        "@hookimpl\n"
+        "def after_batch(pipe, batch, images):\n"
+        "    raise KeyError('missing')\n")
+    recipe = tmp_path / "four.toml"
+    recipe.write_text(FOUR)
+    proc = subprocess.run([sys.executable, "-m", "recipe_runner", str(recipe), "--out", str(tmp_path / "out")],
+                          cwd=tmp_path, env=dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{site}"),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert ("error: plugin 'crashy' (crashy 1.2.3; crashy_plugin) failed in its after_batch hook: KeyError: 'missing'"
+            in proc.stderr)
+    assert "Traceback" not in proc.stderr
+
+
+class DeletesAnImage:
+    """Removes batch 0's first image from disk when batch 1 starts (writes are synchronous here)."""
+
+    @hookimpl
+    def before_batch(self, pipe, batch, call_kwargs):
+        if batch.index == 1:
+            folder = Path(self.folder)
+            first = json.loads((folder / "manifest.json").read_text())["images"][0]["file"]
+            (folder / first).unlink()
+
+
+def test_the_summary_counts_the_files_on_disk(recipe_runner_cli, recipe_runner_write_recipe, recipe_runner_register_plugin,
+                                              tmp_path, monkeypatch):
+    monkeypatch.setenv("RECIPE_RUNNER_SYNC_WRITES", "1")
+    plugin = DeletesAnImage()
+    plugin.folder = str(tmp_path / "out" / "four")
+    recipe_runner_register_plugin(plugin, "deleter")
+    result = recipe_runner_cli(recipe_runner_write_recipe(FOUR, "four.toml"), "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    assert "made 3 in" in result.out  # not the 4 the plan had
+    assert len(image_files(tmp_path / "out" / "four")) == 3
+
+
+# --- 15: the CPU allocator running out is out of memory ----------------------------------------------
+
+CPU_OOM = ("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+           "allocate 4294967296 bytes. Error code 12 (Cannot allocate memory)")
+
+
+class OutOfMemoryAbove2:
+    def __init__(self, error: BaseException):
+        self.error = error
+        self.tried: list[int] = []
+
+    @hookimpl
+    def before_batch(self, pipe, batch, call_kwargs):
+        self.tried.append(batch.size)
+        if batch.size > 2:
+            raise self.error
+
+
+@pytest.mark.parametrize("error", [RuntimeError(CPU_OOM), RuntimeError("DefaultCPUAllocator: not enough memory"),
+                                   MemoryError()])
+def test_a_cpu_allocator_failure_halves_the_batch(recipe_runner_cli, recipe_runner_write_recipe, recipe_runner_register_plugin,
+                                                   tmp_path, error):
+    plugin = recipe_runner_register_plugin(OutOfMemoryAbove2(error), "cpu-oom")
+    result = recipe_runner_cli(recipe_runner_write_recipe(FOUR.replace("batch_size = 2", "batch_size = 4"), "four.toml"),
+                               "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    assert plugin.tried == [4, 2, 2]
+    assert "out of memory at batch size 4: retrying at 2" in result.err
+    assert [r["batch_size"] for r in manifest_of(tmp_path / "out" / "four")["images"]] == [2, 2, 2, 2]
