@@ -60,6 +60,13 @@ class Built:
             self.pipe.scheduler = scheduler
 
 
+def use_safetensors(allow_pickle: bool) -> bool | None:
+    """``from_pretrained``'s ``use_safetensors``: True (safetensors only) unless ``--allow-pickle``,
+    then None (safetensors where present, pickled weights otherwise), never False (which refuses
+    safetensors and so fails on a safetensors-only model)."""
+    return None if allow_pickle else True
+
+
 def scheduler_key(spec: dict[str, Any] | None) -> str:
     return json.dumps(spec, sort_keys=True, default=repr)
 
@@ -137,7 +144,7 @@ def load_component(name: str, spec: Any, location: str, index: dict[str, Any], c
     module = importlib.import_module(library if library in ("diffusers", "transformers") else f"diffusers.pipelines.{library}")
     cls = getattr(module, class_name)
     dtype = choose_dtype(spec.dtype or ctx.dtype, ctx.device, ctx.warn, f"{key}.dtype")
-    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "use_safetensors": not ctx.allow_pickle}
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "use_safetensors": use_safetensors(ctx.allow_pickle)}
     for option in ("subfolder", "revision", "variant"):
         if getattr(spec, option) is not None:
             kwargs[option] = getattr(spec, option)
@@ -167,7 +174,7 @@ def load_pipeline(recipe: Recipe, loaded: LoadedRecipe | None, ctx: BuildContext
     cls = getattr(importlib.import_module(module_name), class_name)
     index = read_model_index(ctx.location, recipe.model.revision)
     components = load_components(recipe, loaded, index, ctx)
-    kwargs: dict[str, Any] = {"dtype": ctx.torch_dtype, "use_safetensors": not ctx.allow_pickle}
+    kwargs: dict[str, Any] = {"dtype": ctx.torch_dtype, "use_safetensors": use_safetensors(ctx.allow_pickle)}
     if recipe.model.revision is not None:
         kwargs["revision"] = recipe.model.revision
     if recipe.model.variant is not None:

@@ -333,3 +333,82 @@ def test_a_cpu_allocator_failure_halves_the_batch(recipe_runner_cli, recipe_runn
     assert plugin.tried == [4, 2, 2]
     assert "out of memory at batch size 4: retrying at 2" in result.err
     assert [r["batch_size"] for r in manifest_of(tmp_path / "out" / "four")["images"]] == [2, 2, 2, 2]
+
+
+# --- 19: the pickle policy covers every weight file a recipe names -------------------------------------
+
+LORA = RECIPE.replace("[run]", '''[optimizations.lora]
+adapters = [{{ {adapter} }}]
+[run]''').replace('"a red fox", "a blue house", "a green tree"', '"a red fox"').replace("seeds = [0, 1]", "seeds = 1")
+
+
+@pytest.fixture(scope="module")
+def pickled_loras(tiny_lora, tmp_path_factory):
+    """The tiny LoRA as torch.save pickles: lora/x.bin, and lying/x.safetensors (a pickle by another name);
+    evil/x.bin is a pickle that, loaded, would create the file PWNED beside it."""
+    import pickle
+
+    import torch
+    from safetensors.torch import load_file
+
+    root = tmp_path_factory.mktemp("pickled-loras")
+    for folder, name in (("lora", "x.bin"), ("lying", "x.safetensors")):
+        (root / folder).mkdir()
+        torch.save(load_file(tiny_lora), root / folder / name)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {root / 'evil' / 'PWNED'}",))
+
+    (root / "evil").mkdir()
+    (root / "evil" / "x.bin").write_bytes(pickle.dumps({"weights": Evil()}))
+    return root
+
+
+@pytest.mark.parametrize("adapter, key", [
+    ('id = "{root}/evil", weight_name = "x.bin"', "optimizations.lora.adapters.0.weight_name"),
+    ('id = "{root}/evil/x.bin"', "optimizations.lora.adapters.0.id"),
+    ('id = "{root}/lora", weight_name = "x.bin"', "optimizations.lora.adapters.0.weight_name"),
+])
+def test_a_pickled_lora_is_refused_before_anything_loads(recipe_runner_cli, recipe_runner_write_recipe, tmp_path,
+                                                         pickled_loras, adapter, key):
+    recipe = recipe_runner_write_recipe(LORA.format(adapter=adapter.format(root=pickled_loras)), "lora.toml")
+    before = tree_digest(tmp_path, skip=tmp_path / "out")
+    for mode in ("--dry-run", "--no-progress"):
+        result = recipe_runner_cli(recipe, "--out", tmp_path / "out", mode)
+        assert result.code == 2, result.err
+        assert f"lora.toml:11: {key}: " in result.err and "is a pickled weights file: only safetensors weights load" in result.err
+        assert "--allow-pickle" in result.err and "loading" not in result.err
+    assert not (pickled_loras / "evil" / "PWNED").exists()
+    assert not (tmp_path / "out").exists()
+    assert tree_digest(tmp_path, skip=tmp_path / "out") == before
+
+
+def test_a_pickle_by_another_name_is_refused_by_its_bytes(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, pickled_loras):
+    import shutil
+
+    shutil.copy(pickled_loras / "evil" / "x.bin", tmp_path / "innocent.weights")
+    recipe = recipe_runner_write_recipe(LORA.format(adapter='id = "innocent.weights"'), "lora.toml")
+    result = recipe_runner_cli(recipe, "--dry-run")
+    assert result.code == 2, result.err
+    assert (f"lora.toml:11: optimizations.lora.adapters.0.id: {tmp_path / 'innocent.weights'} holds pickled weights: "
+            "only safetensors weights load") in result.err
+    assert not (pickled_loras / "evil" / "PWNED").exists()
+
+
+def test_a_pickle_named_safetensors_gets_a_clear_message_even_with_allow_pickle(recipe_runner_cli, recipe_runner_write_recipe,
+                                                                                tmp_path, pickled_loras):
+    recipe = recipe_runner_write_recipe(LORA.format(adapter=f'id = "{pickled_loras}/lying/x.safetensors"'), "lora.toml")
+    for extra in ([], ["--allow-pickle"]):
+        result = recipe_runner_cli(recipe, "--dry-run", *extra)
+        assert result.code == 2, result.err
+        assert "x.safetensors is named .safetensors but holds pickled weights" in result.err
+        assert "SafetensorError" not in result.err and "header too large" not in result.err
+
+
+def test_allow_pickle_lets_a_trusted_pickled_lora_load(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, pickled_loras):
+    for adapter in (f'id = "{pickled_loras}/lora", weight_name = "x.bin"', f'id = "{pickled_loras}/lora/x.bin"'):
+        recipe = recipe_runner_write_recipe(LORA.format(adapter=adapter), "lora.toml")
+        result = recipe_runner_cli(recipe, "--out", tmp_path / "out", "--allow-pickle", "--force")
+        assert result.code == 0, result.err
+        assert len(image_files(tmp_path / "out" / "lora")) == 1
