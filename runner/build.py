@@ -105,6 +105,20 @@ def choose_dtype(spec: str | None, device: str, warn: Callable[[str], None], key
     return spec
 
 
+def _holds_pickles(location: str) -> bool:
+    """Whether a local model folder holds pickled weights (a missing safetensors file is then
+    blamed on the pickle policy; otherwise the error says what is missing)."""
+    from .safety import PICKLE_SUFFIXES
+
+    root = Path(location)
+    if not root.is_dir():
+        return True  # a Hub id: diffusers' "no safetensors" means the repository has pickles only
+    try:
+        return any(p.suffix.lower() in PICKLE_SUFFIXES for p in root.glob("*/*") if p.is_file())
+    except OSError:
+        return False
+
+
 def _error(loaded: LoadedRecipe | None, key: str, message: str, hint: str | None = None) -> RecipeError:
     return RecipeError([problem_at(loaded, key, message, hint)])
 
@@ -188,7 +202,7 @@ def load_pipeline(recipe: Recipe, loaded: LoadedRecipe | None, ctx: BuildContext
     try:
         pipe = cls.from_pretrained(ctx.location, **kwargs)
     except Exception as exc:
-        if "safetensors" in str(exc).lower() and not ctx.allow_pickle:
+        if "safetensors" in str(exc).lower() and not ctx.allow_pickle and _holds_pickles(ctx.location):
             raise _error(loaded, "model.id", f"cannot load {recipe.model.id!r}: only safetensors weights load "
                          f"({_first_line(exc)})", "pickled .bin/.ckpt weights need --allow-pickle") from exc
         raise RunError(f"cannot load model {recipe.model.id!r}: {_first_line(exc)}") from exc

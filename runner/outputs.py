@@ -37,6 +37,44 @@ def images_written() -> int:
     return _written[0]
 
 
+JPEG_EXIF_MAX = 65_000  # a JPEG's EXIF is one APP1 segment: at most 65,533 bytes with its header
+COMPRESSED = "zlib+base64"  # UserComment holding {COMPRESSED: ...}: the chunks' JSON, compressed to fit
+EMBEDDED_MAX = 64 << 20  # decompressed metadata larger than this is not read (a zip bomb)
+
+
+def compress(text: str) -> str:
+    import base64
+    import zlib
+
+    return base64.b64encode(zlib.compress(text.encode(), 9)).decode("ascii")
+
+
+def decompress(data: str) -> str:
+    """The text :func:`compress` made; ValueError when it is not (or inflates beyond EMBEDDED_MAX)."""
+    import base64
+    import binascii
+    import zlib
+
+    try:
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(base64.b64decode(data, validate=True), EMBEDDED_MAX)
+        if inflater.unconsumed_tail:
+            raise ValueError("embedded metadata too large")
+        return raw.decode()
+    except (binascii.Error, zlib.error, UnicodeDecodeError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def exif_problem(recipe_json: str) -> str | None:
+    """Why a JPEG run cannot embed a recipe this large (its EXIF holds 64 KB, the runner compresses
+    what does not fit; 8 KB are kept for the job, environment and parameters), or None."""
+    size = len(compress(json.dumps({"recipe": recipe_json})))
+    if size <= JPEG_EXIF_MAX - 8192:
+        return None
+    return (f"the recipe embedded in each JPEG is {size:,} bytes even compressed: more than a JPEG's EXIF holds "
+            "(64 KB)")
+
+
 def a1111_parameters(job: Job, scheduler: str | None, model: str) -> str:
     """The "parameters" text other tools' PNG-info readers show (A1111 style)."""
     params = job.params
@@ -77,6 +115,13 @@ def encode(image: Any, fmt: str, quality: int, text: dict[str, str] | None) -> b
             exif[0x010E] = text.get("parameters", "")  # ImageDescription
             exif[0x9286] = json.dumps(text)  # UserComment: every chunk, ASCII-safe JSON
             kwargs["exif"] = exif.tobytes()
+            if fmt == "jpeg" and len(kwargs["exif"]) > JPEG_EXIF_MAX:  # one JPEG segment: 64 KB
+                exif[0x010E] = text.get("parameters", "")[:1000]
+                exif[0x9286] = json.dumps({COMPRESSED: compress(json.dumps(text))})
+                kwargs["exif"] = exif.tobytes()
+                if len(kwargs["exif"]) > JPEG_EXIF_MAX:  # refused up front (exif_problem): never reached
+                    raise ValueError(f"the metadata is {len(kwargs['exif'])} bytes even compressed: more than a "
+                                     "JPEG's EXIF holds (64 KB)")
         image.convert("RGB").save(buffer, format=PIL_FORMATS[fmt], **kwargs)
     return buffer.getvalue()
 
@@ -93,6 +138,11 @@ def read_embedded(path: Path) -> dict[str, str]:
                 found = json.loads(image.getexif().get(0x9286) or "{}")
             except (TypeError, ValueError):
                 found = {}
+            if isinstance(found, dict) and isinstance(found.get(COMPRESSED), str):
+                try:
+                    found = json.loads(decompress(found[COMPRESSED]))
+                except ValueError:
+                    found = {}
             if isinstance(found, dict):
                 text = {k: v for k, v in found.items() if isinstance(v, str)}
         return text

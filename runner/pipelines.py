@@ -64,6 +64,22 @@ def _settings_text(item: Enabled | None) -> str | None:
     return None if item is None else json.dumps(item.settings.model_dump(mode="json"), sort_keys=True)
 
 
+def build_variant(variant: Variant, plugins: Plugins, ctx: BuildContext) -> Built:
+    """:func:`recipe_runner.build.build` for ``variant``: a failure is named by the axis value that
+    chose the model (``matrix.axes.model.1``), not by the recipe's ``model.id``."""
+    from .errors import RecipeError
+    from .variants import relabel
+
+    try:
+        return build.build(variant.recipe, variant.loaded, variant.jobs, variant.enabled, plugins.hook, ctx)
+    except RecipeError as exc:
+        raise RecipeError(relabel(exc.problems, variant)) from exc.__cause__
+    except RunError as exc:
+        if not variant.axes:
+            raise
+        raise RunError(f"{exc} ({variant.label()})") from exc.__cause__
+
+
 @dataclass
 class Entry:
     """One loaded set of weights: a pipeline per task, what is swapped in and switched on."""
@@ -107,7 +123,7 @@ class ModelCache:
         else:
             print(f"{recipe.name}: loading {recipe.model.id} ({task}, {ctx.device}, {ctx.dtype}"
                   f"{', ' + variant.label() if variant.axes else ''}) ...", file=sys.stderr, flush=True)
-            built = build.build(recipe, loaded, variant.jobs, variant.enabled, plugins.hook, ctx)
+            built = build_variant(variant, plugins, ctx)
             entry = self.entries[key] = Entry({task: built})
             built.swapped = {name: _spec_text(spec) for name, spec in recipe.components.items()}
             entry.switched = {e.name: e for e in built.optimizations

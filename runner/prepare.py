@@ -11,6 +11,7 @@ diffusers are never imported.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -111,9 +112,32 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
         resolved = {}
     for variant in found or [Variant("{}", {}, recipe, loaded, enabled, jobs, {})]:
         problems += relabel(variant_problems(variant, options), variant)
+    problems += output_problems(options.out / recipe.name)
+    if recipe.output.format == "jpeg" and recipe.output.metadata:
+        from .outputs import exif_problem
+
+        too_large = exif_problem(json.dumps(recipe.model_dump(mode="json"), ensure_ascii=False, sort_keys=True))
+        if too_large:
+            problems.append(loaded.problem("output.format", too_large,
+                                           'use format = "png" or "webp" (no such limit), or metadata = false'))
     if problems:
         raise RecipeError(list({(p.key, p.message, p.file, p.line): p for p in problems}.values()))
     return Prepared(loaded, recipe, jobs, enabled, resolved, keys, options.out / recipe.name, found)
+
+
+def output_problems(out_dir: Path) -> list[Problem]:
+    """The run folder, ``--out``/NAME, must be (or become) a folder: refused up front when it, the
+    output root or a folder above them is something else (a regular file), instead of failing
+    after the model loaded."""
+    for path in (out_dir, *out_dir.parents):
+        if path.is_dir():
+            return []
+        if os.path.lexists(path):
+            what = "the run folder" if path == out_dir else "--out" if path == out_dir.parent else "a folder of --out"
+            kind = "a file" if path.is_file() else "not a folder"
+            return [Problem(f"{what} {display_path(path)} is {kind}: it must be a folder (made if missing); choose another "
+                            "--out", file="recipe-run")]
+    return []
 
 
 def variant_problems(variant: Variant, options: Options) -> list[Problem]:

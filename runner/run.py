@@ -106,6 +106,9 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
     if prepared.inputs:
         images = inputs_mod.InputImages(prepared.inputs, loaded, prepared.input_keys)
         images.preflight()
+        too_small = images.size_problems(size_multiple(prepared.variants))
+        if too_small:
+            raise RecipeError(too_small)
         prepared.jobs[:] = images.with_sizes(prepared.jobs)
     schedulers: dict[str, str] = {}  # variant -> its pipeline's own scheduler class (the images' Sampler)
     pipelines = Pipelines(prepared, plugins, cache, options.allow_pickle, context_for,
@@ -135,6 +138,16 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
                     default_scheduler=schedulers[first.id], rank=dist.rank,
                     models={v.id: v.recipe.model.id for v in prepared.variants}, schedulers=schedulers)
     return Started(ctx, dist, pipelines, images, manifest, writer, revisions)
+
+
+def size_multiple(variants: Sequence[Variant]) -> int:
+    """The largest VAE scale factor of the variants' models, as their folders declare it (8, the
+    diffusers default, when not known before loading)."""
+    from .checks import DEFAULT_MULTIPLE
+    from .preflight import find_model
+
+    found = [find_model(v.recipe, v.loaded).info for v in variants]
+    return max([info.vae_scale_factor for info in found if info is not None and info.vae_scale_factor] or [DEFAULT_MULTIPLE])
 
 
 def variant_context(variant: Variant, options: Options) -> BuildContext:

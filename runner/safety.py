@@ -69,6 +69,20 @@ def pickled_only(folder: Path) -> list[Path]:
     return sorted(p for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
 
 
+WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+
+
+def missing_weights(folder: Path) -> bool:
+    """Whether ``folder`` is a model component (it has a ``config.json``; schedulers, tokenizers and
+    image processors do not) that holds no weight file at all: the model is incomplete."""
+    try:
+        if not (folder / "config.json").is_file():
+            return False
+        return not any(p.is_file() and p.name.lower().endswith(WEIGHT_SUFFIXES) for p in folder.iterdir())
+    except OSError:
+        return False
+
+
 def weight_folders(location: Path, subfolder: str | None = None) -> list[Path]:
     """The folders of a local diffusers model that hold weights: each component's folder named in
     model_index.json, or the folder itself (a single component)."""
@@ -188,9 +202,16 @@ def check_sources(recipe: Recipe, loaded: LoadedRecipe, *, allow_pickle: bool) -
         except RecipeError as exc:
             problems += exc.problems
             continue
-        if allow_pickle or not location.is_dir():
+        if not location.is_dir():
             continue  # a Hub id: diffusers is asked for safetensors only
+        replaced = set(recipe.components) if key == "model.id" else set()  # their weights come from elsewhere
         for folder in weight_folders(location, subfolder):
+            if folder.name not in replaced and missing_weights(folder):
+                problems.append(problem_at(loaded, key, f"{folder} holds no weights (no .safetensors file): the model "
+                                           f"{model_id!r} is incomplete", "copy or download it again"))
+                continue
+            if allow_pickle:
+                continue
             found = pickled_only(folder)
             if found:
                 names = ", ".join(p.name for p in found[:3])

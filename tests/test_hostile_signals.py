@@ -412,3 +412,120 @@ def test_allow_pickle_lets_a_trusted_pickled_lora_load(recipe_runner_cli, recipe
         result = recipe_runner_cli(recipe, "--out", tmp_path / "out", "--allow-pickle", "--force")
         assert result.code == 0, result.err
         assert len(image_files(tmp_path / "out" / "lora")) == 1
+
+
+# --- 16: refused up front (exit 2, before the model loads), not after it ---------------------------------
+
+I2I = '''
+[model]
+id = "tiny:sd15"
+device = "cpu"
+task = "image-to-image"
+[params]
+num_inference_steps = 2
+strength = 0.5
+[matrix]
+prompts = ["a cat"]
+images = [{images}]
+'''
+
+
+def assert_refused_before_loading(result, *texts: str) -> None:
+    assert result.code == 2, (result.out, result.err)
+    for text in texts:
+        assert text in result.err, result.err
+    assert "loading" not in result.err and "Traceback" not in result.err
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 9), (64, 4)])
+def test_a_tiny_input_image_is_refused_before_loading(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, size):
+    from PIL import Image
+
+    Image.new("RGB", size, "red").save(tmp_path / "tiny.png")
+    Image.new("RGB", (16, 16), "red").save(tmp_path / "fine.png")
+    recipe = recipe_runner_write_recipe(I2I.format(images='"fine.png", "tiny.png"'), "i2i.toml")
+    before = tree_digest(tmp_path, skip=tmp_path / "out")
+    result = recipe_runner_cli(recipe, "--out", tmp_path / "out")
+    w, h = size
+    assert_refused_before_loading(result, f"i2i.toml:10: matrix.images.1: 'tiny.png' is {w}x{h} px: the pipeline needs "
+                                          "at least 8 px on each side")
+    assert "fine.png" not in result.err
+    assert not (tmp_path / "out").exists()
+    assert tree_digest(tmp_path, skip=tmp_path / "out") == before
+
+
+def test_a_recipe_name_too_long_in_bytes_is_refused(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    name = "\N{GRINNING FACE}" * 100  # 100 characters, 400 bytes
+    recipe = recipe_runner_write_recipe(f'name = "{name}"\n' + FOUR, "emoji.toml")
+    for mode in ("--dry-run", "--no-progress"):
+        result = recipe_runner_cli(recipe, "--out", tmp_path / "out", mode)
+        assert_refused_before_loading(result, "emoji.toml:1: name: a recipe name names its output folder: at most 255 "
+                                              "bytes in UTF-8 (a file name's limit), got 400 bytes")
+    assert not (tmp_path / "out").exists()
+    ok = recipe_runner_write_recipe(f'name = "{name[:63]}"\n' + FOUR, "ok.toml")  # 252 bytes
+    assert recipe_runner_cli(ok, "--dry-run").code == 0
+
+
+@pytest.mark.parametrize("out, which", [("a-file", "--out a-file"), ("a-file/sub", "a folder of --out a-file"),
+                                        ("root", "the run folder root/four")])
+def test_out_naming_a_regular_file_is_refused(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, monkeypatch, out, which):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("precious")
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "four").write_text("precious too")
+    recipe = recipe_runner_write_recipe(FOUR, "four.toml")
+    before = tree_digest(tmp_path)
+    for mode in ("--dry-run", "--no-progress"):
+        result = recipe_runner_cli(recipe, "--out", out, mode)
+        assert_refused_before_loading(result, f"recipe-run: {which} is a file: it must be a folder")
+    assert tree_digest(tmp_path) == before
+
+
+def test_a_jpeg_run_with_a_large_recipe_embeds_it_compressed(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    from recipe_runner.outputs import read_embedded
+
+    description = " ".join(f"note {i} about the lighting of scene {i % 97}" for i in range(2500))  # ~110 KB
+    recipe = recipe_runner_write_recipe(f'description = "{description}"\n'
+                                        + FOUR.replace("[run]", '[output]\nformat = "jpeg"\n[run]'), "big.toml")
+    result = recipe_runner_cli(recipe, "--out", tmp_path / "out")
+    assert result.code == 0, result.err
+    (first, *_) = image_files(tmp_path / "out" / "big")
+    assert first.suffix == ".jpg"
+    embedded = read_embedded(first)
+    assert json.loads(embedded["recipe"])["description"] == description
+    assert json.loads(embedded["job"])["file"] == first.name
+    again = recipe_runner_cli(recipe, "--out", tmp_path / "out")  # recognised by its embedded key
+    assert again.code == 0 and "nothing to do" in again.out, again.out
+
+
+def test_a_jpeg_run_whose_recipe_cannot_fit_is_refused_up_front(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    import secrets
+
+    description = secrets.token_hex(60_000)  # 120 KB that does not compress below 64 KB
+    recipe = recipe_runner_write_recipe(f'description = "{description}"\n'
+                                        + FOUR.replace("[run]", '[output]\nformat = "jpeg"\n[run]'), "huge.toml")
+    result = recipe_runner_cli(recipe, "--out", tmp_path / "out")
+    assert_refused_before_loading(result, "huge.toml:", "output.format: the recipe embedded in each JPEG is",
+                                  "more than a JPEG's EXIF holds (64 KB)", 'use format = "png"')
+    assert not (tmp_path / "out").exists()
+    png = recipe.read_text().replace('format = "jpeg"', 'format = "png"')
+    assert recipe_runner_cli(recipe_runner_write_recipe(png, "huge.toml"), "--dry-run").code == 0
+
+
+def test_a_broken_second_model_of_a_model_axis_is_named_by_its_axis_value(recipe_runner_cli, recipe_runner_write_recipe,
+                                                                          recipe_runner_tiny_sd15, tmp_path):
+    import shutil
+
+    shutil.copytree(recipe_runner_tiny_sd15, tmp_path / "broken")
+    for weights in (tmp_path / "broken" / "unet").glob("*.safetensors"):
+        weights.unlink()
+    recipe = recipe_runner_write_recipe(FOUR.replace("[run]", '[matrix.axes]\nmodel = ["tiny:sd15", "./broken"]\n[run]'),
+                                        "axis.toml")
+    before = tree_digest(tmp_path, skip=tmp_path / "out")
+    for mode in ("--dry-run", "--no-progress"):
+        result = recipe_runner_cli(recipe, "--out", tmp_path / "out", mode)
+        assert_refused_before_loading(result, f"axis.toml:11: matrix.axes.model.1: {tmp_path / 'broken' / 'unet'} holds no "
+                                              "weights (no .safetensors file): the model './broken' is incomplete")
+        assert "model.id" not in result.err and "pickle" not in result.err
+    assert not (tmp_path / "out").exists()
+    assert tree_digest(tmp_path, skip=tmp_path / "out") == before
