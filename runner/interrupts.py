@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as shells report it
+EXIT_CODES: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as shells report it
 
 
 class Terminated(KeyboardInterrupt):
@@ -49,7 +49,7 @@ def exit_code(exc: BaseException) -> int:
 class _State:
     def __init__(self) -> None:
         self.count = 0  # SIGINTs and SIGTERMs received
-        self.first = signal.SIGINT  # which one came first (decides the exception and the exit status)
+        self.first: int = signal.SIGINT  # which one came first (decides the exception and the exit status)
         self.depth = 0  # nesting of critical sections
         self.held = False  # a first signal arrived inside a critical section
         self.writing = False  # the run has begun changing its output folder (:func:`begin_writing`)

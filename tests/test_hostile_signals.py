@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from recipe_runner import hookimpl
-from recipe_runner import plugin_manager as plugins
 from recipe_runner.journal import JOURNAL_NAME
 from tests.conftest import REPO, image_files, tree_digest
 
