@@ -98,16 +98,19 @@ def console() -> None:
     (:func:`recipe_runner.interrupts.startup`; ``python -m recipe_runner`` installs it before
     importing this module).
     """
-    from .interrupts import startup
+    from .interrupts import restore, startup
 
     startup()
-    code = main()
     try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _stdout_to_devnull()
-        code = code or EXIT_FAILED
-    gc.freeze()
+        code = main()
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _stdout_to_devnull()
+            code = code or EXIT_FAILED
+        gc.freeze()
+    finally:
+        restore()  # for a program that called this in-process
     sys.exit(code)
 
 

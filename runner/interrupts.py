@@ -89,15 +89,31 @@ def _exit_now(signum: int, frame: Any = None) -> None:
     os._exit(EXIT_CODES.get(signum, 128 + signum))
 
 
+_original: dict[int, Any] = {}  # the handlers before :func:`startup`, put back by :func:`restore`
+
+
 def startup() -> None:
     """The command line's first act: SIGINT and SIGTERM end the process at once (one line, exit
     130 or 143) until a run begins writing; :func:`graceful` takes over during runs."""
     global _at_once
     if threading.current_thread() is not threading.main_thread():
         return
-    _at_once = True
     for signum in SIGNALS:
-        signal.signal(signum, _exit_now)
+        previous = signal.signal(signum, _exit_now)
+        _original.setdefault(signum, previous)
+    _at_once = True
+
+
+def restore() -> None:
+    """The handlers from before :func:`startup` (the command line's last act, for a program that
+    called it in-process, such as a test)."""
+    global _at_once
+    if threading.current_thread() is not threading.main_thread() or not _original:
+        return
+    for signum, handler in _original.items():
+        signal.signal(signum, handler)
+    _original.clear()
+    _at_once = False
 
 
 def ordinary() -> None:
@@ -106,7 +122,7 @@ def ordinary() -> None:
     global _at_once
     if not _at_once or threading.current_thread() is not threading.main_thread():
         return  # in-process callers (tests) keep whatever they had
-    _at_once = False
+    _at_once = False  # restore() puts back what there was before startup()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_terminated)
 

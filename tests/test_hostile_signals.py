@@ -528,3 +528,19 @@ def test_a_broken_second_model_of_a_model_axis_is_named_by_its_axis_value(recipe
         assert "model.id" not in result.err and "pickle" not in result.err
     assert not (tmp_path / "out").exists()
     assert tree_digest(tmp_path, skip=tmp_path / "out") == before
+
+
+def test_the_command_line_entry_called_in_process_leaves_the_signal_handlers_as_it_found_them(monkeypatch):
+    """console() (and python -m recipe_runner) install the start-up handlers; a program (a test)
+    calling them in-process gets its own handlers back, so a later Ctrl-C is not an os._exit."""
+    import runpy
+
+    from recipe_runner import cli, interrupts
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(cli, "main", lambda argv=None: 0)
+    for call in (cli.console, lambda: runpy.run_module("recipe_runner", run_name="__main__")):
+        with pytest.raises(SystemExit):
+            call()
+        assert {s: signal.getsignal(s) for s in before} == before
+        assert not interrupts._at_once
