@@ -69,7 +69,7 @@ def pickled_only(folder: Path) -> list[Path]:
     return sorted(p for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
 
 
-WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES, ".gguf", ".msgpack", ".onnx")  # any weights at all
 
 
 def missing_weights(folder: Path) -> bool:
