@@ -121,7 +121,7 @@ def load(pipe: Any, settings: Settings, context: BuildContext) -> list[str]:
         if name in loaded:
             pipe.delete_adapters(name)
             del loaded[name]
-        kwargs = {"adapter_name": name, "use_safetensors": not context.allow_pickle}
+        kwargs = {"adapter_name": name, "use_safetensors": None if context.allow_pickle else True}
         if adapter.weight_name:
             kwargs["weight_name"] = adapter.weight_name
         try:

@@ -74,3 +74,8 @@ class RecipeError(Exception):
 
 class RunError(Exception):
     """A failure while running (model load, generation, writing). Exit status 1."""
+
+
+class PluginError(RunError):
+    """A plugin's hook raised (SystemExit and KeyError included): the run stops, exit 1, naming
+    the plugin."""

@@ -106,14 +106,24 @@ def console() -> None:
     torch, diffusers and transformers created: over a second here, with nothing left to do. By now
     every file is written, closed and synced and every stream flushed, so ``gc.freeze()`` moves
     those objects out of its way; objects are still released, and exit handlers still run.
+
+    Until a run begins writing, Ctrl-C or SIGTERM ends the process at once with one line
+    (:func:`recipe_runner.interrupts.startup`; ``python -m recipe_runner`` installs it before
+    importing this module).
     """
-    code = main()
+    from ..base.interrupts import restore, startup
+
+    startup()
     try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _stdout_to_devnull()
-        code = code or EXIT_FAILED
-    gc.freeze()
+        code = main()
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _stdout_to_devnull()
+            code = code or EXIT_FAILED
+        gc.freeze()
+    finally:
+        restore()  # for a program that called this in-process
     sys.exit(code)
 
 
@@ -128,10 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `recipe-run --dry-run r.toml | head -1`: the reader is gone; end quietly
         _stdout_to_devnull()
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {_images_written()} image(s) written by this run, every one complete and listed in "
+    except KeyboardInterrupt as exc:  # Ctrl-C (130) or SIGTERM (143): the writes in progress finished
+        from ..base.interrupts import exit_code
+
+        code = exit_code(exc)
+        what = "interrupted" if code == EXIT_INTERRUPTED else "terminated"
+        start = "\n" if _is_terminal(sys.stderr) else ""  # after the "^C" a terminal echoes; else one line
+        print(f"{start}{what}: {_images_written()} image(s) written by this run, every one complete and listed in "
               "its manifest; run the same command again to finish", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return code
     except RunError as exc:
         if args.debug:
             raise
@@ -198,6 +213,13 @@ def _images_written() -> int:
     return outputs.images_written() if outputs is not None else 0
 
 
+def _is_terminal(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):
+        return False
+
+
 def _stdout_to_devnull() -> None:
     """What Python's docs recommend on SIGPIPE: point stdout at devnull, so that the interpreter's
     final flush of the lost output raises nothing either."""
@@ -214,6 +236,10 @@ def _main(args: argparse.Namespace) -> int:
     from ..plugin_api.manager import load_plugins
 
     mode = mode_of(args)
+    if mode in ("compare", "watch"):  # they clean up after themselves on KeyboardInterrupt
+        from ..base.interrupts import ordinary
+
+        ordinary()
     if mode == "compare":  # files only: no plugins, no torch
         from ..views import compare
 

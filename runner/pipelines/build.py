@@ -60,6 +60,13 @@ class Built:
             self.pipe.scheduler = scheduler
 
 
+def use_safetensors(allow_pickle: bool) -> bool | None:
+    """``from_pretrained``'s ``use_safetensors``: True (safetensors only) unless ``--allow-pickle``,
+    then None (safetensors where present, pickled weights otherwise), never False (which refuses
+    safetensors and so fails on a safetensors-only model)."""
+    return None if allow_pickle else True
+
+
 def scheduler_key(spec: dict[str, Any] | None) -> str:
     return json.dumps(spec, sort_keys=True, default=repr)
 
@@ -96,6 +103,20 @@ def choose_dtype(spec: str | None, device: str, warn: Callable[[str], None], key
         warn(f"{key} = \"float16\" on a CPU: using float32 instead")
         return "float32"
     return spec
+
+
+def _holds_pickles(location: str) -> bool:
+    """Whether a local model folder holds pickled weights (a missing safetensors file is then
+    blamed on the pickle policy; otherwise the error says what is missing)."""
+    from .safety import PICKLE_SUFFIXES
+
+    root = Path(location)
+    if not root.is_dir():
+        return True  # a Hub id: diffusers' "no safetensors" means the repository has pickles only
+    try:
+        return any(p.suffix.lower() in PICKLE_SUFFIXES for p in root.glob("*/*") if p.is_file())
+    except OSError:
+        return False
 
 
 def _error(loaded: LoadedRecipe | None, key: str, message: str, hint: str | None = None) -> RecipeError:
@@ -137,7 +158,7 @@ def load_component(name: str, spec: Any, location: str, index: dict[str, Any], c
     module = importlib.import_module(library if library in ("diffusers", "transformers") else f"diffusers.pipelines.{library}")
     cls = getattr(module, class_name)
     dtype = choose_dtype(spec.dtype or ctx.dtype, ctx.device, ctx.warn, f"{key}.dtype")
-    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "use_safetensors": not ctx.allow_pickle}
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "use_safetensors": use_safetensors(ctx.allow_pickle)}
     for option in ("subfolder", "revision", "variant"):
         if getattr(spec, option) is not None:
             kwargs[option] = getattr(spec, option)
@@ -167,7 +188,7 @@ def load_pipeline(recipe: Recipe, loaded: LoadedRecipe | None, ctx: BuildContext
     cls = getattr(importlib.import_module(module_name), class_name)
     index = read_model_index(ctx.location, recipe.model.revision)
     components = load_components(recipe, loaded, index, ctx)
-    kwargs: dict[str, Any] = {"dtype": ctx.torch_dtype, "use_safetensors": not ctx.allow_pickle}
+    kwargs: dict[str, Any] = {"dtype": ctx.torch_dtype, "use_safetensors": use_safetensors(ctx.allow_pickle)}
     if recipe.model.revision is not None:
         kwargs["revision"] = recipe.model.revision
     if recipe.model.variant is not None:
@@ -181,7 +202,7 @@ def load_pipeline(recipe: Recipe, loaded: LoadedRecipe | None, ctx: BuildContext
     try:
         pipe = cls.from_pretrained(ctx.location, **kwargs)
     except Exception as exc:
-        if "safetensors" in str(exc).lower() and not ctx.allow_pickle:
+        if "safetensors" in str(exc).lower() and not ctx.allow_pickle and _holds_pickles(ctx.location):
             raise _error(loaded, "model.id", f"cannot load {recipe.model.id!r}: only safetensors weights load "
                          f"({_first_line(exc)})", "pickled .bin/.ckpt weights need --allow-pickle") from exc
         raise RunError(f"cannot load model {recipe.model.id!r}: {_first_line(exc)}") from exc

@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..base.errors import RunError
+from ..base.errors import RecipeError, RunError
+from ..plan.variants import relabel
 from ..recipe.context import BuildContext, HasHooks
 from ..recipe.loading import problem_at
 from ..recipe.optimizations import Enabled, Unsupported, settle
@@ -61,6 +62,19 @@ def _spec_text(spec: ComponentSpec | None) -> str:
 
 def _settings_text(item: Enabled | None) -> str | None:
     return None if item is None else json.dumps(item.settings.model_dump(mode="json"), sort_keys=True)
+
+
+def build_variant(variant: Variant, plugins: HasHooks, ctx: BuildContext) -> Built:
+    """:func:`recipe_runner.build.build` for ``variant``: a failure is named by the axis value that
+    chose the model (``matrix.axes.model.1``), not by the recipe's ``model.id``."""
+    try:
+        return build.build(variant.recipe, variant.loaded, variant.jobs, variant.enabled, plugins.hook, ctx)
+    except RecipeError as exc:
+        raise RecipeError(relabel(exc.problems, variant)) from exc.__cause__
+    except RunError as exc:
+        if not variant.axes:
+            raise
+        raise RunError(f"{exc} ({variant.label()})") from exc.__cause__
 
 
 @dataclass
@@ -107,7 +121,7 @@ class ModelCache:
         else:
             print(f"{recipe.name}: loading {recipe.model.id} ({task}, {ctx.device}, {ctx.dtype}"
                   f"{', ' + variant.label() if variant.axes else ''}) ...", file=sys.stderr, flush=True)
-            built = build.build(recipe, loaded, variant.jobs, variant.enabled, plugins.hook, ctx)
+            built = build_variant(variant, plugins, ctx)
             entry = self.entries[key] = Entry({task: built})
             built.swapped = {name: _spec_text(spec) for name, spec in recipe.components.items()}
             entry.switched = {e.name: e for e in built.optimizations

@@ -5,7 +5,10 @@
   (40 hex digits), so the code that runs is the code that was reviewed.
 - Weights load only from safetensors (``use_safetensors=True``). A local model or component folder
   whose weights are pickled only (.bin, .ckpt, .pt, .pth) is refused before anything loads, naming
-  safetensors, unless the command line says ``--allow-pickle``.
+  safetensors, unless the command line says ``--allow-pickle``. The same holds for every weight
+  file a recipe names: a LoRA adapter's ``id`` and ``weight_name`` (a pickle by its name, or by its
+  first bytes whatever its name), and a file named ``.safetensors`` whose bytes are a pickle is
+  refused even with ``--allow-pickle`` (it cannot load as what it says it is).
 
 Light module: no torch. Both checks raise RecipeError (exit 2).
 """
@@ -13,8 +16,12 @@ Light module: no torch. Both checks raise RecipeError (exit 2).
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
+import struct
 from pathlib import Path
+from typing import Any
 
 from ..base.errors import Problem, RecipeError
 from ..base.filehashes import FolderTooLarge, special_files
@@ -63,6 +70,20 @@ def pickled_only(folder: Path) -> list[Path]:
     return sorted(p for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
 
 
+WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES, ".gguf", ".msgpack", ".onnx")  # any weights at all
+
+
+def missing_weights(folder: Path) -> bool:
+    """Whether ``folder`` is a model component (it has a ``config.json``; schedulers, tokenizers and
+    image processors do not) that holds no weight file at all: the model is incomplete."""
+    try:
+        if not (folder / "config.json").is_file():
+            return False
+        return not any(p.is_file() and p.name.lower().endswith(WEIGHT_SUFFIXES) for p in folder.iterdir())
+    except OSError:
+        return False
+
+
 def weight_folders(location: Path, subfolder: str | None = None) -> list[Path]:
     """The folders of a local diffusers model that hold weights: each component's folder named in
     model_index.json, or the folder itself (a single component)."""
@@ -76,6 +97,90 @@ def weight_folders(location: Path, subfolder: str | None = None) -> list[Path]:
     except (ValueError, OSError, AttributeError):
         return [root]
     return [root / name for name in names if (root / name).is_dir()]
+
+
+def weights_kind(path: Path) -> str | None:
+    """What a weights file holds, from its first bytes: "safetensors" (an 8-byte little-endian
+    header length, then a JSON object), "pickle" (torch.save's zip archive or a raw pickle), or
+    None (not a regular file, unreadable, or neither)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO or a device
+            return None
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{" and 0 < struct.unpack("<Q", head[:8])[0] <= size - 8:
+        return "safetensors"
+    return None
+
+
+def _adapter_files(folder: Path, adapter: dict[str, Any]) -> tuple[list[Path], bool]:
+    """The local files a LoRA adapter entry names (none for a Hub id), and whether it names one
+    file: the file ``id``, the file ``weight_name`` inside the folder ``id``; or the weight files of
+    the folder ``id`` when it names none (diffusers picks one)."""
+    candidate = folder / Path(str(adapter.get("id"))).expanduser()
+    weight_name = adapter.get("weight_name")
+    if candidate.is_file():
+        return [candidate], True
+    if not candidate.is_dir():
+        return [], True
+    if isinstance(weight_name, str):
+        inside = candidate / weight_name
+        return ([inside] if inside.is_file() else []), True
+    try:
+        return sorted(p for p in candidate.iterdir() if p.is_file() and p.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES)), False
+    except OSError:
+        return [], False
+
+
+def check_adapters(recipe: Recipe, loaded: LoadedRecipe | None, *, allow_pickle: bool) -> None:
+    """The pickle policy on the weight files of ``[optimizations.lora]`` adapters, before anything
+    loads: a name ending in a pickle suffix (id or weight_name), a local file whose bytes are a
+    pickle, a folder holding pickled weights only; and a ``.safetensors`` file that is a pickle."""
+    table = recipe.optimizations.get("lora")
+    adapters = table.get("adapters") if isinstance(table, dict) else None
+    if not isinstance(adapters, list):
+        return
+    problems: list[Problem] = []
+    refuse_hint = "convert it to safetensors, or pass --allow-pickle if you trust it"
+    for index, adapter in enumerate(adapters):
+        if not isinstance(adapter, dict) or not isinstance(adapter.get("id"), str):
+            continue  # the plugin's settings model reports it
+        base = f"optimizations.lora.adapters.{index}"
+        named = [(f"{base}.{field}", adapter[field]) for field in ("weight_name", "id") if isinstance(adapter.get(field), str)]
+        refused = False
+        if not allow_pickle:
+            for key, value in named:
+                if value.lower().endswith(PICKLE_SUFFIXES):
+                    problems.append(problem_at(loaded, key, f"{value!r} is a pickled weights file: only safetensors weights load",
+                                               refuse_hint))
+                    refused = True
+                    break
+        if refused:
+            continue
+        folder = loaded.origin(f"{base}.id").folder if loaded is not None else Path.cwd()
+        files, one = _adapter_files(folder, adapter)
+        key = named[0][0]  # weight_name when given, else id
+        kinds = {path: weights_kind(path) for path in files}
+        lying = [p for p, kind in kinds.items() if kind == "pickle" and p.suffix.lower() == ".safetensors"]
+        if lying:
+            problems.append(problem_at(loaded, key, f"{lying[0]} is named .safetensors but holds pickled weights "
+                                       "(a torch.save file): it cannot load as safetensors",
+                                       "convert it (safetensors.torch.save_file), or name it .bin and pass --allow-pickle "
+                                       "if you trust it"))
+            continue
+        if allow_pickle or not files:
+            continue
+        pickled = [p for p, kind in kinds.items() if kind == "pickle" or p.suffix.lower() in PICKLE_SUFFIXES]
+        if pickled and (one or len(pickled) == len(files)):  # the file named, or a folder with nothing else
+            what = "holds pickled weights" if one else "holds pickled weights only"
+            problems.append(problem_at(loaded, key, f"{pickled[0]} {what}: only safetensors weights load", refuse_hint))
+    if problems:
+        raise RecipeError(problems)
 
 
 def check_sources(recipe: Recipe, loaded: LoadedRecipe, *, allow_pickle: bool) -> None:
@@ -112,7 +217,14 @@ def check_sources(recipe: Recipe, loaded: LoadedRecipe, *, allow_pickle: bool) -
             continue
         if allow_pickle:
             continue
+        replaced = set(recipe.components) if key == "model.id" else set()  # their weights come from elsewhere
         for folder in weight_folders(location, subfolder):
+            if folder.name not in replaced and missing_weights(folder):
+                problems.append(problem_at(loaded, key, f"{folder} holds no weights (no .safetensors file): the model "
+                                           f"{model_id!r} is incomplete", "copy or download it again"))
+                continue
+            if allow_pickle:
+                continue
             found = pickled_only(folder)
             if found:
                 names = ", ".join(p.name for p in found[:3])

@@ -187,6 +187,18 @@ class InputImages:
         if problems:
             raise RecipeError(problems)
 
+    def size_problems(self, minimum: int) -> list[Problem]:
+        """Inputs (after :meth:`preflight`) smaller than ``minimum`` pixels on a side: the
+        pipeline's VAE scale factor. diffusers rounds an input's size down to a multiple of it, so
+        a smaller input (1x1, 7x9) has no pixels left, and fails only after the model loaded."""
+        problems: list[Problem] = []
+        for value, (width, height) in self.sizes.items():
+            if width < minimum or height < minimum:
+                problems.append(problem_at(self._loaded, self._keys[value],
+                                           f"{value!r} is {width}x{height} px: the pipeline needs at least {minimum} px "
+                                           f"on each side (it works on multiples of {minimum}, rounding sizes down)"))
+        return problems
+
     def get(self, value: str, mode: str = "RGB") -> Any:
         cache_key = (value, mode)
         if cache_key in self._cache:

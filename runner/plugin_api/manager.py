@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -20,6 +21,8 @@ from recipe_runner import __version__
 
 from ..axes.kind import AxisKind
 from ..axes.registry import KINDS
+from ..base.errors import PluginError
+from ..base.memory import is_out_of_memory
 from ..base.registry import Registry as KindRegistry
 from ..pipelines.sources import SOURCES, ModelSource
 from ..recipe.optimizations import Optimization, Registry
@@ -80,6 +83,12 @@ class PluginInfo:
     error: str | None = None
     provides: list[str] = field(default_factory=list)
 
+    def label(self) -> str:
+        """How an error names this plugin: its name, and where it came from (the distribution
+        and version of an entry point or an installed module, else how it was loaded)."""
+        origin = " ".join(x for x in (self.distribution, self.version) if x) or self.source
+        return f"plugin {self.name!r} ({origin}; {self.module})"
+
 
 @dataclass
 class Plugins:
@@ -89,7 +98,77 @@ class Plugins:
 
     @property
     def hook(self) -> Any:
-        return self.pm.hook
+        """The hooks, called through pluggy; an exception a hook raises comes out as a
+        :class:`PluginError` naming the plugin (out-of-memory errors and Ctrl-C pass unchanged:
+        the runner backs off or stops)."""
+        return NamingHooks(self)
+
+    def info(self, name: str) -> PluginInfo | None:
+        return next((i for i in self.infos if i.name == name), None)
+
+
+@dataclass
+class NamingHooks:
+    """``plugins.hook.NAME(**kwargs)``, with failures named by their plugin."""
+
+    plugins: Plugins
+
+    def implementers(self, name: str) -> str:
+        """The plugins implementing hook ``name``, as errors name them."""
+        impls = getattr(self.plugins.pm.hook, name).get_hookimpls()
+        return ", ".join(_describe(self.plugins, impl.plugin_name) for impl in impls) or "no plugin"
+
+    def __getattr__(self, name: str) -> Any:
+        caller = getattr(self.plugins.pm.hook, name)
+
+        def call(**kwargs: Any) -> Any:
+            try:
+                return caller(**kwargs)
+            except (KeyboardInterrupt, GeneratorExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - SystemExit too: a plugin never ends the run silently
+                if _passes_through(exc):
+                    raise
+                raise PluginError(f"{_culprit(self.plugins, caller, exc)} failed in its {name} hook: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+
+        return call
+
+
+def _passes_through(exc: BaseException) -> bool:
+    """Errors the runner handles itself: out of memory (it retries smaller batches) and a
+    PluginError already naming its plugin."""
+    if isinstance(exc, PluginError):
+        return True
+    if not isinstance(exc, Exception) or "torch" not in sys.modules:  # no torch loaded: no tensor ran out
+        return False
+    return is_out_of_memory(exc)
+
+
+def _code_of(function: Any) -> Any:
+    function = getattr(function, "__func__", function)  # a bound method
+    function = getattr(function, "__wrapped__", function)  # functools.wraps
+    return getattr(function, "__code__", None)
+
+
+def _culprit(plugins: Plugins, caller: Any, exc: BaseException) -> str:
+    """The plugin whose implementation ``exc`` came out of: the first frame of its traceback that
+    runs one of the hook's implementations; else every plugin implementing the hook."""
+    impls = caller.get_hookimpls()
+    by_code = {_code_of(impl.function): impl for impl in impls}
+    tb = exc.__traceback__
+    while tb is not None:
+        impl = by_code.get(tb.tb_frame.f_code)
+        if impl is not None:
+            return _describe(plugins, impl.plugin_name)
+        tb = tb.tb_next
+    names = ", ".join(_describe(plugins, impl.plugin_name) for impl in impls)
+    return f"one of {names}" if len(impls) > 1 else names or "a plugin"
+
+
+def _describe(plugins: Plugins, name: str) -> str:
+    info = plugins.info(name)
+    return info.label() if info is not None else f"plugin {name!r}"
 
 
 def _error_text(exc: BaseException) -> str:

@@ -43,6 +43,8 @@ RESERVED_PARAMS = {
 }
 
 
+NAME_MAX_BYTES = 255  # the longest file name most file systems take (ext4, APFS, NTFS count up to it)
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -220,6 +222,10 @@ class Recipe(Strict):
             raise ValueError(
                 "a recipe name names its output folder: 1-120 characters, no slashes, not '.' or '..'"
             )
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > NAME_MAX_BYTES:  # file systems count bytes: 100 emoji are 400
+            raise ValueError(f"a recipe name names its output folder: at most {NAME_MAX_BYTES} bytes in UTF-8 "
+                             f"(a file name's limit), got {size} bytes")
         return value
 
     @field_validator("name")

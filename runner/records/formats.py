@@ -17,6 +17,43 @@ from typing import Any, ClassVar
 from ..base.registry import Registry
 from ..base.safe_read import open_image
 
+JPEG_EXIF_MAX = 65_000  # a JPEG's EXIF is one APP1 segment: at most 65,533 bytes with its header
+COMPRESSED = "zlib+base64"  # UserComment holding {COMPRESSED: ...}: the chunks' JSON, compressed to fit
+EMBEDDED_MAX = 64 << 20  # decompressed metadata larger than this is not read (a zip bomb)
+
+
+def compress(text: str) -> str:
+    import base64
+    import zlib
+
+    return base64.b64encode(zlib.compress(text.encode(), 9)).decode("ascii")
+
+
+def decompress(data: str) -> str:
+    """The text :func:`compress` made; ValueError when it is not (or inflates beyond EMBEDDED_MAX)."""
+    import base64
+    import binascii
+    import zlib
+
+    try:
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(base64.b64decode(data, validate=True), EMBEDDED_MAX)
+        if inflater.unconsumed_tail:
+            raise ValueError("embedded metadata too large")
+        return raw.decode()
+    except (binascii.Error, zlib.error, UnicodeDecodeError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def exif_problem(recipe_json: str) -> str | None:
+    """Why a JPEG run cannot embed a recipe this large (its EXIF holds 64 KB, the runner compresses
+    what does not fit; 8 KB are kept for the job, environment and parameters), or None."""
+    size = len(compress(json.dumps({"recipe": recipe_json})))
+    if size <= JPEG_EXIF_MAX - 8192:
+        return None
+    return (f"the recipe embedded in each JPEG is {size:,} bytes even compressed: more than a JPEG's EXIF holds "
+            "(64 KB)")
+
 
 class OutputFormat:
     """One image format of ``[output] format``."""
@@ -58,6 +95,7 @@ class ExifFormat(OutputFormat):
     text as ASCII-safe JSON in UserComment."""
 
     pil_format: ClassVar[str]
+    exif_max: ClassVar[int | None] = None  # the EXIF the format holds (bytes); larger metadata is compressed
 
     def encode(self, image: Any, quality: int, text: dict[str, str] | None) -> bytes:
         from PIL import Image
@@ -68,6 +106,13 @@ class ExifFormat(OutputFormat):
             exif[0x010E] = text.get("parameters", "")  # ImageDescription
             exif[0x9286] = json.dumps(text)  # UserComment: every chunk, ASCII-safe JSON
             kwargs["exif"] = exif.tobytes()
+            if self.exif_max is not None and len(kwargs["exif"]) > self.exif_max:
+                exif[0x010E] = text.get("parameters", "")[:1000]
+                exif[0x9286] = json.dumps({COMPRESSED: compress(json.dumps(text))})
+                kwargs["exif"] = exif.tobytes()
+                if len(kwargs["exif"]) > self.exif_max:  # refused up front (exif_problem): never reached
+                    raise ValueError(f"the metadata is {len(kwargs['exif'])} bytes even compressed: more than "
+                                     f"{self.name}'s EXIF holds ({self.exif_max:,} bytes)")
         buffer = io.BytesIO()
         image.convert("RGB").save(buffer, format=self.pil_format, **kwargs)
         return buffer.getvalue()
@@ -77,6 +122,11 @@ class ExifFormat(OutputFormat):
             found = json.loads(image.getexif().get(0x9286) or "{}")
         except (TypeError, ValueError):
             found = {}
+        if isinstance(found, dict) and isinstance(found.get(COMPRESSED), str):
+            try:
+                found = json.loads(decompress(found[COMPRESSED]))
+            except ValueError:
+                found = {}
         return {k: v for k, v in found.items() if isinstance(v, str)} if isinstance(found, dict) else {}
 
 
@@ -91,6 +141,7 @@ class Jpeg(ExifFormat):
     name = "jpeg"
     extension = "jpg"
     pil_format = "JPEG"
+    exif_max = JPEG_EXIF_MAX
     description = "lossy (quality); metadata in EXIF"
 
 

@@ -335,12 +335,12 @@ def _batches(jobs: Sequence[Job], files: Sequence[str], keys: Keys, batch_size: 
         if members is not None and job in members and not any(m.index in placed for m in members):
             for member in members:
                 placed[member.index] = members
-    batches: list[Batch] = []
+    found: list[tuple[int | None, tuple[Job, ...]]] = []  # (the batch number recorded, if kept; its jobs)
     loose: list[Job] = []
+    numbers: set[int] = set()
 
     def flush() -> None:
-        for b in plan(loose, batch_size):
-            batches.append(Batch(len(batches), b.jobs))
+        found.extend((None, b.jobs) for b in plan(loose, batch_size))
         loose.clear()
 
     started: set[tuple[int, ...]] = set()
@@ -355,9 +355,16 @@ def _batches(jobs: Sequence[Job], files: Sequence[str], keys: Keys, batch_size: 
             continue
         flush()
         started.add(indices)
-        batches.append(Batch(len(batches), members))
+        number = (records.get(files[members[0].index]) or {}).get("batch")
+        kept = number if isinstance(number, int) and not isinstance(number, bool) and number not in numbers else None
+        if kept is not None:
+            numbers.add(kept)
+        found.append((kept, members))
     flush()
-    return batches
+    # A batch resumed as recorded keeps its number (its images' records and embedded jobs equal an
+    # uninterrupted run's); batches planned afresh take the lowest numbers left.
+    free = (n for n in range(len(found) + len(numbers) + 1) if n not in numbers)
+    return [Batch(number if number is not None else next(free), members) for number, members in found]
 
 
 def _recorded_members(record: dict[str, Any] | None, old_files: dict[int, str], by_file: dict[str, Job],

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..base.errors import RunError
+from ..base.errors import PluginError, RunError
+from ..base.memory import is_out_of_memory
 from ..pipelines.build import Built, call_parameters
 from ..plan.batches import Batch, plan
 from ..plan.inputs import InputImages
@@ -27,16 +28,6 @@ from .progress import Progress
 
 if TYPE_CHECKING:
     from ..pipelines.cache import Pipelines
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """torch.OutOfMemoryError, and the CUDA / MPS out-of-memory RuntimeErrors."""
-    import torch
-
-    oom_type = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    if isinstance(exc, oom_type):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def free_memory() -> None:
@@ -126,6 +117,11 @@ class Execution:
         if len(images) != batch.size:
             raise RunError(f"the pipeline returned {len(images)} images for a batch of {batch.size}")
         self.hook.after_batch(pipe=built.pipe, batch=batch, images=images)
+        if len(images) != batch.size or not all(hasattr(image, "save") for image in images):
+            raise PluginError(f"after_batch left {len(images)} image(s) for a batch of {batch.size}"
+                              f"{'' if len(images) != batch.size else ', not all of them images'}: a hook may change "
+                              f"the images (in place, or replace an item), never remove or add one "
+                              f"(after_batch implemented by {self.hook.implementers('after_batch')})")
         mine = None if only is None else {j.index for j in batch.jobs if j.index in only}
         return Handed(batch, images, mine, batch_times(batch, seconds))
 

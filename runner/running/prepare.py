@@ -10,6 +10,8 @@ diffusers are never imported.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +26,9 @@ from ..plan.prepared import Prepared
 from ..plan.variants import Variant, relabel
 from ..plan.variants import make as make_variants
 from ..plugin_api.manager import Plugins
-from ..recipe.loading import LoadedRecipe, load
+from ..recipe.loading import LoadedRecipe, display_path, load
 from ..recipe.model import Recipe, validate
-from ..records.formats import FORMATS
+from ..records.formats import FORMATS, exif_problem
 
 
 @dataclass
@@ -82,6 +84,12 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
         resolved = {}
     for variant in found or [Variant("{}", {}, recipe, loaded, enabled, jobs, {})]:
         problems += relabel(variant_problems(variant, options), variant)
+    problems += output_problems(options.out / recipe.name)
+    if recipe.output.format == "jpeg" and recipe.output.metadata:
+        too_large = exif_problem(json.dumps(recipe.model_dump(mode="json"), ensure_ascii=False, sort_keys=True))
+        if too_large:
+            problems.append(loaded.problem("output.format", too_large,
+                                           'use format = "png" or "webp" (no such limit), or metadata = false'))
     if problems:
         raise RecipeError(list({(p.key, p.message, p.file, p.line): p for p in problems}.values()))
     return Prepared(loaded, recipe, jobs, enabled, resolved, keys, options.out / recipe.name, found)
@@ -97,6 +105,21 @@ def format_problems(recipe: Recipe, loaded: LoadedRecipe) -> list[Problem]:
                            suggest(recipe.output.format, FORMATS.names()))]
 
 
+def output_problems(out_dir: Path) -> list[Problem]:
+    """The run folder, ``--out``/NAME, must be (or become) a folder: refused up front when it, the
+    output root or a folder above them is something else (a regular file), instead of failing
+    after the model loaded."""
+    for path in (out_dir, *out_dir.parents):
+        if path.is_dir():
+            return []
+        if os.path.lexists(path):
+            what = "the run folder" if path == out_dir else "--out" if path == out_dir.parent else "a folder of --out"
+            kind = "a file" if path.is_file() else "not a folder"
+            return [Problem(f"{what} {display_path(path)} is {kind}: it must be a folder (made if missing); choose another "
+                            "--out", file="recipe-run")]
+    return []
+
+
 def variant_problems(variant: Variant, options: Options) -> list[Problem]:
     """The safety policy and the checks that need no torch, on one variant (the recipe itself
     when it has no build axis): its model, components and optimizations, and its jobs."""
@@ -104,7 +127,8 @@ def variant_problems(variant: Variant, options: Options) -> list[Problem]:
     problems: list[Problem] = []
     for check in (lambda: safety.check_recipe(recipe, loaded, trust_remote_code=options.trust_remote_code,
                                               allow_pickle=options.allow_pickle),
-                  lambda: safety.check_sources(recipe, loaded, allow_pickle=options.allow_pickle)):
+                  lambda: safety.check_sources(recipe, loaded, allow_pickle=options.allow_pickle),
+                  lambda: safety.check_adapters(recipe, loaded, allow_pickle=options.allow_pickle)):
         try:
             check()
         except RecipeError as exc:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..base import environment, report
 from ..base.errors import RecipeError, RunError
-from ..base.interrupts import critical, graceful
+from ..base.interrupts import begin_writing, critical, graceful
 from ..base.paths import TMP_NAME
 from ..pipelines import build
 from ..pipelines.cache import ModelCache, Pipelines
@@ -113,6 +113,9 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
     if prepared.inputs:
         images = inputs_mod.InputImages(prepared.inputs, loaded, prepared.input_keys)
         images.preflight()
+        too_small = images.size_problems(size_multiple(prepared.variants))
+        if too_small:
+            raise RecipeError(too_small)
         prepared.jobs[:] = images.with_sizes(prepared.jobs)
     schedulers: dict[str, str] = {}  # variant -> its pipeline's own scheduler class (the images' Sampler)
     pipelines = Pipelines(prepared, plugins, cache, options.allow_pickle, context_for,
@@ -142,6 +145,16 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
                     default_scheduler=schedulers[first.id], rank=dist.rank,
                     models={v.id: v.recipe.model.id for v in prepared.variants}, schedulers=schedulers)
     return Started(ctx, dist, pipelines, images, manifest, writer, revisions)
+
+
+def size_multiple(variants: Sequence[Variant]) -> int:
+    """The largest VAE scale factor of the variants' models, as their folders declare it (8, the
+    diffusers default, when not known before loading)."""
+    from ..pipelines.preflight import find_model
+    from ..plan.checks import DEFAULT_MULTIPLE
+
+    found = [find_model(v.recipe, v.loaded).info for v in variants]
+    return max([info.vae_scale_factor for info in found if info is not None and info.vae_scale_factor] or [DEFAULT_MULTIPLE])
 
 
 def variant_context(variant: Variant, options: Options) -> BuildContext:
@@ -204,6 +217,7 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
     ctx, dist, pipelines, images, manifest, writer = (started.ctx, started.dist, started.pipelines, started.images,
                                                       started.manifest, started.writer)
     out_dir = prepared.out_dir
+    begin_writing()  # from here an interrupt lets the writes finish and folds the journal (exit 130/143)
     size = initial_batch_size(recipe.run.batch_size, prepared.jobs, ctx.device)
 
     # Resume: what the folder already holds (manifests, journals) decides what still runs, and how.
@@ -252,7 +266,7 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
     if recipe.output.gallery:
         write_gallery(out_dir, data)
     plugins.hook.run_finished(recipe=recipe, output_dir=out_dir, manifest=data)
-    done = sum(1 for b in mine for j in b.jobs if j.index in state.pending)
+    done = made_on_disk(manifest, [j for b in mine for j in b.jobs if j.index in state.pending])
     rate = done / generate_seconds if generate_seconds > 0 else 0.0
     ranks = f" ({done} by rank 0 of {dist.world_size})" if dist.world_size > 1 else ""
     loads = "" if len(prepared.variants) == 1 else f", {sum(1 for e in pipelines.log if e['how'] == 'loaded')} loads"
@@ -261,6 +275,12 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
           f"{peak_memory(ctx.device)} -> {display_path(out_dir)}/")
     print(where_to_look(out_dir, recipe.output.gallery, manifest.history))
     return data
+
+
+def made_on_disk(manifest: Manifest, jobs: Sequence[Any]) -> int:
+    """How many of ``jobs`` (this run's) are done: recorded so and their file on disk (the summary
+    counts files, never the plan)."""
+    return sum(1 for job in jobs if manifest.record(job).status == "done" and manifest.file_for(job).is_file())
 
 
 def where_to_look(out_dir: Path, gallery: bool, history: str | None) -> str:
