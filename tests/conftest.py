@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,25 @@ def run_subprocess(*args: str, cwd: Path | None = None, env: dict | None = None,
     proc = subprocess.run([sys.executable, "-m", "recipe_runner", *map(str, args)], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of every subprocess a test interrupts with SIGINT: the signal's default action
+    again in the child. A non-interactive shell starts a background job (``python -m pytest ... &``)
+    with SIGINT ignored, an ignored signal stays ignored across ``exec``, and a child that inherits
+    it never sees the test's SIGINT (Python installs its KeyboardInterrupt handler only over the
+    default action)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler (raise KeyboardInterrupt) for one test, the one it finds restored
+    after. A test of what a handler puts back needs a known one to start from: pytest started as a
+    background job of a shell finds SIGINT ignored instead."""
+    found = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield signal.default_int_handler
+    signal.signal(signal.SIGINT, found)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

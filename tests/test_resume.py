@@ -17,7 +17,7 @@ from recipe_runner import hookimpl
 from recipe_runner.base.paths import sha256_file
 from recipe_runner.plugin_api import manager as plugins
 from recipe_runner.records.journal import JOURNAL_NAME, read_journal
-from tests.conftest import REPO, image_files, images_in_matrix_order, pixels, run_subprocess
+from tests.conftest import REPO, default_sigint, image_files, images_in_matrix_order, pixels, run_subprocess
 
 RECIPE = '''
 [model]
@@ -298,7 +298,8 @@ def start(tmp_path: Path, recipe: Path, mode: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{tmp_path}", STOPPER=mode,
                STOPPER_MARK=str(tmp_path / "mark"))
     return subprocess.Popen([sys.executable, "-m", "recipe_runner", str(recipe), "--out", str(tmp_path / "out"), "-p", "stopper"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
 
 
 def wait_for(path: Path, proc: subprocess.Popen, limit: float = 300) -> None:
@@ -361,7 +362,7 @@ def test_a_hard_crash_loses_at_most_the_batch_in_flight(recipe_runner_cli, tmp_p
     assert not (folder / JOURNAL_NAME).exists()
 
 
-def test_first_sigint_waits_for_a_critical_write_and_a_second_stops_at_once():
+def test_first_sigint_waits_for_a_critical_write_and_a_second_stops_at_once(python_sigint_handler):
     from recipe_runner.base.interrupts import critical, graceful
 
     with graceful():

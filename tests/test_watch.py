@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 from recipe_runner.running.watch import Relevant, Watcher, digest, release_unused, snapshot
 from recipe_runner.views import refresh
-from tests.conftest import REPO, image_files
+from tests.conftest import REPO, default_sigint, image_files
 
 RECIPE = """
 [model]
@@ -83,7 +83,8 @@ def test_watch_runs_new_jobs_on_a_warm_pipeline_survives_an_invalid_edit_and_end
     folder = tmp_path / "out" / "recipe"
     with open(out_log, "w") as out, open(err_log, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "recipe_runner", "--watch", "recipe.toml", "--out", "out",
-                                 "-p", "counter", "--no-progress"], cwd=tmp_path, env=env, stdout=out, stderr=err)
+                                 "-p", "counter", "--no-progress"], cwd=tmp_path, env=env, stdout=out, stderr=err,
+                                preexec_fn=default_sigint)
     try:
         def rounds_done() -> int:
             return out_log.read_text().count("watching ")

@@ -19,7 +19,7 @@ import pytest
 
 from recipe_runner import hookimpl
 from recipe_runner.records.writing import SYNC_WRITES_ENV
-from tests.conftest import REPO, image_files, pixels
+from tests.conftest import REPO, default_sigint, image_files, pixels
 from tests.test_resume import RECIPE as LONGRUN
 from tests.test_resume import manifest_of
 
@@ -241,7 +241,7 @@ def test_first_sigint_lets_the_batches_handed_to_the_writer_finish(recipe_runner
     env.pop(SYNC_WRITES_ENV, None)
     proc = subprocess.Popen([sys.executable, "-m", "recipe_runner", str(recipe), "--out", str(tmp_path / "out"),
                              "-p", "slow_disk"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 300
     while not mark.exists():
         assert proc.poll() is None, proc.communicate()
