@@ -13,6 +13,7 @@ temporary recipe-runner cache for the whole session (``recipe_runner_cache``), s
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -37,6 +38,25 @@ REPO = Path(__file__).resolve().parent.parent
 def _session_cache(recipe_runner_cache: Path) -> Path:
     """Every test of this suite, and every subprocess it starts, uses the session's tiny cache."""
     return recipe_runner_cache
+
+
+def tiny_recipe(*prompts: str, seeds: int | list[int] | str | None = None, steps: int = 2, model_id: str = "tiny:sd15",
+                model: str = "", params: str = "", matrix: str = "", tables: str = "") -> str:
+    """The suite's recipe text: the tiny SD-1.5-layout pipeline on the CPU, ``steps`` inference
+    steps, ``prompts`` (default one, "a cat"), ``seeds`` (a count, a list, or TOML text such as a
+    ``"{seeds}"`` placeholder; left out by default: one image per prompt, seed 0). ``model``,
+    ``params`` and ``matrix`` are more lines for those tables; ``tables`` is TOML after them
+    (``[run]``, ``[output]``, ``[optimizations]``, ...). Nothing else: what a test varies is in its call.
+    The text starts at line 1 with ``[model]``, ``id`` is on line 2."""
+    lines = ["[model]", f'id = "{model_id}"', 'device = "cpu"', model, "[params]", f"num_inference_steps = {steps}", params,
+             "[matrix]", f"prompts = {json.dumps(list(prompts or ['a cat']))}"]
+    if seeds is not None:
+        lines.append(f"seeds = {seeds if isinstance(seeds, str) else json.dumps(seeds)}")
+    lines += [matrix, tables]
+    return "".join(line.strip("\n") + "\n" for line in lines if line.strip())
+
+
+TINY_RECIPE = tiny_recipe()
 
 
 def run_subprocess(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):

@@ -6,18 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-BASE = '''
-[model]
-id = "tiny:sd15"
-device = "cpu"
-[params]
-num_inference_steps = 2
-[matrix]
-prompts = ["a photo of {who}"]
-seeds = 1
-[matrix.vars]
-who = ["a cat"]
-'''
+from tests.conftest import tiny_recipe
+
+BASE = tiny_recipe("a photo of {who}", seeds=1, matrix='[matrix.vars]\nwho = ["a cat"]')
 
 
 def test_bad_command_lines_exit_2(recipe_runner_cli, tmp_path):

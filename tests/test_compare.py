@@ -11,25 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, chromium, needs_chromium, pixels
+from tests.conftest import REPO, chromium, needs_chromium, pixels, tiny_recipe
 from tests.test_provenance import LOAD_CHECK
 
-BASE = '''
-name = "cmp"
-[model]
-id = "tiny:sd15"
-device = "cpu"
-[params]
-num_inference_steps = 2
-guidance_scale = 7.0
-height = 64
-width = 64
-[matrix]
-prompts = ["a red cube", "a blue ball"]
-seeds = [0, 1]
-[run]
-batch_size = 2
-'''
+BASE = 'name = "cmp"\n' + tiny_recipe("a red cube", "a blue ball", seeds=[0, 1],
+                                          params="guidance_scale = 7.0\nheight = 64\nwidth = 64", tables="[run]\nbatch_size = 2")
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import REPO, image_files, run_subprocess
+from tests.conftest import REPO, image_files, run_subprocess, tiny_recipe
 
-BASE = '''
-[model]
-id = "tiny:sd15"
-device = "cpu"
-[params]
-num_inference_steps = 2
-[matrix]
-prompts = ["a photo of a cat"]
-seeds = 1
-'''
+BASE = tiny_recipe("a photo of a cat", seeds=1)
 
 
 def test_two_recipes_the_second_misspelled_nothing_written_for_the_first(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):

@@ -10,37 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import image_files
+from tests.conftest import image_files, tiny_recipe
 
-T2I = '''
-[model]
-id = "{model}"
-device = "cpu"
-{extra}
-[params]
-num_inference_steps = 2
-[matrix]
-prompts = ["a cat"]
-seeds = 1
-'''
-
-I2I = '''
-[model]
-id = "tiny:sd15"
-device = "cpu"
-task = "image-to-image"
-[params]
-num_inference_steps = 2
-strength = 0.5
-[matrix]
-prompts = ["a cat"]
-seeds = 1
-images = ["{image}"]
-'''
+I2I = tiny_recipe("a cat", seeds=1, model='task = "image-to-image"', params="strength = 0.5", matrix='images = ["{image}"]')
 
 
 def recipe(write_recipe, model="tiny:sd15", extra="", head="", name="recipe.toml"):
-    return write_recipe(head + T2I.format(model=model, extra=extra), name)
+    return write_recipe(head + tiny_recipe("a cat", seeds=1, model_id=model, model=extra), name)
 
 
 # --- pickled weights ---------------------------------------------------------------------------------

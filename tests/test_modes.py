@@ -7,14 +7,9 @@ import json
 
 import pytest
 
-TINY = """
-[model]
-id = "tiny:sd15"
-[params]
-num_inference_steps = 2
-[matrix]
-prompts = ["a cat"]
-"""
+from tests.conftest import TINY_RECIPE
+
+TINY = TINY_RECIPE
 
 # (arguments, the two flags the message must name), RECIPE standing for a valid recipe file
 INCOMPATIBLE = [

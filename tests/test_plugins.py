@@ -17,20 +17,11 @@ import pytest
 
 from recipe_runner import hookimpl
 from recipe_runner.plugin_api import hookspecs
-from tests.conftest import REPO, run_subprocess
+from tests.conftest import REPO, run_subprocess, tiny_recipe
 
 EXAMPLE = REPO / "examples" / "recipe-runner-example"
 
-ONE_IMAGE = '''
-[model]
-id = "tiny:sd15"
-device = "cpu"
-[params]
-num_inference_steps = 2
-[matrix]
-prompts = ["a cat on a roof"]
-seeds = [0]
-'''
+ONE_IMAGE = tiny_recipe("a cat on a roof", seeds=[0])
 
 
 # --- third-party plugins -------------------------------------------------------------------------
@@ -88,7 +79,7 @@ def test_a_recipe_that_uses_a_broken_plugin_stops_with_exit_2(fake_distribution,
     recipe.write_text(ONE_IMAGE + "[optimizations]\nbroken = true\n")
     result = run_subprocess(recipe, "--dry-run", env=with_site(fake_distribution))
     assert result.code == 2
-    assert ("uses.toml:11: optimizations.broken: the plugin 'broken' failed to load: "
+    assert ("uses.toml:10: optimizations.broken: the plugin 'broken' failed to load: "
             "RuntimeError: this plugin is broken on purpose") in result.err
 
 

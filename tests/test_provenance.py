@@ -14,7 +14,7 @@ import pytest
 
 from recipe_runner import hookimpl
 from recipe_runner.plugin_api import manager as plugins
-from tests.conftest import REPO, chromium, image_files, needs_chromium, pixels, run_subprocess
+from tests.conftest import REPO, chromium, image_files, needs_chromium, pixels, run_subprocess, tiny_recipe
 
 VARS_AXES = '''
 [model]
@@ -205,20 +205,7 @@ def test_metadata_false_writes_bare_images_and_reproduce_refuses_them(recipe_run
     assert result.code == 2 and "carries no recipe" in result.err
 
 
-REPRO = '''
-[model]
-id = "tiny:sd15"
-device = "cpu"
-[params]
-num_inference_steps = 2
-[matrix]
-prompts = ["a lighthouse", "a red barn"]
-seeds = [3, 4]
-[run]
-batch_size = 3
-[output]
-format = "{fmt}"
-'''
+REPRO = tiny_recipe("a lighthouse", "a red barn", seeds=[3, 4], tables='[run]\nbatch_size = 3\n[output]\nformat = "{fmt}"')
 
 
 class ThreadProbe:

@@ -17,21 +17,18 @@ from recipe_runner import hookimpl
 from recipe_runner.base.paths import sha256_file
 from recipe_runner.plugin_api import manager as plugins
 from recipe_runner.records.journal import JOURNAL_NAME, read_journal
-from tests.conftest import REPO, default_sigint, image_files, images_in_matrix_order, pixels, run_subprocess
+from tests.conftest import (
+    REPO,
+    default_sigint,
+    image_files,
+    images_in_matrix_order,
+    pixels,
+    run_subprocess,
+    tiny_recipe,
+)
 
-RECIPE = '''
-[model]
-id = "tiny:sd15"
-device = "cpu"
-[params]
-num_inference_steps = 2
-guidance_scale = 7.5
-[matrix]
-prompts = ["a red fox", "a blue house", "a green tree"]
-seeds = [0, 1]
-[run]
-batch_size = {batch_size}
-'''
+RECIPE = tiny_recipe("a red fox", "a blue house", "a green tree", seeds=[0, 1], params="guidance_scale = 7.5",
+                     tables="[run]\nbatch_size = {batch_size}")
 
 
 class Counter:

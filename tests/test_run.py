@@ -13,21 +13,10 @@ import pytest
 
 from recipe_runner import hookimpl
 from recipe_runner.plugin_api import manager as plugins
-from tests.conftest import REPO, image_files, pixels, run_subprocess
+from tests.conftest import REPO, image_files, pixels, run_subprocess, tiny_recipe
 
-MATRIX = '''
-[model]
-id = "tiny:sd15"
-device = "cpu"
-[params]
-num_inference_steps = 3
-guidance_scale = 7.5
-[matrix]
-prompts = ["portrait photo of a old warrior chief", "a cat on a roof", "pixel-art coffee shop"]
-seeds = [0, 1]
-[run]
-batch_size = {batch_size}
-'''
+MATRIX = tiny_recipe("portrait photo of a old warrior chief", "a cat on a roof", "pixel-art coffee shop", seeds=[0, 1],
+                     steps=3, params="guidance_scale = 7.5", tables="[run]\nbatch_size = {batch_size}")
 
 
 class LatentCapture:

@@ -18,22 +18,10 @@ from recipe_runner.plan.batches import Batch
 from recipe_runner.plan.matrix import Job
 from recipe_runner.plugin_api import manager as plugins
 from recipe_runner.running import distributed
-from tests.conftest import REPO, image_files, pixels
+from tests.conftest import REPO, image_files, pixels, tiny_recipe
 
-RECIPE = '''
-name = "{name}"
-[model]
-id = "tiny:sd15"
-device = "cpu"
-{extra}
-[params]
-num_inference_steps = 3
-[matrix]
-prompts = ["portrait photo of a old warrior chief", "a cat on a roof", "a lighthouse"]
-seeds = [0, 1]
-[run]
-batch_size = 2
-'''
+RECIPE = 'name = "{name}"\n' + tiny_recipe("portrait photo of a old warrior chief", "a cat on a roof", "a lighthouse",
+                                             seeds=[0, 1], steps=3, model="{extra}", tables="[run]\nbatch_size = 2")
 
 
 def test_shard_gives_whole_batches_balanced_and_deterministic():

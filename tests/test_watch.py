@@ -18,18 +18,9 @@ from types import SimpleNamespace
 
 from recipe_runner.running.watch import Relevant, Watcher, digest, release_unused, snapshot
 from recipe_runner.views import refresh
-from tests.conftest import REPO, default_sigint, image_files
+from tests.conftest import REPO, default_sigint, image_files, tiny_recipe
 
-RECIPE = """
-[model]
-id = "tiny:sd15"
-device = "cpu"
-[params]
-num_inference_steps = 2
-[matrix]
-prompts = ["a red fox"]
-seeds = {seeds}
-"""
+RECIPE = tiny_recipe("a red fox", seeds="{seeds}")
 
 COUNTER = '''
 import os
