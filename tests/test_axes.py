@@ -93,6 +93,7 @@ def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     return len(a) == len(b) > 0 and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+@pytest.mark.slow
 def test_a_model_axis_loads_each_model_once_and_equals_each_model_alone(run, loads, recipe_runner_cli,
                                                                         recipe_runner_tiny_sd15, tiny_sd15_other):
     a, b = recipe_runner_tiny_sd15, tiny_sd15_other
@@ -142,6 +143,7 @@ def _text_chunk(path: Path, key: str) -> str:
         return image.text[key]
 
 
+@pytest.mark.slow
 def test_a_vae_axis_loads_the_model_once_and_equals_single_vae_runs(run, loads, recipe_runner_cli, recipe_runner_tiny_sd15,
                                                                     recipe_runner_tiny_vae):
     model, vae = recipe_runner_tiny_sd15, recipe_runner_tiny_vae
@@ -173,6 +175,7 @@ def test_a_vae_axis_loads_the_model_once_and_equals_single_vae_runs(run, loads, 
     assert {p["status"] for p in report["pairs"]} == {"identical"}
 
 
+@pytest.mark.slow
 def test_a_lora_axis_and_its_scales_equal_separate_runs(run, loads, recipe_runner_tiny_sd15, tiny_lora):
     model = recipe_runner_tiny_sd15
     axes = f'[matrix.axes]\nlora = ["none", {{ id = {toml(tiny_lora)} }}]\nlora_scale = [0.0, 0.5, 1.0]'
@@ -199,6 +202,7 @@ def test_a_lora_axis_and_its_scales_equal_separate_runs(run, loads, recipe_runne
     assert same(by_axes(fixed, lora_scale=0.5), by_axes(axis, lora={"id": str(tiny_lora)}, lora_scale=1.0))
 
 
+@pytest.mark.slow
 def test_an_optimization_axis_measures_pixels_and_time_in_one_run(run, loads, recipe_runner_tiny_sd15):
     model = recipe_runner_tiny_sd15
     axes = '[matrix.axes]\noptimizations.attention_slicing = [false, { slice_size = "max" }]'
@@ -216,6 +220,7 @@ def test_an_optimization_axis_measures_pixels_and_time_in_one_run(run, loads, re
     assert axis.manifest["optimizations"]["attention_slicing"]["status"] == "applied"
 
 
+@pytest.mark.slow
 def test_the_dry_run_prints_the_load_order_without_torch(recipe_runner_write_recipe, recipe_runner_tiny_sd15,
                                                          tiny_sd15_other, recipe_runner_tiny_vae, tiny_lora):
     import subprocess
@@ -394,6 +399,7 @@ class Alive:
         self.refs.append(weakref.ref(pipe))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep, alive", [("false", [0, 0]), ("true", [0, 1])])
 def test_the_previous_model_is_released_before_the_next_loads_unless_kept(run, recipe_runner_register_plugin,
                                                                          recipe_runner_tiny_sd15, tiny_sd15_other,

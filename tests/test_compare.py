@@ -116,6 +116,7 @@ def test_compare_imports_neither_torch_nor_diffusers(runs, tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "exit 1 False False", proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_report_renders_in_headless_chromium_with_its_images(runs, recipe_runner_cli, tmp_path):
     report = tmp_path / "report"

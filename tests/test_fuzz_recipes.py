@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -55,12 +56,14 @@ def test_random_text_only_ever_raises_recipe_error(text):
     check(write(text), [])
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(KEYS), st.sampled_from(VALUES) | st.text(max_size=12)), max_size=4))
 def test_set_mutations_of_a_valid_recipe_only_ever_raise_recipe_error(mutations):
     check(VALID, [f"{key}={value}" for key, value in mutations])
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_text_mutations_of_a_valid_recipe_only_ever_raise_recipe_error(data):

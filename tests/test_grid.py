@@ -77,6 +77,7 @@ def test_two_prompts_by_sixty_seeds_wrap_into_one_sheet_within_limits(tmp_path):
     assert sheet.rows == ["a cat", "a dog"] and sheet.columns[:2] == ["seed 0", "seed 1"]
 
 
+@pytest.mark.slow
 def test_one_prompt_by_1024_seeds_gets_pages_not_a_strip(tmp_path):
     from recipe_runner.views import grid
 
@@ -174,6 +175,7 @@ window.addEventListener("load", function () {
 </script></body>"""
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_gallery_of_1000_images_renders_and_its_filter_narrows_the_cards(tmp_path):
     from recipe_runner.views.gallery import write_gallery

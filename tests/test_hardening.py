@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.conftest import REPO, image_files, run_subprocess, tiny_recipe
 
@@ -92,6 +93,7 @@ def _broken_entry_point(monkeypatch) -> None:
     monkeypatch.setattr(plugin_manager, "metadata", fake)
 
 
+@pytest.mark.slow
 def test_a_failed_entry_point_plugin_is_named_in_stderr_and_the_manifest(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, monkeypatch):
     _broken_entry_point(monkeypatch)
     out = tmp_path / "out"
@@ -106,6 +108,7 @@ def test_a_failed_entry_point_plugin_is_named_in_stderr_and_the_manifest(recipe_
     assert strict.code == 2 and "broken_watermark" in strict.err and not (tmp_path / "strict").exists()
 
 
+@pytest.mark.slow
 def test_p_finds_a_plugin_in_the_current_folder_records_it_and_reproduce_names_it_missing(
         recipe_runner_cli, recipe_runner_write_recipe, tmp_path, monkeypatch):
     import tempfile
@@ -141,6 +144,7 @@ def test_a_broken_p_plugin_is_listed_as_failed_and_refused_by_a_run(recipe_runne
     assert run.code == 2 and "cannot import plugin module 'badplug'" in run.err and "Traceback" not in run.err
 
 
+@pytest.mark.slow
 def test_an_axis_replaces_an_inherited_param_through_extends_and_through_set(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     recipe_runner_write_recipe(BASE.replace("num_inference_steps = 2", "num_inference_steps = 2\nguidance_scale = 7.5"), "base.toml")
     sweep = recipe_runner_write_recipe('extends = "base.toml"\n[matrix.axes]\nguidance_scale = [6.0, 8.0]\n', "sweep.toml")
@@ -177,6 +181,7 @@ def test_scheduler_labels_and_a1111_sampler_names(recipe_runner_cli, recipe_runn
     assert "scheduler      DPMSolverMultistepScheduler (use_karras_sigmas=true)" in recipe_runner_cli(recipe, "--dry-run").out
 
 
+@pytest.mark.slow
 def test_a1111_text_and_manifest_job_carry_the_scheduler_options(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     from recipe_runner.records.outputs import read_embedded
 
@@ -188,6 +193,7 @@ def test_a1111_text_and_manifest_job_carry_the_scheduler_options(recipe_runner_c
     assert "Sampler: DPM++ 2M Karras" in read_embedded(image_files(out / "recipe")[0])["parameters"]
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_quietly(tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text(BASE)
@@ -205,6 +211,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     assert "BrokenPipe" not in err and "Traceback" not in err and "error" not in err
 
 
+@pytest.mark.slow
 def test_offline_hub_says_so_fast(tmp_path):
     recipe = tmp_path / "hub.toml"
     recipe.write_text(BASE.replace("tiny:sd15", "someorg/not-cached-model"))
@@ -219,6 +226,7 @@ def test_offline_hub_says_so_fast(tmp_path):
     assert "cannot be reached" in result.err and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_inputs_of_different_sizes_never_share_a_batch(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     from PIL import Image
 

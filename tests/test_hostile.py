@@ -39,6 +39,7 @@ def pickled_pipeline(recipe_runner_tiny_sd15, tmp_path_factory) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_pickled_weights_are_refused_with_exit_2_naming_safetensors(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, pickled_pipeline):
     result = recipe_runner_cli(recipe(recipe_runner_write_recipe, model=str(pickled_pipeline)), "--out", tmp_path / "out")
     assert result.code == 2, result.err
@@ -47,6 +48,7 @@ def test_pickled_weights_are_refused_with_exit_2_naming_safetensors(recipe_runne
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.png"))
 
 
+@pytest.mark.slow
 def test_allow_pickle_lets_a_trusted_pickled_model_run(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, pickled_pipeline):
     result = recipe_runner_cli(recipe(recipe_runner_write_recipe, model=str(pickled_pipeline)), "--out", tmp_path / "out", "--allow-pickle")
     assert result.code == 0, result.err

@@ -133,6 +133,7 @@ def test_expansion_is_deterministic(tmp_path):
     assert jobs[-1].prompt == "b in y" and jobs[-1].params["negative_prompt"] == "blurry b"
 
 
+@pytest.mark.slow
 def test_max_jobs_guards_against_an_accidental_giant_matrix(tmp_path):
     text = """
         [model]

@@ -64,12 +64,12 @@ ROUNDING = (1, 0.001)
 
 @pytest.mark.parametrize("name, table, bound", [
     ("attention_slicing", 'attention_slicing = { slice_size = "max" }', ROUNDING),
-    ("vae_slicing", "vae_slicing = true", ROUNDING),  # one image per decode instead of a batch of 2
-    ("channels_last", "channels_last = true", ROUNDING),
-    ("fuse_qkv", "fuse_qkv = true", ROUNDING),
+    pytest.param("vae_slicing", "vae_slicing = true", ROUNDING, marks=pytest.mark.slow),  # one image per decode, not 2
+    pytest.param("channels_last", "channels_last = true", ROUNDING, marks=pytest.mark.slow),
+    pytest.param("fuse_qkv", "fuse_qkv = true", ROUNDING, marks=pytest.mark.slow),
     # dynamo's graph capture (aot_eager) of the repeated blocks: inductor's C++ compilation takes
     # minutes on a CPU; the benchmark measures it (bench/optimizations.py)
-    ("compile", 'compile = { backend = "aot_eager", regional = true }', ROUNDING),
+    pytest.param("compile", 'compile = { backend = "aot_eager", regional = true }', ROUNDING, marks=pytest.mark.slow),
 ])
 def test_optimization_runs_within_tolerance_of_the_plain_run(run, name, table, bound):
     plain = run("plain")
@@ -80,6 +80,7 @@ def test_optimization_runs_within_tolerance_of_the_plain_run(run, name, table, b
     assert level <= bound[0] and fraction <= bound[1], (level, fraction)
 
 
+@pytest.mark.slow
 def test_compile_reports_its_warm_up_apart_from_batch_times(run):
     result = run("compiled", 'compile = { backend = "aot_eager", regional = true }')
     assert result.code == 0, result.err
@@ -88,6 +89,7 @@ def test_compile_reports_its_warm_up_apart_from_batch_times(run):
     assert [b["size"] for b in result.manifest["timings"]["batches"]] == [2]
 
 
+@pytest.mark.slow
 def test_vae_tiling_gives_the_pixels_of_the_diffusers_code(run, recipe_runner_tiny_sd15):
     """Tiling blends overlapping tiles, so it is not close to the plain run on a random VAE
     (whose decoder depends on all its context): the promise is the diffusers code's pixels."""
@@ -107,6 +109,7 @@ def test_vae_tiling_gives_the_pixels_of_the_diffusers_code(run, recipe_runner_ti
     assert differences(plain.images, tiled.images)[0] > 0  # tiling really happened (32-pixel tiles)
 
 
+@pytest.mark.slow
 def test_vae_tiling_with_a_tile_as_large_as_the_image_changes_nothing(run):
     plain = run("plain")
     tiled = run("tiled", "vae_tiling = { tile_sample_min_size = 64 }")
@@ -115,10 +118,11 @@ def test_vae_tiling_with_a_tile_as_large_as_the_image_changes_nothing(run):
 
 @pytest.mark.parametrize("table, bound", [
     ('{ type = "first_block", threshold = 1.0 }', (6, 0.6)),
-    ('{ type = "taylorseer", cache_interval = 2, disable_cache_before_step = 1, '
-     'cache_identifiers = ["^transformer_blocks\\\\.\\\\d+\\\\.attn1$"] }', (6, 0.6)),
-    ('{ type = "mag", mag_ratios = [1.0, 1.0, 1.0, 1.0] }', (6, 0.6)),
-    ('{ type = "pyramid_attention_broadcast", spatial_attention_block_skip_range = 2 }', (6, 0.6)),
+    pytest.param('{ type = "taylorseer", cache_interval = 2, disable_cache_before_step = 1, '
+                 'cache_identifiers = ["^transformer_blocks\\\\.\\\\d+\\\\.attn1$"] }', (6, 0.6), marks=pytest.mark.slow),
+    pytest.param('{ type = "mag", mag_ratios = [1.0, 1.0, 1.0, 1.0] }', (6, 0.6), marks=pytest.mark.slow),
+    pytest.param('{ type = "pyramid_attention_broadcast", spatial_attention_block_skip_range = 2 }', (6, 0.6),
+                 marks=pytest.mark.slow),
     ('{ type = "faster" }', (6, 0.6)),
 ])
 def test_cache_hooks_on_a_transformer_pipeline_stay_close_to_the_plain_run(run, table, bound):
@@ -261,6 +265,7 @@ def lora_table(path, scale, fuse=False):
     return (f"lora = {{ fuse = {str(fuse).lower()}, adapters = [{{ id = {json.dumps(str(path))}, scale = {scale} }}] }}")
 
 
+@pytest.mark.slow
 def test_lora_changes_the_images_and_scale_zero_is_exactly_the_plain_run(run, tiny_lora):
     plain = run("plain")
     loaded = run("lora", lora_table(tiny_lora, 1.0))
@@ -271,6 +276,7 @@ def test_lora_changes_the_images_and_scale_zero_is_exactly_the_plain_run(run, ti
     assert differences(plain.images, zero.images) == (0, 0.0)  # x + 0 * delta == x
 
 
+@pytest.mark.slow
 def test_fused_lora_matches_the_unfused_one_to_float_rounding(run, tiny_lora):
     unfused = run("unfused", lora_table(tiny_lora, 0.7))
     fused = run("fused", lora_table(tiny_lora, 0.7, fuse=True))
@@ -313,6 +319,7 @@ def test_what_a_loaded_pipeline_cannot_do_stops_with_exit_2(run, kind, table, me
     assert result.code == 2 and message in result.err, result.err
 
 
+@pytest.mark.slow
 def test_compile_warns_when_the_plan_has_batches_of_two_sizes(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     text = RECIPE.format(kind="sd15", steps=2, guidance=7.5).replace("seeds = [0]", "seeds = [0, 1]")
     table = '[optimizations]\ncompile = { backend = "aot_eager", regional = true, warmup = false }\n'
@@ -324,6 +331,7 @@ def test_compile_warns_when_the_plan_has_batches_of_two_sizes(recipe_runner_cli,
     assert "optimizations.compile: batches of 1 and 3 images: each new size compiles again" in uneven.err
 
 
+@pytest.mark.slow
 def test_compile_keeps_its_artifacts_in_the_cache_folder_for_the_next_run(run, monkeypatch, recipe_runner_cache):
     """The first run saves torch's compiled artifacts under the recipe-runner cache folder after the
     warm-up; the second run of the same model and settings loads them before compiling."""

@@ -52,6 +52,7 @@ def test_batch_doc_list_of_prompts_one_generator_each(recipe_runner_cli, recipe_
     assert_same_pixels(tmp_path / "out" / "batch", hand)
 
 
+@pytest.mark.slow
 def test_efficient_diffusion_doc_vae_and_scheduler_swap_one_prompt_n_seeds(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, recipe_runner_tiny_sd15, recipe_runner_tiny_vae):
     """Effective and efficient diffusion: a better VAE, DPMSolverMultistepScheduler.from_config,
     get_inputs(batch_size=4): one prompt, generators seeded 0..3, in one batch."""
@@ -100,6 +101,7 @@ def input_images(tmp_path):
     return paths
 
 
+@pytest.mark.slow
 def test_batch_doc_image_to_image_sdxl_list_of_images(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, recipe_runner_tiny_sdxl, input_images):
     """Batch inference guide's image-to-image example, done right: an SDXL image-to-image pipeline,
     a list of input images with their prompts, strength 0.5, guidance 8.0, one generator each."""
@@ -153,6 +155,7 @@ def test_sdxl_docs_image_to_image_mistake_is_refused(recipe_runner_cli, recipe_r
     assert result.code == 2 and "text-to-image takes no input images" in result.err
 
 
+@pytest.mark.slow
 def test_inpainting_runs_with_masks(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, recipe_runner_tiny_sd15, input_images):
     import torch
     from diffusers import AutoPipelineForInpainting

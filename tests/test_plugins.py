@@ -66,6 +66,7 @@ def test_a_broken_entry_point_plugin_is_listed_with_its_error(fake_distribution)
     assert "        amount: float = 1.0" in result.out
 
 
+@pytest.mark.slow
 def test_a_broken_plugin_does_not_stop_a_recipe_that_does_not_use_it(fake_distribution, tmp_path):
     recipe = tmp_path / "plain.toml"
     recipe.write_text(ONE_IMAGE)
@@ -83,6 +84,7 @@ def test_a_recipe_that_uses_a_broken_plugin_stops_with_exit_2(fake_distribution,
             "RuntimeError: this plugin is broken on purpose") in result.err
 
 
+@pytest.mark.slow
 def test_the_allow_list_variable_restricts_third_party_plugins(fake_distribution):
     only_fine = run_subprocess("--list-plugins", env=with_site(fake_distribution, RECIPE_RUNNER_PLUGINS="fine"))
     assert "\nfine  [entry point" in only_fine.out and "\nbroken  [" not in only_fine.out
@@ -200,6 +202,7 @@ def test_the_installed_example_plugin_is_an_entry_point_a_recipe_can_use(recipe_
     assert manifest["optimizations"]["freeu"]["status"] == "applied"
 
 
+@pytest.mark.slow
 def test_the_example_plugin_passes_its_own_tests_with_the_shipped_pytest_plugin(tmp_path):
     """The example's tests have no conftest: their fixtures come from recipe_runner.testing (loaded by
     -p here; an installed recipe-runner loads it through its pytest11 entry point)."""
@@ -211,6 +214,7 @@ def test_the_example_plugin_passes_its_own_tests_with_the_shipped_pytest_plugin(
     assert "2 passed" in proc.stdout
 
 
+@pytest.mark.slow
 def test_the_pytest_plugin_is_not_registered_twice_when_installed(tmp_path):
     """An installed recipe-runner registers recipe_runner.testing through pytest11; the checkout's
     conftest names it too. Simulated with a dist-info on PYTHONPATH declaring the entry point."""
@@ -317,6 +321,7 @@ def test_nothing_of_recipe_runner(request):
 '''
 
 
+@pytest.mark.slow
 def test_an_unrelated_pytest_session_sees_no_environment_change_and_no_generic_fixture(tmp_path):
     """Another project's tests, in the same venv: recipe-runner's pytest plugin is loaded (the
     pytest11 entry point of an installed recipe-runner; named with -p here for a checkout) and
@@ -345,6 +350,7 @@ def test_an_unrelated_pytest_session_sees_no_environment_change_and_no_generic_f
 
 # --- a folder with its own plugins/ and runner/ packages ------------------------------------------
 
+@pytest.mark.slow
 def test_a_folder_with_its_own_plugins_and_runner_packages_gets_the_built_ins(tmp_path):
     """A team's recipe repository often has its own `plugins/` (and `runner/`) packages; run from
     there, recipe-run still loads its built-ins (its import names are recipe_runner.*)."""

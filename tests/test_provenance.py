@@ -150,6 +150,7 @@ window.addEventListener("load", function () {
 </script></body>"""
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_headless_chromium_renders_the_gallery_with_every_image_loaded(matrix_run, tmp_path):
     import re
@@ -221,6 +222,7 @@ class ThreadProbe:
         self.threads.append(torch.get_num_threads())
 
 
+@pytest.mark.slow
 def test_reproduce_matches_an_untouched_image_and_catches_one_changed_pixel(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     import torch
     from PIL import Image
@@ -542,6 +544,7 @@ def check_against_schema(instance, schema):
     return [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(instance)]
 
 
+@pytest.mark.slow
 def test_schema_is_printed_without_torch_and_validates_the_shipped_recipes():
     import tomllib
 

@@ -103,6 +103,7 @@ def test_rerun_skips_every_finished_job_and_touches_nothing(recipe_runner_cli, r
     assert not (folder / JOURNAL_NAME).exists()
 
 
+@pytest.mark.slow
 def test_a_missing_image_recomputes_its_whole_batch_and_writes_only_it(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, counter, reference):
     recipe = recipe_runner_write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
     run(recipe_runner_cli, recipe, tmp_path / "out")
@@ -126,6 +127,7 @@ def history_hashes(folder: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in (folder / "history").glob("*/*.png")}
 
 
+@pytest.mark.slow
 def test_adding_a_seed_makes_only_the_new_images(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, counter):
     """2 prompts x 3 seeds, then a fourth seed: exactly 2 images are made, no duplicate files, the
     6 others keep their bytes and mtime."""
@@ -146,6 +148,7 @@ def test_adding_a_seed_makes_only_the_new_images(recipe_runner_cli, recipe_runne
     assert [r["status"] for r in manifest_of(folder)["images"]] == ["done"] * 8
 
 
+@pytest.mark.slow
 def test_an_edited_param_regenerates_every_job_and_keeps_what_it_replaces(recipe_runner_cli, recipe_runner_write_recipe,
                                                                           tmp_path, counter):
     recipe = recipe_runner_write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
@@ -179,6 +182,7 @@ def test_an_edited_param_regenerates_every_job_and_keeps_what_it_replaces(recipe
     assert len(list((folder / "history").iterdir())) == 3
 
 
+@pytest.mark.slow
 def test_a_rerun_with_nothing_to_do_imports_neither_torch_nor_diffusers(recipe_runner_write_recipe, tmp_path):
     recipe = recipe_runner_write_recipe(RECIPE.format(batch_size=2).replace("seeds = [0, 1]", "seeds = [0]"), "idle.toml")
     out = tmp_path / "out"
@@ -199,6 +203,7 @@ def test_a_rerun_with_nothing_to_do_imports_neither_torch_nor_diffusers(recipe_r
     assert "a run now      0 new, 3 to regenerate, 0 unchanged" in edited.out
 
 
+@pytest.mark.slow
 def test_weights_changed_in_place_regenerate_the_old_images(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, counter):
     """A local model retrained into the same folder: the images of the old weights are not taken
     for the new weights' work (the model's files are part of every job's key); they are kept in the history."""
@@ -245,6 +250,7 @@ def test_a_hub_model_s_jobs_carry_the_commit_it_was_loaded_from(recipe_runner_wr
     assert identity("a" * 40) != identity("b" * 40)
 
 
+@pytest.mark.slow
 def test_a_file_changed_on_disk_is_remade_and_the_edited_one_kept(recipe_runner_cli, recipe_runner_write_recipe, tmp_path,
                                                                   counter, reference):
     recipe = recipe_runner_write_recipe(RECIPE.format(batch_size=2), "longrun.toml")
@@ -317,6 +323,7 @@ def assert_folder_is_clean(folder: Path) -> None:
             image.verify()
 
 
+@pytest.mark.slow
 def test_sigint_keeps_finished_images_and_the_rerun_completes_them(recipe_runner_cli, tmp_path, counter, reference):
     recipe = tmp_path / "longrun.toml"
     recipe.write_text(RECIPE.format(batch_size=2))
@@ -341,6 +348,7 @@ def test_sigint_keeps_finished_images_and_the_rerun_completes_them(recipe_runner
     assert_folder_is_clean(folder)
 
 
+@pytest.mark.slow
 def test_a_hard_crash_loses_at_most_the_batch_in_flight(recipe_runner_cli, tmp_path, counter, reference):
     recipe = tmp_path / "longrun.toml"
     recipe.write_text(RECIPE.format(batch_size=2))
@@ -403,6 +411,7 @@ def reference_2(tmp_path_factory):
     return uninterrupted(tmp_path_factory, OOM_RECIPE.format(batch_size=2), "oom")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["4", '"auto"'])
 def test_out_of_memory_halves_the_batch_and_matches_a_run_at_the_size_that_fit(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, counter,
                                                                                reference_2, setting):
@@ -420,6 +429,7 @@ def test_out_of_memory_halves_the_batch_and_matches_a_run_at_the_size_that_fit(r
     assert_same_pixels(reference_2, folder)
 
 
+@pytest.mark.slow
 def test_resume_honours_the_batches_recorded_after_a_backoff(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, counter, reference_2):
     recipe = recipe_runner_write_recipe(OOM_RECIPE.format(batch_size=4), "oom.toml")
     plugin = OutOfMemoryAbove2()
@@ -436,6 +446,7 @@ def test_resume_honours_the_batches_recorded_after_a_backoff(recipe_runner_cli, 
     assert_same_pixels(reference_2, folder)
 
 
+@pytest.mark.slow
 def test_cuda_style_out_of_memory_runtime_errors_back_off_too(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     plugin = OutOfMemoryAbove2(RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)"))
     plugins.register(plugin, "oom")
@@ -457,6 +468,7 @@ def test_other_errors_are_not_swallowed(recipe_runner_cli, recipe_runner_write_r
     assert plugin.tried == [4]
 
 
+@pytest.mark.slow
 def test_out_of_memory_at_batch_size_1_fails_clearly(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     import torch
 

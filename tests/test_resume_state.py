@@ -194,6 +194,7 @@ def test_locate_and_local_references(tmp_path):
     assert isinstance(caught.value.__cause__, ValueError)  # --debug shows where it came from
 
 
+@pytest.mark.slow
 def test_the_data_rooms_are_light_and_journal_does_not_need_outputs():
     code = ("import sys, recipe_runner.records.resume, recipe_runner.base.paths, recipe_runner.records.keys, recipe_runner.records.manifest; "
             "heavy = {'torch', 'diffusers', 'PIL'} & set(sys.modules); assert not heavy, heavy; "

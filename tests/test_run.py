@@ -58,6 +58,7 @@ def run_matrix(cli, write_recipe, tmp_path, batch_size, name):
     return tmp_path / "out" / name
 
 
+@pytest.mark.slow
 def test_same_recipe_twice_gives_pixel_identical_images(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     first = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 2, "first")
     second = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 2, "second")
@@ -67,6 +68,7 @@ def test_same_recipe_twice_gives_pixel_identical_images(recipe_runner_cli, recip
         assert np.array_equal(pixels(a), pixels(second / a.name)), a.name
 
 
+@pytest.mark.slow
 def test_starting_noise_is_bitwise_independent_of_batch_position_and_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, capture):
     run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 1, "b1")
     by_one = dict(capture.latents)
@@ -86,6 +88,7 @@ def test_starting_noise_is_bitwise_independent_of_batch_position_and_matrix(reci
     assert np.array_equal(by_one[1], by_one[3]) and not np.array_equal(by_one[0], by_one[1])
 
 
+@pytest.mark.slow
 def test_across_batch_sizes_images_agree_to_float_rounding(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     one = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 1, "one")
     four = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 4, "four")
@@ -98,6 +101,7 @@ def test_across_batch_sizes_images_agree_to_float_rounding(recipe_runner_cli, re
     assert worst_fraction < 0.005, worst_fraction  # ... on fewer than 0.5% of pixels
 
 
+@pytest.mark.slow
 def test_manifest_lists_every_job_in_matrix_order_with_hash_batch_and_environment(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     folder = run_matrix(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, 4, "manifested")
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -136,6 +140,7 @@ def test_images_carry_the_recipe_and_job(recipe_runner_cli, recipe_runner_write_
     assert "Seed: 1" in text["parameters"] and "Steps: 3" in text["parameters"]
 
 
+@pytest.mark.slow
 def test_float16_on_cpu_falls_back_with_one_warning(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     recipe = recipe_runner_write_recipe(MATRIX.format(batch_size=6).replace('device = "cpu"', 'device = "cpu"\ndtype = "float16"'),
                           "half.toml")
@@ -147,6 +152,7 @@ def test_float16_on_cpu_falls_back_with_one_warning(recipe_runner_cli, recipe_ru
     assert manifest["recipe"]["model"]["dtype"] == "float16"
 
 
+@pytest.mark.slow
 def test_attention_slicing_is_applied_and_recorded(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     recipe = recipe_runner_write_recipe(MATRIX.format(batch_size=2) + '[optimizations]\nattention_slicing = { slice_size = "max" }\n',
                           "sliced.toml")
@@ -156,6 +162,7 @@ def test_attention_slicing_is_applied_and_recorded(recipe_runner_cli, recipe_run
         "status": "applied", "settings": {"required": True, "slice_size": "max"}}
 
 
+@pytest.mark.slow
 def test_pipeline_ready_receives_the_built_pipe(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     seen = {}
 
@@ -181,6 +188,7 @@ def test_pipeline_ready_receives_the_built_pipe(recipe_runner_cli, recipe_runner
     assert seen["finished"] == ("probe", 6)
 
 
+@pytest.mark.slow
 def test_dry_run_of_every_recipe_imports_neither_torch_nor_diffusers():
     recipes = sorted(str(p) for p in (REPO / "recipes").glob("*.toml"))
     assert len(recipes) >= 4
@@ -257,6 +265,7 @@ def test_the_command_skips_the_final_collection_only_after_main_returned(monkeyp
     assert scripts["recipe-run"].load() is cli.console  # the installed command
 
 
+@pytest.mark.slow
 def test_tiny_demo_runs_from_the_command_line(tmp_path):
     """What the README's first command ends with: `recipe-run recipes/tiny.toml`."""
     script = Path(sys.executable).with_name("recipe-run")

@@ -58,6 +58,7 @@ def test_progress_bar_counts_images_with_an_eta_and_is_silent_off_a_terminal():
     assert quiet.getvalue() == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sync", ["1", "0"])
 def test_images_are_on_disk_before_the_next_batch_starts(recipe_runner_cli, recipe_runner_write_recipe, tmp_path,
                                                          monkeypatch, sync):
@@ -111,6 +112,7 @@ def test_progress_bar_moves_with_the_denoising_steps_and_ends_on_the_final_state
     assert "step" not in last
 
 
+@pytest.mark.slow
 def test_a_run_drawn_on_a_terminal_shows_steps_and_makes_the_same_pixels(recipe_runner_write_recipe, tmp_path, capsys):
     """The step callback only reports: the images equal those of a run without a bar."""
     from recipe_runner.plugin_api.manager import load_plugins

@@ -48,6 +48,7 @@ def run_torchrun(*args) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torchrun() is None, reason="torchrun is not installed")
 def test_torchrun_two_ranks_equal_one_process(recipe_runner_cli, recipe_runner_write_recipe, tiny_sd15_other, tmp_path):
     # A model axis over two models: each rank takes one whole model (and loads only it).
@@ -87,6 +88,7 @@ class ReadyCounter:
         self.pipelines.append(type(pipe).__name__)
 
 
+@pytest.mark.slow
 def test_recipes_on_one_model_load_it_once_and_give_the_same_pixels(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, monkeypatch):
     from PIL import Image
 
@@ -128,6 +130,7 @@ def test_manifest_records_timings_and_the_run_prints_a_summary(recipe_runner_cli
     assert where == f"  gallery {tmp_path / 'timed' / 'index.html'}"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torchrun() is None, reason="torchrun is not installed")
 def test_a_distributed_run_resumes_only_the_missing_batches(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     recipe = recipe_runner_write_recipe(RECIPE.format(name="resumed", extra=""))

@@ -17,6 +17,11 @@ PROMPTS = ["portrait photo of a old warrior chief, tribal panther make up", "a c
 WEIGHT_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".safetensors", ".msgpack", ".h5"}
 
 
+def kinds(of: tuple[str, ...] = tiny.KINDS, slow: tuple[str, ...] = ()) -> list:
+    """The tiny kinds ``of`` (all by default) as test parameters, those in ``slow`` marked slow."""
+    return [pytest.param(kind, marks=pytest.mark.slow) if kind in slow else kind for kind in of]
+
+
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> dict[str, Path]:
     """Every kind, built once into a session-wide temporary folder."""
@@ -71,7 +76,7 @@ def test_layout_is_diffusers_with_safetensors_only(built, kind):
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(f".{kind}.tmp")]
 
 
-@pytest.mark.parametrize("kind", tiny.KINDS)
+@pytest.mark.parametrize("kind", kinds(slow=("sdxl", "sd3")))
 def test_building_twice_gives_identical_files(built, kind, tmp_path):
     again = tiny.build(kind, tmp_path / kind)
     assert _files(again) == _files(built[kind])
@@ -157,7 +162,7 @@ def test_tokenizers_match_text_encoders(built, kind):
             assert tokenizer.model_max_length == 77 == encoder.config.max_position_embeddings
 
 
-@pytest.mark.parametrize("kind", tiny.KINDS)
+@pytest.mark.parametrize("kind", kinds(slow=("sdxl", "sd3")))
 def test_text_to_image_defaults_to_64x64(built, kind, torch):
     pipe = _load(built[kind], dtype=torch.float32)
     images = pipe(PROMPTS, num_inference_steps=4, generator=_generators(torch, 2)).images
@@ -167,7 +172,7 @@ def test_text_to_image_defaults_to_64x64(built, kind, torch):
     assert [image.tobytes() for image in again] == [image.tobytes() for image in images]
 
 
-@pytest.mark.parametrize("kind", ["sd15", "sdxl", "sd3"])
+@pytest.mark.parametrize("kind", kinds(("sd15", "sdxl", "sd3"), slow=("sdxl", "sd3")))
 def test_scheduler_swap_slicing_and_tiling(built, kind, torch):
     from diffusers import DPMSolverMultistepScheduler
 
@@ -181,7 +186,8 @@ def test_scheduler_swap_slicing_and_tiling(built, kind, torch):
 
 @pytest.mark.parametrize(
     ("kind", "expected"),
-    [("sd15", "StableDiffusionImg2ImgPipeline"), ("sdxl", "StableDiffusionXLImg2ImgPipeline")],
+    [("sd15", "StableDiffusionImg2ImgPipeline"),
+     pytest.param("sdxl", "StableDiffusionXLImg2ImgPipeline", marks=pytest.mark.slow)],
 )
 def test_image_to_image_via_auto_pipeline(built, kind, expected, torch):
     from diffusers import AutoPipelineForImage2Image

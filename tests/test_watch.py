@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from recipe_runner.running.watch import Relevant, Watcher, digest, release_unused, snapshot
 from recipe_runner.views import refresh
 from tests.conftest import REPO, default_sigint, image_files, tiny_recipe
@@ -64,6 +66,7 @@ def state(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 # --- the session, end to end ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_watch_runs_new_jobs_on_a_warm_pipeline_survives_an_invalid_edit_and_ends_with_130(tmp_path):
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(RECIPE.format(seeds="[0]"))
@@ -145,6 +148,7 @@ def test_relevant_keeps_the_watched_files_only_by_path_or_real_path(tmp_path):
     assert not relevant(None, str(tmp_path / "other.toml"))
 
 
+@pytest.mark.slow
 def test_a_burst_of_saves_is_one_change_and_other_files_or_unchanged_bytes_start_nothing(tmp_path):
     watched, other = tmp_path / "recipe.toml", tmp_path / "notes.txt"
     watched.write_text("seeds = [0]\n")
@@ -198,6 +202,7 @@ class FakeBuilt:
         self.context = SimpleNamespace(recipe=SimpleNamespace(model=SimpleNamespace(id=model_id)))
 
 
+@pytest.mark.slow
 def test_release_unused_drops_the_models_no_recipe_uses_and_frees_them():
     from recipe_runner.pipelines.cache import Entry, ModelCache
 

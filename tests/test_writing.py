@@ -101,6 +101,7 @@ class Device:
         return wrapped
 
 
+@pytest.mark.slow
 def test_batch_k_is_written_while_batch_k_plus_1_generates(recipe_runner_cli, recipe_runner_write_recipe,
                                                           recipe_runner_register_plugin, tmp_path, monkeypatch,
                                                           reference):
@@ -131,6 +132,7 @@ def test_batch_k_is_written_while_batch_k_plus_1_generates(recipe_runner_cli, re
 
 # --- same bytes with the writer on or off -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_background_and_synchronous_writes_give_the_same_bytes_and_records(recipe_runner_cli, recipe_runner_write_recipe,
                                                                           tmp_path, monkeypatch):
     recipe = recipe_runner_write_recipe(RECIPE.replace('batch_size = 2', 'batch_size = 4'), "writes.toml")
@@ -183,6 +185,7 @@ def test_a_failed_write_fails_the_run_and_keeps_the_batches_written_before(recip
     assert len(writes) == 3  # nothing written after the failure
 
 
+@pytest.mark.slow
 def test_a_failure_while_generating_still_writes_the_batches_generated_before(recipe_runner_cli, recipe_runner_write_recipe,
                                                                               recipe_runner_register_plugin, tmp_path):
     class Broken:
@@ -231,6 +234,7 @@ def before_batch(pipe, batch, call_kwargs):
 '''
 
 
+@pytest.mark.slow
 def test_first_sigint_lets_the_batches_handed_to_the_writer_finish(recipe_runner_cli, tmp_path, reference,
                                                                  recipe_runner_register_plugin):
     (tmp_path / "slow_disk.py").write_text(SLOW_DISK)
