@@ -58,6 +58,15 @@ def tiny_recipe(*prompts: str, seeds: int | list[int] | str | None = None, steps
 
 TINY_RECIPE = tiny_recipe()
 
+# Three prompts by two seeds: with {batch_size} 2, three batches of two (the resume and writing tests).
+LONG_RUN = tiny_recipe("a red fox", "a blue house", "a green tree", seeds=[0, 1], params="guidance_scale = 7.5",
+                       tables="[run]\nbatch_size = {batch_size}")
+
+
+def manifest_of(folder: Path) -> dict:
+    """A run folder's manifest.json, parsed."""
+    return json.loads((folder / "manifest.json").read_text())
+
 
 def run_subprocess(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):
     """Run ``python -m recipe_runner ARGS`` in a fresh process; returns a :class:`recipe_runner.testing.Result`."""

@@ -1,4 +1,4 @@
-"""The bad-input corpus: every file in tests/bad_recipes/ is a recipe that must exit 2 with one
+"""The bad-input corpus: every file in tests/recipe/bad_recipes/ is a recipe that must exit 2 with one
 clear message. Its leading ``# expect: FRAGMENT`` lines name what the message must contain
 (``# args: ...`` adds command-line arguments). Nothing is ever written for them."""
 

@@ -1,5 +1,5 @@
 """Bad command lines, and a recipe with several problems: exit 2, every problem listed at once,
-never a traceback. One problem per recipe file is the corpus's job (tests/bad_recipes/, run by
+never a traceback. One problem per recipe file is the corpus's job (tests/recipe/bad_recipes/, run by
 test_bad_recipe_corpus.py)."""
 
 from __future__ import annotations

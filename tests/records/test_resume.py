@@ -18,17 +18,17 @@ from recipe_runner.base.paths import sha256_file
 from recipe_runner.plugin_api import manager as plugins
 from recipe_runner.records.journal import JOURNAL_NAME, read_journal
 from tests.conftest import (
+    LONG_RUN,
     REPO,
     default_sigint,
     image_files,
     images_in_matrix_order,
+    manifest_of,
     pixels,
     run_subprocess,
-    tiny_recipe,
 )
 
-RECIPE = tiny_recipe("a red fox", "a blue house", "a green tree", seeds=[0, 1], params="guidance_scale = 7.5",
-                     tables="[run]\nbatch_size = {batch_size}")
+RECIPE = LONG_RUN
 
 
 class Counter:
@@ -58,10 +58,6 @@ def run(cli, recipe, out, *args):
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in image_files(folder)}
-
-
-def manifest_of(folder: Path) -> dict:
-    return json.loads((folder / "manifest.json").read_text())
 
 
 def assert_same_pixels(a: Path, b: Path) -> None:

@@ -15,8 +15,9 @@ from recipe_runner.plan.matrix import expand
 from recipe_runner.plugin_api.manager import load_plugins
 from recipe_runner.recipe.loading import load
 from recipe_runner.recipe.model import validate
+from tests.conftest import REPO
 
-VALID = Path(__file__).resolve().parent.parent / "recipes" / "tiny.toml"
+VALID = REPO / "recipes" / "tiny.toml"
 PLUGINS = load_plugins([])
 KEYS = ["name", "extends", "model", "model.id", "model.dtype", "model.task", "model.device", "model.revision",
         "model.custom_pipeline", "components.vae.id", "components.vae", "scheduler", "scheduler.name",

@@ -228,7 +228,7 @@ def test_the_pytest_plugin_is_not_registered_twice_when_installed(tmp_path):
     (info / "entry_points.txt").write_text("[pytest11]\nrecipe_runner.testing = recipe_runner.testing\n")
     env = dict(os.environ, PYTHONPATH=f"{tmp_path / 'site'}{os.pathsep}{REPO}")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error",
-                           "--trace-config", "tests/test_loading.py"], cwd=REPO, env=env, capture_output=True,
+                           "--trace-config", "tests/recipe/test_loading.py"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("runner/testing.py") == 1, proc.stdout

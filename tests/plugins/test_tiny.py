@@ -11,8 +11,8 @@ import pytest
 
 from recipe_runner.base import paths
 from recipe_runner.plugins import tiny
+from tests.conftest import REPO
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["portrait photo of a old warrior chief, tribal panther make up", "a cat"]
 WEIGHT_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".safetensors", ".msgpack", ".h5"}
 
@@ -62,8 +62,8 @@ def _init_images(count: int):
 
 def test_import_does_not_import_torch_or_diffusers():
     code = "import recipe_runner.plugins.tiny, sys; assert not {'torch', 'diffusers', 'transformers'} & set(sys.modules)"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, check=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True)
 
 
 @pytest.mark.parametrize("kind", tiny.KINDS)

@@ -19,11 +19,9 @@ import pytest
 
 from recipe_runner import hookimpl
 from recipe_runner.records.writing import SYNC_WRITES_ENV
-from tests.conftest import REPO, default_sigint, image_files, pixels
-from tests.test_resume import RECIPE as LONGRUN
-from tests.test_resume import manifest_of
+from tests.conftest import LONG_RUN, REPO, default_sigint, image_files, manifest_of, pixels
 
-RECIPE = LONGRUN.format(batch_size=2)  # 3 prompts x 2 seeds, 3 batches of 2
+RECIPE = LONG_RUN.format(batch_size=2)  # 3 prompts x 2 seeds, 3 batches of 2
 
 WAIT = 30.0  # seconds: a hand-shake that never comes fails the test instead of hanging it
 
