@@ -68,6 +68,51 @@ def manifest_of(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
 
+VARS_AXES = '''
+[model]
+id = "tiny:sd15"
+device = "cpu"
+[params]
+num_inference_steps = 2
+negative_prompt = "blurry {who}"
+height = 64
+width = 64
+[matrix]
+prompts = ["portrait photo of {who}"]
+seeds = [0, 1]
+[matrix.vars]
+who = ["an old chief", "a young chief"]
+[matrix.axes]
+guidance_scale = [6.0, 8.0]
+[run]
+batch_size = 4
+'''
+
+
+@pytest.fixture(scope="session")
+def matrix_run(tmp_path_factory, recipe_runner_cache):
+    """One run of ``VARS_AXES`` (2 vars x 2 guidance scales x 2 seeds), shared by the tests that read
+    its outputs: its records (plan, records), grid.png and index.html (views)."""
+    from recipe_runner.cli.main import main
+
+    folder = tmp_path_factory.mktemp("matrix")
+    recipe = folder / "va.toml"
+    recipe.write_text(VARS_AXES)
+    assert main([str(recipe), "--out", str(folder / "out"), "--no-progress"]) == 0
+    return folder / "out" / "va"
+
+
+# Appended to a gallery page before </body>: counts its images and those that loaded (headless Chromium).
+LOAD_CHECK = """<script>
+window.addEventListener("load", function () {
+  var imgs = Array.from(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; });
+  document.body.setAttribute("data-images", imgs.length);
+  document.body.setAttribute("data-loaded", ok.length);
+});
+</script></body>"""
+
+
 def run_subprocess(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):
     """Run ``python -m recipe_runner ARGS`` in a fresh process; returns a :class:`recipe_runner.testing.Result`."""
     from recipe_runner.testing import Result  # not at import: pytest loads (and rewrites) it as a plugin

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, chromium, needs_chromium, pixels, tiny_recipe
-from tests.test_provenance import LOAD_CHECK
+from tests.conftest import LOAD_CHECK, REPO, chromium, needs_chromium, pixels, tiny_recipe
 
 BASE = 'name = "cmp"\n' + tiny_recipe("a red cube", "a blue ball", seeds=[0, 1],
                                           params="guidance_scale = 7.0\nheight = 64\nwidth = 64", tables="[run]\nbatch_size = 2")
