@@ -9,6 +9,12 @@ What this repository's own suite sets for itself (the installed plugin changes n
 one CPU thread per test process and every subprocess it starts (tests stay fast when several run
 side by side on a small machine, and pixels do not depend on the machine's core count), and one
 temporary recipe-runner cache for the whole session (``recipe_runner_cache``), subprocesses included.
+
+The suite is laid out by stage, as runner/ is: recipe/ (loading, the bad-recipe corpus), plan/,
+pipelines/, records/, running/, views/, plugins/, cli/; this file holds what several share (the
+tiny recipe text, the long-run recipe, the shared matrix run, subprocess and Chromium helpers).
+Tests that take more than a few seconds are marked ``slow``: ``python -m pytest -m "not slow"`` is
+the fast tier, ``python -m pytest`` (CI) runs everything.
 """
 
 from __future__ import annotations
