@@ -9,12 +9,23 @@ What this repository's own suite sets for itself (the installed plugin changes n
 one CPU thread per test process and every subprocess it starts (tests stay fast when several run
 side by side on a small machine, and pixels do not depend on the machine's core count), and one
 temporary recipe-runner cache for the whole session (``recipe_runner_cache``), subprocesses included.
+
+The suite is laid out by stage, as runner/ is: recipe/ (loading, the bad-recipe corpus), plan/,
+pipelines/, records/, running/, views/, plugins/, cli/; hostile/ is the hostile-folder corpus
+(planted records, FIFOs, links, oversized files, signals and kills: nothing outside a run's folder
+changes, nothing hangs); at the top, the tests of the whole (architecture, docs, golden pixels).
+This file holds what several share (the tiny recipe text, the long-run recipe, the shared matrix
+run, subprocess and Chromium helpers, ``tree_digest``).
+Tests that take more than a few seconds are marked ``slow``: ``python -m pytest -m "not slow"`` is
+the fast tier, ``python -m pytest`` (CI) runs everything.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +49,79 @@ def _session_cache(recipe_runner_cache: Path) -> Path:
     return recipe_runner_cache
 
 
+def tiny_recipe(*prompts: str, seeds: int | list[int] | str | None = None, steps: int = 2, model_id: str = "tiny:sd15",
+                model: str = "", params: str = "", matrix: str = "", tables: str = "") -> str:
+    """The suite's recipe text: the tiny SD-1.5-layout pipeline on the CPU, ``steps`` inference
+    steps, ``prompts`` (default one, "a cat"), ``seeds`` (a count, a list, or TOML text such as a
+    ``"{seeds}"`` placeholder; left out by default: one image per prompt, seed 0). ``model``,
+    ``params`` and ``matrix`` are more lines for those tables; ``tables`` is TOML after them
+    (``[run]``, ``[output]``, ``[optimizations]``, ...). Nothing else: what a test varies is in its call.
+    The text starts at line 1 with ``[model]``, ``id`` is on line 2."""
+    lines = ["[model]", f'id = "{model_id}"', 'device = "cpu"', model, "[params]", f"num_inference_steps = {steps}", params,
+             "[matrix]", f"prompts = {json.dumps(list(prompts or ['a cat']))}"]
+    if seeds is not None:
+        lines.append(f"seeds = {seeds if isinstance(seeds, str) else json.dumps(seeds)}")
+    lines += [matrix, tables]
+    return "".join(line.strip("\n") + "\n" for line in lines if line.strip())
+
+
+TINY_RECIPE = tiny_recipe()
+
+# Three prompts by two seeds: with {batch_size} 2, three batches of two (the resume and writing tests).
+LONG_RUN = tiny_recipe("a red fox", "a blue house", "a green tree", seeds=[0, 1], params="guidance_scale = 7.5",
+                       tables="[run]\nbatch_size = {batch_size}")
+
+
+def manifest_of(folder: Path) -> dict:
+    """A run folder's manifest.json, parsed."""
+    return json.loads((folder / "manifest.json").read_text())
+
+
+VARS_AXES = '''
+[model]
+id = "tiny:sd15"
+device = "cpu"
+[params]
+num_inference_steps = 2
+negative_prompt = "blurry {who}"
+height = 64
+width = 64
+[matrix]
+prompts = ["portrait photo of {who}"]
+seeds = [0, 1]
+[matrix.vars]
+who = ["an old chief", "a young chief"]
+[matrix.axes]
+guidance_scale = [6.0, 8.0]
+[run]
+batch_size = 4
+'''
+
+
+@pytest.fixture(scope="session")
+def matrix_run(tmp_path_factory, recipe_runner_cache):
+    """One run of ``VARS_AXES`` (2 vars x 2 guidance scales x 2 seeds), shared by the tests that read
+    its outputs: its records (plan, records), grid.png and index.html (views)."""
+    from recipe_runner.cli.main import main
+
+    folder = tmp_path_factory.mktemp("matrix")
+    recipe = folder / "va.toml"
+    recipe.write_text(VARS_AXES)
+    assert main([str(recipe), "--out", str(folder / "out"), "--no-progress"]) == 0
+    return folder / "out" / "va"
+
+
+# Appended to a gallery page before </body>: counts its images and those that loaded (headless Chromium).
+LOAD_CHECK = """<script>
+window.addEventListener("load", function () {
+  var imgs = Array.from(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; });
+  document.body.setAttribute("data-images", imgs.length);
+  document.body.setAttribute("data-loaded", ok.length);
+});
+</script></body>"""
+
+
 def run_subprocess(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):
     """Run ``python -m recipe_runner ARGS`` in a fresh process; returns a :class:`recipe_runner.testing.Result`."""
     from recipe_runner.testing import Result  # not at import: pytest loads (and rewrites) it as a plugin
@@ -47,6 +131,25 @@ def run_subprocess(*args: str, cwd: Path | None = None, env: dict | None = None,
     proc = subprocess.run([sys.executable, "-m", "recipe_runner", *map(str, args)], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of every subprocess a test interrupts with SIGINT: the signal's default action
+    again in the child. A non-interactive shell starts a background job (``python -m pytest ... &``)
+    with SIGINT ignored, an ignored signal stays ignored across ``exec``, and a child that inherits
+    it never sees the test's SIGINT (Python installs its KeyboardInterrupt handler only over the
+    default action)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler (raise KeyboardInterrupt) for one test, the one it finds restored
+    after. A test of what a handler puts back needs a known one to start from: pytest started as a
+    background job of a shell finds SIGINT ignored instead."""
+    found = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield signal.default_int_handler
+    signal.signal(signal.SIGINT, found)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
