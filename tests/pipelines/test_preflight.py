@@ -51,8 +51,8 @@ def test_height_ten_million_is_refused_in_well_under_a_second(recipe_runner_cli,
 
 def test_a_batch_that_cannot_fit_in_memory_is_refused():
     from recipe_runner.base.errors import Problem
-    from recipe_runner.plan.matrix import Job
     from recipe_runner.plan.checks import size_problems
+    from recipe_runner.plan.matrix import Job
 
     jobs = [Job(i, "x", i, params={"height": 4096, "width": 4096}) for i in range(64)]
     found = size_problems(jobs, lambda k, m, h=None: Problem(m, key=k, hint=h), 64, None,
