@@ -124,6 +124,17 @@ def enable(table: dict[str, Any], optimizations: Registry, problem: ProblemAt, p
         return []
 
 
+def reference_label(value: Any) -> str | None:
+    """A model or component value by a short name: the last part of its id (and revision, variant,
+    subfolder or dtype when given); None when it is neither an id nor a table with one."""
+    if isinstance(value, str):
+        return short_id(value)
+    if isinstance(value, dict) and isinstance(value.get("id"), str):
+        extra = [str(value[k]) for k in ("revision", "variant", "subfolder", "dtype") if value.get(k)]
+        return short_id(value["id"]) + (f" ({', '.join(extra)})" if extra else "")
+    return None
+
+
 def short_id(model_id: str) -> str:
     """The last part of a model or file reference: ``org/model`` -> ``model``; a path -> its name."""
     text = model_id.rstrip("/\\")

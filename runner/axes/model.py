@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import Field, ValidationError
 
 from ..recipe.model import DType, Strict, problem_from_pydantic
-from .kind import AxisContext, AxisKind, ModelReference, short_id
+from .kind import AxisContext, AxisKind, ModelReference, reference_label
 
 if TYPE_CHECKING:
     from ..base.errors import Problem
@@ -33,12 +33,7 @@ class ModelAxis(AxisKind):
         return "model"
 
     def label(self, axis: str, value: Any) -> str:
-        if isinstance(value, str):
-            return short_id(value)
-        if isinstance(value, dict) and isinstance(value.get("id"), str):
-            extra = [str(value[k]) for k in ("revision", "variant", "subfolder", "dtype") if value.get(k)]
-            return short_id(value["id"]) + (f" ({', '.join(extra)})" if extra else "")
-        return super().label(axis, value)
+        return reference_label(value) or super().label(axis, value)
 
     def check(self, axis: str, values: list[Any], ctx: AxisContext) -> list[Problem]:
         problems: list[Problem] = []

@@ -19,6 +19,7 @@ import json
 import os
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,32 +99,36 @@ def list_folder(folder: Path) -> list[tuple[str, Path]]:
     relative POSIX path; FolderTooLarge beyond the bounds (counted while listing: a walk of ``/``
     stops after ``MAX_FOLDER_ENTRIES`` entries)."""
     found: list[tuple[str, Path]] = []
-    seen = total = 0
+    total = 0
     failed: OSError | None = None  # raised once the walk is done: the bounds speak first
+    for path in _walk(folder):
+        try:
+            if not path.is_file():
+                continue
+            total += path.stat().st_size
+        except OSError as exc:
+            failed = failed or exc
+            continue
+        found.append((path.relative_to(folder).as_posix(), path))
+        if len(found) > MAX_FOLDER_FILES:
+            raise FolderTooLarge(f"{folder} holds more than {MAX_FOLDER_FILES:,} files: not a model folder")
+        if total > MAX_FOLDER_BYTES:
+            raise FolderTooLarge(f"{folder} holds more than {size_text(MAX_FOLDER_BYTES)}: not a model folder")
+    if failed is not None:
+        raise failed
+    return found
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """The files below ``folder`` that are not hidden (nor in hidden folders), in name order;
+    FolderTooLarge once more than MAX_FOLDER_ENTRIES names were seen (a stat per name at most)."""
+    seen = 0
     for root, dirs, files in os.walk(folder):
         seen += len(dirs) + len(files)
         if seen > MAX_FOLDER_ENTRIES:
             raise FolderTooLarge(f"{folder} holds more than {MAX_FOLDER_ENTRIES:,} files and folders: not a model folder")
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            path = Path(root) / name
-            if name.startswith("."):
-                continue
-            try:
-                if not path.is_file():
-                    continue
-                total += path.stat().st_size
-            except OSError as exc:
-                failed = failed or exc
-                continue
-            found.append((path.relative_to(folder).as_posix(), path))
-            if len(found) > MAX_FOLDER_FILES:
-                raise FolderTooLarge(f"{folder} holds more than {MAX_FOLDER_FILES:,} files: not a model folder")
-            if total > MAX_FOLDER_BYTES:
-                raise FolderTooLarge(f"{folder} holds more than {size_text(MAX_FOLDER_BYTES)}: not a model folder")
-    if failed is not None:
-        raise failed
-    return found
+        yield from (Path(root) / name for name in sorted(files) if not name.startswith("."))
 
 
 def special_files(folder: Path) -> list[str]:
@@ -131,20 +136,13 @@ def special_files(folder: Path) -> list[str]:
     are FIFOs, devices or sockets: loading a model that holds one would block or read without end.
     FolderTooLarge beyond MAX_FOLDER_ENTRIES (nothing opened: a stat per name)."""
     found: list[str] = []
-    seen = 0
-    for root, dirs, files in os.walk(folder):
-        seen += len(dirs) + len(files)
-        if seen > MAX_FOLDER_ENTRIES:
-            raise FolderTooLarge(f"{folder} holds more than {MAX_FOLDER_ENTRIES:,} files and folders: not a model folder")
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            path = Path(root) / name
-            try:
-                mode = path.stat().st_mode
-            except OSError:  # a dangling link: nothing to read
-                continue
-            if not name.startswith(".") and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-                found.append(path.relative_to(folder).as_posix())
+    for path in _walk(folder):
+        try:
+            mode = path.stat().st_mode
+        except OSError:  # a dangling link: nothing to read
+            continue
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            found.append(path.relative_to(folder).as_posix())
     return found
 
 
