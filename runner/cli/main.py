@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from .. import __version__
+from ..base import report
 from ..base.errors import RecipeError, RunError
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return _main(args)
     except RecipeError as exc:
         for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+            report.error(str(problem))
         return EXIT_INVALID
     except BrokenPipeError:  # `recipe-run --dry-run r.toml | head -1`: the reader is gone; end quietly
         _stdout_to_devnull()
@@ -150,12 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     except RunError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        report.error(str(exc))
         return EXIT_FAILED
     except Exception as exc:  # a failure while running: the message, the traceback with --debug
         if args.debug:
             raise
-        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        report.error(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
         return EXIT_FAILED
 
 
@@ -246,7 +247,7 @@ def _main(args: argparse.Namespace) -> int:
         return compare.main(args.compare[0], args.compare[1], args.out)
     plugins = load_plugins(args.plugins)
     if mode == "list_plugins":
-        print(list_plugins(plugins))
+        report.result(list_plugins(plugins))
         return EXIT_OK
     from ..base.report import warn
     from ..plugin_api.failures import check as check_plugins
@@ -255,14 +256,14 @@ def _main(args: argparse.Namespace) -> int:
     if mode == "schema":
         from .schema import dumps
 
-        print(dumps(plugins))
+        report.result(dumps(plugins))
         return EXIT_OK
     if mode == "reproduce":
         from ..running.reproduce import reproduce
 
         outcome = reproduce(args.reproduce, plugins, args.out, allow_pickle=args.allow_pickle,
                             trust_remote_code=args.trust_remote_code, warn=warn, wait=args.wait)
-        print(outcome.report())
+        report.result(outcome.report())
         return EXIT_OK if outcome.identical else EXIT_FAILED
 
     from ..running.prepare import Options, prepare_all
@@ -280,10 +281,10 @@ def _main(args: argparse.Namespace) -> int:
         from ..pipelines import lock
 
         for item in prepared:
-            print(f"{item.recipe.name}: locked -> {lock.write_lock(item.recipe, item.loaded)}")
+            report.result(f"{item.recipe.name}: locked -> {lock.write_lock(item.recipe, item.loaded)}")
         return EXIT_OK
     if mode == "dry_run":
-        print("\n\n".join(describe_plan(p, plugins) for p in prepared))
+        report.result("\n\n".join(describe_plan(p, plugins) for p in prepared))
         return EXIT_OK
     from ..running.session import Session
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..axes.registry import axis_kind
+from ..base import report
 from ..base.errors import RecipeError, RunError, suggest
 from ..base.quiet import quiet_libraries
 from ..plan.matrix import SCHEDULER_AXIS, Job
@@ -274,7 +275,7 @@ def build_schedulers(pipe: Any, base: Any, jobs: list[Job], recipe: Recipe, load
 # --- the whole build -------------------------------------------------------------------------------
 
 def make_context(recipe: Recipe, loaded: LoadedRecipe | None, enabled: list[Enabled], *, allow_pickle: bool = False,
-            trust_remote_code: bool = False, warn: Callable[[str], None] = print) -> BuildContext:
+            trust_remote_code: bool = False, warn: Callable[[str], None] = report.warn) -> BuildContext:
     """Everything decided before loading: device, dtype, location, and each optimization's check."""
     quiet_libraries()
     device = detect_device(recipe.model.device)

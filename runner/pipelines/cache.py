@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..base import report
 from ..base.errors import RecipeError, RunError
 from ..plan.variants import relabel
 from ..recipe.context import BuildContext, HasHooks
@@ -119,8 +120,8 @@ class ModelCache:
             self.derived += 1
             how = "derived"
         else:
-            print(f"{recipe.name}: loading {recipe.model.id} ({task}, {ctx.device}, {ctx.dtype}"
-                  f"{', ' + variant.label() if variant.axes else ''}) ...", file=sys.stderr, flush=True)
+            report.note(f"{recipe.name}: loading {recipe.model.id} ({task}, {ctx.device}, {ctx.dtype}"
+                        f"{', ' + variant.label() if variant.axes else ''}) ...")
             built = build_variant(variant, plugins, ctx)
             entry = self.entries[key] = Entry({task: built})
             built.swapped = {name: _spec_text(spec) for name, spec in recipe.components.items()}

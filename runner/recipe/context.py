@@ -1,7 +1,7 @@
 """What plugins know about the pipeline being built: :class:`BuildContext`, the ``context`` every
 optimization function and the ``pipeline_ready`` hook receive.
 
-Light module (no torch, nothing else of the runner at run time): the public plugin module
+Light module (no torch; of the runner only its reporter, which `warn` prints through): the public plugin module
 (:mod:`recipe_runner.api`) exposes it without importing the build machinery.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+
+from ..base import report
 
 if TYPE_CHECKING:
     from ..recipe.loading import LoadedRecipe
@@ -28,7 +30,7 @@ class BuildContext:
     enabled: list[str] = field(default_factory=list)  # optimization names switched on
     allow_pickle: bool = False
     trust_remote_code: bool = False  # --trust-remote-code: model.custom_pipeline / trust_remote_code may run
-    warn: Callable[[str], None] = print
+    warn: Callable[[str], None] = report.warn
     loaded: LoadedRecipe | None = None  # key origins: plugins resolve paths against the recipe's folder
 
     @property

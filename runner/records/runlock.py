@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..base import report
 from ..base.errors import RecipeError
 from ..base.paths import remove_temporary
 
@@ -136,7 +137,7 @@ def hold(folder: Path, *, wait: bool = False, command: str | None = None) -> Ite
                                   file=str(folder))
         if not locked:
             if not told:
-                print(f"waiting: {holder(path)} is running into {folder}", file=sys.stderr, flush=True)
+                report.note(f"waiting: {holder(path)} is running into {folder}")
                 told = True
             _try_lock(fd, wait=True)
         if _same_file(fd, path):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..base import environment
+from ..base import environment, report
 from ..base.errors import RecipeError, RunError
 from ..base.safe_read import ImageTooLarge, open_image
 from ..pipelines.cache import ModelCache
@@ -127,7 +127,7 @@ class Outcome:
 
 
 def reproduce(image: Path, plugins: Plugins, out: Path | None, *, allow_pickle: bool = False,
-              trust_remote_code: bool = False, warn: Callable[[str], None] = print, wait: bool = False) -> Outcome:
+              trust_remote_code: bool = False, warn: Callable[[str], None] = report.warn, wait: bool = False) -> Outcome:
     """Re-generate ``image`` in its planned batch with its recorded thread count; compare pixels."""
     embedded = read(image)
     try:

@@ -270,10 +270,10 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
     rate = done / generate_seconds if generate_seconds > 0 else 0.0
     ranks = f" ({done} by rank 0 of {dist.world_size})" if dist.world_size > 1 else ""
     loads = "" if len(prepared.variants) == 1 else f", {sum(1 for e in pipelines.log if e['how'] == 'loaded')} loads"
-    print(f"{recipe.name}: {len(prepared.jobs)} images: {state.summary()}; made {done}{ranks} in "
+    report.result(f"{recipe.name}: {len(prepared.jobs)} images: {state.summary()}; made {done}{ranks} in "
           f"{generate_seconds:.1f} s ({rate:.2f} images/s), load {pipelines.load_seconds:.1f} s{loads}, "
           f"{peak_memory(ctx.device)} -> {display_path(out_dir)}/")
-    print(where_to_look(out_dir, recipe.output.gallery, manifest.history))
+    report.result(where_to_look(out_dir, recipe.output.gallery, manifest.history))
     return data
 
 
@@ -308,7 +308,7 @@ def up_to_date(prepared: Prepared, plugins: Plugins, found: Peek | None) -> dict
     data: dict[str, Any] = found.manifest or {}
     repair(prepared, data)
     plugins.hook.run_finished(recipe=prepared.recipe, output_dir=out_dir, manifest=data)
-    print(f"{prepared.recipe.name}: {len(prepared.jobs)} images: {found.summary()}; nothing to do, "
+    report.result(f"{prepared.recipe.name}: {len(prepared.jobs)} images: {found.summary()}; nothing to do, "
           f"nothing loaded -> {display_path(out_dir)}/")
     return data
 

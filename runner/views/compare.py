@@ -33,13 +33,13 @@ import math
 import os
 import re
 import stat
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..base import report as reporter
 from ..base.paths import regular_file, sha256_file
 from ..base.safe_read import open_image, read_text
 from ..records.names import record_file
@@ -545,10 +545,10 @@ def main(a: str | Path, b: str | Path, out: Path | None = None) -> int:
         result = compare(side_a, side_b)
         write_report(result, report)
     except BadInput as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        reporter.error(str(exc))
         return EXIT_BAD
     except OSError as exc:
-        print(f"error: cannot write the report: {exc}", file=sys.stderr)
+        reporter.error(f"cannot write the report: {exc}")
         return EXIT_BAD
-    print(summary(result, report))
+    reporter.result(summary(result, report))
     return result.code
