@@ -37,6 +37,7 @@ from recipe_runner.api import (
     OptimizationSettings,
     Problem,
     Unsupported,
+    WeightFile,
     enable,
     hookimpl,
     is_local_reference,
@@ -157,9 +158,15 @@ def switch(pipe: Any, old: Settings | None, new: Settings | None, context: Build
     return apply(pipe, new, context)
 
 
+def weight_files(settings: Settings) -> list[WeightFile]:
+    """Each adapter's file or folder (``adapters.<i>``): the pickle policy applies to them before loading."""
+    return [WeightFile(f"adapters.{i}", adapter.id, adapter.weight_name) for i, adapter in enumerate(settings.adapters)]
+
+
 @hookimpl
 def register_optimizations() -> list[Optimization]:
     return [Optimization(name="lora", settings=Settings, stage="components", apply=apply, check=check, switch=switch,
+                         weight_files=weight_files,
                          description="LoRA adapters: load, weight (set_adapters), optionally fuse")]
 
 

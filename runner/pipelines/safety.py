@@ -20,14 +20,15 @@ import os
 import re
 import stat
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ..base.errors import Problem, RecipeError
 from ..base.filehashes import FolderTooLarge, special_files
 from ..base.safe_read import MAX_CONFIG_BYTES, read_text
 from ..recipe.loading import LoadedRecipe, problem_at
 from ..recipe.model import Recipe
+from ..recipe.optimizations import Enabled, WeightFile
 from .sources import SOURCES, locate
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
@@ -118,12 +119,12 @@ def weights_kind(path: Path) -> str | None:
     return None
 
 
-def _adapter_files(folder: Path, adapter: dict[str, Any]) -> tuple[list[Path], bool]:
-    """The local files a LoRA adapter entry names (none for a Hub id), and whether it names one
+def _named_files(folder: Path, named: WeightFile) -> tuple[list[Path], bool]:
+    """The local files a weight reference names (none for a Hub id), and whether it names one
     file: the file ``id``, the file ``weight_name`` inside the folder ``id``; or the weight files of
     the folder ``id`` when it names none (diffusers picks one)."""
-    candidate = folder / Path(str(adapter.get("id"))).expanduser()
-    weight_name = adapter.get("weight_name")
+    candidate = folder / Path(named.id).expanduser()
+    weight_name = named.weight_name
     if candidate.is_file():
         return [candidate], True
     if not candidate.is_dir():
@@ -137,48 +138,42 @@ def _adapter_files(folder: Path, adapter: dict[str, Any]) -> tuple[list[Path], b
         return [], False
 
 
-def check_adapters(recipe: Recipe, loaded: LoadedRecipe | None, *, allow_pickle: bool) -> None:
-    """The pickle policy on the weight files of ``[optimizations.lora]`` adapters, before anything
-    loads: a name ending in a pickle suffix (id or weight_name), a local file whose bytes are a
-    pickle, a folder holding pickled weights only; and a ``.safetensors`` file that is a pickle."""
-    table = recipe.optimizations.get("lora")
-    adapters = table.get("adapters") if isinstance(table, dict) else None
-    if not isinstance(adapters, list):
-        return
+def check_weight_files(enabled: Sequence[Enabled], loaded: LoadedRecipe | None, *, allow_pickle: bool) -> None:
+    """The pickle policy on every weight file an optimization's settings name (a plugin declares
+    them: ``Optimization.weight_files``, the lora plugin's adapters), before anything loads: a name
+    ending in a pickle suffix (id or weight_name), a local file whose bytes are a pickle, a folder
+    holding pickled weights only; and a ``.safetensors`` file that is a pickle."""
     problems: list[Problem] = []
     refuse_hint = "convert it to safetensors, or pass --allow-pickle if you trust it"
-    for index, adapter in enumerate(adapters):
-        if not isinstance(adapter, dict) or not isinstance(adapter.get("id"), str):
-            continue  # the plugin's settings model reports it
-        base = f"optimizations.lora.adapters.{index}"
-        named = [(f"{base}.{field}", adapter[field]) for field in ("weight_name", "id") if isinstance(adapter.get(field), str)]
-        refused = False
-        if not allow_pickle:
-            for key, value in named:
-                if value.lower().endswith(PICKLE_SUFFIXES):
-                    problems.append(problem_at(loaded, key, f"{value!r} is a pickled weights file: only safetensors weights load",
-                                               refuse_hint))
-                    refused = True
-                    break
-        if refused:
-            continue
-        folder = loaded.origin(f"{base}.id").folder if loaded is not None else Path.cwd()
-        files, one = _adapter_files(folder, adapter)
-        key = named[0][0]  # weight_name when given, else id
-        kinds = {path: weights_kind(path) for path in files}
-        lying = [p for p, kind in kinds.items() if kind == "pickle" and p.suffix.lower() == ".safetensors"]
-        if lying:
-            problems.append(problem_at(loaded, key, f"{lying[0]} is named .safetensors but holds pickled weights "
-                                       "(a torch.save file): it cannot load as safetensors",
-                                       "convert it (safetensors.torch.save_file), or name it .bin and pass --allow-pickle "
-                                       "if you trust it"))
-            continue
-        if allow_pickle or not files:
-            continue
-        pickled = [p for p, kind in kinds.items() if kind == "pickle" or p.suffix.lower() in PICKLE_SUFFIXES]
-        if pickled and (one or len(pickled) == len(files)):  # the file named, or a folder with nothing else
-            what = "holds pickled weights" if one else "holds pickled weights only"
-            problems.append(problem_at(loaded, key, f"{pickled[0]} {what}: only safetensors weights load", refuse_hint))
+    for item in enabled:
+        files_of = item.optimization.weight_files
+        for named in files_of(item.settings) if files_of is not None else []:
+            base = f"optimizations.{item.name}.{named.key}"
+            given = [(f"{base}.{field}", value) for field, value in (("weight_name", named.weight_name), ("id", named.id))
+                     if isinstance(value, str)]
+            if not allow_pickle:
+                pickled_name = next(((key, value) for key, value in given if value.lower().endswith(PICKLE_SUFFIXES)), None)
+                if pickled_name is not None:
+                    problems.append(problem_at(loaded, pickled_name[0], f"{pickled_name[1]!r} is a pickled weights file: "
+                                               "only safetensors weights load", refuse_hint))
+                    continue
+            folder = loaded.origin(f"{base}.id").folder if loaded is not None else Path.cwd()
+            files, one = _named_files(folder, named)
+            key = given[0][0]  # weight_name when given, else id
+            kinds = {path: weights_kind(path) for path in files}
+            lying = [p for p, kind in kinds.items() if kind == "pickle" and p.suffix.lower() == ".safetensors"]
+            if lying:
+                problems.append(problem_at(loaded, key, f"{lying[0]} is named .safetensors but holds pickled weights "
+                                           "(a torch.save file): it cannot load as safetensors",
+                                           "convert it (safetensors.torch.save_file), or name it .bin and pass --allow-pickle "
+                                           "if you trust it"))
+                continue
+            if allow_pickle or not files:
+                continue
+            pickled = [p for p, kind in kinds.items() if kind == "pickle" or p.suffix.lower() in PICKLE_SUFFIXES]
+            if pickled and (one or len(pickled) == len(files)):  # the file named, or a folder with nothing else
+                what = "holds pickled weights" if one else "holds pickled weights only"
+                problems.append(problem_at(loaded, key, f"{pickled[0]} {what}: only safetensors weights load", refuse_hint))
     if problems:
         raise RecipeError(problems)
 

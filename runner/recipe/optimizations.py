@@ -68,6 +68,22 @@ class Switch(Protocol[S_contra]):
 
 
 @dataclass(frozen=True)
+class WeightFile:
+    """A weight file (or folder, or Hub id) an optimization's settings name: ``key`` is where,
+    under the optimization's table (``adapters.0``); the pickle policy applies to it before loading."""
+
+    key: str
+    id: str
+    weight_name: str | None = None
+
+
+class WeightFiles(Protocol[S_contra]):
+    """``weight_files(settings)``: the weight files the settings name (the pickle policy checks them)."""
+
+    def __call__(self, settings: S_contra, /) -> list[WeightFile]: ...
+
+
+@dataclass(frozen=True)
 class Optimization(Generic[S]):
     """One key of ``[optimizations]``, as a plugin declares it.
 
@@ -83,6 +99,8 @@ class Optimization(Generic[S]):
       would give. With it, an ``optimizations.<name>`` axis switches the loaded pipeline instead of
       loading another, and components and LoRA axes keep swapping in place while it is on. Like
       ``apply`` it may return facts to record, and raise :class:`Unsupported`.
+    - ``weight_files(settings)``: the weight files the settings name (:class:`WeightFile`): the
+      pickle policy (``--allow-pickle``) applies to them before anything loads.
     """
 
     name: str
@@ -94,6 +112,7 @@ class Optimization(Generic[S]):
     load_kwargs: LoadKwargs[S] | None = None
     places_model: bool = False
     switch: Switch[S] | None = None
+    weight_files: WeightFiles[S] | None = None
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:

@@ -128,7 +128,7 @@ def variant_problems(variant: Variant, options: Options) -> list[Problem]:
     for check in (lambda: safety.check_recipe(recipe, loaded, trust_remote_code=options.trust_remote_code,
                                               allow_pickle=options.allow_pickle),
                   lambda: safety.check_sources(recipe, loaded, allow_pickle=options.allow_pickle),
-                  lambda: safety.check_adapters(recipe, loaded, allow_pickle=options.allow_pickle)):
+                  lambda: safety.check_weight_files(variant.enabled, loaded, allow_pickle=options.allow_pickle)):
         try:
             check()
         except RecipeError as exc:

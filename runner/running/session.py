@@ -40,7 +40,7 @@ from ..records.manifest import Manifest
 from ..records.outputs import Writer
 from ..records.provenance import environment_extras
 from ..records.resume import Peek, peek, remove_leftovers, resume
-from ..records.runlock import hold
+from ..records.runlock import LOCK_NAME, hold
 from ..views.gallery import write_gallery
 from ..views.grid import make_grid
 from . import distributed
@@ -316,14 +316,14 @@ def up_to_date(prepared: Prepared, plugins: Plugins, found: Peek | None) -> dict
 def repair(prepared: Prepared, data: dict[str, Any]) -> None:
     """A folder with nothing to do still gets what an earlier run failed to finish after its images
     (a full disk while writing ``grid.png``, a kill mid-write): the missing contact sheets and
-    gallery are written and temporary files removed, under the folder's run lock. When another run
-    holds it, that run writes them."""
+    gallery are written and temporary files (and a killed run's lock file) removed, under the
+    folder's run lock. When another run holds it, that run writes them."""
     out_dir, output = prepared.out_dir, prepared.recipe.output
     try:
         names = [entry.name for entry in out_dir.iterdir()]
     except OSError:
         return
-    leftovers = any(TMP_NAME.fullmatch(name) for name in names)
+    leftovers = LOCK_NAME in names or any(TMP_NAME.fullmatch(name) for name in names)  # a killed run's
     sheets = output.grid and any(not (out_dir / s.file).is_file() for s in _sheets(out_dir, data))
     gallery = output.gallery and "index.html" not in names
     if not (leftovers or sheets or gallery):

@@ -20,11 +20,11 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text(BASE)
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    for i in range(400):  # written first: a loaded machine may start the process before they exist
+        (tmp_path / f"r{i}.toml").write_text(BASE)
     proc = subprocess.Popen([sys.executable, "-m", "recipe_runner", "--dry-run", *[str(recipe)] * 1] +
                             [str(tmp_path / f"r{i}.toml") for i in range(400)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, cwd=tmp_path)
-    for i in range(400):
-        (tmp_path / f"r{i}.toml").write_text(BASE)
     first = proc.stdout.readline()
     proc.stdout.close()
     err = proc.stderr.read().decode()
