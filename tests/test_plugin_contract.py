@@ -410,6 +410,30 @@ def test_the_package_is_marked_typed():
     assert "py.typed" in (REPO / "pyproject.toml").read_text()
 
 
+@pytest.mark.slow
+def test_mypy_strict_passes_on_the_example_plugin_after_the_documented_editable_install(tmp_path):
+    """docs/plugins.md: ``pip install -e <checkout> --config-settings editable_mode=strict``, then
+    ``mypy --strict`` on a plugin resolves ``recipe_runner.api`` (py.typed) and finds no error."""
+    pytest.importorskip("mypy")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    here = [p for p in sys.path if p.endswith("site-packages")]  # pydantic, pluggy: from this environment
+    Path(site, "deps.pth").write_text("\n".join(here) + "\n")
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                              "--no-build-isolation", "--config-settings", "editable_mode=strict", "-e", str(REPO)],
+                             capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-2000:]
+    check = subprocess.run([sys.executable, "-m", "mypy", "--python-executable", str(python), "--strict",
+                            "--cache-dir", str(tmp_path / "mypy-cache"), "--no-incremental",
+                            str(REPO / "examples" / "recipe-runner-example" / "recipe_runner_example")],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert check.returncode == 0, check.stdout[-3000:]
+    assert "Success: no issues found" in check.stdout
+
+
 def test_unsupported_is_still_exported():  # the names the examples above use are the public API
     assert Unsupported.__module__ == "recipe_runner.recipe.optimizations"
     assert textwrap and Path
