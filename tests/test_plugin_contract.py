@@ -272,7 +272,7 @@ def glowing(by: str) -> object:
 
 
 def test_two_plugins_with_one_name_both_load_and_a_recipe_picks_one(recipe_runner_register_plugin, recipe_runner_cli,
-                                                                    recipe_runner_write_recipe, tmp_path):
+                                                                    recipe_runner_write_recipe):
     recipe_runner_register_plugin(glowing("a"), "rr_a")
     recipe_runner_register_plugin(glowing("b"), "rr_b")
     listed = recipe_runner_cli("--list-plugins").out
@@ -293,13 +293,23 @@ def test_two_plugins_with_one_name_both_load_and_a_recipe_picks_one(recipe_runne
     assert "optimizations.rr_b:glow.levle: unknown key (did you mean 'level'?)" in recipe_runner_cli(wrong, "--dry-run").err
     picked = recipe_runner_write_recipe(ONE_IMAGE + '[optimizations]\n"rr_b:glow" = { level = 2 }\n')
     assert recipe_runner_cli(picked, "--dry-run").code == 0
+    typo = recipe_runner_write_recipe(ONE_IMAGE + '[optimizations]\n"rr_b:glwo" = true\n', "typo.toml")
+    assert "optimizations.rr_b:glwo: unknown optimization (did you mean 'rr_b:glow'?)" in recipe_runner_cli(typo, "--dry-run").err
+    both = recipe_runner_write_recipe(ONE_IMAGE + '[optimizations]\n"rr_a:glow" = true\n"rr_b:glow" = true\n', "both.toml")
+    result = recipe_runner_cli(both, "--dry-run")
+    assert result.code == 2 and "'glow' is enabled twice" in result.err
+
+
+@pytest.mark.slow
+def test_the_qualified_key_runs_that_plugin_s_optimization(recipe_runner_register_plugin, recipe_runner_cli,
+                                                          recipe_runner_write_recipe, tmp_path):
+    recipe_runner_register_plugin(glowing("a"), "rr_a")
+    recipe_runner_register_plugin(glowing("b"), "rr_b")
+    picked = recipe_runner_write_recipe(ONE_IMAGE + '[optimizations]\n"rr_b:glow" = { level = 2 }\n')
     result = recipe_runner_cli(picked, "--out", tmp_path)
     assert result.code == 0, result.err
     manifest = json.loads((tmp_path / "recipe" / "manifest.json").read_text())
     assert manifest["optimizations"]["glow"]["by"] == "b" and manifest["optimizations"]["glow"]["settings"]["level"] == 2
-    both = recipe_runner_write_recipe(ONE_IMAGE + '[optimizations]\n"rr_a:glow" = true\n"rr_b:glow" = true\n', "both.toml")
-    result = recipe_runner_cli(both, "--dry-run")
-    assert result.code == 2 and "'glow' is enabled twice" in result.err
 
 
 def test_the_schema_offers_the_qualified_keys_of_a_shared_name(recipe_runner_register_plugin, recipe_runner_cli):

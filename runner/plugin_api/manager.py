@@ -2,6 +2,11 @@
 ``-p MODULE``. A plugin that fails to import or register is reported by name and never takes the
 tool down; a recipe that uses it then stops with exit 2.
 
+Two plugins may provide one optimization name: both load, and the registry says who provides
+what (a recipe picks one with ``"<plugin>:<name>"``, see :class:`~recipe_runner.recipe.optimizations.Registry`).
+A plugin that fails at any step (import, a hook's signature, its optimizations, its kinds) is not
+used at all. :func:`isolate` loads no entry-point plugin (the pytest helpers' isolation fixture).
+
 Environment: ``RECIPE_RUNNER_PLUGINS`` (comma-separated entry-point names) restricts which
 third-party plugins load; set it to an empty string to load none.
 """

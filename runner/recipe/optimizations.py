@@ -287,8 +287,9 @@ class Registry:
                 if broken:
                     problems.append(problem(key, f"the plugin {broken!r} failed to load: {self.broken[broken]}"))
                     continue
+                candidates = [*self.qualified] if QUALIFIER in name else [*self.optimizations, *self.shared]
                 problems.append(problem(key, "unknown optimization",
-                                        suggest(name, [*self.optimizations, *self.shared], "see recipe-run --list-plugins")))
+                                        suggest(name, candidates, "see recipe-run --list-plugins")))
                 continue
             if value is False:
                 continue
