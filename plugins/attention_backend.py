@@ -35,12 +35,12 @@ def _backend(name: str) -> Any:
 
 
 def check(settings: Settings, context: BuildContext) -> None:
+    if declared_denoiser(context) == "unet":  # first: --dry-run tells it without diffusers
+        raise Unsupported("the pipeline's denoiser is a UNet, whose attention processors do not use "
+                          "diffusers' attention dispatcher: backends apply to transformer models")
     from diffusers.models.attention_dispatch import _check_attention_backend_requirements
 
     backend = _backend(settings.backend)
-    if declared_denoiser(context) == "unet":
-        raise Unsupported("the pipeline's denoiser is a UNet, whose attention processors do not use "
-                          "diffusers' attention dispatcher: backends apply to transformer models")
     try:
         _check_attention_backend_requirements(backend)
     except (RuntimeError, ImportError) as exc:

@@ -28,6 +28,7 @@ uses none of them: no autouse fixture, no environment change at import. Fixtures
   ``recipe_runner_tiny_cogview4`` (session): the folder of that tiny pipeline (recipes can also
   just say ``id = "tiny:sd15"``); ``recipe_runner_tiny_vae``: a standalone VAE folder.
 - ``recipe_runner_register_plugin``: load a plugin object in every ``recipe-run`` of one test.
+- ``recipe_runner_isolated_plugins``: load no installed (entry-point) plugin in one test's runs.
 - ``recipe_runner_cli``: run ``recipe-run`` in this process (with the session's tiny cache).
 - ``recipe_runner_write_recipe``: write a recipe file into ``tmp_path``.
 
@@ -119,6 +120,18 @@ def recipe_runner_register_plugin() -> Iterator[Callable[..., Any]]:
     yield register
     for plugin in registered:
         plugins.unregister(plugin)
+
+
+@pytest.fixture
+def recipe_runner_isolated_plugins() -> Iterator[None]:
+    """Load no installed (entry-point) plugin in the ``recipe-run`` runs of this test: only the
+    built-ins and what the test registers (``recipe_runner_register_plugin``) or passes with ``-p``,
+    so another installed plugin (one providing the same optimization name, say) changes nothing."""
+    from recipe_runner.plugin_api import manager as plugins
+
+    before = plugins.isolate(True)
+    yield
+    plugins.isolate(before)
 
 
 @dataclass

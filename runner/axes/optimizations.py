@@ -39,7 +39,7 @@ class OptimizationsAxis(AxisKind):
         if owner is not None:
             return [ctx.problem(key, f"write {option} settings as a {owner.name} axis",
                                 f"use matrix.axes.{owner.name} = [...] (see docs/axes.md)")]
-        if option not in ctx.optimizations.optimizations:  # said once for the axis, with "did you mean"
+        if ctx.optimizations.lookup(option) is None:  # said once for the axis, with "did you mean"
             enable({option: True}, ctx.optimizations, moved(ctx.problem, f"optimizations.{option}", key), problems)
             return problems
         for i, value in enumerate(values):

@@ -38,6 +38,11 @@ class Registry(Generic[T]):
         self._kinds.clear()
         self.providers.clear()
 
+    def drop_provider(self, provider: str) -> None:
+        """Forget every kind ``provider`` registered (a plugin that failed to load)."""
+        for name in [n for n, p in self.providers.items() if p == provider]:
+            del self._kinds[name], self.providers[name]
+
     def get(self, name: str) -> T | None:
         return self._kinds.get(name)
 

@@ -2,21 +2,61 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from ..axes.registry import value_label
-from ..pipelines import preflight
+from ..base.errors import Problem, RecipeError
+from ..pipelines import build, preflight
 from ..pipelines.cache import load_order
 from ..plan.batches import initial_batch_size, plan
 from ..plan.labels import scheduler_label
 from ..plan.prepared import Prepared
+from ..plan.variants import Variant, relabel
 from ..plugin_api.manager import Plugins
 from ..recipe.loading import display_path
+from ..recipe.optimizations import Enabled
 from ..records.formats import extension
 from ..records.resume import peek
+from ..running.prepare import Options
 
 
-def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
+def check_optimizations(items: list[Prepared], options: Options) -> list[list[str]]:
+    """Every optimization ``check`` a run makes before loading, on each variant of each recipe, as
+    the run makes it (:func:`recipe_runner.pipelines.build.check_context`): a refusal is the run's
+    error (exit 2, all of them at once), ``required = false`` the run's warning. Returns, per
+    recipe, the lines saying what was checked and which checks wait for the run (they import torch)."""
+    problems: list[Problem] = []
+    notes: list[list[str]] = []
+    for item in items:
+        lines: list[str] = []
+        for variant in item.variants or [Variant("{}", {}, item.recipe, item.loaded, item.enabled, item.jobs, {})]:
+            enabled = [dataclasses.replace(e) for e in variant.enabled]  # the run settles its own
+            if not any(e.optimization.check for e in enabled):
+                continue
+            where = f" ({variant.label()})" if len(item.variants) > 1 else ""
+
+            waited: list[tuple[Enabled, str]] = []
+            try:
+                ctx = build.check_context(variant.recipe, variant.loaded, enabled, allow_pickle=options.allow_pickle,
+                                          trust_remote_code=options.trust_remote_code, warn=options.warn,
+                                          waits=lambda e, module: waited.append((e, module)))  # noqa: B023
+            except RecipeError as exc:
+                problems += relabel(exc.problems, variant)
+                continue
+            ran = [e.key or e.name for e in enabled
+                   if e.optimization.check and not any(e is w for w, _ in waited)]
+            if ran:
+                lines.append(f"optimization checks ran (device {ctx.device}){where}: {', '.join(ran)}")
+            lines += [f"optimizations.{e.key or e.name}{where}: its check imports {module}: the run makes it before loading"
+                      for e, module in waited]
+        notes.append(lines)
+    if problems:
+        raise RecipeError(problems)
+    return notes
+
+
+def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20, checked: list[str] | None = None) -> str:
     """The --dry-run text: model, optimizations, plugins, jobs, the pipelines a build axis asks for
     (loads and in-place switches, in plan order) and batches."""
     r = prepared.recipe
@@ -40,7 +80,8 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20) -> str:
     loaded_plugins = ", ".join(f"{i.name} ({i.source}{', failed' if i.error else ''})" for i in plugins.infos)
     lines.append(f"  plugins        {loaded_plugins}")
     auto = " (auto: halves on out of memory)" if batch_setting == "auto" else ""
-    lines += [f"  {'checks' if i == 0 else '':<15}{note}" for i, note in enumerate(preflight.notes(r, prepared.loaded))]
+    checks_now = preflight.notes(r, prepared.loaded) + (checked or [])
+    lines += [f"  {'checks' if i == 0 else '':<15}{note}" for i, note in enumerate(checks_now)]
     lines.append(f"  jobs           {len(prepared.jobs)} in {len(batches)} batch{'es' * (len(batches) != 1)}, "
                  f"batch_size {size}{auto}, generator on {r.run.generator_device}")
     if len(prepared.variants) > 1:

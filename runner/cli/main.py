@@ -94,7 +94,15 @@ def list_plugins(plugins: Plugins) -> str:
                 kind = point[1].require(kind_name)
                 lines.append(f"    [{point[1].what}] {kind_name}: {getattr(kind, 'description', '')}")
                 continue
-            opt = plugins.registry.optimizations[name]
+            qualified = f"{info.name}:{name}"
+            opt = plugins.registry.qualified.get(qualified)
+            if opt is None:  # its plugin failed to load
+                continue
+            shared, owner = plugins.registry.shared.get(name), plugins.registry.provider(name)
+            if shared and owner != info.name:  # another plugin's too: say how a recipe picks this one
+                alone = (f"{owner!r}'s" if owner else "refused: also provided by "
+                         + ", ".join(repr(p) for p in shared if p != info.name))
+                name = f'{name} as "{qualified}" ({name} alone: {alone})'
             lines.append(f"    [optimizations] {name} (stage {opt.stage}): {opt.description}")
             lines += [f"        {line}" for line in settings_lines(opt.settings)]
     return "\n".join(lines)
@@ -284,7 +292,10 @@ def _main(args: argparse.Namespace) -> int:
             report.result(f"{item.recipe.name}: locked -> {lock.write_lock(item.recipe, item.loaded)}")
         return EXIT_OK
     if mode == "dry_run":
-        report.result("\n\n".join(describe_plan(p, plugins) for p in prepared))
+        from .dry_run import check_optimizations
+
+        checked = check_optimizations(prepared, options)  # the run's checks before loading: its refusals too
+        report.result("\n\n".join(describe_plan(p, plugins, checked=c) for p, c in zip(prepared, checked)))
         return EXIT_OK
     from ..running.session import Session
 

@@ -37,7 +37,10 @@ def _strip_required(node: Any) -> None:
 
 def _optimizations(plugins: Plugins) -> dict[str, Any]:
     properties = {}
-    for name, opt in sorted(plugins.registry.optimizations.items()):
+    registry = plugins.registry
+    keys = dict(registry.optimizations)  # the bare names, and the qualified key of a name two plugins provide
+    keys.update({key: opt for key, opt in registry.qualified.items() if opt.name in registry.shared})
+    for name, opt in sorted(keys.items()):
         settings = opt.settings.model_json_schema()
         fields = settings.get("properties", {})
         for field, text in attribute_docs(opt.settings).items():
@@ -47,7 +50,7 @@ def _optimizations(plugins: Plugins) -> dict[str, Any]:
         settings.pop("title", None)
         description = opt.description or settings.pop("description", "")
         properties[name] = {
-            "description": f"{description} (stage {opt.stage}; plugin {plugins.registry.providers.get(name, '?')})".strip(),
+            "description": f"{description} (stage {opt.stage}; plugin {registry.provider(name) or '?'})".strip(),
             "anyOf": [{"type": "boolean"}, settings],
         }
     return {

@@ -8,10 +8,14 @@ torch and diffusers are imported inside the functions: importing this module sta
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import importlib.abc
 import inspect
 import json
+import platform
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +30,7 @@ from ..recipe.context import BuildContext  # a light module (recipe_runner.api e
 from ..recipe.loading import LoadedRecipe, problem_at
 from ..recipe.model import Recipe
 from ..recipe.optimizations import Enabled, Unsupported, settle
-from .sources import locate
+from .sources import SOURCES, locate
 
 TASK_PIPELINES = {
     "text-to-image": ("diffusers", "DiffusionPipeline"),
@@ -285,15 +289,94 @@ def make_context(recipe: Recipe, loaded: LoadedRecipe | None, enabled: list[Enab
     ctx = BuildContext(recipe, device, dtype, recipe.model.task, location,
                        enabled=[e.name for e in enabled], allow_pickle=allow_pickle,
                        trust_remote_code=trust_remote_code, warn=warn, loaded=loaded)
+    run_checks(enabled, ctx, loaded)
+    return ctx
+
+
+def run_checks(enabled: list[Enabled], ctx: BuildContext, loaded: LoadedRecipe | None,
+               waits: Callable[[Enabled, str], None] | None = None) -> None:
+    """Each enabled optimization's ``check``, in stage order: one that raises :class:`Unsupported`
+    stops the recipe (RecipeError) or, ``required = false``, is skipped with a warning.
+
+    ``waits`` (``--dry-run``): the checks run with torch, diffusers and transformers out of reach; a
+    check that would import one is not decided now: ``waits(item, module)`` is told instead."""
     problem = functools.partial(problem_at, loaded)
     for item in enabled:
         if item.optimization.check is None:
             continue
+        guard = HeavyImports() if waits is not None else None
         try:
-            item.optimization.check(item.settings, ctx)
-        except Unsupported as exc:
-            settle(item, str(exc), problem, warn)
+            with guard or contextlib.nullcontext():
+                item.optimization.check(item.settings, ctx)
+        except Exception as exc:  # Unsupported, or what a check that needs torch raised without it
+            if guard is not None and guard.refused and waits is not None:
+                waits(item, guard.refused[0])
+                continue
+            if not isinstance(exc, Unsupported):
+                raise
+            settle(item, str(exc), problem, ctx.warn)
     ctx.enabled = [e.name for e in enabled if e.status != "skipped"]
+
+
+HEAVY = ("torch", "diffusers", "transformers")  # what --dry-run never imports
+
+
+class NeedsLibraries(ImportError):
+    """A check run by ``--dry-run`` would import torch, diffusers or transformers."""
+
+
+class HeavyImports(importlib.abc.MetaPathFinder):
+    """While active (a context manager), importing torch, diffusers or transformers raises
+    :class:`NeedsLibraries` (nothing of them is loaded); ``refused`` lists what was asked for."""
+
+    def __init__(self) -> None:
+        self.refused: list[str] = []
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        top = fullname.partition(".")[0]
+        if top in HEAVY and top not in sys.modules:
+            self.refused.append(top)
+            raise NeedsLibraries(f"{top} is not imported by --dry-run", name=top)
+        return None
+
+    def __enter__(self) -> HeavyImports:
+        sys.meta_path.insert(0, self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.meta_path.remove(self)
+
+
+def light_device(spec: str) -> str:
+    """The device a run would pick, told without importing torch (``--dry-run``): an explicit
+    device as written; ``auto``: cuda when an NVIDIA or AMD GPU driver is present, mps on Apple
+    silicon, else cpu (with torch already imported, torch says)."""
+    if "torch" in sys.modules:
+        return detect_device(spec)
+    if spec != "auto":
+        return spec
+    if any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")):
+        return "cuda"
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return "mps"
+    return "cpu"
+
+
+def check_context(recipe: Recipe, loaded: LoadedRecipe | None, enabled: list[Enabled], *, allow_pickle: bool = False,
+                  trust_remote_code: bool = False, warn: Callable[[str], None] = print,
+                  waits: Callable[[Enabled, str], None] | None = None) -> BuildContext:
+    """:func:`make_context` for ``--dry-run``: the same checks on the same context, with nothing
+    loaded, built or downloaded and torch not imported (see :func:`light_device`, :func:`run_checks`);
+    a model its source has not made yet is given to the checks as its id."""
+    device = light_device(recipe.model.device)
+    dtype = choose_dtype(recipe.model.dtype, device, lambda _: None)  # the run says it
+    source = SOURCES.of(recipe.model.id)
+    folder = loaded.origin("model.id").folder if loaded else Path.cwd()
+    location = locate(recipe.model.id, folder, "model.id", loaded) if source.ready(recipe.model.id) else recipe.model.id
+    ctx = BuildContext(recipe, device, dtype, recipe.model.task, location,
+                       enabled=[e.name for e in enabled], allow_pickle=allow_pickle,
+                       trust_remote_code=trust_remote_code, warn=warn, loaded=loaded)
+    run_checks(enabled, ctx, loaded, waits=waits if waits is not None else lambda item, module: None)
     return ctx
 
 

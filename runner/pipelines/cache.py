@@ -52,7 +52,7 @@ def model_key(recipe: Recipe, enabled: list[Enabled], allow_pickle: bool) -> str
     return json.dumps({
         "model": recipe.model.model_dump(mode="json", exclude={"task"}),
         "components": None if not fixed else {k: v.model_dump(mode="json") for k, v in recipe.components.items()},
-        "optimizations": [[e.name, e.settings.model_dump(mode="json")] for e in fixed],
+        "optimizations": [[e.key or e.name, e.settings.model_dump(mode="json")] for e in fixed],  # key: which plugin's
         "allow_pickle": allow_pickle,
     }, sort_keys=True)
 

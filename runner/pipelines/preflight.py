@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ..recipe.model import Recipe
 
 LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
-AFTER_LOADING = "scheduler compatibility, component classes, optimizations on this device, input image decoding"
+AFTER_LOADING = "scheduler compatibility, component classes, what each optimization does to the pipeline, input image decoding"
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Plugins that failed to load are never silent, and the plugins of a run are on record.
 
-- :func:`check` (every run and dry run): a ``-p`` module that cannot be imported is an error
+- :func:`check` (every run and dry run): a ``-p`` module that cannot be imported or fails to load is an error
   (exit 2: the command line asked for it); an entry-point plugin that failed to import or register
   is a one-line warning on stderr, or an error with ``--strict-plugins``.
 - :func:`records`: the third-party plugins of the run (entry points, ``-p`` modules, plugins
@@ -26,8 +26,10 @@ def check(plugins: Any, strict: bool, warn: Callable[[str], None]) -> None:
     for info in plugins.infos:
         if not info.error:
             continue
-        if info.source == "-p":
+        if info.source == "-p" and not info.imported:
             problems.append(Problem(f"cannot import plugin module {info.name!r}: {info.error}", file="-p"))
+        elif info.source == "-p":  # imported, then refused: a hook, its optimizations, a name it takes
+            problems.append(Problem(f"plugin module {info.name!r} failed to load: {info.error}", file="-p"))
         elif strict:
             problems.append(Problem(f"plugin {info.name!r} ({info.source} {info.module}) failed to load: {info.error}",
                                     file="--strict-plugins"))

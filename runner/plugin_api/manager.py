@@ -2,6 +2,11 @@
 ``-p MODULE``. A plugin that fails to import or register is reported by name and never takes the
 tool down; a recipe that uses it then stops with exit 2.
 
+Two plugins may provide one optimization name: both load, and the registry says who provides
+what (a recipe picks one with ``"<plugin>:<name>"``, see :class:`~recipe_runner.recipe.optimizations.Registry`).
+A plugin that fails at any step (import, a hook's signature, its optimizations, its kinds) is not
+used at all. :func:`isolate` loads no entry-point plugin (the pytest helpers' isolation fixture).
+
 Environment: ``RECIPE_RUNNER_PLUGINS`` (comma-separated entry-point names) restricts which
 third-party plugins load; set it to an empty string to load none.
 """
@@ -10,7 +15,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
+import types
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -25,7 +32,7 @@ from ..base.errors import PluginError
 from ..base.memory import is_out_of_memory
 from ..base.registry import Registry as KindRegistry
 from ..pipelines.sources import SOURCES, ModelSource
-from ..recipe.optimizations import Optimization, Registry
+from ..recipe.optimizations import QUALIFIER, Optimization, Registry, settings_problem
 from ..records.formats import FORMATS, OutputFormat
 from ..views.metrics import METRICS, Metric
 from . import hookspecs
@@ -82,6 +89,12 @@ class PluginInfo:
     version: str | None = None
     error: str | None = None
     provides: list[str] = field(default_factory=list)
+    imported: bool = True  # False: its module could not be imported (else it failed to register)
+
+    def short_label(self) -> str:
+        """``'name' (distribution version)``, or its source when it has no distribution."""
+        where = " ".join(x for x in (self.distribution, self.version) if x) or f"{self.source} {self.module}"
+        return f"{self.name!r} ({where})"
 
     def label(self) -> str:
         """How an error names this plugin: its name, and where it came from (the distribution
@@ -172,7 +185,47 @@ def _describe(plugins: Plugins, name: str) -> str:
 
 
 def _error_text(exc: BaseException) -> str:
+    """One line saying what is wrong: pluggy's validation errors in full (their reason is on their
+    later lines), other errors as ``Type: first line``."""
+    if isinstance(exc, pluggy.PluginValidationError):
+        return _validation_text(exc)
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def _hookspec_args(name: str) -> list[str] | None:
+    import inspect
+
+    spec = getattr(hookspecs, name, None)
+    if not callable(spec) or not hasattr(spec, f"{PROJECT}_spec"):
+        return None
+    return [p for p in inspect.signature(spec).parameters if p != "self"]
+
+
+def _validation_text(exc: pluggy.PluginValidationError) -> str:
+    """pluggy's PluginValidationError as one line naming the hook and the reason."""
+    from ..base.errors import did_you_mean
+
+    text = str(exc)
+    unknown = re.match(r"unknown hook '([^']+)'", text)
+    if unknown:
+        hooks = [n for n in dir(hookspecs) if _hookspec_args(n) is not None]
+        close = did_you_mean(unknown.group(1), hooks)
+        hint = f" (did you mean {close!r}?)" if close else f" (the hooks: {', '.join(sorted(hooks))})"
+        return f"unknown hook {unknown.group(1)!r}{hint}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    head = re.match(r"Plugin '[^']*' for hook '([^']+)'", lines[0]) if lines else None
+    if head:
+        hook = head.group(1)
+        definition = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("hookimpl definition:")), "")
+        extra = re.search(r"Argument\(s\) (\{.*\}) are declared in the hookimpl", text)
+        spec = _hookspec_args(hook)
+        if extra:
+            passes = f" (it passes {', '.join(spec)})" if spec is not None else ""
+            return (f"hook {hook!r}: {definition} takes argument(s) {extra.group(1)} that the hook does not "
+                    f"pass{passes}")[:500]
+        reason = "; ".join(ln for ln in lines[1:] if not ln.startswith("hookimpl definition:"))
+        return f"hook {hook!r}: {definition}: {reason}"[:500]
+    return "PluginValidationError: " + "; ".join(lines)[:500]
 
 
 def _register(pm: pluggy.PluginManager, plugin: Any, info: PluginInfo) -> None:
@@ -206,11 +259,13 @@ def load_plugins(extra_modules: tuple[str, ...] | list[str] = ()) -> Plugins:
         info = PluginInfo(module_name.rsplit(".", 1)[-1], "built-in", module_name, "recipe-runner", __version__)
         infos.append(info)
         try:
-            _register(pm, importlib.import_module(module_name), info)
+            module = importlib.import_module(module_name)
         except Exception as exc:
-            info.error = _error_text(exc)
+            info.error, info.imported = _error_text(exc), False
+            continue
+        _register(pm, module, info)
 
-    allowed = _allowed_third_party()
+    allowed = set() if _ISOLATED else _allowed_third_party()
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         if allowed is not None and ep.name not in allowed:
             continue
@@ -220,15 +275,19 @@ def load_plugins(extra_modules: tuple[str, ...] | list[str] = ()) -> Plugins:
         infos.append(info)
         try:
             plugin = ep.load()
-            if any(plugin is p for p, _ in _REGISTERED):  # a test registered this very plugin: that one wins
-                infos.remove(info)
-                continue
-            _register(pm, plugin, info)
         except Exception as exc:  # one broken plugin never takes the tool down
-            info.error = _error_text(exc)
+            info.error, info.imported = _error_text(exc), False
+            continue
+        if any(plugin is p for p, _ in _REGISTERED):  # a test registered this very plugin: that one wins
+            infos.remove(info)
+            continue
+        _register(pm, plugin, info)
 
     for plugin, name in _REGISTERED:
-        info = PluginInfo(name, "registered", type(plugin).__module__)
+        where = plugin.__name__ if isinstance(plugin, types.ModuleType) else type(plugin).__module__
+        info = PluginInfo(name, "registered", where)
+        if isinstance(plugin, types.ModuleType):
+            info.distribution, info.version = _distribution_of(plugin)
         infos.append(info)
         _register(pm, plugin, info)
 
@@ -238,14 +297,53 @@ def load_plugins(extra_modules: tuple[str, ...] | list[str] = ()) -> Plugins:
         try:
             module = import_plugin_module(module_name)
         except Exception as exc:  # listed as failed; a run names it, --strict-plugins refuses it
-            info.error = _error_text(exc)
+            info.error, info.imported = _error_text(exc), False
             continue
         info.distribution, info.version = _distribution_of(module)
         _register(pm, module, info)
 
     registry = _collect_optimizations(pm, infos)
     _collect_kinds(pm, infos, registry)
+    _drop_failed(pm, infos, registry)
     return Plugins(pm, infos, registry)
+
+
+_ISOLATED = False  # load no entry-point plugin (recipe_runner.testing's recipe_runner_isolated_plugins)
+
+
+def isolate(on: bool = True) -> bool:
+    """Load no installed (entry-point) plugin in this process's later ``load_plugins`` until
+    ``isolate(False)``: only the built-ins, ``register``-ed and ``-p`` plugins. Returns the previous state."""
+    global _ISOLATED
+    before, _ISOLATED = _ISOLATED, on
+    return before
+
+
+def _drop_failed(pm: pluggy.PluginManager, infos: list[PluginInfo], registry: Registry) -> None:
+    """A plugin that failed at any step is not used at all: its hooks are not called, and none of
+    what it registered (optimizations, kinds) stays; the names it declared point at its error."""
+    for info in infos:
+        if not info.error:
+            continue
+        registry.broken.setdefault(info.name, info.error)
+        plugin = pm.get_plugin(info.name)
+        if plugin is not None:
+            pm.unregister(plugin)
+        for key in [k for k in registry.qualified if k.rpartition(QUALIFIER)[0] == info.name]:
+            opt = registry.qualified.pop(key)
+            registry.declared.setdefault(opt.name, info.name)
+            if registry.providers.get(opt.name) == info.name:
+                del registry.optimizations[opt.name], registry.providers[opt.name]
+            shared = registry.shared.get(opt.name)
+            if shared and info.name in shared:
+                shared.remove(info.name)
+                if len(shared) == 1:  # the one left provides it alone again
+                    del registry.shared[opt.name]
+                    if opt.name not in registry.optimizations:
+                        registry.optimizations[opt.name] = registry.qualified[f"{shared[0]}{QUALIFIER}{opt.name}"]
+                        registry.providers[opt.name] = shared[0]
+        for _hook, kinds, _base, _label in EXTENSION_POINTS:
+            kinds.drop_provider(info.name)
 
 
 def import_plugin_module(name: str) -> Any:
@@ -295,26 +393,39 @@ def _provided_by(pm: pluggy.PluginManager, plugin: object) -> list[Any]:
 
 def _collect_optimizations(pm: pluggy.PluginManager, infos: list[PluginInfo]) -> Registry:
     """Ask each plugin for its optimizations, one at a time so a failure names its plugin (and the
-    registry records which plugin provides which key)."""
+    registry records which plugin provides which key, and the names a plugin that failed declared)."""
     registry = Registry()
     by_name = {i.name: i for i in infos}
+    for each in infos:
+        registry.labels[each.name] = each.short_label()
+        if each.source == "built-in":
+            registry.builtins.add(each.name)
     for impl in pm.hook.register_optimizations.get_hookimpls():
         info = by_name.get(impl.plugin_name)
+        provided: list[Any] = []
         try:
             provided = _provided_by(pm, impl.plugin)
             for opt in provided:
                 if not isinstance(opt, Optimization):
                     raise TypeError(f"register_optimizations returned {type(opt).__name__}, not Optimization")
-                if opt.name in registry.optimizations:
-                    raise ValueError(f"optimization {opt.name!r} is already provided by {registry.providers[opt.name]!r}")
+                refused = settings_problem(opt.settings)
+                if refused:
+                    raise TypeError(f"optimization {opt.name!r}: {refused}")
+            names = [opt.name for opt in provided]
+            twice = next((n for n in names if names.count(n) > 1), None)
+            if twice:
+                raise ValueError(f"optimization {twice!r} is declared twice")
         except Exception as exc:
+            error = _error_text(exc)
             if info is not None:
-                info.error = _error_text(exc)
-            registry.broken[impl.plugin_name] = _error_text(exc)
+                info.error = error
+            registry.broken[impl.plugin_name] = error
+            for opt in provided:
+                if isinstance(opt, Optimization):
+                    registry.declared.setdefault(opt.name, impl.plugin_name)
             continue
         for opt in provided:
-            registry.optimizations[opt.name] = opt
-            registry.providers[opt.name] = impl.plugin_name
+            registry.add(opt, impl.plugin_name)
             if info is not None:
                 info.provides.append(opt.name)
     for info in infos:

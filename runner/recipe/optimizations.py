@@ -6,6 +6,7 @@ Light module: torch and diffusers are imported only by the plugins' own function
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -128,6 +129,7 @@ class Enabled:
     status: str = "pending"  # pending -> applied | skipped
     reason: str | None = None
     details: dict[str, Any] = field(default_factory=dict)  # what apply reported
+    key: str = ""  # the recipe's key for it: its name, or "plugin:name" (empty: its name)
 
     @property
     def name(self) -> str:
@@ -141,13 +143,148 @@ class Enabled:
         return out
 
 
+QUALIFIER = ":"  # "plugin:name": one plugin's optimization, when two provide the name
+
+
+def settings_problem(settings: Any) -> str | None:
+    """Why ``settings`` cannot be an optimization's settings model (None: it can): it must subclass
+    :class:`OptimizationSettings` and keep its strictness, or a recipe's typo would run silently."""
+    if not (isinstance(settings, type) and issubclass(settings, OptimizationSettings)):
+        what = settings.__name__ if isinstance(settings, type) else type(settings).__name__
+        bases = ", ".join(b.__name__ for b in getattr(settings, "__bases__", ()))
+        return (f"settings must be a subclass of recipe_runner.api.OptimizationSettings (strict, no unknown "
+                f"keys, brings required), got {what}" + (f"({bases})" if bases else ""))
+    config = settings.model_config
+    loose = [f"{k}={config.get(k)!r}" for k, want in (("extra", "forbid"), ("strict", True)) if config.get(k) != want]
+    if loose:
+        return f"settings {settings.__name__} loosens OptimizationSettings' model_config ({', '.join(loose)}): remove it"
+    for model in _nested_models(settings, set()):  # validated strictly anyway; unknown keys must be refused too
+        if model.model_config.get("extra") != "forbid":
+            return (f"settings {settings.__name__}: its table {model.__name__} must refuse unknown keys "
+                    "(model_config = ConfigDict(extra=\"forbid\", strict=True))")
+    return None
+
+
+def _nested_models(model: type[BaseModel], seen: set[type[BaseModel]]) -> list[type[BaseModel]]:
+    found: list[type[BaseModel]] = []
+    stack = [f.annotation for f in model.model_fields.values()]
+    while stack:
+        annotation = stack.pop()
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if annotation not in seen:
+                seen.add(annotation)
+                found += [annotation, *_nested_models(annotation, seen)]
+            continue
+        stack += list(typing.get_args(annotation))
+    return found
+
+
+def _tuple_annotation(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is tuple or annotation is tuple:
+        return True
+    return any(_tuple_annotation(a) for a in typing.get_args(annotation) if typing.get_origin(annotation) is not tuple)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def toml_values(model: type[BaseModel], value: Any) -> Any:
+    """A TOML table made ready for ``model``'s strict validation: an array (a list) where a field
+    is a tuple becomes a tuple, in nested tables and arrays of tables too (TOML has no tuples;
+    the schema says ``array``). Nothing else changes: ``"3"`` is still refused for an int."""
+    if not isinstance(value, Mapping):
+        return value
+    out = dict(value)
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        if key not in out:
+            continue
+        item, annotation = out[key], info.annotation
+        if isinstance(item, list) and _tuple_annotation(annotation):
+            out[key] = tuple(item)
+            continue
+        nested = _model_of(annotation)
+        if nested is None:
+            continue
+        if isinstance(item, Mapping):
+            out[key] = toml_values(nested, item)
+        elif isinstance(item, list) and typing.get_origin(annotation) is not tuple:
+            out[key] = [toml_values(nested, v) for v in item]
+    return out
+
+
 @dataclass
 class Registry:
-    """Every optimization the loaded plugins provide, and the plugins that failed to load."""
+    """Every optimization the loaded plugins provide, and the plugins that failed to load.
 
-    optimizations: dict[str, Optimization] = field(default_factory=dict)
-    providers: dict[str, str] = field(default_factory=dict)  # name -> plugin name
+    A name two plugins provide: a built-in keeps it (a plugin installed later never changes what an
+    existing recipe means); between plugins, the bare name is refused, naming both, and a recipe
+    picks one with the qualified key ``"<plugin>:<name>"`` (valid for every optimization)."""
+
+    optimizations: dict[str, Optimization] = field(default_factory=dict)  # bare name -> its one provider's
+    providers: dict[str, str] = field(default_factory=dict)  # bare name -> plugin name
     broken: dict[str, str] = field(default_factory=dict)  # plugin name -> error
+    qualified: dict[str, Optimization] = field(default_factory=dict)  # "plugin:name" -> every loaded one
+    shared: dict[str, list[str]] = field(default_factory=dict)  # bare name -> the plugins providing it (2 or more)
+    declared: dict[str, str] = field(default_factory=dict)  # name a broken plugin declared -> that plugin
+    labels: dict[str, str] = field(default_factory=dict)  # plugin name -> "'name' (distribution version)"
+
+    builtins: set[str] = field(default_factory=set)  # the built-in plugins' names
+
+    def add(self, opt: Optimization, plugin: str) -> None:
+        """Register ``plugin``'s ``opt`` (see the class doc for a name already provided)."""
+        self.qualified[f"{plugin}{QUALIFIER}{opt.name}"] = opt
+        name, owner = opt.name, self.providers.get(opt.name)
+        if name in self.shared:
+            self.shared[name].append(plugin)
+        elif owner is None:
+            self.optimizations[name], self.providers[name] = opt, plugin
+        else:
+            self.shared[name] = [owner, plugin]
+            if not self.is_builtin(owner):
+                del self.optimizations[name], self.providers[name]
+
+    def is_builtin(self, plugin: str) -> bool:
+        return plugin in self.builtins
+
+    def lookup(self, name: str) -> Optimization | None:
+        """The optimization a recipe's key names: a bare name, or ``"plugin:name"``."""
+        return self.optimizations.get(name) or self.qualified.get(name)
+
+    def provider(self, name: str) -> str | None:
+        """The plugin serving the recipe key ``name``."""
+        if name in self.qualified:
+            return name.rpartition(QUALIFIER)[0]
+        return self.providers.get(name)
+
+    def label(self, plugin: str) -> str:
+        return self.labels.get(plugin, repr(plugin))
+
+    def ambiguity(self, name: str) -> tuple[str, str] | None:
+        """(message, hint) for a bare name two plugins provide and none may take; None otherwise."""
+        plugins = self.shared.get(name)
+        if not plugins or name in self.optimizations:
+            return None
+        who = " and ".join(self.label(p) for p in plugins)
+        picks = " or ".join(f'"{p}{QUALIFIER}{name}"' for p in plugins)
+        return f"{name!r} is provided by {who}", f"pick one with its qualified key: {picks}"
+
+    def _broken_for(self, name: str) -> str | None:
+        """The failed plugin a recipe key belongs to: one that declared it, its qualifier, or (its
+        declarations unknown) the plugin named like it."""
+        if name in self.declared:
+            return self.declared[name]
+        plugin = name.rpartition(QUALIFIER)[0]
+        if plugin in self.broken:
+            return plugin
+        return next((p for p in self.broken if name in (p, p.replace("-", "_"))), None)
 
     def enable(self, table: Mapping[str, Any], problem: Callable[..., Problem]) -> list[Enabled]:
         """Validate a recipe's ``[optimizations]`` table; returns the enabled ones in stage order.
@@ -159,24 +296,33 @@ class Registry:
         enabled: list[Enabled] = []
         for name, value in table.items():
             key = f"optimizations.{name}"
-            opt = self.optimizations.get(name)
+            opt = self.lookup(name)
             if opt is None:
-                broken = [p for p in self.broken if name in (p, p.replace("-", "_"))]
-                if broken:
-                    problems.append(problem(key, f"the plugin {broken[0]!r} failed to load: {self.broken[broken[0]]}"))
+                ambiguous = self.ambiguity(name)
+                if ambiguous:
+                    problems.append(problem(key, *ambiguous))
                     continue
+                broken = self._broken_for(name)
+                if broken:
+                    problems.append(problem(key, f"the plugin {broken!r} failed to load: {self.broken[broken]}"))
+                    continue
+                candidates = [*self.qualified] if QUALIFIER in name else [*self.optimizations, *self.shared]
                 problems.append(problem(key, "unknown optimization",
-                                        suggest(name, self.optimizations, "see recipe-run --list-plugins")))
+                                        suggest(name, candidates, "see recipe-run --list-plugins")))
                 continue
             if value is False:
                 continue
+            same = next((e for e in enabled if e.name == opt.name), None)
+            if same is not None:
+                problems.append(problem(key, f"{opt.name!r} is enabled twice (as {same.key!r} too)", "keep one of them"))
+                continue
             try:
-                settings = opt.settings.model_validate({} if value is True else value)
+                settings = opt.settings.model_validate(toml_values(opt.settings, {} if value is True else value), strict=True)
             except ValidationError as exc:
                 for error in exc.errors():
                     problems.append(problem_from_pydantic(dict(error), problem, model=opt.settings, prefix=key))
                 continue
-            enabled.append(Enabled(opt, settings))
+            enabled.append(Enabled(opt, settings, key=name))
         if problems:
             raise RecipeError(problems)
         return sorted(enabled, key=lambda e: (STAGES.index(e.optimization.stage), e.name))

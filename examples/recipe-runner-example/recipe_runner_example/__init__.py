@@ -29,6 +29,6 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
 
 
 @hookimpl
-def register_optimizations() -> list[Optimization]:
+def register_optimizations() -> list[Optimization[Any]]:
     return [Optimization(name="freeu", settings=Settings, stage="layout", apply=apply,
                          description="FreeU: re-weight the UNet decoder's features")]
