@@ -199,6 +199,7 @@ def made(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     return recipe, out, folder, {p.name: pixels(p) for p in image_files(folder)}
 
 
+@pytest.mark.slow
 def test_fifos_at_an_images_journals_and_partial_manifests_names_do_not_hang_a_run(made, tmp_path):
     recipe, out, folder, before = made
     victim = sorted(before)[0]
@@ -253,6 +254,7 @@ def test_lock_of_a_model_folder_with_links_to_proc_files_ends_with_exit_2(plante
     assert tree_digest(tmp_path, skip=tmp_path / "cache") == around  # no lock file written
 
 
+@pytest.mark.slow
 def test_a_run_with_such_a_model_folder_ends_with_exit_2(planted_model, tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text(T2I.format(name="proc", model="./model"))
@@ -457,6 +459,7 @@ def test_count_multiplies_and_agrees_with_expand(tmp_path):
 # --- item 10: oversized inputs and images ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_3_gb_input_image_is_refused_before_it_is_read(tmp_path):
     from recipe_runner.base.safe_read import FileTooLarge
     from recipe_runner.plan import inputs
@@ -556,6 +559,7 @@ def test_a_dotted_key_of_moderate_depth_still_loads(tmp_path):
     assert dry_run(recipe).code == 0
 
 
+@pytest.mark.slow
 def test_a_1500_file_extends_chain_is_exit_2_with_a_message(tmp_path):
     (tmp_path / "r0.toml").write_text(BASE)
     for i in range(1, 1500):

@@ -452,6 +452,7 @@ def test_a_link_fifo_or_garbage_at_the_lock_name_is_replaced(tmp_path, planted):
     assert tree_digest(tmp_path, skip=tmp_path / "out") == before
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_one_refuses(tmp_path, pristine):
     """Two real processes into one folder: the second, started while the first is generating,
     refuses naming it; the folder is the first run's, every image with its history."""

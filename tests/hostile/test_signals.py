@@ -69,6 +69,7 @@ def wait_for(path: Path, proc: subprocess.Popen, limit: float = 120) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_writes_folds_the_journal_and_exits_143(recipe_runner_tiny_sd15, tmp_path):
     recipe = tmp_path / "longrun.toml"
     recipe.write_text(RECIPE)
@@ -259,6 +260,7 @@ def test_an_exception_in_a_hook_exits_1_naming_the_plugin(recipe_runner_cli, rec
     assert f"error: plugin 'raiser' (registered; {__name__}) failed in its {hook} hook: {shown}" in result.err
 
 
+@pytest.mark.slow
 def test_an_entry_point_plugin_is_named_with_its_distribution_and_version(recipe_runner_tiny_sd15, tmp_path):
     site = tmp_path / "site"
     (site / "crashy-1.2.3.dist-info").mkdir(parents=True)
