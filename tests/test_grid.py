@@ -206,3 +206,72 @@ def test_gallery_of_1000_images_renders_and_its_filter_narrows_the_cards(tmp_pat
     colourful = (rendered.max(axis=-1).astype(int) - rendered.min(axis=-1)) > 60
     assert colourful.mean() > 0.05, "no image is visible in the screenshot"
     print(f"gallery of 1000: written in {write_seconds:.2f} s, loaded and filtered 5 times in {render_seconds:.2f} s")
+
+
+# --- views follow edits of [output] ------------------------------------------------------------------
+
+EDITED = """
+[model]
+id = "tiny:sd15"
+device = "cpu"
+[params]
+num_inference_steps = 2
+[matrix]
+prompts = ["a red fox", "a blue house"]
+seeds = [0, 1]
+[matrix.axes]
+guidance_scale = [5.0, 7.0]
+"""
+
+
+def _files(folder: Path) -> dict[str, tuple[bytes, int, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())
+            if p.is_file()}
+
+
+@pytest.mark.slow
+def test_an_output_only_edit_redraws_grid_and_gallery_from_the_images_without_loading(
+        recipe_runner_cli, recipe_runner_write_recipe, recipe_runner_register_plugin, tmp_path):
+    """#20 item 1: a new [output.grid] layout (or gallery setting) on a folder whose jobs are all
+    unchanged redraws the views from the images on disk, loads nothing, and touches no image."""
+    from recipe_runner import hookimpl
+
+    class Loads:
+        count = 0
+
+        @hookimpl
+        def pipeline_ready(self, pipe, recipe, context):
+            Loads.count += 1
+
+    recipe_runner_register_plugin(Loads(), "loads")
+    recipe = recipe_runner_write_recipe(EDITED, "edited.toml")
+    out = tmp_path / "out"
+    assert recipe_runner_cli(recipe, "--out", out, "--no-progress").code == 0
+    folder = out / "edited"
+    assert Loads.count == 1
+    before = _files(folder)
+    images = {k: v for k, v in before.items() if not k.startswith(("grid", "index", "manifest"))}
+    assert len(images) == 8 and "grid.png" in before
+
+    recipe.write_text(EDITED + '[output.grid]\nx = "guidance_scale"\ny = "seed"\nz = "prompt"\n')
+    result = recipe_runner_cli(recipe, "--out", out, "--no-progress")
+    assert result.code == 0, result.err
+    assert "nothing to do, nothing loaded; grid and gallery redrawn" in result.out
+    assert Loads.count == 1  # nothing loaded
+    after = _files(folder)
+    assert {k: after[k] for k in images} == images  # every image: same bytes, inode and mtime
+    sheets = sorted(k for k in after if k.startswith("grid"))
+    assert sheets == ["grid-01-a-red-fox.png", "grid-02-a-blue-house.png"]  # the new layout, the old sheet gone
+    assert after["index.html"][0] != before["index.html"][0] and b"grid-01-a-red-fox.png" in after["index.html"][0]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["recipe"]["output"]["grid"]["z"] == ["prompt"] and manifest["views"]["output"]["grid"]["z"] == ["prompt"]
+
+    again = recipe_runner_cli(recipe, "--out", out, "--no-progress")  # the views are current now: a plain no-op
+    assert again.code == 0 and "nothing loaded ->" in again.out and "redrawn" not in again.out
+    assert _files(folder) == after
+
+    recipe.write_text(EDITED + "[output]\ngallery = false\ngrid = true\n")  # back to the default sheet
+    third = recipe_runner_cli(recipe, "--out", out, "--no-progress")
+    assert "nothing to do, nothing loaded; grid redrawn" in third.out and Loads.count == 1
+    assert sorted(k for k in _files(folder) if k.startswith("grid")) == ["grid.png"]
+    assert {k: v for k, v in _files(folder).items() if k in images} == images
