@@ -440,3 +440,25 @@ def test_a_save_during_a_long_round_stops_it_at_a_batch_boundary_and_the_next_ro
     assert len(done_files(folder)) == 4
     assert len(image_files(folder)) == 4
     print(f"stopped at a batch boundary and finished the edit in {seconds:.1f} s")
+
+
+@pytest.mark.slow
+def test_a_watch_round_after_an_output_only_edit_redraws_the_views_and_loads_nothing(
+        recipe_runner_cli, recipe_runner_write_recipe, recipe_runner_register_plugin, tmp_path, capsys):
+    from recipe_runner.plugin_api.manager import load_plugins
+    from recipe_runner.running.prepare import Options
+    from recipe_runner.running.watch import watch
+
+    recipe = recipe_runner_write_recipe(RECIPE.format(seeds="[0, 1]").replace('["a red fox"]', '["a red fox", "a blue house"]'))
+    out = tmp_path / "out"
+    assert recipe_runner_cli(recipe, "--out", out, "--no-progress").code == 0
+    folder = out / "recipe"
+    before = state(folder)
+    counting = Counting()
+    recipe_runner_register_plugin(counting.plugin(), "counting")
+    save(recipe, recipe.read_text() + '[output.grid]\nz = "prompt"\n')
+    capsys.readouterr()
+    assert watch([recipe], [], load_plugins(), Options(out=out, progress=False), rounds=1) == 0
+    assert "nothing to do, nothing loaded; grid and gallery redrawn" in capsys.readouterr().out
+    assert counting.loads == 0 and {k: v for k, v in state(folder).items() if not k.startswith("grid")} == before
+    assert sorted(p.name for p in folder.glob("grid*.png")) == ["grid-01-a-red-fox.png", "grid-02-a-blue-house.png"]
