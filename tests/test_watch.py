@@ -462,3 +462,12 @@ def test_a_watch_round_after_an_output_only_edit_redraws_the_views_and_loads_not
     assert "nothing to do, nothing loaded; grid and gallery redrawn" in capsys.readouterr().out
     assert counting.loads == 0 and {k: v for k, v in state(folder).items() if not k.startswith("grid")} == before
     assert sorted(p.name for p in folder.glob("grid*.png")) == ["grid-01-a-red-fox.png", "grid-02-a-blue-house.png"]
+
+
+def test_what_ctrl_c_says_depends_on_what_is_left():
+    from recipe_runner.running.watch import stopped
+
+    assert stopped(3, 2, True) == ("interrupted while watching: this session made 3 image(s) in 2 rounds; "
+                                   "every job is done, nothing is left to do")
+    assert "do not validate" in stopped(0, 1, False, invalid=True)
+    assert "run" in stopped(1, 1, False) and "the same command again" in stopped(1, 1, False)

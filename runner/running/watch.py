@@ -171,6 +171,7 @@ class WatchSession:
     session: Session = field(init=False)  # the loop of a plain run; its pipelines stay warm between rounds
     chains: dict[Path, set[Path]] = field(default_factory=dict)  # recipe -> its extends chain (itself included)
     inputs: dict[Path, set[Path]] = field(default_factory=dict)  # recipe -> local input images and masks
+    invalid: bool = False  # the last round's recipes did not validate
 
     def __post_init__(self) -> None:
         self.session = Session(self.plugins, self.options, debug=self.debug)
@@ -203,10 +204,12 @@ class WatchSession:
         at the next batch boundary (the finished batches' images kept, the models warm).
         Returns whether every job of every recipe is done."""
 
+        self.invalid = False
         try:
             prepared = self.prepare()
         except RecipeError as exc:
             report.problems(exc.problems)
+            self.invalid = True
             return False
         keep = [model_key(v.recipe, v.enabled, self.options.allow_pickle) for p in prepared for v in p.variants]
 
@@ -289,17 +292,19 @@ def watch(paths: list[Path], sets: list[str], plugins: Plugins, options: Options
                 idle = True
                 changed = watcher.wait(snap)
     except KeyboardInterrupt:
-        report.note("\n" + stopped(written_so_far() - made, done, idle and complete))
+        report.note("\n" + stopped(written_so_far() - made, done, idle and complete, session.invalid))
         return 130
     finally:
         watcher.close()
     return 0
 
 
-def stopped(made: int, rounds: int, complete: bool) -> str:
+def stopped(made: int, rounds: int, complete: bool, invalid: bool = False) -> str:
     """What Ctrl-C ending a session says: what the session made, and whether anything is left."""
     what = f"this session made {made} image(s) in {rounds} round{'s' * (rounds != 1)}"
     if complete:
         return f"interrupted while watching: {what}; every job is done, nothing is left to do"
+    if invalid:
+        return f"interrupted while watching: {what}; the recipes as last saved do not validate (see the errors above)"
     return (f"interrupted: {what}, every one complete and listed in its manifest; "
             "what is left is made by running the same command again")
