@@ -77,6 +77,7 @@ class StoredManifest(TypedDict, total=False):
     timings: dict[str, Any] | None
     images: Required[list[StoredImage]]
     history: StoredHistory | None
+    views: dict[str, Any] | None
 
 
 _MANIFEST = TypeAdapter(StoredManifest)
@@ -160,6 +161,7 @@ class Manifest:
         self.images = images
         self.history: str | None = None  # where this run moved the images it replaced
         self.replaced: list[dict[str, str]] = []
+        self.views: dict[str, Any] | None = None  # what the sheets and gallery were drawn with (views.drawn)
 
     @classmethod
     def for_jobs(cls, folder: Path, recipe: dict[str, Any], environment: dict[str, Any], jobs: Sequence[Job],
@@ -179,6 +181,8 @@ class Manifest:
         history = data.get("history")
         if isinstance(history, dict):
             manifest.set_history(history.get("folder"), [(r["file"], r["reason"]) for r in history.get("replaced") or []])
+        if isinstance(data.get("views"), dict):
+            manifest.views = data["views"]
         return manifest
 
     # --- the jobs' records --------------------------------------------------------------------
@@ -254,6 +258,8 @@ class Manifest:
         }
         if self.history is not None:
             data["history"] = {"folder": self.history, "replaced": self.replaced}
+        if self.views is not None:
+            data["views"] = self.views
         return data
 
     def save(self) -> None:

@@ -71,6 +71,8 @@ class Execution:
     warn: Callable[[str], None]
     batch_times: list[dict[str, Any]] = field(default_factory=list)
     background_writes: bool = field(default_factory=background_writes)  # off: RECIPE_RUNNER_SYNC_WRITES=1
+    stop: Callable[[], bool] | None = None  # asked before each batch: True ends the run there (--watch: a save)
+    stopped: bool = False  # the run ended early at a batch boundary (``stop`` said so)
 
     def generator_device(self, built: Built) -> str:
         setting = built.context.recipe.run.generator_device
@@ -147,6 +149,9 @@ class Execution:
             batch = queue.popleft()
             if pending is not None and not any(job.index in pending for job in batch.jobs):
                 continue
+            if self.stop is not None and self.stop():  # the batches before are generated and handed over
+                self.stopped = True
+                return
             try:
                 handed = self.generate(batch, pending)
             except Exception as exc:

@@ -13,7 +13,7 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any
 from ..base import environment, report
 from ..base.errors import RecipeError, RunError
 from ..base.interrupts import begin_writing, critical, graceful
-from ..base.paths import TMP_NAME
+from ..base.paths import TMP_NAME, atomic_write
 from ..pipelines import build
 from ..pipelines.cache import ModelCache, Pipelines
 from ..pipelines.lock import COMMIT, cached_commit
@@ -36,11 +36,12 @@ from ..recipe.loading import display_path
 from ..records.formats import extension
 from ..records.journal import Journal
 from ..records.keys import job_keys
-from ..records.manifest import Manifest
+from ..records.manifest import MANIFEST_NAME, Manifest
 from ..records.outputs import Writer
 from ..records.provenance import environment_extras
 from ..records.resume import Peek, peek, remove_leftovers, resume
 from ..records.runlock import LOCK_NAME, hold
+from ..views import drawn
 from ..views.gallery import write_gallery
 from ..views.grid import make_grid
 from . import distributed
@@ -199,19 +200,20 @@ def first_variant(prepared: Prepared, dist: Dist, force: bool, pending: set[str]
 
 
 def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None = None,
-               pending: set[str] | None = None) -> dict[str, Any]:
+               pending: set[str] | None = None, stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Build (or reuse) the pipelines, resume from what the output folder holds, generate this
     process's share of the pending batches, write images, manifest, grid and gallery. Under a
     launcher, rank 0 merges the ranks' manifests. ``pending``: the variants with an image to make,
-    when the caller has looked already (see :func:`first_variant`). Returns the manifest (the
-    merged one on rank 0)."""
+    when the caller has looked already (see :func:`first_variant`). ``stop`` (``--watch``: a watched
+    file was saved) is asked before each batch: True ends the generation there, the images of the
+    batches before kept and listed. Returns the manifest (the merged one on rank 0)."""
 
     with hold(prepared.out_dir, wait=options.wait):  # one run per folder; held until grid and gallery are written
-        return _run_recipe(prepared, plugins, options, cache, pending)
+        return _run_recipe(prepared, plugins, options, cache, pending, stop)
 
 
 def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None,
-                pending: set[str] | None) -> dict[str, Any]:
+                pending: set[str] | None, stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     recipe = prepared.recipe
     started = start(prepared, plugins, options, cache if cache is not None else ModelCache(), pending=pending)
     ctx, dist, pipelines, images, manifest, writer = (started.ctx, started.dist, started.pipelines, started.images,
@@ -240,7 +242,7 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
     mine.sort(key=lambda b: (order[b.jobs[0].variant], b.index))
     progress = Progress(sum(1 for b in mine for j in b.jobs if j.index in state.pending), recipe.name,
                         enabled=options.progress if dist.is_main else False)
-    execution = Execution(pipelines, writer, plugins.hook, images, progress, options.warn)
+    execution = Execution(pipelines, writer, plugins.hook, images, progress, options.warn, stop=stop)
     began = time.perf_counter()
     try:
         execution.run(mine, pending=state.pending)
@@ -265,8 +267,13 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
         make_grid(out_dir, data)
     if recipe.output.gallery:
         write_gallery(out_dir, data)
+    manifest.views = data["views"] = drawn.drawn_with(data["recipe"])  # a later run redraws them when [output] changes
+    with critical():
+        manifest.save()
     plugins.hook.run_finished(recipe=recipe, output_dir=out_dir, manifest=data)
     done = made_on_disk(manifest, [j for b in mine for j in b.jobs if j.index in state.pending])
+    if execution.stopped:  # a --watch round: one process, the manifest says which images were written
+        report.note(f"{recipe.name}: stopped after {done} of {len(state.pending)} new image(s): a watched file changed")
     rate = done / generate_seconds if generate_seconds > 0 else 0.0
     ranks = f" ({done} by rank 0 of {dist.world_size})" if dist.world_size > 1 else ""
     loads = "" if len(prepared.variants) == 1 else f", {sum(1 for e in pipelines.log if e['how'] == 'loaded')} loads"
@@ -301,41 +308,56 @@ def look(prepared: Prepared, options: Options) -> Peek | None:
 
 def up_to_date(prepared: Prepared, plugins: Plugins, found: Peek | None) -> dict[str, Any] | None:
     """When ``found`` (:func:`look`) says every job of ``prepared`` is unchanged on disk: say so
-    and return the folder's manifest; else None."""
+    (redrawing the views when only the recipe's ``[output]`` changed, see :func:`repair`) and
+    return the folder's manifest; else None."""
     if found is None or not found.nothing_to_do:
         return None
     out_dir = prepared.out_dir
     data: dict[str, Any] = found.manifest or {}
-    repair(prepared, data)
+    data, redrew = repair(prepared, data)
     plugins.hook.run_finished(recipe=prepared.recipe, output_dir=out_dir, manifest=data)
+    views = f"; {redrew} redrawn" if redrew else ""
     report.result(f"{prepared.recipe.name}: {len(prepared.jobs)} images: {found.summary()}; nothing to do, "
-          f"nothing loaded -> {display_path(out_dir)}/")
+                  f"nothing loaded{views} -> {display_path(out_dir)}/")
     return data
 
 
-def repair(prepared: Prepared, data: dict[str, Any]) -> None:
-    """A folder with nothing to do still gets what an earlier run failed to finish after its images
-    (a full disk while writing ``grid.png``, a kill mid-write): the missing contact sheets and
-    gallery are written and temporary files (and a killed run's lock file) removed, under the
-    folder's run lock. When another run holds it, that run writes them."""
+def repair(prepared: Prepared, data: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A folder with nothing to do still gets its views as the recipe asks, from the images on
+    disk: redrawn when the recipe's ``[output]`` (or description) differs from what they were drawn
+    with (the manifest's ``views``, :mod:`recipe_runner.views.drawn`), written when an earlier run
+    failed to finish them (a full disk while writing ``grid.png``, a kill mid-write); temporary files
+    (and a killed run's lock file) are removed. Under the folder's run lock; when another run holds it, that run writes them.
+    Returns the manifest (updated when the views were redrawn) and what was redrawn ("" when nothing)."""
     out_dir, output = prepared.out_dir, prepared.recipe.output
     try:
         names = [entry.name for entry in out_dir.iterdir()]
     except OSError:
-        return
+        return data, ""
+    resolved = prepared.recipe.model_dump(mode="json")
+    stale = bool(data) and drawn.stale(data, resolved)
+    wanted = drawn.redrawn(data, resolved) if stale else data
     leftovers = LOCK_NAME in names or any(TMP_NAME.fullmatch(name) for name in names)  # a killed run's
-    sheets = output.grid and any(not (out_dir / s.file).is_file() for s in _sheets(out_dir, data))
-    gallery = output.gallery and "index.html" not in names
-    if not (leftovers or sheets or gallery):
-        return
+    sheets = output.grid and (stale or any(not (out_dir / s.file).is_file() for s in _sheets(out_dir, wanted)))
+    gallery = output.gallery and (stale or "index.html" not in names)
+    if not (leftovers or sheets or gallery or stale):
+        return data, ""
     try:
         with hold(out_dir):  # removes the temporary files
             if sheets:
-                make_grid(out_dir, data)
+                make_grid(out_dir, wanted)
             if sheets or gallery:
-                write_gallery(out_dir, as_recipe_says(prepared, data))
+                write_gallery(out_dir, as_recipe_says(prepared, wanted))
+            if stale:  # the manifest says what the views now show
+                with critical():
+                    atomic_write(out_dir / MANIFEST_NAME,
+                                 json.dumps(wanted, indent=2, ensure_ascii=False, default=repr).encode("utf-8"))
     except RecipeError:
-        return  # another run is writing into the folder: it writes them
+        return data, ""  # another run is writing into the folder: it writes them
+    if not stale:
+        return data, ""
+    redrew = [w for w, on in (("grid", sheets), ("gallery", gallery)) if on]
+    return wanted, " and ".join(redrew) if redrew else ""
 
 
 def as_recipe_says(prepared: Prepared, data: dict[str, Any]) -> dict[str, Any]:
@@ -372,12 +394,18 @@ class Session:
     cache: ModelCache = field(default_factory=ModelCache)
     debug: bool = False  # --debug: a reported failure shows its traceback
 
-    def run(self, prepared: Sequence[Prepared], *, keep_going: bool = False) -> list[dict[str, Any]]:
+    def run(self, prepared: Sequence[Prepared], *, keep_going: bool = False, checked: Callable[[], None] | None = None,
+            stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
         """Run every recipe: those with nothing to do are said so without importing torch or
         loading a model; the others are checked against their pipeline classes, all of them before
         the first image of the first one, then generated. A first Ctrl-C finishes writing and
         flushes the manifest. The error policy: raise the first failure (a plain run), or with
-        ``keep_going`` (a ``--watch`` round) report each failure and go on with the next recipe."""
+        ``keep_going`` (a ``--watch`` round) report each failure and go on with the next recipe.
+
+        ``checked`` is called once every check before loading passed, before the first load (a
+        ``--watch`` round releases the models no recipe uses then: an invalid edit keeps them).
+        ``stop`` is asked before each batch and each recipe: True ends the run there (a ``--watch``
+        round superseded by a save), the images of finished batches kept."""
 
         manifests: list[dict[str, Any]] = []
         todo = []
@@ -389,6 +417,8 @@ class Session:
             else:
                 manifests.append(unchanged)
         if not todo:
+            if checked is not None:
+                checked()
             return manifests
         with ExitStack() as locks:
             held = []
@@ -407,10 +437,15 @@ class Session:
                     raise
                 report.problems(exc.problems)
                 return manifests
+            if checked is not None:
+                checked()
             with graceful():  # first Ctrl-C: finish writing, flush the manifest, exit 130; second: at once
                 for item, pending in held:
+                    if stop is not None and stop():
+                        report.note(f"{item.recipe.name}: not started: a watched file changed")
+                        continue
                     try:
-                        manifests.append(run_recipe(item, self.plugins, self.options, self.cache, pending))
+                        manifests.append(run_recipe(item, self.plugins, self.options, self.cache, pending, stop))
                     except RecipeError as exc:
                         if not keep_going:
                             raise

@@ -171,6 +171,7 @@ class WatchSession:
     session: Session = field(init=False)  # the loop of a plain run; its pipelines stay warm between rounds
     chains: dict[Path, set[Path]] = field(default_factory=dict)  # recipe -> its extends chain (itself included)
     inputs: dict[Path, set[Path]] = field(default_factory=dict)  # recipe -> local input images and masks
+    invalid: bool = False  # the last round's recipes did not validate
 
     def __post_init__(self) -> None:
         self.session = Session(self.plugins, self.options, debug=self.debug)
@@ -194,21 +195,67 @@ class WatchSession:
             self.inputs[path] = {Path(v) for v in item.inputs.values() if not inputs_mod.is_url(v)}
         return prepared
 
-    def round(self) -> None:
-        """Prepare, release what no recipe uses, run every recipe through the session loop a plain
-        run uses (a recipe with nothing to do loads nothing). An invalid edit or a failure is
-        reported, never raised (the session goes on, its models kept); KeyboardInterrupt is raised (exit 130)."""
+    def round(self, before: Snapshot | None = None) -> bool:
+        """Prepare, check, release what no recipe uses, run every recipe through the session loop a
+        plain run uses (a recipe with nothing to do loads nothing). An invalid edit or a failure is
+        reported, never raised (the session goes on; a recipe that does not validate keeps every
+        model loaded, nothing is released before it is reported); KeyboardInterrupt is raised.
+        With ``before`` (the watched files as the round read them), a save during the round stops it
+        at the next batch boundary (the finished batches' images kept, the models warm).
+        Returns whether every job of every recipe is done."""
 
+        self.invalid = False
         try:
             prepared = self.prepare()
         except RecipeError as exc:
             report.problems(exc.problems)
-            return
-        released = release_unused(self.session.cache, [model_key(v.recipe, v.enabled, self.options.allow_pickle)
-                                                       for p in prepared for v in p.variants])
-        if released:
-            report.note(f"released {', '.join(released)}: no recipe uses it any more")
-        self.session.run(prepared, keep_going=True)
+            self.invalid = True
+            return False
+        keep = [model_key(v.recipe, v.enabled, self.options.allow_pickle) for p in prepared for v in p.variants]
+
+        def checked() -> None:  # every check before loading passed: only now release
+            released = release_unused(self.session.cache, keep)
+            if released:
+                report.note(f"released {', '.join(released)}: no recipe uses it any more")
+
+        stop = Saved(before) if before is not None else None
+        manifests = self.session.run(prepared, keep_going=True, checked=checked, stop=stop)
+        return len(manifests) == len(prepared) and all(
+            isinstance(r, dict) and r.get("status") == "done" for m in manifests for r in m.get("images") or [])
+
+
+class Saved:
+    """Asked between batches: whether a watched file was saved since the round read it (by size and
+    time first, so that a long round pays one ``stat`` per file and batch; then by its bytes)."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.stats = {path: _stat(path) for path in snap}
+        self.changed = False
+
+    def __call__(self) -> bool:
+        if not self.changed:
+            moved = [p for p in self.snap if _stat(p) != self.stats[p]]
+            self.changed = bool(moved) and bool(differing(self.snap, moved))
+            if not self.changed:
+                self.stats.update({p: _stat(p) for p in moved})
+        return self.changed
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns, info.st_ino
+
+
+def written_so_far() -> int:
+    """Images written by this process (the outputs module is loaded once a run wrote one)."""
+    import sys
+
+    outputs = sys.modules.get("recipe_runner.records.outputs")
+    return int(outputs.images_written()) if outputs is not None else 0
 
 
 def watch(paths: list[Path], sets: list[str], plugins: Plugins, options: Options, *, locked: bool = False,
@@ -223,6 +270,9 @@ def watch(paths: list[Path], sets: list[str], plugins: Plugins, options: Options
     watcher = watcher or Watcher()
     done = 0
     changed: list[Path] = []
+    made = written_so_far()
+    complete = False
+    idle = False
     try:
         with refresh.live():
             while rounds is None or done < rounds:
@@ -231,14 +281,30 @@ def watch(paths: list[Path], sets: list[str], plugins: Plugins, options: Options
                 else:
                     report.note(f"watch: running {len(paths)} recipe{'s' * (len(paths) != 1)}")
                 before = snapshot(session.files())  # before reading: a save during the round starts the next
-                session.round()
+                idle = False
+                complete = session.round(before)
                 done += 1
                 files = session.files()
                 snap = {p: before[p] if p in before else digest(p) for p in files}
                 if rounds is not None and done >= rounds:
                     break
                 report.note(f"watching {len(files)} file{'s' * (len(files) != 1)} (Ctrl-C to stop)")
+                idle = True
                 changed = watcher.wait(snap)
+    except KeyboardInterrupt:
+        report.note("\n" + stopped(written_so_far() - made, done, idle and complete, session.invalid))
+        return 130
     finally:
         watcher.close()
     return 0
+
+
+def stopped(made: int, rounds: int, complete: bool, invalid: bool = False) -> str:
+    """What Ctrl-C ending a session says: what the session made, and whether anything is left."""
+    what = f"this session made {made} image(s) in {rounds} round{'s' * (rounds != 1)}"
+    if complete:
+        return f"interrupted while watching: {what}; every job is done, nothing is left to do"
+    if invalid:
+        return f"interrupted while watching: {what}; the recipes as last saved do not validate (see the errors above)"
+    return (f"interrupted: {what}, every one complete and listed in its manifest; "
+            "what is left is made by running the same command again")

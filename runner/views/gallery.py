@@ -36,12 +36,13 @@ from ..base.safe_read import open_image
 from ..records.names import record_file
 from . import refresh
 from .grid import grid_config, sheets_for
-from .jobfields import Described, describe, scheduler_label, short_name, value_text
+from .jobfields import CommonPrompt, Described, common_prompt, describe, scheduler_label, short_name, value_text
 
 if TYPE_CHECKING:
     from .grid import Sheet
 
 THUMB = 96  # input and mask thumbnails, px
+NO_COMMON = CommonPrompt()
 
 CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; background: #fafafa; }
@@ -49,8 +50,8 @@ h1 { font-size: 1.4em; margin: 0 0 .2em; } h2 { font-size: 1.1em; margin: 1.2em 
 .meta { color: #555; margin: 0 0 .8em; }
 .constant { display: grid; grid-template-columns: auto 1fr; gap: 0 10px; font-size: 13px; margin: 0 0 1em; }
 .constant dt { color: #666; } .constant dd { margin: 0; font-family: ui-monospace, monospace; word-break: break-word; }
-.sheets { margin: 0 0 1em; } .sheet { margin: 0 0 1em; }
-.sheet-wrap { position: relative; max-width: 100%; }
+.sheets { margin: 0 0 1em; } .sheet { margin: 0 0 1em; overflow-x: auto; }
+.sheet-wrap { position: relative; }  /* at its pixel size: its labels are readable at 100% zoom */
 .sheet-wrap img { width: 100%; height: auto; display: block; border: 1px solid #ddd; }
 .sheet-wrap a { position: absolute; display: block; }
 .sheet-wrap a:hover { outline: 3px solid #1a73e8; }
@@ -73,6 +74,15 @@ details summary { cursor: pointer; color: #555; font-size: 12px; }
 dl { display: grid; grid-template-columns: auto 1fr; gap: 0 8px; margin: 4px 0 0; font-size: 12px; }
 dt { color: #666; } dd { margin: 0; font-family: ui-monospace, monospace; word-break: break-all; }
 dt.v, dd.v { background: #fff3bf; }
+.common { font-style: italic; }
+body.dense .cards { gap: 6px; }
+body.dense figure { width: 136px; padding: 4px; border-radius: 4px; }
+body.dense figure > a img { width: 128px; }
+body.dense figure .pending { width: 128px; height: 128px; }
+body.dense figcaption { margin-top: 3px; font-size: 12px; line-height: 1.25; }
+body.dense figcaption details, body.dense .inputs { display: none; }
+body.dense .prompt { font-weight: normal; }
+body.dense .vary { gap: 2px; margin: 2px 0 0; } body.dense .vary span { font-size: 11px; padding: 0 3px; }
 """
 
 # The filter: each card's values for the filtered fields are in data-f (a JSON list, same order
@@ -82,6 +92,7 @@ SCRIPT = """
   var cards = Array.prototype.slice.call(document.querySelectorAll("figure.card"));
   var menus = Array.prototype.slice.call(document.querySelectorAll("select[data-i]"));
   var text = document.getElementById("q"), shown = document.getElementById("shown");
+  var dense = document.getElementById("dense");
   var rows = cards.map(function (c) { return JSON.parse(c.getAttribute("data-f")); });
   var hay = cards.map(function (c) { return c.getAttribute("data-q"); });
   function apply() {
@@ -98,6 +109,8 @@ SCRIPT = """
     var p = new URLSearchParams();
     menus.forEach(function (m) { if (m.value !== "") p.set(m.name, m.value); });
     if (text.value) p.set("q", text.value);
+    if (dense.checked) p.set("dense", "1");
+    document.body.classList.toggle("dense", dense.checked);
     history.replaceState(null, "", p.toString() ? "#" + p.toString() : location.pathname + location.search);
     apply();
   }
@@ -108,10 +121,13 @@ SCRIPT = """
       m.value = v !== null && Array.prototype.some.call(m.options, function (o) { return o.value === v; }) ? v : "";
     });
     text.value = p.get("q") || "";
+    dense.checked = p.get("dense") === "1";
+    document.body.classList.toggle("dense", dense.checked);
     apply();
   }
   menus.forEach(function (m) { m.addEventListener("change", save); });
   text.addEventListener("input", save);
+  dense.addEventListener("change", save);
   document.getElementById("clear").addEventListener("click", function () {
     menus.forEach(function (m) { m.value = ""; }); text.value = ""; save();
   });
@@ -159,7 +175,7 @@ def _input_thumbs(manifest: Mapping[str, Any], folder: Path | None) -> dict[str,
 
 
 def _card(record: dict[str, Any], fields: dict[str, Any], described: Described, filters: Sequence[str],
-          size: tuple[int, int] | None, thumbs: dict[str, str]) -> str:
+          size: tuple[int, int] | None, thumbs: dict[str, str], common: CommonPrompt = NO_COMMON) -> str:
     file = escape(record["file"], quote=True)
     prompt = str(record.get("prompt", ""))
     if record.get("status") == "done":
@@ -175,7 +191,8 @@ def _card(record: dict[str, Any], fields: dict[str, Any], described: Described, 
         value = record.get(key)
         if isinstance(value, str) and value in thumbs:
             inputs += f'<span class="thumb {thumbs[value].split(":")[0]}" title="{escape(key)}: {escape(value, quote=True)}"></span>'
-    rows: list[tuple[str, Any, bool]] = [("file", record["file"], False), ("seed", record.get("seed"), "seed" in varying)]
+    rows: list[tuple[str, Any, bool]] = [("file", record["file"], False), ("prompt", prompt, "prompt" in varying),
+                                         ("seed", record.get("seed"), "seed" in varying)]
     rows += [(f"{{{k}}}", v, f"vars.{k}" in varying) for k, v in (record.get("vars") or {}).items()]
     rows += [(k, v, f"params.{k}" in varying) for k, v in (record.get("params") or {}).items()]
     rows.append(("scheduler", scheduler_label(fields.get("scheduler")), "scheduler" in varying))
@@ -187,7 +204,9 @@ def _card(record: dict[str, Any], fields: dict[str, Any], described: Described, 
     data = escape(json.dumps([_filter_value(n, fields.get(n)) for n in filters], ensure_ascii=False), quote=True)
     q = escape(f"{prompt} {record['file']}".lower(), quote=True)
     return (f'<figure class="card" id="job-{record.get("index")}" data-f="{data}" data-q="{q}">{picture}<figcaption>'
-            f'<div class="prompt">{escape(prompt)}</div><div class="vary">{chips}</div>'
+            + (f'<div class="prompt" title="{escape(prompt, quote=True)}">{escape(common.core(prompt))}</div>'
+               if "prompt" in varying else "")  # a prompt the same for all is said once, at the top
+            + f'<div class="vary">{chips}</div>'
             + (f'<div class="inputs">{inputs}</div>' if inputs else "")
             + f"<details><summary>full job</summary><dl>{details}</dl></details></figcaption></figure>")
 
@@ -245,8 +264,11 @@ def render(manifest: Mapping[str, Any], image_size: tuple[int, int] | None = Non
         parts.append(f'<p class="meta">{escape(recipe["description"])}</p>')
     parts.append(f'<p class="meta">{escape(" · ".join(facts))} · <a href="manifest.json">manifest.json</a></p>')
     constant = [(n, v) for n, v in described.constant.items() if v not in (None, {}, [])]
-    if constant:
+    varying = [n for n in described.varying if n not in described.derived]
+    common = common_prompt(described.values("prompt")) if "prompt" in varying else CommonPrompt()
+    if constant or common:
         parts.append('<h2>The same for every image</h2><dl class="constant">'
+                     + (f'<dt>prompt</dt><dd class="common">{escape(common.text())}</dd>' if common else "")
                      + "".join(f"<dt>{escape(_chip_name(n))}</dt><dd>{escape(_filter_value(n, v))}</dd>" for n, v in constant)
                      + "</dl>")
     parts.append(_sheets(sheets))
@@ -254,12 +276,14 @@ def render(manifest: Mapping[str, Any], image_size: tuple[int, int] | None = Non
     parts.append('<div class="filters"><label>search <input id="q" type="search" placeholder="prompt, file"></label>')
     for i, n in enumerate(filters):
         values = list(dict.fromkeys(_filter_value(n, v) for v in described.values(n)))
-        options = "".join(f'<option value="{escape(v, quote=True)}">{escape(v[:80])}</option>' for v in values)
+        options = "".join(f'<option value="{escape(v, quote=True)}">{escape((common.core(v) if n == "prompt" else v)[:80])}</option>'
+                          for v in values)
         parts.append(f'<label>{escape(_filter_name(n))} <select name="{escape(_filter_name(n), quote=True)}" data-i="{i}">'
                      f'<option value="">all</option>{options}</select></label>')
+    parts.append('<label title="smaller cards, more per row"><input id="dense" type="checkbox"> dense</label>')
     parts.append(f'<button id="clear" type="button">clear</button> <span id="shown">{len(images)} of {len(images)} shown</span></div>')
     parts.append('<div class="cards">')
-    parts += [_card(r, f, described, filters, image_size, thumbs) for r, f in zip(described.records, described.fields)]
+    parts += [_card(r, f, described, filters, image_size, thumbs, common) for r, f in zip(described.records, described.fields)]
     parts.append("</div>")
     parts.append(f"<script>{SCRIPT}</script>")
     return refresh.with_script("\n".join(parts)) + "</body></html>\n"  # the refresh script: --watch only

@@ -39,7 +39,7 @@ from ..axes.registry import is_build_axis
 from ..base.paths import atomic_write, regular_file
 from ..base.safe_read import open_image
 from ..records.names import record_file
-from .jobfields import Described, canonical, describe, job_label, short_name, shorten
+from .jobfields import CommonPrompt, Described, canonical, common_prompt, describe, job_label, short_name, shorten
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -49,6 +49,7 @@ MAX_TILE = 256
 MAX_SIDE = 16384
 MAX_ASPECT = 4.0
 PAGE_TILES = 256
+SHEET_TILES = 100  # the default layout splits a bigger table into sheets (one per value of a field)
 TARGET_ASPECT = 4 / 3
 TARGET_WIDTH = 4096
 LABEL_WIDTH = 320
@@ -112,6 +113,7 @@ def choose_axes(described: Described, recipe: Mapping[str, Any]) -> Axes:
     if "image" in dims and "mask_image" in dims:
         dims.remove("mask_image")  # each input image has its mask
     x, y, z = resolve("x"), resolve("y"), resolve("z")
+    chosen = bool(x or y or z)
     zip_mode = (recipe.get("matrix") or {}).get("mode") == "zip"
     if config.get("layout") == "list" or (zip_mode and not (x or y or z)):
         return Axes(dims, [], z, True)
@@ -121,6 +123,12 @@ def choose_axes(described: Described, recipe: Mapping[str, Any]) -> Axes:
         x = ["seed"] if "seed" in free else free[-1:]
         placed |= set(x)
     y += [d for d in dims if d not in placed]  # every varying field has a place: no image is hidden
+    if not chosen:  # the default: a table too big to read at 100% zoom is split into sheets
+        counts = {d: len(described.values(d)) for d in dims}
+        while math.prod(counts[d] for d in x + y) > SHEET_TILES and len(y) > 1:
+            pick = "prompt" if "prompt" in y else y[0]  # a prompt is long: said once, in its sheet's title
+            y.remove(pick)
+            z.append(pick)
     return Axes(x, y, z, False)
 
 
@@ -283,34 +291,41 @@ def plan(manifest: Mapping[str, Any], image_size: tuple[int, int], done: Sequenc
     tw, th = tile_size(*image_size)
     name = str(recipe.get("name") or "")
     shared = [n for n in ("prompt",) if n not in described.varying and described.constant.get("prompt")]
+    common = common_prompt(described.values("prompt")) if "prompt" in described.varying else CommonPrompt()
+    labelled = [{**f, "prompt": common.core(f.get("prompt"))} for f in described.fields] if common else described.fields
     groups: dict[str, list[int]] = {}
-    for i, f in enumerate(described.fields):
-        groups.setdefault(label(axes.z, f, " · "), []).append(i)
+    for i, f in enumerate(labelled):
+        groups.setdefault(label(axes.z, f, " · ") if "prompt" not in axes.z else _z_label(axes.z, f), []).append(i)
     sheets: list[Sheet] = []
     for zi, (zlabel, members) in enumerate(groups.items()):
-        fields = [described.fields[i] for i in members]
+        fields = [labelled[i] for i in members]
         records = [described.records[i] for i in members]
+        # only what varies on this sheet labels its rows and columns; the rest is said in its title
+        ax_x, ax_y = _varying(axes.x, fields), _varying(axes.y, fields)
+        fixed = [n for n in axes.x + axes.y if n not in ax_x and n not in ax_y]
         if axes.list_mode:
-            columns = [label(axes.x, f) for f in fields]
+            columns = [label(ax_x, f) for f in fields]
             rows = [""]
             position = [(0, c) for c in range(len(fields))]
         else:
-            xs = [canonical([f.get(n) for n in axes.x]) for f in fields]
-            ys = [canonical([f.get(n) for n in axes.y]) for f in fields]
+            xs = [canonical([f.get(n) for n in ax_x]) for f in fields]
+            ys = [canonical([f.get(n) for n in ax_y]) for f in fields]
             col_ids, row_ids = list(dict.fromkeys(xs)), list(dict.fromkeys(ys))
             position = [(row_ids.index(y), col_ids.index(x)) for x, y in zip(xs, ys)]
             if len(set(position)) < len(position):  # cells would collide: a list shows every image
                 return plan(_as_list(manifest), image_size, done)
             first_x = {x: f for x, f in reversed(list(zip(xs, fields)))}
             first_y = {y: f for y, f in reversed(list(zip(ys, fields)))}
-            columns = [label(axes.x, first_x[x]) for x in col_ids]
-            rows = [label(axes.y, first_y[y]) for y in row_ids]
-        left = _label_width(rows) if axes.y and not axes.list_mode else 0
+            columns = [label(ax_x, first_x[x]) for x in col_ids]
+            rows = [label(ax_y, first_y[y]) for y in row_ids]
+        left = _label_width(rows) if ax_y and not axes.list_mode else 0
         header_lines = max((len(_wrap(c, tw - 2 * PAD, 5 if axes.list_mode else 3)) for c in columns), default=0)
         header = header_lines * LINE + 2 * PAD if any(columns) else 0
-        title_text = [t for t in (name, zlabel) if t]
+        title_text = [t for t in (name, zlabel, label(fixed, fields[0], " · ")) if t]
         if shared:
             title_text.append(shorten(str(described.constant["prompt"]), 200))
+        elif common:
+            title_text.append("prompt: " + shorten(common.text(), 200))
         width = min(TARGET_WIDTH, left + len(columns) * tw)
         for _ in range(3):  # the title wraps to the narrowest page, whose width depends on the title's height
             title_lines = _wrap("\n".join(title_text), width - 2 * PAD, 6) if title_text else []
@@ -348,6 +363,28 @@ def plan(manifest: Mapping[str, Any], image_size: tuple[int, int], done: Sequenc
     if len(sheets) == 1:
         sheets[0].file = "grid.png"
     return sheets
+
+
+def _varying(names: Sequence[str], fields: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [n for n in names if len({canonical(f.get(n)) for f in fields}) > 1]
+
+
+def _z_label(names: Sequence[str], fields: Mapping[str, Any]) -> str:
+    """A sheet's own values in its title: the prompt as a whole (its title wraps), the others as labels."""
+    return " · ".join(shorten(str(fields.get(n)), 200) if n == "prompt" else label([n], fields) for n in names)
+
+
+def _once(labels: Sequence[str], i: int, first: int) -> str:
+    """Label ``i`` of a block starting at ``first``, its leading fields left blank where the label
+    before says them already (a field that changes slower than the next is labelled once)."""
+    parts = labels[i].split("\n")
+    if i == first or len(parts) < 2:
+        return labels[i]
+    before = labels[i - 1].split("\n")
+    same = 0
+    while same < len(parts) - 1 and same < len(before) and parts[same] == before[same]:
+        same += 1
+    return "\n".join([""] * same + parts[same:])
 
 
 def _narrowest(p: Plan, nx: int, ny: int, bw: int) -> int:
@@ -402,13 +439,13 @@ def draw(folder: Path, sheet: Sheet) -> Image:
     for b in sheet.blocks:
         if sheet.header:
             for c in range(b.c0, b.c1):
-                text = "\n".join(_wrap(sheet.columns[c], tw - 2 * PAD, 5 if list_mode else 3))
+                text = "\n".join(_wrap(_once(sheet.columns, c, b.c0), tw - 2 * PAD, 5 if list_mode else 3))
                 pen.multiline_text((b.x + sheet.left + (c - b.c0) * tw + PAD, b.y + PAD), text, fill=INK, font=font,
                                    spacing=5)
         if sheet.left:
             for r in range(b.r0, b.r1):
                 y = b.y + sheet.header + (r - b.r0) * th
-                lines = _wrap(sheet.rows[r], LABEL_WIDTH - 2 * PAD, max(1, (th - PAD) // LINE))  # as measured
+                lines = _wrap(_once(sheet.rows, r, b.r0), LABEL_WIDTH - 2 * PAD, max(1, (th - PAD) // LINE))  # as measured
                 pen.multiline_text((b.x + PAD, y + PAD), "\n".join(lines), fill=INK, font=font, spacing=5)
                 pen.line([(b.x, y), (b.x + sheet.left - 1, y)], fill=RULE)
     for cell in sheet.cells:

@@ -189,3 +189,48 @@ def job_label(names: Sequence[str], fields: Mapping[str, Any], sep: str, prompt_
         else:
             parts.append(f"{short_name(name)} = {shorten(value_text(name, value), value_chars)}")
     return sep.join(parts)
+
+
+COMMON_CHARS = 16  # a common start or end of the prompts shorter than this is not worth saying apart
+
+
+@dataclass(frozen=True)
+class CommonPrompt:
+    """The words every varying prompt of a run starts and ends with, said once (a sheet's title, the
+    top of the gallery), so that a label or a card shows only what differs (:meth:`core`)."""
+
+    prefix: str = ""
+    suffix: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.prefix or self.suffix)
+
+    def core(self, prompt: Any) -> str:
+        """``prompt`` without the common start and end."""
+        words = str(prompt).split()
+        start = len(self.prefix.split())
+        end = len(words) - len(self.suffix.split())
+        return " ".join(words[start:end]).strip(" ,;:.") or str(prompt) if self else str(prompt)
+
+    def text(self) -> str:
+        """``portrait photo of … , 50mm``: the common part, with ``…`` where the prompts differ."""
+        return " ".join(part for part in (self.prefix, "…", self.suffix) if part)
+
+
+def common_prompt(prompts: Sequence[Any]) -> CommonPrompt:
+    """The common start and end (whole words) of ``prompts``, each prompt keeping at least one word
+    of its own; nothing when they share less than :data:`COMMON_CHARS` characters or do not vary."""
+    lists = [str(p).split() for p in dict.fromkeys(str(p) for p in prompts)]
+    if len(lists) < 2 or not all(lists):
+        return CommonPrompt()
+    shortest = min(len(words) for words in lists)
+    start = 0
+    while start < shortest - 1 and len({words[start] for words in lists}) == 1:
+        start += 1
+    end = 0
+    while end < shortest - start - 1 and len({words[-1 - end] for words in lists}) == 1:
+        end += 1
+    prefix, suffix = " ".join(lists[0][:start]), " ".join(lists[0][len(lists[0]) - end:])
+    if len(prefix) + len(suffix) < COMMON_CHARS:
+        return CommonPrompt()
+    return CommonPrompt(prefix, suffix)

@@ -308,3 +308,161 @@ def test_a_watch_round_on_an_up_to_date_folder_says_nothing_to_do_and_loads_no_m
     assert "nothing to do, nothing loaded" in out
     assert Loads.count == 0
     assert state(tmp_path / "out" / "recipe") == before
+
+
+# --- #20 item 6: invalid edits keep the models, Ctrl-C when idle, a save stops a long round ------------
+
+class Counting:
+    """A plugin counting the pipelines made ready and the batches generated; ``on_batch`` is called
+    after each batch with its index."""
+
+    def __init__(self, on_batch: Callable[[int], None] | None = None) -> None:
+        self.loads = 0
+        self.batches: list[int] = []
+        self.on_batch = on_batch
+
+    def plugin(self):
+        from recipe_runner import hookimpl
+
+        counting = self
+
+        class Plugin:
+            @hookimpl
+            def pipeline_ready(self, pipe, recipe, context):
+                counting.loads += 1
+
+            @hookimpl
+            def after_batch(self, pipe, batch, images):
+                counting.batches.append(batch.index)
+                if counting.on_batch is not None:
+                    counting.on_batch(batch.index)
+
+        return Plugin()
+
+
+class NoWait:
+    """A watcher that never waits: the files that differ now, else Ctrl-C (the user stops the session)."""
+
+    def __init__(self) -> None:
+        self.waits = 0
+
+    def wait(self, snap):
+        self.waits += 1
+        changed = [p for p in snap if digest(p) != snap[p]]
+        if not changed:
+            raise KeyboardInterrupt
+        return changed
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_an_invalid_edit_keeps_the_models_and_is_reported_before_anything_is_released(
+        recipe_runner_register_plugin, tmp_path, capsys):
+    from recipe_runner.plugin_api.manager import load_plugins
+    from recipe_runner.running.prepare import Options
+    from recipe_runner.running.watch import WatchSession
+
+    counting = Counting()
+    recipe_runner_register_plugin(counting.plugin(), "counting")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.format(seeds="[0]"))
+    session = WatchSession([recipe], [], load_plugins(), Options(out=tmp_path / "out", progress=False))
+    assert session.round() is True and counting.loads == 1
+    # a model-changing edit (another optimization: another pipeline) that fails a check made before loading
+    save(recipe, RECIPE.format(seeds="[0]") + '[optimizations]\nattention_slicing = true\n'
+         '[scheduler]\nname = "FlowMatchEulerDiscreteScheduler"\n')
+    capsys.readouterr()
+    assert session.round() is False
+    err = capsys.readouterr().err
+    assert "error: " in err and "FlowMatchEulerDiscreteScheduler" in err
+    assert "released" not in err  # the model stays: the next (fixed) round reuses it
+    assert len(session.session.cache.entries) == 1 and counting.loads == 1
+    save(recipe, RECIPE.format(seeds="[0, 1]"))  # fixed, one more seed
+    assert session.round() is True
+    assert counting.loads == 1 and len(counting.batches) == 2  # warm: no reload, only the new image
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_idle_says_what_the_session_made_and_that_nothing_is_left(
+        recipe_runner_cli, recipe_runner_write_recipe, tmp_path, capsys):
+    from recipe_runner.plugin_api.manager import load_plugins
+    from recipe_runner.running.prepare import Options
+    from recipe_runner.running.watch import watch
+
+    recipe = recipe_runner_write_recipe(RECIPE.format(seeds="[0, 1]"))
+    out = tmp_path / "out"
+    assert recipe_runner_cli(recipe, "--out", out, "--no-progress").code == 0  # 2 images, by this process
+    save(recipe, RECIPE.format(seeds="[0, 1, 2]"))
+    capsys.readouterr()
+    assert watch([recipe], [], load_plugins(), Options(out=out, progress=False), watcher=NoWait()) == 130
+    err = capsys.readouterr().err
+    assert "this session made 1 image(s) in 1 round; every job is done, nothing is left to do" in err, err
+    assert "run the same command again" not in err
+
+
+@pytest.mark.slow
+def test_a_save_during_a_long_round_stops_it_at_a_batch_boundary_and_the_next_round_starts(
+        recipe_runner_register_plugin, tmp_path, capsys):
+    from recipe_runner.plugin_api.manager import load_plugins
+    from recipe_runner.running.prepare import Options
+    from recipe_runner.running.watch import watch
+
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.format(seeds="30"))
+    folder = tmp_path / "out" / "recipe"
+
+    def on_batch(index: int) -> None:
+        if index == 1:  # the second of 30 batches: the user saves an edit
+            save(recipe, RECIPE.format(seeds="[0, 1, 2, 3]"))
+
+    counting = Counting(on_batch)
+    recipe_runner_register_plugin(counting.plugin(), "counting")
+    watcher = NoWait()
+    began = time.monotonic()
+    code = watch([recipe], [], load_plugins(), Options(out=tmp_path / "out", progress=False), watcher=watcher)
+    seconds = time.monotonic() - began
+    captured = capsys.readouterr()
+    err = captured.err
+    assert code == 130 and watcher.waits == 2, err
+    assert "4 images: 2 new, 0 regenerated, 2 unchanged" in captured.out  # the finished batches' images kept
+    assert "recipe: stopped after 2 of 30 new image(s): a watched file changed" in err
+    assert "changed: " in err and "recipe.toml" in err
+    # round 1 made batches 0 and 1 and stopped; round 2 made seeds 2 and 3 on the warm pipeline
+    assert len(counting.batches) == 4 and counting.loads == 1
+    assert "this session made 4 image(s) in 2 rounds; every job is done" in err
+    assert len(done_files(folder)) == 4
+    assert len(image_files(folder)) == 4
+    print(f"stopped at a batch boundary and finished the edit in {seconds:.1f} s")
+
+
+@pytest.mark.slow
+def test_a_watch_round_after_an_output_only_edit_redraws_the_views_and_loads_nothing(
+        recipe_runner_cli, recipe_runner_write_recipe, recipe_runner_register_plugin, tmp_path, capsys):
+    from recipe_runner.plugin_api.manager import load_plugins
+    from recipe_runner.running.prepare import Options
+    from recipe_runner.running.watch import watch
+
+    recipe = recipe_runner_write_recipe(RECIPE.format(seeds="[0, 1]").replace('["a red fox"]', '["a red fox", "a blue house"]'))
+    out = tmp_path / "out"
+    assert recipe_runner_cli(recipe, "--out", out, "--no-progress").code == 0
+    folder = out / "recipe"
+    before = state(folder)
+    counting = Counting()
+    recipe_runner_register_plugin(counting.plugin(), "counting")
+    save(recipe, recipe.read_text() + '[output.grid]\nz = "prompt"\n')
+    capsys.readouterr()
+    assert watch([recipe], [], load_plugins(), Options(out=out, progress=False), rounds=1) == 0
+    assert "nothing to do, nothing loaded; grid and gallery redrawn" in capsys.readouterr().out
+    assert counting.loads == 0 and {k: v for k, v in state(folder).items() if not k.startswith("grid")} == before
+    assert sorted(p.name for p in folder.glob("grid*.png")) == ["grid-01-a-red-fox.png", "grid-02-a-blue-house.png"]
+
+
+def test_what_ctrl_c_says_depends_on_what_is_left():
+    from recipe_runner.running.watch import stopped
+
+    assert stopped(3, 2, True) == ("interrupted while watching: this session made 3 image(s) in 2 rounds; "
+                                   "every job is done, nothing is left to do")
+    assert "do not validate" in stopped(0, 1, False, invalid=True)
+    assert "run" in stopped(1, 1, False) and "the same command again" in stopped(1, 1, False)

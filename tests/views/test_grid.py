@@ -208,3 +208,175 @@ def test_gallery_of_1000_images_renders_and_its_filter_narrows_the_cards(tmp_pat
     colourful = (rendered.max(axis=-1).astype(int) - rendered.min(axis=-1)) > 60
     assert colourful.mean() > 0.05, "no image is visible in the screenshot"
     print(f"gallery of 1000: written in {write_seconds:.2f} s, loaded and filtered 5 times in {render_seconds:.2f} s")
+
+
+# --- views follow edits of [output] ------------------------------------------------------------------
+
+EDITED = """
+[model]
+id = "tiny:sd15"
+device = "cpu"
+[params]
+num_inference_steps = 2
+[matrix]
+prompts = ["a red fox", "a blue house"]
+seeds = [0, 1]
+[matrix.axes]
+guidance_scale = [5.0, 7.0]
+"""
+
+
+def _files(folder: Path) -> dict[str, tuple[bytes, int, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())
+            if p.is_file()}
+
+
+@pytest.mark.slow
+def test_an_output_only_edit_redraws_grid_and_gallery_from_the_images_without_loading(
+        recipe_runner_cli, recipe_runner_write_recipe, recipe_runner_register_plugin, tmp_path):
+    """#20 item 1: a new [output.grid] layout (or gallery setting) on a folder whose jobs are all
+    unchanged redraws the views from the images on disk, loads nothing, and touches no image."""
+    from recipe_runner import hookimpl
+
+    class Loads:
+        count = 0
+
+        @hookimpl
+        def pipeline_ready(self, pipe, recipe, context):
+            Loads.count += 1
+
+    recipe_runner_register_plugin(Loads(), "loads")
+    recipe = recipe_runner_write_recipe(EDITED, "edited.toml")
+    out = tmp_path / "out"
+    assert recipe_runner_cli(recipe, "--out", out, "--no-progress").code == 0
+    folder = out / "edited"
+    assert Loads.count == 1
+    before = _files(folder)
+    images = {k: v for k, v in before.items() if not k.startswith(("grid", "index", "manifest"))}
+    assert len(images) == 8 and "grid.png" in before
+
+    recipe.write_text(EDITED + '[output.grid]\nx = "guidance_scale"\ny = "seed"\nz = "prompt"\n')
+    result = recipe_runner_cli(recipe, "--out", out, "--no-progress")
+    assert result.code == 0, result.err
+    assert "nothing to do, nothing loaded; grid and gallery redrawn" in result.out
+    assert Loads.count == 1  # nothing loaded
+    after = _files(folder)
+    assert {k: after[k] for k in images} == images  # every image: same bytes, inode and mtime
+    sheets = sorted(k for k in after if k.startswith("grid"))
+    assert sheets == ["grid-01-a-red-fox.png", "grid-02-a-blue-house.png"]  # the new layout, the old sheet gone
+    assert after["index.html"][0] != before["index.html"][0] and b"grid-01-a-red-fox.png" in after["index.html"][0]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["recipe"]["output"]["grid"]["z"] == ["prompt"] and manifest["views"]["output"]["grid"]["z"] == ["prompt"]
+
+    again = recipe_runner_cli(recipe, "--out", out, "--no-progress")  # the views are current now: a plain no-op
+    assert again.code == 0 and "nothing loaded ->" in again.out and "redrawn" not in again.out
+    assert _files(folder) == after
+
+    recipe.write_text(EDITED + "[output]\ngallery = false\ngrid = true\n")  # back to the default sheet
+    third = recipe_runner_cli(recipe, "--out", out, "--no-progress")
+    assert "nothing to do, nothing loaded; grid redrawn" in third.out and Loads.count == 1
+    assert sorted(k for k in _files(folder) if k.startswith("grid")) == ["grid.png"]
+    assert {k: v for k, v in _files(folder).items() if k in images} == images
+
+
+# --- #20 item 7: a big sweep at a glance -------------------------------------------------------------
+
+WARRIOR = ("portrait photo of {}, tribal panther make up, blue on red, side profile, looking away, serious eyes, "
+           "50mm portrait photography, hard rim lighting photography")
+SWEEP_PROMPTS = [WARRIOR.format(who) for who in ("an old warrior chief", "a young warrior chief", "a wise old queen")]
+
+CARDS_CHECK = """<script>
+window.addEventListener("load", function () {
+  function perRow() {
+    var cards = document.querySelectorAll("figure.card"), top = cards[0].getBoundingClientRect().top, n = 0;
+    for (var i = 0; i < cards.length && cards[i].getBoundingClientRect().top === top; i++) n++;
+    return n;
+  }
+  var normal = perRow();
+  var box = document.getElementById("dense"); box.checked = true; box.dispatchEvent(new Event("change"));
+  var prompts = Array.prototype.map.call(document.querySelectorAll("figure.card .prompt"), function (e) { return e.textContent; });
+  document.body.setAttribute("data-cards", JSON.stringify({normal: normal, dense: perRow(), hash: location.hash,
+    prompts: prompts.slice(0, 3).concat(prompts.slice(-1)), font: getComputedStyle(document.querySelector(".vary span")).fontSize}));
+});
+</script></body>"""
+
+
+def _ink_rows(region: np.ndarray) -> int:
+    """How many pixel rows of ``region`` (RGB) hold dark ink: the height of the text drawn in it."""
+    dark = (region.max(axis=-1) < 120).any(axis=1)
+    rows = np.flatnonzero(dark)
+    return int(rows[-1] - rows[0] + 1) if len(rows) else 0
+
+
+def _ink_at(text: str, size: int) -> int:
+    from PIL import Image, ImageDraw, ImageFont
+
+    canvas = Image.new("RGB", (800, 3 * size), (255, 255, 255))
+    ImageDraw.Draw(canvas).text((4, size // 2), text, fill=(20, 20, 20), font=ImageFont.load_default(size=size))
+    return _ink_rows(np.asarray(canvas))
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_a_3_by_20_by_3_sweep_reads_at_100_percent_in_chromium(tmp_path):
+    """#20 item 7: 180 images (3 prompts x 20 seeds x 3 guidance scales): the default sheets split by
+    prompt (said once, in each sheet's title; the words every prompt shares once more), rows and columns
+    labelled once with only what varies, each sheet within 4:1, its labels at least 14 px tall on the
+    screen at 100% zoom; the gallery's cards show what varies, and its dense layout fits more per row."""
+    from recipe_runner.views import grid
+    from recipe_runner.views.gallery import write_gallery
+    from tests.conftest import pixels
+
+    folder = tmp_path / "sweep"
+    manifest = synthetic_run(folder, SWEEP_PROMPTS, list(range(20)), axes={"guidance_scale": [5.0, 7.5, 10.0]})
+    paths = grid.make_grid(folder, manifest)
+    sheets = grid.sheets_for(folder, manifest)
+    assert [p.name for p in paths] == ["grid-01-an-old-warrior-chief.png", "grid-02-a-young-warrior-chief.png",
+                                       "grid-03-a-wise-old-queen.png"]
+    assert_within_limits(paths)
+    common = "prompt: portrait photo of … tribal panther make up, blue on red"
+    for sheet, who in zip(sheets, ("an old warrior chief", "a young warrior chief", "a wise old queen")):
+        assert len(sheet.cells) == 60
+        assert sheet.rows == ["guidance_scale = 5.0", "guidance_scale = 7.5", "guidance_scale = 10.0"]
+        assert sheet.columns == [f"seed {s}" for s in range(20)]
+        assert who in sheet.title[1] and " ".join(sheet.title).count(common) == 1, sheet.title
+
+    for path, sheet in zip(paths, sheets):  # on screen at 100% zoom: the screenshot is the sheet, pixel for pixel
+        w, h = sheet.size
+        page = folder / f"{path.stem}.html"
+        page.write_text(f'<html><body style="margin:0"><img src="{path.name}" style="display:block"></body></html>')
+        shot = tmp_path / f"{path.stem}-shot.png"
+        chromium(tmp_path / "profile", f"--screenshot={shot}", f"--window-size={w},{h}", "--force-device-scale-factor=1",
+                 "--hide-scrollbars", page.as_uri())
+        screen = pixels(shot)
+        assert screen.shape[:2] == (h, w) and np.array_equal(screen, pixels(path))
+        block = sheet.blocks[0]
+        label_h = grid.LINE + grid.PAD
+        row = screen[block.y + sheet.header: block.y + sheet.header + label_h, block.x: block.x + sheet.left]
+        column = screen[block.y: block.y + sheet.header, block.x + sheet.left: block.x + sheet.left + sheet.tile[0]]
+        assert _ink_rows(row) >= _ink_at(sheet.rows[0], 14), "row labels under 14 px"
+        assert _ink_rows(column) >= _ink_at(sheet.columns[0], 14), "column labels under 14 px"
+
+    gallery = write_gallery(folder, manifest)
+    text = gallery.read_text()
+    assert text.count('<dd class="common">portrait photo of … tribal panther make up') == 1  # the common part, once
+    check = folder / "index-check.html"
+    check.write_text(text.replace("</body>", CARDS_CHECK))
+    dom = chromium(tmp_path / "profile", "--window-size=1280,900", "--virtual-time-budget=5000", "--dump-dom", check.as_uri())
+    found = re.search(r"data-cards=\"([^\"]+)\"", dom)
+    assert found, dom[-500:]
+    cards = json.loads(found.group(1).replace("&quot;", '"'))
+    assert cards["prompts"] == ["an old warrior chief", "an old warrior chief", "an old warrior chief", "a wise old queen"]
+    assert cards["dense"] >= 2 * cards["normal"] >= 8, cards  # the dense layout: twice the cards a row, at least
+    assert cards["hash"] == "#dense=1"  # a dense view can be linked
+    shot = tmp_path / "gallery.png"
+    chromium(tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,900", gallery.as_uri() + "#dense=1")
+    assert pixels(shot).std() > 20
+
+
+def test_a_field_that_changes_slower_than_the_next_is_labelled_once_per_block():
+    from recipe_runner.views.grid import _once
+
+    rows = ["guidance_scale = 5.0\nan old chief", "guidance_scale = 5.0\na young chief", "guidance_scale = 7.0\nan old chief"]
+    assert [_once(rows, i, 0) for i in range(3)] == [rows[0], "\na young chief", rows[2]]
+    assert _once(rows, 1, 1) == rows[1]  # the first row of a block says everything
