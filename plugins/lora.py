@@ -159,7 +159,7 @@ def switch(pipe: Any, old: Settings | None, new: Settings | None, context: Build
 
 @hookimpl
 def register_optimizations() -> list[Optimization]:
-    return [Optimization(name="lora", settings=Settings, stage="components", apply=apply, check=check, switch=switch,
+    return [Optimization(name="lora", settings=Settings, stage="components", apply=apply, check=check, light_check=True, switch=switch,
                          description="LoRA adapters: load, weight (set_adapters), optionally fuse")]
 
 

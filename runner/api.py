@@ -30,7 +30,7 @@ from .plan.batches import Batch, plan
 from .plan.matrix import Job, expand
 from .recipe.context import BuildContext
 from .recipe.model import Recipe
-from .recipe.optimizations import STAGES, Optimization, OptimizationSettings, Unsupported
+from .recipe.optimizations import STAGES, Conflict, Optimization, OptimizationSettings, Unsupported
 from .records.formats import OutputFormat
 from .views.metrics import Metric
 
@@ -56,6 +56,7 @@ __all__ = [
     "OptimizationSettings",
     "Recipe",
     "Unsupported",
+    "Conflict",
     "atomic_write",
     "cache_dir",
     "did_you_mean",
