@@ -152,3 +152,12 @@ def test_the_probe_decides_only_what_is_certain(monkeypatch):
     monkeypatch.setattr(environment, "_torch_cuda_build", lambda: False)  # torch not found: undecided
     assert environment.device_unavailable("cuda") is None
     assert environment.device_unavailable("cpu") is None
+
+
+def test_the_torch_build_is_read_from_its_version_file():
+    cpu = "__version__ = '2.13.0+cpu'\ncuda: Optional[str] = None\nhip: Optional[str] = None\n"
+    assert environment.cuda_of_version_file(cpu) is None
+    assert environment.cuda_of_version_file(cpu.replace("cuda: Optional[str] = None", "cuda: Optional[str] = '12.8'")) == "12.8"
+    rocm = cpu.replace("hip: Optional[str] = None", "hip: Optional[str] = '6.4.1'")
+    assert environment.cuda_of_version_file(rocm) is False  # torch.cuda drives AMD GPUs: only torch can tell
+    assert environment.cuda_of_version_file("__version__ = 'x'\n") is False

@@ -72,10 +72,10 @@ def set_deterministic(enabled: bool) -> None:
 
 def _torch_cuda_build() -> str | None | bool:
     """The CUDA version the installed torch was built for, read from ``torch/version.py`` without
-    importing torch: a string, None for a CPU-only build, False when torch is not installed or the
-    file cannot be read (undecided)."""
+    importing torch: a string, None for a build without CUDA or ROCm (torch.cuda is never
+    available), False when torch is not installed, the file cannot be read, or the build is a ROCm
+    one (``torch.cuda`` drives AMD GPUs there): undecided."""
     import importlib.util
-    import re
     from pathlib import Path
 
     try:
@@ -88,11 +88,23 @@ def _torch_cuda_build() -> str | None | bool:
         text = (Path(next(iter(spec.submodule_search_locations))) / "version.py").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError, StopIteration):
         return False
-    found = re.search(r"^cuda\s*(?::[^=]*)?=\s*(None|'[^']*'|\"[^\"]*\")\s*$", text, re.M)
-    if found is None:
+    return cuda_of_version_file(text)
+
+
+def cuda_of_version_file(text: str) -> str | None | bool:
+    """``torch/version.py``'s ``cuda``, as :func:`_torch_cuda_build` returns it."""
+    import re
+
+    def field(name: str) -> str | None | bool:
+        found = re.search(rf"^{name}\s*(?::[^=]*)?=\s*(None|'[^']*'|\"[^\"]*\")\s*$", text, re.M)
+        if found is None:
+            return False
+        return None if found.group(1) == "None" else found.group(1).strip("'\"")
+
+    cuda, hip = field("cuda"), field("hip")
+    if cuda is None and hip is not None:  # a ROCm build (or a version.py this does not know): undecided
         return False
-    value = found.group(1)
-    return None if value == "None" else value.strip("'\"")
+    return cuda
 
 
 def _nvidia_driver() -> bool | None:
@@ -102,6 +114,8 @@ def _nvidia_driver() -> bool | None:
     import os
 
     if not sys.platform.startswith("linux"):
+        return None
+    if os.path.exists("/dev/dxg"):  # WSL 2: the Windows driver serves CUDA through /dev/dxg
         return None
     return os.path.exists("/proc/driver/nvidia/version") or bool(glob.glob("/dev/nvidia[0-9]*"))
 
