@@ -173,3 +173,12 @@ def test_each_wrong_item_of_a_list_is_reported(recipe_runner_cli, recipe_runner_
     result = recipe_runner_cli(recipe_runner_write_recipe(grid), "--dry-run")
     assert "output.grid.x: 'sede'" in result.err and "output.grid.x.0" not in result.err  # x written as a string
     assert "output.grid.y.2: 'wo'" in result.err and "did you mean 'who'?" in result.err
+
+
+def test_the_axes_values_are_checked_when_another_table_failed(recipe_runner_cli, recipe_runner_write_recipe):
+    text = BASE + ('[optimizations]\nattention_slicing = { slice_size = "most" }\n'
+                   '[matrix.axes]\nlora = ["none", { id = "a.safetensors", scael = 1 }]\n')
+    result = recipe_runner_cli(recipe_runner_write_recipe(text), "--dry-run")
+    assert result.code == 2
+    assert "optimizations.attention_slicing.slice_size" in result.err
+    assert "matrix.axes.lora.1.0.scael: unknown key" in result.err, result.err

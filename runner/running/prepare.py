@@ -23,6 +23,7 @@ from ..plan import inputs as inputs_mod
 from ..plan.matrix import expand
 from ..plan.prepared import Prepared
 from ..plan.variants import Variant, relabel
+from ..plan.variants import check as axis_value_problems
 from ..plan.variants import make as make_variants
 from ..plugin_api.manager import Plugins
 from ..recipe.context import BuildContext
@@ -77,6 +78,8 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
             found = make_variants(recipe, loaded, jobs, enabled, plugins.registry)
         except RecipeError as exc:
             problems += exc.problems
+    else:  # no variants without valid jobs and settings, but the axes' values are checked all the same
+        problems += axis_value_problems(recipe, loaded, plugins.registry)
     keys = inputs_mod.inputs_of(recipe.matrix)
     try:
         resolved = inputs_mod.resolve_sources(keys, loaded)
