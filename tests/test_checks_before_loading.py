@@ -161,3 +161,13 @@ def test_the_torch_build_is_read_from_its_version_file():
     rocm = cpu.replace("hip: Optional[str] = None", "hip: Optional[str] = '6.4.1'")
     assert environment.cuda_of_version_file(rocm) is False  # torch.cuda drives AMD GPUs: only torch can tell
     assert environment.cuda_of_version_file("__version__ = 'x'\n") is False
+
+
+def test_the_device_error_of_a_model_axis_is_told_once_at_model_device(recipe_runner_cli, recipe_runner_write_recipe,
+                                                                       no_cuda):
+    text = BASE.replace('id = "tiny:sd15"', 'id = "tiny:sd15"\ndevice = "cuda"') + \
+        '[matrix.axes]\nmodel = ["tiny:sd15", "tiny:sdxl"]\n'
+    result = recipe_runner_cli(recipe_runner_write_recipe(text), "--dry-run")
+    assert result.code == 2
+    lines = error_lines(result.err)
+    assert len(lines) == 1 and "recipe.toml:4: model.device: 'cuda'" in lines[0], result.err

@@ -61,7 +61,7 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
         recipe = validate(loaded)
     except RecipeError as exc:  # the checks that need no valid recipe report theirs in the same pass
         raise RecipeError(exc.problems + written_problems(loaded, plugins, exc.problems)) from exc
-    problems = format_problems(recipe, loaded)
+    problems = format_problems(recipe, loaded) + device_problems(recipe, loaded)
     try:
         jobs = expand(recipe, loaded)
     except RecipeError as exc:
@@ -136,8 +136,7 @@ def variant_problems(variant: Variant, options: Options) -> list[Problem]:
             check()
         except RecipeError as exc:
             problems += exc.problems
-    return problems + device_problems(recipe, loaded) + optimization_problems(variant, options) \
-        + preflight.problems(recipe, loaded, variant.jobs)
+    return problems + optimization_problems(variant, options) + preflight.problems(recipe, loaded, variant.jobs)
 
 
 def device_problems(recipe: Recipe, loaded: LoadedRecipe) -> list[Problem]:
