@@ -367,8 +367,9 @@ def _unwrap(annotation: Any) -> Any:
 
 
 # The tags pydantic puts in an error's location for the member of a union that refused the value
-# ("literal['auto','max']", "constrained-int", "int"): not keys of the recipe.
-UNION_TAG = re.compile(r"literal\[.*\]|constrained-\w+|(?:int|float|str|bool|list|dict)(?:\[.*\])?|function-\w+\[.*\]")
+# ("literal['auto','max']", "constrained-int", "list[str]"): not keys of the recipe (a TOML key
+# could be "int", so bare type names stay).
+UNION_TAG = re.compile(r"literal\[.*\]|constrained-\w+|(?:int|float|str|bool|list|dict)\[.*\]|function-\w+\[.*\]")
 
 
 def problem_from_pydantic(
