@@ -51,7 +51,7 @@ def register_optimizations() -> list[Optimization]:
             settings=Settings,
             stage="memory",
             apply=apply,
-            check=check,
+            check=check, light_check=True,
             switch=switch,
             description="compute attention in slices: less memory, slightly slower",
         )

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recipe_runner.api import BuildContext, Unsupported
+from recipe_runner.api import BuildContext, Conflict, Unsupported
 
 
 def denoiser(pipe: Any) -> tuple[str, Any]:
@@ -34,7 +34,9 @@ def require_package(name: str, purpose: str, install: str | None = None) -> None
 
 
 def require_cuda(context: BuildContext, purpose: str) -> None:
-    """Refuse unless the run's device is a CUDA device."""
+    """Refuse unless the run's device is a CUDA device ("auto" before loading: only torch can tell)."""
+    if str(context.device) == "auto":
+        return
     if not str(context.device).startswith("cuda"):
         raise Unsupported(f"{purpose} needs a CUDA GPU; this run's device is {context.device!r}")
 
@@ -64,4 +66,4 @@ def conflict(context: BuildContext, others: tuple[str, ...], reason: str) -> Non
     """Refuse when any of ``others`` is enabled too (``context.enabled``): a known-bad combination."""
     clash = [name for name in others if name in context.enabled]
     if clash:
-        raise Unsupported(f"cannot be combined with {clash[0]}: {reason}")
+        raise Conflict(f"cannot be combined with {clash[0]}: {reason}")

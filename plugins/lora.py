@@ -41,6 +41,7 @@ from recipe_runner.api import (
     enable,
     hookimpl,
     is_local_reference,
+    model_source,
     moved,
     short_id,
 )
@@ -78,10 +79,20 @@ def adapter_names(settings: Settings) -> list[str]:
     return names
 
 
-def source(adapter: Adapter, index: int, context: BuildContext) -> str:
-    """A local file or folder (relative to the recipe that wrote it), else a Hub repo id."""
+def source(adapter: Adapter, index: int, context: BuildContext, fetch: bool = True) -> str:
+    """An id a plugin model source serves (``tiny:lora-fox``: built now, unless ``fetch`` is false),
+    a local file or folder (relative to the recipe that wrote it), else a Hub repo id."""
     loaded = context.loaded
     folder = loaded.origin(f"optimizations.lora.adapters.{index}.id").folder if loaded else Path.cwd()
+    served = model_source(adapter.id)
+    if served is not None:
+        refused = served.problem(adapter.id)
+        if refused is not None:
+            raise Unsupported(f"adapters[{index}].id: {refused[0]}")
+        try:
+            return served.locate(adapter.id, folder) if fetch else adapter.id
+        except ValueError as exc:
+            raise Unsupported(f"adapters[{index}].id: {exc}") from exc
     candidate = (folder / Path(adapter.id).expanduser()).resolve()
     if candidate.exists():
         return str(candidate)
@@ -93,7 +104,7 @@ def source(adapter: Adapter, index: int, context: BuildContext) -> str:
 def check(settings: Settings, context: BuildContext) -> None:
     require_package("peft", "lora")
     for index, adapter in enumerate(settings.adapters):
-        source(adapter, index, context)
+        source(adapter, index, context, fetch=False)  # light: nothing is built or fetched here
 
 
 LOADED = "_recipe_runner_adapters"  # adapter name -> (source, weight_name) loaded under it
@@ -165,8 +176,8 @@ def weight_files(settings: Settings) -> list[WeightFile]:
 
 @hookimpl
 def register_optimizations() -> list[Optimization]:
-    return [Optimization(name="lora", settings=Settings, stage="components", apply=apply, check=check, switch=switch,
-                         weight_files=weight_files,
+    return [Optimization(name="lora", settings=Settings, stage="components", apply=apply, check=check, light_check=True,
+                         switch=switch, weight_files=weight_files,
                          description="LoRA adapters: load, weight (set_adapters), optionally fuse")]
 
 

@@ -73,6 +73,6 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
 
 @hookimpl
 def register_optimizations() -> list[Optimization]:
-    return [Optimization(name="offload", settings=Settings, stage="memory", apply=apply, check=check,
+    return [Optimization(name="offload", settings=Settings, stage="memory", apply=apply, check=check, light_check=True,
                          places_model=True,
                          description="CPU offload: model, sequential or group (needs an accelerator)")]

@@ -123,6 +123,6 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> dict:
 
 @hookimpl
 def register_optimizations() -> list[Optimization]:
-    return [Optimization(name="quantization", settings=Settings, stage="load", apply=apply, check=check,
+    return [Optimization(name="quantization", settings=Settings, stage="load", apply=apply, check=check, light_check=True,
                          load_kwargs=load_kwargs,
                          description="quantized weights at load time (torchao, bitsandbytes), per component")]

@@ -15,6 +15,15 @@ Nothing is downloaded: weights come from a fixed seed per component, and the
 tokenizers' vocabularies are generated here. Images are 64x64 by default and
 the VAEs downsample 8x like the real ones, so any multiple of 16 also works.
 
+Beside the pipelines, the ``tiny:`` source serves what the other axes need, offline:
+
+- "sd15-b": the SD-1.5 layout again with other weights (a second model for a ``model`` axis).
+- "vae": a standalone AutoencoderKL with sd15's config and other weights, for ``[components.vae]``
+  or a ``components.vae`` axis (``id = "tiny:vae"``).
+- "lora-<name>": a rank-4 LoRA file for the SD-1.5-layout UNet (``tiny:sd15`` and ``tiny:sd15-b``),
+  its random weights seeded by ``<name>``, for ``[optimizations.lora]`` or a ``lora`` axis
+  (``{ id = "tiny:lora-fox" }``). Building it needs ``peft``, as loading any LoRA does.
+
 Use ``resolve_model_id("tiny:sd15")`` (or ``ensure("sd15")``) to get a cached
 folder that ``DiffusionPipeline.from_pretrained`` can load. torch and diffusers
 are imported lazily so that importing this module stays cheap.
@@ -22,8 +31,10 @@ are imported lazily so that importing this module stays cheap.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -33,6 +44,11 @@ from typing import Any
 from recipe_runner.api import ModelInfo, ModelSource, cache_dir, did_you_mean, hookimpl, model_info_from_folder
 
 KINDS: tuple[str, ...] = ("sd15", "sdxl", "sd3", "cogview4")
+OTHER_WEIGHTS: dict[str, tuple[str, int]] = {"sd15-b": ("sd15", 100)}  # kind -> (layout, seed offset)
+VAE_KIND = "vae"
+LORA_PREFIX = "lora-"
+LORA_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+LORA_FILE = "pytorch_lora_weights.safetensors"
 
 # Bump when any config, seed or vocabulary below changes, so that stale cached
 # folders are not reused.
@@ -156,8 +172,8 @@ COGVIEW4_VAE = {
 
 
 def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"unknown tiny pipeline kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    if kind not in KINDS and kind not in OTHER_WEIGHTS:
+        raise ValueError(f"unknown tiny pipeline kind {kind!r}; known kinds: {', '.join([*KINDS, *OTHER_WEIGHTS])}")
 
 
 def cached_path(kind: str) -> Path:
@@ -175,10 +191,65 @@ def ensure(kind: str) -> Path:
     dest = cached_path(kind)
     if dest.is_dir():
         return dest
+    layout, seed = OTHER_WEIGHTS.get(kind, (kind, 0))
     try:
-        return build(kind, dest)
+        return build(layout, dest, seed)
     except FileExistsError:
         return dest
+
+
+def ensure_vae() -> Path:
+    """The cached standalone tiny VAE folder (``tiny:vae``), built on first use."""
+    dest = cache_dir() / "tiny" / f"{VAE_KIND}-{FORMAT_VERSION}"
+    if dest.is_dir():
+        return dest
+    try:
+        return build_tiny_vae(dest)
+    except FileExistsError:
+        return dest
+
+
+def lora_folder(name: str) -> Path:
+    return cache_dir() / "tiny" / f"{LORA_PREFIX}{name}-{FORMAT_VERSION}"
+
+
+def ensure_lora(name: str) -> Path:
+    """The cached tiny LoRA file ``tiny:lora-<name>``, built on first use (needs ``peft``)."""
+    if not LORA_NAME.fullmatch(name):
+        raise ValueError(f"a tiny LoRA name is lowercase letters, digits, '-' and '_' (at most 40), got {name!r}")
+    dest = lora_folder(name)
+    if not dest.is_dir():
+        try:
+            build_tiny_lora(dest, name)
+        except FileExistsError:
+            pass
+    return dest / LORA_FILE
+
+
+def lora_seed(name: str) -> int:
+    """The seed of a tiny LoRA's weights: from its name, the same on every machine."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
+
+
+def build_tiny_lora(dest: Path, name: str) -> Path:
+    """Save a rank-4 LoRA on the tiny SD-1.5 UNet's attention (random, non-zero weights seeded by
+    ``name``), the way diffusers' training scripts save one: ``dest/pytorch_lora_weights.safetensors``."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(ensure("sd15"), subfolder="unet", use_safetensors=True)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(lora_seed(name))
+    try:
+        unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                    target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    finally:
+        torch.random.set_rng_state(state)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    return _build_atomically(Path(dest), lambda tmp: StableDiffusionPipeline.save_lora_weights(
+        tmp, unet_lora_layers=layers, safe_serialization=True))
 
 
 def resolve_model_id(model_id: str) -> str | None:
@@ -597,10 +668,12 @@ DEFAULT_SIZE = (64, 64)
 
 
 class TinySource(ModelSource):
-    """``tiny:sd15``, ``tiny:sdxl``, ``tiny:sd3``, ``tiny:cogview4``: built on first use into the cache."""
+    """``tiny:sd15``, ``tiny:sd15-b``, ``tiny:sdxl``, ``tiny:sd3``, ``tiny:cogview4`` (pipelines),
+    ``tiny:vae`` (a VAE) and ``tiny:lora-<name>`` (a LoRA file): built on first use into the cache."""
 
     name = "tiny"
-    description = "tiny:<kind>: a tiny random pipeline built on this machine (tests, the offline demo)"
+    description = ("tiny:<kind>: a tiny random pipeline built on this machine (tests, the offline demo); "
+                   "tiny:vae and tiny:lora-<name> for the VAE and LoRA axes")
     safetensors_only = True  # built here, in safetensors
 
     def claims(self, model_id: str) -> bool:
@@ -608,26 +681,44 @@ class TinySource(ModelSource):
 
     def problem(self, model_id: str) -> tuple[str, str | None] | None:
         kind = model_id[len(MODEL_ID_PREFIX):]
-        if kind in KINDS:
+        if kind in KINDS or kind in OTHER_WEIGHTS or kind == VAE_KIND:
             return None
-        known = [f"{MODEL_ID_PREFIX}{k}" for k in KINDS]
+        if kind.startswith(LORA_PREFIX):
+            if LORA_NAME.fullmatch(kind[len(LORA_PREFIX):]):
+                return None
+            return (f"a tiny LoRA is tiny:lora-<name>, the name lowercase letters, digits, '-' and '_', got {model_id!r}",
+                    'for example "tiny:lora-fox"')
+        known = [f"{MODEL_ID_PREFIX}{k}" for k in (*KINDS, *OTHER_WEIGHTS, VAE_KIND)]
         close = did_you_mean(model_id, known)
-        return f"unknown tiny pipeline {model_id!r}; known: {', '.join(known)}", f"did you mean {close!r}?" if close else None
+        return (f"unknown tiny pipeline {model_id!r}; known: {', '.join(known)}, tiny:lora-<name>",
+                f"did you mean {close!r}?" if close else None)
 
     def locate(self, model_id: str, folder: Path) -> str:
-        return str(ensure(model_id[len(MODEL_ID_PREFIX):]))  # ValueError for an unknown kind
+        kind = model_id[len(MODEL_ID_PREFIX):]
+        if kind == VAE_KIND:
+            return str(ensure_vae())
+        if kind.startswith(LORA_PREFIX):
+            return str(ensure_lora(kind[len(LORA_PREFIX):]))
+        return str(ensure(kind))  # ValueError for an unknown kind
 
     def ready(self, model_id: str) -> bool:
+        kind = model_id[len(MODEL_ID_PREFIX):]
+        if kind == VAE_KIND:
+            return (cache_dir() / "tiny" / f"{VAE_KIND}-{FORMAT_VERSION}").is_dir()
+        if kind.startswith(LORA_PREFIX):
+            return lora_folder(kind[len(LORA_PREFIX):]).is_dir()
         try:
-            return cached_path(model_id[len(MODEL_ID_PREFIX):]).is_dir()
+            return cached_path(kind).is_dir()
         except ValueError:
             return False
 
     def info(self, model_id: str) -> ModelInfo | None:
         kind = model_id[len(MODEL_ID_PREFIX):]
+        if kind not in KINDS and kind not in OTHER_WEIGHTS:
+            return None  # a VAE or a LoRA: not a pipeline
         folder = cached_path(kind)
         found = model_info_from_folder(folder) if folder.is_dir() else None
-        return found or ModelInfo(CLASSES[kind], None, {}, 8, DEFAULT_SIZE)
+        return found or ModelInfo(CLASSES[OTHER_WEIGHTS.get(kind, (kind, 0))[0]], None, {}, 8, DEFAULT_SIZE)
 
 
 @hookimpl

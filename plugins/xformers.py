@@ -34,5 +34,5 @@ def apply(pipe: Any, settings: Settings, context: BuildContext) -> None:
 
 @hookimpl
 def register_optimizations() -> list[Optimization]:
-    return [Optimization(name="xformers", settings=Settings, stage="attention", apply=apply, check=check,
+    return [Optimization(name="xformers", settings=Settings, stage="attention", apply=apply, check=check, light_check=True,
                          description="xformers memory-efficient attention (needs xformers and CUDA)")]

@@ -25,12 +25,12 @@ from .base.paths import atomic_write, cache_dir, is_local_reference
 from .pipelines.build import read_model_index
 from .pipelines.info import ModelInfo
 from .pipelines.info import from_folder as model_info_from_folder
-from .pipelines.sources import ModelSource
+from .pipelines.sources import SOURCES, ModelSource
 from .plan.batches import Batch, plan
 from .plan.matrix import Job, expand
 from .recipe.context import BuildContext
 from .recipe.model import Recipe
-from .recipe.optimizations import STAGES, Optimization, OptimizationSettings, Unsupported, WeightFile
+from .recipe.optimizations import STAGES, Conflict, Optimization, OptimizationSettings, Unsupported, WeightFile
 from .records.formats import OutputFormat
 from .views.metrics import Metric
 
@@ -57,12 +57,14 @@ __all__ = [
     "Recipe",
     "Unsupported",
     "WeightFile",
+    "Conflict",
     "atomic_write",
     "cache_dir",
     "did_you_mean",
     "hookimpl",
     "is_local_reference",
     "model_index",
+    "model_source",
     "planned_batches",
 ]
 
@@ -73,6 +75,12 @@ def model_index(location: str, revision: str | None = None) -> dict[str, Any]:
     runner reads it. Imports diffusers; a config that cannot be read is a ``RunError``."""
 
     return read_model_index(location, revision)
+
+
+def model_source(model_id: str) -> ModelSource | None:
+    """The plugin model source that serves ``model_id`` (``tiny:lora-fox``), or None for a local
+    path or a Hub id: a plugin that takes ids of its own (LoRA adapters) resolves them through it."""
+    return SOURCES.plugin_source(model_id)
 
 
 def planned_batches(context: BuildContext) -> list[Batch]:

@@ -65,3 +65,82 @@ def set_deterministic(enabled: bool) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=False)
     torch.backends.cudnn.benchmark = False
+
+
+# --- the device, decided without importing torch ------------------------------------------------
+
+
+def _torch_cuda_build() -> str | None | bool:
+    """The CUDA version the installed torch was built for, read from ``torch/version.py`` without
+    importing torch: a string, None for a build without CUDA or ROCm (torch.cuda is never
+    available), False when torch is not installed, the file cannot be read, or the build is a ROCm
+    one (``torch.cuda`` drives AMD GPUs there): undecided."""
+    import importlib.util
+    from pathlib import Path
+
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    try:
+        text = (Path(next(iter(spec.submodule_search_locations))) / "version.py").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, StopIteration):
+        return False
+    return cuda_of_version_file(text)
+
+
+def cuda_of_version_file(text: str) -> str | None | bool:
+    """``torch/version.py``'s ``cuda``, as :func:`_torch_cuda_build` returns it."""
+    import re
+
+    def field(name: str) -> str | None | bool:
+        found = re.search(rf"^{name}\s*(?::[^=]*)?=\s*(None|'[^']*'|\"[^\"]*\")\s*$", text, re.M)
+        if found is None:
+            return False
+        return None if found.group(1) == "None" else found.group(1).strip("'\"")
+
+    cuda, hip = field("cuda"), field("hip")
+    if cuda is None and hip is not None:  # a ROCm build (or a version.py this does not know): undecided
+        return False
+    return cuda
+
+
+def _nvidia_driver() -> bool | None:
+    """Whether an NVIDIA driver is loaded (Linux: ``/proc/driver/nvidia`` or ``/dev/nvidia*``);
+    None where that cannot be told without CUDA itself (other systems)."""
+    import glob
+    import os
+
+    if not sys.platform.startswith("linux"):
+        return None
+    if os.path.exists("/dev/dxg"):  # WSL 2: the Windows driver serves CUDA through /dev/dxg
+        return None
+    return os.path.exists("/proc/driver/nvidia/version") or bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def device_unavailable(spec: str) -> str | None:
+    """Why the device ``spec`` ("cuda", "cuda:N", "mps") certainly cannot be used here, decided
+    without importing torch (``--dry-run`` stays light), or None when it may be (the run then asks
+    torch). Certain: a CPU-only torch build, no NVIDIA driver on Linux, MPS off macOS."""
+    if spec.startswith("cuda"):
+        build = _torch_cuda_build()
+        if build is None:
+            return "CUDA is not available on this machine (the installed torch is a CPU-only build)"
+        if build is not False and _nvidia_driver() is False:
+            return f"CUDA is not available on this machine (torch is built for CUDA {build}, but no NVIDIA driver is loaded)"
+        return None
+    if spec == "mps" and sys.platform != "darwin":
+        return "MPS is not available on this machine (MPS is Apple silicon's GPU, on macOS only)"
+    return None
+
+
+def probable_device(spec: str) -> str | None:
+    """The device ``spec`` resolves to, decided without torch, or None when only torch can tell:
+    ``auto`` is "cpu" when neither CUDA nor MPS can be here."""
+    if spec != "auto":
+        return spec
+    if device_unavailable("cuda") and device_unavailable("mps"):
+        return "cpu"
+    return None

@@ -73,7 +73,10 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20, checked:
         if f"components.{name}" in r.matrix.axes:
             continue  # an axis replaces it: the pipelines below say with what
         lines.append(f"  component      {name} <- {comp.id}" + (f" ({comp.subfolder})" if comp.subfolder else ""))
-    if r.scheduler:
+    if "scheduler" in r.matrix.axes:  # the axis replaces [scheduler] in every job: name what they use
+        used = dict.fromkeys(str(scheduler_label(job.scheduler)) for job in prepared.jobs if job.scheduler)
+        lines.append(f"  scheduler      by axis: {', '.join(used)}")
+    elif r.scheduler:
         lines.append(f"  scheduler      {scheduler_label(r.scheduler.model_dump())}")
     opts = ", ".join(f"{e.name} {json.dumps(e.settings.model_dump(mode='json'))}" for e in prepared.enabled) or "none"
     lines.append(f"  optimizations  {opts}")

@@ -282,7 +282,10 @@ def make_context(recipe: Recipe, loaded: LoadedRecipe | None, enabled: list[Enab
             trust_remote_code: bool = False, warn: Callable[[str], None] = report.warn) -> BuildContext:
     """Everything decided before loading: device, dtype, location, and each optimization's check."""
     quiet_libraries()
-    device = detect_device(recipe.model.device)
+    try:
+        device = detect_device(recipe.model.device)
+    except RunError as exc:  # located: the key that asked for the device, with its file and line
+        raise RecipeError([problem_at(loaded, "model.device", str(exc), 'use "auto" or "cpu"')]) from exc
     dtype = choose_dtype(recipe.model.dtype, device, warn)
     folder = loaded.origin("model.id").folder if loaded else Path.cwd()
     location = locate(recipe.model.id, folder, "model.id", loaded)
@@ -314,7 +317,7 @@ def run_checks(enabled: list[Enabled], ctx: BuildContext, loaded: LoadedRecipe |
                 continue
             if not isinstance(exc, Unsupported):
                 raise
-            settle(item, str(exc), problem, ctx.warn)
+            settle(item, exc, problem, ctx.warn)
     ctx.enabled = [e.name for e in enabled if e.status != "skipped"]
 
 
@@ -394,7 +397,7 @@ def build(recipe: Recipe, loaded: LoadedRecipe | None, jobs: list[Job], enabled:
             try:
                 extra.update(item.optimization.load_kwargs(item.settings, ctx))
             except Unsupported as exc:
-                settle(item, str(exc), problem, ctx.warn)
+                settle(item, exc, problem, ctx.warn)
     active = [e for e in active if e.status != "skipped"]
     pipe = load_pipeline(recipe, loaded, ctx, extra)
     loaded_at = time.perf_counter()
@@ -409,7 +412,7 @@ def build(recipe: Recipe, loaded: LoadedRecipe | None, jobs: list[Job], enabled:
             if isinstance(details, dict):
                 item.details.update(details)
         except Unsupported as exc:
-            settle(item, str(exc), problem, ctx.warn)
+            settle(item, exc, problem, ctx.warn)
 
     before_placement = [e for e in active if e.optimization.stage in ("load", "components")]
     after_placement = [e for e in active if e not in before_placement]

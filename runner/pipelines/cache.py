@@ -183,7 +183,7 @@ class ModelCache:
         except Unsupported as exc:
             if new is None:  # the pipeline would keep it on: no image may be made with it by mistake
                 raise RunError(f"optimizations.{item.name}: cannot switch it off on the loaded pipeline: {exc}") from exc
-            settle(new, str(exc), lambda k, m, h=None: problem_at(variant.loaded, k, m, h), ctx.warn)
+            settle(new, exc, lambda k, m, h=None: problem_at(variant.loaded, k, m, h), ctx.warn)
             return False
         self.switches += 1
         if new is not None:

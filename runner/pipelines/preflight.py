@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ..recipe.model import Recipe
 
 LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
-AFTER_LOADING = "scheduler compatibility, component classes, what each optimization does to the pipeline, input image decoding"
+AFTER_LOADING = "scheduler compatibility, component classes, what each optimization does to the pipeline, what only torch can tell of the device, input image decoding"
 
 
 @dataclass
@@ -198,7 +198,8 @@ def _unique(found: list[Problem]) -> list[Problem]:
 def notes(recipe: Recipe, loaded: LoadedRecipe | None) -> list[str]:
     """What --dry-run checked and what waits for the model, in plain words."""
     found = find_model(recipe, loaded)
-    now = "parameter types and ranges, finite numbers, sizes, plugin names and settings, input files"
+    now = ("parameter types and ranges, finite numbers, sizes, plugin names and settings, optimizations' combinations, "
+           "packages and device (told without torch), input files")
     if found.info is not None:
         cls = pipeline_info.task_class(found.info.class_name, recipe.model.task) or found.info.class_name
         now += f", {cls} call parameters (model_index.json), scheduler names and options"

@@ -219,11 +219,48 @@ def expand(recipe: Recipe, loaded: LoadedRecipe | None = None) -> list[Job]:
         key = (job.prompt, job.seed, job.image, job.mask_image, tuple(sorted(job.vars.items())), repr(job.axes))
         first = seen.setdefault(key, job)
         if first is not job:
+            listed_twice = _listed_twice(recipe, loaded)
+            if listed_twice:
+                raise RecipeError(listed_twice)
             what = f"prompt {job.prompt!r}, seed {job.seed}" + (f", image {job.image!r}" if job.image else "")
             raise RecipeError([problem_at(loaded, "matrix", f"jobs {first.index} and {job.index} are the same job "
                                           f"({what}): a value is listed twice", "list each prompt, seed, image "
                                           "and axis value once")])
     return jobs
+
+
+def _listed_twice(recipe: Recipe, loaded: LoadedRecipe | None) -> list[Problem]:
+    """Each value a ``[matrix]`` list repeats, at the repeat's own key and line (``matrix.seeds.2``)."""
+    m = recipe.matrix
+    if m.mode == "zip":
+        return []  # zipped lists pair up: a value repeated in one list is not by itself a repeated job
+    lists: list[tuple[str, list[Any]]] = [("matrix.prompts", m.prompts), ("matrix.seeds", m.seeds),
+                                          ("matrix.images", m.images)]
+    lists += [(f"matrix.vars.{name}", values) for name, values in m.vars.items()]
+    lists += [(f"matrix.axes.{name}", values) for name, values in m.axes.items()]
+    problems: list[Problem] = []
+    for key, values in lists:
+        if key == "matrix.seeds" and isinstance(loaded_value(loaded, key), int):
+            continue  # seeds = N: 0..N-1, never repeated
+        first: dict[str, int] = {}
+        for i, value in enumerate(values):
+            text = json.dumps(value, sort_keys=True, default=str)
+            if text in first:
+                problems.append(problem_at(loaded, f"{key}.{i}", f"{value!r} is listed twice (also {key}.{first[text]}): "
+                                           "the same job would be made twice", "list each value once"))
+            else:
+                first[text] = i
+    return problems
+
+
+def loaded_value(loaded: LoadedRecipe | None, key: str) -> Any:
+    """The value at a dotted key of the recipe as written (None when absent or unknown)."""
+    current: Any = loaded.data if loaded is not None else None
+    for part in key.split("."):
+        if not isinstance(current, dict):
+            return None
+        current = current.get(part)
+    return current
 
 
 def axis_order(names: list[str]) -> list[str]:

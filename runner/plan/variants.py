@@ -35,7 +35,7 @@ from ..axes.registry import KINDS, is_build_axis, value_label
 from ..base.errors import Problem, RecipeError
 from ..recipe.loading import LoadedRecipe
 from ..recipe.model import Recipe, problem_from_pydantic
-from ..recipe.optimizations import Enabled, Registry
+from ..recipe.optimizations import REQUIRED_HINT, Enabled, Registry
 from .matrix import Job, axis_order
 
 
@@ -167,5 +167,7 @@ def relabel(problems: Sequence[Problem], variant: Variant) -> list[Problem]:
                 key = f"matrix.axes.{name}.{variant.positions[name]}"
                 break
         moved = replace(p, key=key or None)
+        if key != (p.key or "") and p.hint == REQUIRED_HINT:
+            moved = replace(moved, hint=None)  # an axis value has no table to set required = false in
         out.setdefault((moved.key, moved.message, moved.file, moved.line), moved)
     return list(out.values())

@@ -117,12 +117,21 @@ class MatrixSpec(Strict):
             return list(range(value))
         if not isinstance(value, list) or not value:
             raise ValueError(expected)
-        for seed in value:
-            if isinstance(seed, bool) or not isinstance(seed, int):
-                raise ValueError(f"{expected}; got {seed!r}")
-            if not 0 <= seed <= MAX_SEED:
-                raise ValueError(f"a seed must be between 0 and 2**64-1, got {seed}")
+        wrong = seed_problems(value)
+        if wrong:  # validate() reports every item of wrong, each at its own key
+            raise ValueError(f"matrix.seeds.{wrong[0][0]}: {wrong[0][1]}")
         return value
+
+
+def seed_problems(seeds: list[Any]) -> list[tuple[int, str]]:
+    """(index, what is wrong) of every item of a ``seeds`` list that is not a seed."""
+    wrong = []
+    for i, seed in enumerate(seeds):
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            wrong.append((i, f"expected an integer seed, got {seed!r}"))
+        elif not 0 <= seed <= MAX_SEED:
+            wrong.append((i, f"a seed must be between 0 and 2**64-1, got {seed}"))
+    return wrong
 
 
 class RunSpec(Strict):
@@ -243,11 +252,8 @@ class Recipe(Strict):
     @field_validator("optimizations")
     @classmethod
     def _optimizations(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for name, setting in value.items():
-            if not isinstance(setting, (bool, dict)):
-                raise ValueError(
-                    f"optimizations.{name}: expected true, false or a table of settings, got {setting!r}"
-                )
+        several([f"optimizations.{name}: expected true, false or a table of settings, got {setting!r}"
+                 for name, setting in value.items() if not isinstance(setting, (bool, dict))])
         return value
 
     @field_validator("output")
@@ -255,30 +261,48 @@ class Recipe(Strict):
     def _grid_fields(cls, value: OutputSpec, info: ValidationInfo) -> OutputSpec:
         matrix = info.data.get("matrix")
         if matrix is None:
-            return value
-        known = list(GRID_FIELDS) + list(matrix.vars) + [a for a in matrix.axes if a != "scheduler"]
-        # an axis written <table>.<key> (components.vae) is also named by its key alone; the others as params.<name>
-        known += [f"vars.{v}" for v in matrix.vars] + [f"params.{a}" for a in matrix.axes if "." not in a and a != "scheduler"]
-        known += [a.partition(".")[2] for a in matrix.axes if "." in a]
-        placed: dict[str, str] = {}
-        for key in ("x", "y", "z"):
-            for i, name in enumerate(getattr(value.grid, key)):
-                if name not in known:
-                    hint = suggest(name, known, "expected seed, prompt, image, scheduler, a var or an axis")
-                    raise ValueError(f"output.grid.{key}.{i}: {name!r} is neither a field of the matrix nor an axis ({hint})")
-                short = name.split(".", 1)[-1]
-                if short in placed:
-                    raise ValueError(f"output.grid.{key}.{i}: {name!r} is already in output.grid.{placed[short]}")
-                placed[short] = key
+            return value  # the matrix did not validate: validate() checks the names against it as written
+        several(grid_field_problems(value.grid, list(matrix.vars), list(matrix.axes)))
         return value
 
     @field_validator("params")
     @classmethod
     def _params(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for name in value:
-            if name in RESERVED_PARAMS:
-                raise ValueError(f"params.{name}: set by the runner: {RESERVED_PARAMS[name]}")
+        several([f"params.{name}: set by the runner: {RESERVED_PARAMS[name]}" for name in value if name in RESERVED_PARAMS])
         return value
+
+
+SEVERAL = "\n"  # between the "dotted.key: message" lines of a validator that found several problems
+
+
+def several(found: list[str]) -> None:
+    """Raise every "dotted.key: message" a validator found at once (validate() splits them into
+    one problem each): one pass reports every problem, not the first of each table."""
+    if found:
+        raise ValueError(SEVERAL.join(found))
+
+
+def grid_field_problems(grid: GridSpec, var_names: list[str], axis_names: list[str]) -> list[str]:
+    """Each ``[output.grid]`` x/y/z name that is neither a field of the matrix nor an axis, or
+    that is placed twice, as "output.grid.<x|y|z>.<i>: message"."""
+    known = list(GRID_FIELDS) + var_names + [a for a in axis_names if a != "scheduler"]
+    # an axis written <table>.<key> (components.vae) is also named by its key alone; the others as params.<name>
+    known += [f"vars.{v}" for v in var_names] + [f"params.{a}" for a in axis_names if "." not in a and a != "scheduler"]
+    known += [a.partition(".")[2] for a in axis_names if "." in a]
+    placed: dict[str, str] = {}
+    found = []
+    for key in ("x", "y", "z"):
+        for i, name in enumerate(getattr(grid, key)):
+            if name not in known:
+                hint = suggest(name, known, "expected seed, prompt, image, scheduler, a var or an axis")
+                found.append(f"output.grid.{key}.{i}: {name!r} is neither a field of the matrix nor an axis ({hint})")
+                continue
+            short = name.split(".", 1)[-1]
+            if short in placed:
+                found.append(f"output.grid.{key}.{i}: {name!r} is already in output.grid.{placed[short]}")
+                continue
+            placed[short] = key
+    return found
 
 
 # --- validation errors, ruff style -------------------------------------------------------------
@@ -348,6 +372,12 @@ def _unwrap(annotation: Any) -> Any:
             return annotation
 
 
+# The tags pydantic puts in an error's location for the member of a union that refused the value
+# ("literal['auto','max']", "constrained-int", "list[str]"): not keys of the recipe (a TOML key
+# could be "int", so bare type names stay).
+UNION_TAG = re.compile(r"literal\[.*\]|constrained-\w+|(?:int|float|str|bool|list|dict)\[.*\]|function-\w+\[.*\]")
+
+
 def problem_from_pydantic(
     error: Mapping[str, Any],
     problem: Callable[..., Problem],
@@ -360,7 +390,7 @@ def problem_from_pydantic(
     the keys it allows) and ``prefix`` the dotted key of its table within the recipe.
     """
     model = model or Recipe
-    loc = tuple(error["loc"])
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and UNION_TAG.fullmatch(p)))
     key = ".".join([prefix] * bool(prefix) + [str(p) for p in loc])
     kind = error["type"]
     value = error.get("input")
@@ -402,5 +432,54 @@ def validate(loaded: LoadedRecipe) -> Recipe:
     try:
         return Recipe.model_validate(loaded.data)
     except ValidationError as exc:
-        problems = [problem_from_pydantic(dict(e), loaded.problem) for e in exc.errors()]
+        problems = []
+        for error in exc.errors():
+            if tuple(error["loc"]) == ("matrix", "seeds") and isinstance(error.get("input"), list):
+                wrong = seed_problems(error["input"])  # every wrong item, not only the first
+                if wrong:
+                    problems += [loaded.problem(f"matrix.seeds.{i}", message) for i, message in wrong]
+                    continue
+            if error["type"] == "value_error" and SEVERAL in str(error.get("ctx", {}).get("error", "")):
+                for line in str(error["ctx"]["error"]).split(SEVERAL):
+                    one = {**error, "ctx": {**error["ctx"], "error": line}}
+                    problems.append(relocated(problem_from_pydantic(one, loaded.problem), loaded))
+                continue
+            problems.append(relocated(problem_from_pydantic(dict(error), loaded.problem), loaded))
+        if not any((p.key or "").startswith("output.grid") for p in problems):
+            problems += [relocated(p, loaded) for p in written_grid_problems(loaded)]
         raise RecipeError(problems) from None
+
+
+def written_grid_problems(loaded: LoadedRecipe) -> list[Problem]:
+    """The ``[output.grid]`` names against the matrix as written, when the matrix itself did not
+    validate (its vars and axes are still known by name)."""
+    data = loaded.data
+    output, matrix = data.get("output"), data.get("matrix")
+    grid = output.get("grid") if isinstance(output, dict) else None
+    if not isinstance(grid, dict) or not isinstance(matrix, dict):
+        return []
+    try:
+        spec = GridSpec.model_validate(grid)
+        axes = MatrixSpec._flatten_axes(matrix.get("axes") or {})
+    except (ValidationError, ValueError):
+        return []
+    var_names = list(matrix["vars"]) if isinstance(matrix.get("vars"), dict) else []
+    axis_names = list(axes) if isinstance(axes, dict) else []
+    found = []
+    for line in grid_field_problems(spec, var_names, axis_names):
+        key, _, message = line.partition(": ")
+        found.append(loaded.problem(key, message))
+    return found
+
+
+def relocated(problem: Problem, loaded: LoadedRecipe) -> Problem:
+    """``output.grid.x.0`` where the recipe wrote ``x = "name"`` (a string, not a list) is
+    reported at ``output.grid.x``, the key as written."""
+    found = re.fullmatch(r"(output\.grid\.[xyz])\.0", problem.key or "")
+    if found is None:
+        return problem
+    output = loaded.data.get("output")
+    grid = output.get("grid") if isinstance(output, dict) else None
+    if isinstance(grid, dict) and isinstance(grid.get(found.group(1).rsplit(".", 1)[1]), str):
+        return loaded.problem(found.group(1), problem.message, problem.hint)
+    return problem

@@ -39,6 +39,17 @@ class Unsupported(Exception):
     says why. A required optimization then stops the recipe (exit 2); ``required = false`` skips."""
 
 
+class Conflict(Unsupported):
+    """An :class:`Unsupported` that no machine cures: the optimization cannot be combined with
+    another one the recipe enables. ``required = false`` would only hide the mistake, so the
+    error does not suggest it."""
+
+
+# The hint of an optimization that cannot run on this machine (not given for a Conflict, nor
+# where the value comes from an axis: see recipe_runner.plan.variants.relabel).
+REQUIRED_HINT = "set required = false in its table to skip it when unavailable"
+
+
 S = TypeVar("S", bound=OptimizationSettings)
 S_contra = TypeVar("S_contra", bound=OptimizationSettings, contravariant=True)
 Facts = dict[str, Any] | None  # what an optimization reports, recorded in the manifest
@@ -93,6 +104,10 @@ class Optimization(Generic[S]):
     - ``check(settings, context)``: before the model loads, raise :class:`Unsupported` when it
       cannot run on this machine or with the other enabled optimizations (``context.enabled``).
     - ``load_kwargs(settings, context)``: extra ``from_pretrained`` keyword arguments (load stage).
+    - ``light_check``: ``check`` imports neither torch nor diffusers and reads no weights (it may
+      look at ``context.device``, which is then the device as far as it can be told without torch:
+      "auto" when only torch can tell): every mode's prepare runs it too, so ``--dry-run`` refuses
+      what a run would refuse, before anything loads.
     - ``places_model``: it moves the model to its device itself (offloading); the runner then
       does not call ``pipe.to(device)``.
     - ``switch(pipe, old, new, context)``: change a built pipeline in place from settings ``old``
@@ -114,6 +129,7 @@ class Optimization(Generic[S]):
     places_model: bool = False
     switch: Switch[S] | None = None
     weight_files: WeightFiles[S] | None = None
+    light_check: bool = False
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -328,12 +344,21 @@ class Registry:
         return sorted(enabled, key=lambda e: (STAGES.index(e.optimization.stage), e.name))
 
 
-def settle(enabled: Enabled, reason: str, problem: Callable[..., Problem], warn: Callable[[str], None]) -> None:
+def settle(enabled: Enabled, reason: str | Unsupported, problem: Callable[..., Problem], warn: Callable[[str], None]) -> None:
     """An optimization cannot run: stop the recipe, or skip it when ``required = false``."""
-    if enabled.settings.required:
-        raise RecipeError([problem(
-            f"optimizations.{enabled.name}", f"cannot run here: {reason}",
-            "set required = false in its table to skip it when unavailable",
-        )])
-    enabled.status, enabled.reason = "skipped", reason
+    found = refusal(enabled, reason, problem)
+    if found is not None:
+        raise RecipeError([found])
+    enabled.status, enabled.reason = "skipped", str(reason)
     warn(f"optimizations.{enabled.name}: skipped: {reason}")
+
+
+def refusal(enabled: Enabled, reason: str | Unsupported, problem: Callable[..., Problem]) -> Problem | None:
+    """The problem of an optimization that cannot run (``reason``: the message, or the exception
+    saying it), or None when ``required = false`` lets it be skipped. The hint "set required =
+    false" is given only where it helps: not for a :class:`Conflict` between optimizations."""
+    if not enabled.settings.required:
+        return None
+    if isinstance(reason, Conflict):
+        return problem(f"optimizations.{enabled.name}", f"cannot run here: {reason}")
+    return problem(f"optimizations.{enabled.name}", f"cannot run here: {reason}", REQUIRED_HINT)

@@ -305,7 +305,7 @@ def resume(manifest: Manifest, jobs: Sequence[Job], keys: Keys, batch_size: int,
     wanted = set(files)
     for name, record in records.items():
         if name not in wanted and record.get("status") in ("done", "stale") and regular_file(folder / name):
-            state.replaced.append(Replaced(name, "no job of this recipe makes it any more", record))
+            state.replaced.append(Replaced(name, NOT_MADE, record))
     honoured = previous.batch_setting == batch_setting and not force
     state.batches = _batches(jobs, files, keys, batch_size, records if honoured else {}, state.pending)
     hashes.save()
@@ -313,6 +313,9 @@ def resume(manifest: Manifest, jobs: Sequence[Job], keys: Keys, batch_size: int,
     now = {name: i for i, name in enumerate(files)}
     state.made = {i: _made(state.made.get(i, {}), old_files, now) for i in state.done}
     return state
+
+
+NOT_MADE = "no job of this recipe makes it any more"  # why a file moved to history/ that no job replaced
 
 
 def _old_files(records: dict[str, dict[str, Any]]) -> dict[int, str]:

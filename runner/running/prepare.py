@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..base import environment
 from ..base.errors import Problem, RecipeError, suggest
 from ..base.report import warn
 from ..pipelines import lock, preflight, safety
@@ -24,10 +25,13 @@ from ..plan import inputs as inputs_mod
 from ..plan.matrix import expand
 from ..plan.prepared import Prepared
 from ..plan.variants import Variant, relabel
+from ..plan.variants import check as axis_value_problems
 from ..plan.variants import make as make_variants
 from ..plugin_api.manager import Plugins
+from ..recipe.context import BuildContext
 from ..recipe.loading import LoadedRecipe, display_path, load
 from ..recipe.model import Recipe, validate
+from ..recipe.optimizations import Unsupported, refusal
 from ..records.formats import FORMATS, exif_problem
 
 
@@ -57,9 +61,9 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
     """
     try:
         recipe = validate(loaded)
-    except RecipeError as exc:  # the value checks need no valid tables: report theirs in the same pass
-        raise RecipeError(exc.problems + checks.value_problems(loaded.data, loaded.problem)) from exc
-    problems = format_problems(recipe, loaded)
+    except RecipeError as exc:  # the checks that need no valid recipe report theirs in the same pass
+        raise RecipeError(exc.problems + written_problems(loaded, plugins, exc.problems)) from exc
+    problems = format_problems(recipe, loaded) + device_problems(recipe, loaded)
     try:
         jobs = expand(recipe, loaded)
     except RecipeError as exc:
@@ -76,6 +80,8 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
             found = make_variants(recipe, loaded, jobs, enabled, plugins.registry)
         except RecipeError as exc:
             problems += exc.problems
+    else:  # no variants without valid jobs and settings, but the axes' values are checked all the same
+        problems += axis_value_problems(recipe, loaded, plugins.registry)
     keys = inputs_mod.inputs_of(recipe.matrix)
     try:
         resolved = inputs_mod.resolve_sources(keys, loaded)
@@ -95,14 +101,35 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
     return Prepared(loaded, recipe, jobs, enabled, resolved, keys, options.out / recipe.name, found)
 
 
-def format_problems(recipe: Recipe, loaded: LoadedRecipe) -> list[Problem]:
+def written_problems(loaded: LoadedRecipe, plugins: Plugins, found: list[Problem]) -> list[Problem]:
+    """A recipe that did not validate, checked as written where its tables allow: parameter
+    values, the optimizations' settings and the output format. One pass reports every problem it
+    can find, not only the first table's (``found``: what validation reported)."""
+    data = loaded.data
+    problems = checks.value_problems(data, loaded.problem)
+    reported = {p.key for p in found if p.key}
+    table = data.get("optimizations")
+    if isinstance(table, dict):
+        written = {name: value for name, value in table.items()
+                   if isinstance(value, (bool, dict)) and f"optimizations.{name}" not in reported}
+        try:
+            plugins.registry.enable(written, loaded.problem)
+        except RecipeError as exc:
+            problems += exc.problems
+    output = data.get("output")
+    if isinstance(output, dict) and isinstance(output.get("format"), str) and "output.format" not in reported:
+        problems += format_problems(output["format"], loaded)
+    return problems
+
+
+def format_problems(name: str | Recipe, loaded: LoadedRecipe) -> list[Problem]:
     """``[output] format`` names a registered output format (built-in or a plugin's)."""
-    if recipe.output.format in FORMATS:
+    name = name.output.format if isinstance(name, Recipe) else name
+    if name in FORMATS:
         return []
     names = [repr(n) for n in FORMATS.names()]
     expected = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
-    return [loaded.problem("output.format", f"expected {expected}, got {recipe.output.format!r}",
-                           suggest(recipe.output.format, FORMATS.names()))]
+    return [loaded.problem("output.format", f"expected {expected}, got {name!r}", suggest(name, FORMATS.names()))]
 
 
 def output_problems(out_dir: Path) -> list[Problem]:
@@ -133,7 +160,41 @@ def variant_problems(variant: Variant, options: Options) -> list[Problem]:
             check()
         except RecipeError as exc:
             problems += exc.problems
-    return problems + preflight.problems(recipe, loaded, variant.jobs)
+    return problems + optimization_problems(variant, options) + preflight.problems(recipe, loaded, variant.jobs)
+
+
+def device_problems(recipe: Recipe, loaded: LoadedRecipe) -> list[Problem]:
+    """``model.device`` names a device this machine certainly lacks (told without torch)."""
+    why = environment.device_unavailable(recipe.model.device)
+    if why is None:
+        return []
+    return [loaded.problem("model.device", f"{recipe.model.device!r}: {why}",
+                           'use "auto" (CUDA, then MPS, then the CPU) or "cpu"')]
+
+
+def optimization_problems(variant: Variant, options: Options) -> list[Problem]:
+    """Each enabled optimization's ``check`` that needs no torch (``light_check``), against the
+    other enabled optimizations, the installed packages and the device as far as it can be told
+    without torch: what the run would refuse before loading, refused now (``--dry-run`` too)."""
+    recipe, loaded = variant.recipe, variant.loaded
+    spec = recipe.model.device
+    device = "auto" if environment.device_unavailable(spec) else (environment.probable_device(spec) or "auto")
+    dtype = recipe.model.dtype if recipe.model.dtype != "auto" or device == "auto" else (
+        "float32" if device == "cpu" else "float16")
+    context = BuildContext(recipe, device, dtype, recipe.model.task, recipe.model.id,
+                           enabled=[e.name for e in variant.enabled], allow_pickle=options.allow_pickle,
+                           trust_remote_code=options.trust_remote_code, warn=lambda _message: None, loaded=loaded)
+    problems: list[Problem] = []
+    for item in variant.enabled:
+        if item.optimization.check is None or not item.optimization.light_check:
+            continue
+        try:
+            item.optimization.check(item.settings, context)
+        except Unsupported as exc:
+            found = refusal(item, exc, loaded.problem)
+            if found is not None:
+                problems.append(found)
+    return problems
 
 
 def prepare_all(paths: Sequence[str | Path], sets: list[str], plugins: Plugins, options: Options, *,

@@ -39,7 +39,7 @@ from ..records.keys import job_keys
 from ..records.manifest import MANIFEST_NAME, Manifest
 from ..records.outputs import Writer
 from ..records.provenance import environment_extras
-from ..records.resume import Peek, peek, remove_leftovers, resume
+from ..records.resume import NOT_MADE, Peek, peek, remove_leftovers, resume
 from ..records.runlock import LOCK_NAME, hold
 from ..views import drawn
 from ..views.gallery import write_gallery
@@ -276,11 +276,12 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
         report.note(f"{recipe.name}: stopped after {done} of {len(state.pending)} new image(s): a watched file changed")
     rate = done / generate_seconds if generate_seconds > 0 else 0.0
     ranks = f" ({done} by rank 0 of {dist.world_size})" if dist.world_size > 1 else ""
-    loads = "" if len(prepared.variants) == 1 else f", {sum(1 for e in pipelines.log if e['how'] == 'loaded')} loads"
+    count = sum(1 for e in pipelines.log if e['how'] == 'loaded')
+    loads = "" if len(prepared.variants) == 1 else f", {count} load{'s' * (count != 1)}"
     report.result(f"{recipe.name}: {len(prepared.jobs)} images: {state.summary()}; made {done}{ranks} in "
-          f"{generate_seconds:.1f} s ({rate:.2f} images/s), load {pipelines.load_seconds:.1f} s{loads}, "
-          f"{peak_memory(ctx.device)} -> {display_path(out_dir)}/")
-    report.result(where_to_look(out_dir, recipe.output.gallery, manifest.history))
+                  f"{generate_seconds:.1f} s ({rate:.2f} images/s), load {pipelines.load_seconds:.1f} s{loads}, "
+                  f"{peak_memory(ctx.device)} -> {display_path(out_dir)}/")
+    report.result(where_to_look(out_dir, recipe.output.gallery, manifest.history, manifest.replaced))
     return data
 
 
@@ -290,11 +291,17 @@ def made_on_disk(manifest: Manifest, jobs: Sequence[Any]) -> int:
     return sum(1 for job in jobs if manifest.record(job).status == "done" and manifest.file_for(job).is_file())
 
 
-def where_to_look(out_dir: Path, gallery: bool, history: str | None) -> str:
-    """The summary's second line: the gallery, and where replaced images went."""
+def where_to_look(out_dir: Path, gallery: bool, history: str | None, moved: Sequence[dict[str, str]] = ()) -> str:
+    """The summary's second line: the gallery, and where the images this run moved aside went,
+    told apart: those it regenerated, and those no job of the recipe makes any more (so that
+    "0 regenerated" never stands beside "replaced images")."""
     parts = [f"gallery {display_path(out_dir / 'index.html')}"] if gallery else []
     if history is not None:
-        parts.append(f"replaced images kept in {display_path(out_dir / history)}/")
+        gone = sum(1 for r in moved if r.get("reason") == NOT_MADE)
+        replaced = len(moved) - gone
+        what = [f"{replaced} replaced image{'s' * (replaced != 1)}"] * bool(replaced or not moved)
+        what += [f"{gone} image{'s' * (gone != 1)} no job makes any more"] * bool(gone)
+        parts.append(f"{' and '.join(what)} kept in {display_path(out_dir / history)}/")
     return "  " + "; ".join(parts) if parts else ""
 
 

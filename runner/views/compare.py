@@ -283,8 +283,10 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def differences(a: Mapping[str, Any], b: Mapping[str, Any], first: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:
-    """(dotted key, old, new) for every key whose value differs; ``first`` keys lead."""
-    fa, fb = flatten(a), flatten(b)
+    """(dotted key, old, new) for every key whose value differs; ``first`` keys lead. An empty
+    table or list, or none, says the same as an absent key (``matrix.vars: {} -> (absent)`` is
+    no difference: one recipe wrote the default, the other left it out)."""
+    fa, fb = ({k: v for k, v in flatten(side).items() if v not in ({}, [], None)} for side in (a, b))
     keys = list(dict.fromkeys([*fa, *fb]))
     keys.sort(key=lambda k: (k not in first, first.index(k) if k in first else 0))
     missing = object()

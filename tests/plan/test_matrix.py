@@ -190,6 +190,14 @@ def test_the_same_job_listed_twice_is_refused(tmp_path):
     with pytest.raises(RecipeError) as exc:
         jobs_of(tmp_path, GROWING.format(prompts='["a dog", "a dog"]', seeds="[0]", who='["cat"]', guidance="[6.0]")
                 .replace('who = ["cat"]', "").replace("[matrix.vars]", ""))
-    assert "jobs 0 and 1 are the same job (prompt 'a dog', seed 0)" in str(exc.value)
-    with pytest.raises(RecipeError, match="jobs 0 and 2 are the same job"):
-        jobs_of(tmp_path, GROWING.format(prompts='["a {who}"]', seeds="[3, 4, 3]", who='["cat"]', guidance="[6.0]"))
+    assert "r.toml:5: matrix.prompts.1: 'a dog' is listed twice (also matrix.prompts.0)" in str(exc.value)
+    # at the list that repeats the value (its line), not at the [matrix] table (issue 20, item 9)
+    with pytest.raises(RecipeError) as exc:
+        jobs_of(tmp_path, GROWING.format(prompts='["a {who}"]', seeds="[3, 4, 3]", who='["cat", "cat"]',
+                                         guidance="[6.0, 7.0, 6.0]"))
+    assert [(p.key, p.line) for p in exc.value.problems] == [
+        ("matrix.seeds.2", 6), ("matrix.vars.who.1", 8), ("matrix.axes.guidance_scale.2", 10)]
+    # zipped lists pair up: the repeat is told as the two jobs it makes
+    with pytest.raises(RecipeError, match="jobs 0 and 1 are the same job"):
+        jobs_of(tmp_path, GROWING.format(prompts='["a dog", "a dog"]', seeds="[0, 0]", who="", guidance="[6.0, 6.0]")
+                .replace("[matrix.vars]\nwho = \n", 'mode = "zip"\n'))
