@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +15,11 @@ import pytest
 from recipe_runner.api import model_source
 from recipe_runner.plugin_api import manager
 from recipe_runner.plugins import tiny
-from tests.conftest import pixels
+from tests.conftest import (
+    REPO,  # noqa: E402
+    pixels,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 SWEEP = REPO / "recipes" / "tiny-sweep.toml"
 
 

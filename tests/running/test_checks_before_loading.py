@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from recipe_runner.api import hookimpl
 from recipe_runner.base import environment
+from tests.conftest import REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 HINT = "set required = false"
 
 BASE = """

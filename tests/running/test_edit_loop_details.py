@@ -6,15 +6,12 @@ tests/test_matrix.py; a grid name written as a string: tests/test_bad_recipes.py
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from recipe_runner.records.resume import NOT_MADE
 from recipe_runner.running.session import where_to_look
 from recipe_runner.views.compare import differences
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO  # noqa: E402
 
 RECIPE = """
 name = "details"
