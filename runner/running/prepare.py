@@ -21,7 +21,7 @@ from ..plan import checks
 from ..plan import inputs as inputs_mod
 from ..plan.matrix import expand
 from ..plan.prepared import Prepared
-from ..plan.variants import Variant, relabel
+from ..plan.variants import Variant, relabel, resolved_jobs
 from ..plan.variants import make as make_variants
 from ..plugin_api.manager import Plugins
 from ..recipe.loading import LoadedRecipe, load
@@ -72,6 +72,7 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
     if not problems:
         try:
             found = make_variants(recipe, loaded, jobs, enabled, plugins.registry)
+            jobs = resolved_jobs(found)  # each job with the pipeline it runs on: its identity is whole
         except RecipeError as exc:
             problems += exc.problems
     keys = inputs_mod.inputs_of(recipe.matrix)
