@@ -5,8 +5,12 @@ regenerated because their result changed, and the batches that make them.
 
 - A job is **unchanged** when its file exists with the key (:mod:`recipe_runner.records.keys`) and
   sha256 that the folder's manifest (or journal) recorded. File names and keys come from what a
-  job *is*, never from its position, so adding a seed, a prompt or an axis value leaves every
-  other job unchanged.
+  job *is* (the resolved job), never from its position or how the recipe spells it, so adding a
+  seed, a prompt or an axis value leaves every other job unchanged. A file the folder recorded
+  with the job's key under another name (an older recipe-runner's name, or a respelled recipe's)
+  is the job's too: kept as it is, under its name (:func:`match`).
+- Jobs equal to an earlier job (:attr:`recipe_runner.plan.prepared.Prepared.same_as`) are never
+  generated: their records show that job's image.
 - A job whose key changed (an edited parameter, scheduler, model...) or whose file was edited on
   disk is **regenerated**; the file it replaces is never deleted: :meth:`ResumeState.retire`
   moves it, with the files no job makes any more, into ``history/<time>/`` beside a
@@ -191,6 +195,8 @@ def read_previous(folder: Path, *, set_aside: bool = False, warn: Callable[[str]
         records, batch_setting = embedded_records(folder)
     if manifest is not None:
         for record in manifest.get("images") or []:
+            if isinstance(record.get("same_as"), int) and record["file"] in records:
+                continue  # a cell showing an equal job's image: the record of the job that made it says how
             records[record["file"]] = record
     for partial in sorted(folder.glob(PARTIAL_GLOB)):  # a distributed run that did not finish
         try:
@@ -338,7 +344,7 @@ def match(folder: Path, jobs: Sequence[Job], names: Sequence[str], key_of: Calla
     if not force:
         unresolved = [job for job in unresolved if not adopt(job)]
     by_cell: dict[str, list[str]] = {}
-    for name, record in records.items():
+    for name, record in records.items() if unresolved else ():
         if record.get("status") in ("done", "stale"):
             cell = record.get("cell")
             by_cell.setdefault(cell if isinstance(cell, str) else Path(name).stem, []).append(name)
