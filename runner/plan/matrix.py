@@ -45,7 +45,7 @@ class Job:
     scheduler: dict[str, Any] | None = None  # {"name", "options"}; None: the pipeline's own
     axes: dict[str, Any] = field(default_factory=dict)  # this job's value of each [matrix.axes] axis
     input_size: Any = None  # the sizes of its input image (and mask), once read: jobs of one batch share it
-    build: dict[str, Any] = field(default_factory=dict)  # its pipeline, resolved: see plan.variants.resolved_build
+    build: str = "{}"  # its pipeline, resolved, as canonical JSON: see plan.variants.resolved_build
 
     def identity(self) -> dict[str, Any]:
         """What the job *is*, resolved: the pipeline that makes it (model, components,
@@ -92,7 +92,7 @@ class Job:
     def same_job_key(self) -> tuple[Any, ...]:
         """A cheap stand-in for :meth:`identity` (equal exactly when the identities are): no JSON
         of the whole job, so 100,000 jobs are grouped in a fraction of a second."""
-        return (self.prompt, self.seed, self.image, self.mask_image, repr(sorted(self.params.items())),
+        return (self.build, self.prompt, self.seed, self.image, self.mask_image, repr(sorted(self.params.items())),
                 _canonical(self.scheduler) if self.scheduler else None)
 
 
@@ -109,14 +109,9 @@ def same_as(jobs: list[Job]) -> dict[int, int]:
     with the same identity (``lora = ["none", ...]`` x ``lora_scale``: each scale's "none" job is
     one image). Each is generated once, and shown in every cell that asks for it."""
     first: dict[tuple[Any, ...], int] = {}
-    builds: dict[int, str] = {}  # the jobs of one variant share one build object: its text once
     out: dict[int, int] = {}
     for job in jobs:
-        build = builds.get(id(job.build))
-        if build is None:
-            build = builds[id(job.build)] = _canonical(job.build)
-        key = (build, *job.same_job_key())
-        maker = first.setdefault(key, job.index)
+        maker = first.setdefault(job.same_job_key(), job.index)
         if maker != job.index:
             out[job.index] = maker
     return out
