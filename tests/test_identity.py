@@ -109,6 +109,7 @@ def run(cli, path: Path, out: Path, *args: str):
     return result
 
 
+@pytest.mark.slow
 def test_respelling_a_recipe_keeps_every_image_and_compare_pairs_them(recipe_runner_cli, recipe_runner_write_recipe,
                                                                       tmp_path, counter):
     """[params] guidance_scale = 7.5 moved into an axis [7.5, 12.0]: only the 12.0 images are made,
@@ -166,6 +167,7 @@ def to_older_layout(folder: Path) -> dict[str, str]:
     return renamed
 
 
+@pytest.mark.slow
 def test_a_folder_named_the_older_way_stays_nothing_to_do(recipe_runner_cli, recipe_runner_write_recipe, tmp_path,
                                                           counter):
     out = tmp_path / "out"
@@ -195,6 +197,7 @@ def test_a_folder_named_the_older_way_stays_nothing_to_do(recipe_runner_cli, rec
     assert set(renamed.values()) <= {r["file"] for r in history["replaced"]}
 
 
+@pytest.mark.slow
 def test_equal_jobs_are_generated_once_and_shown_in_every_cell(recipe_runner_cli, recipe_runner_write_recipe,
                                                                 tmp_path, counter):
     """"a {what}" with what = "cat" and a literal "a cat": one job, two cells."""
