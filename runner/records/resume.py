@@ -297,6 +297,7 @@ def match(folder: Path, jobs: Sequence[Job], names: Sequence[str], key_of: Calla
         return sha256 if record.get("sha256") == sha256 else None
 
     by_key: dict[str, list[str]] | None = None
+    own = {names[job.index] for job in jobs if job.index not in same_as}  # where each job writes
 
     def adopt(job: Job) -> bool:
         """A file the folder recorded with ``job``'s key, under another name: the job keeps it."""
@@ -309,8 +310,8 @@ def match(folder: Path, jobs: Sequence[Job], names: Sequence[str], key_of: Calla
         key = key_of(job)
         legacy = f"{job.cell_name()}.{ext}"
         for name in sorted(by_key.get(key, ()), key=lambda n: n != legacy):
-            if name in claimed:
-                continue
+            if name in claimed or (name in own and name != names[job.index]):
+                continue  # another job's own name: that job writes there
             sha256 = intact(name, key)
             if sha256 is not None:
                 out.done[job.index] = (name, sha256, records.get(name) or {})
