@@ -62,7 +62,8 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20, checked:
     r = prepared.recipe
     batch_setting = r.run.batch_size
     size = batch_setting if batch_setting != "auto" else initial_batch_size("auto", prepared.jobs, "cpu")
-    batches = plan(prepared.jobs, size)
+    shared = prepared.same_as  # equal jobs: generated once, shown in each cell
+    batches = plan([job for job in prepared.jobs if job.index not in shared], size)
     lines = [f"{r.name}  ({display_path(prepared.loaded.path)} -> {display_path(prepared.out_dir)}/)"]
     if r.description:
         lines.append(f"  {r.description}")
@@ -86,9 +87,11 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20, checked:
     checks_now = preflight.notes(r, prepared.loaded) + (checked or [])
     lines += [f"  {'checks' if i == 0 else '':<15}{note}" for i, note in enumerate(checks_now)]
     lines.append(f"  jobs           {len(prepared.jobs)} in {len(batches)} batch{'es' * (len(batches) != 1)}, "
-                 f"batch_size {size}{auto}, generator on {r.run.generator_device}")
+                 f"batch_size {size}{auto}, generator on {r.run.generator_device}"
+                 + (f"; {len(shared)} equal to another job, shown from its image" if shared else ""))
     if len(prepared.variants) > 1:
-        steps = load_order(prepared.variants, False, r.run.keep_models)  # --allow-pickle is the same for all
+        making = [v for v in prepared.variants if any(job.index not in shared for job in v.jobs)]
+        steps = load_order(making, False, r.run.keep_models)  # --allow-pickle is the same for all
         counts = {how: sum(1 for h, _ in steps if h == how) for how in ("load", "derive", "switch", "reuse")}
         summary = ", ".join(f"{n} {how}{'es' if how == 'switch' and n != 1 else 's' if n != 1 else ''}"
                             for how, n in counts.items() if n)

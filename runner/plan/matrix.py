@@ -45,10 +45,22 @@ class Job:
     scheduler: dict[str, Any] | None = None  # {"name", "options"}; None: the pipeline's own
     axes: dict[str, Any] = field(default_factory=dict)  # this job's value of each [matrix.axes] axis
     input_size: Any = None  # the sizes of its input image (and mask), once read: jobs of one batch share it
+    build: str = "{}"  # its pipeline, resolved, as canonical JSON: see plan.variants.resolved_build
 
     def identity(self) -> dict[str, Any]:
-        """What the job *is*: its prompt, seed, input and mask image, var values and axis values.
-        Never its position in the matrix, so adding a seed or a prompt leaves the others' alone."""
+        """What the job *is*, resolved: the pipeline that makes it (model, components,
+        optimizations, LoRA, generator device: :attr:`build`), the scheduler, every call parameter
+        (fixed or an axis value), the prompt text after the vars, the seed, the input image and
+        mask. However the recipe spells it (a [params] value or an axis value, a literal prompt or
+        one built from vars), equal jobs have equal identities; never its position in the matrix,
+        so adding a seed or a prompt leaves the others' alone."""
+        return {"build": self.build, "scheduler": self.scheduler, "params": self.params, "prompt": self.prompt,
+                "seed": self.seed, "image": self.image, "mask_image": self.mask_image}
+
+    def cell(self) -> dict[str, Any]:
+        """Where the job stands in the recipe as written: prompt, seed, input, var and axis values
+        (the identity file names had before they came from :meth:`identity`). An edited
+        parameter keeps a job's cell: the image it makes then replaces the cell's old one."""
         return {"prompt": self.prompt, "seed": self.seed, "image": self.image, "mask_image": self.mask_image,
                 "vars": dict(sorted(self.vars.items())), "axes": dict(sorted(self.axes.items()))}
 
@@ -64,13 +76,45 @@ class Job:
         return json.dumps(build, sort_keys=True, ensure_ascii=False, default=repr) if build else "{}"
 
     def identity_digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True, ensure_ascii=False,
-                                         default=repr).encode()).hexdigest()
+        return _digest(self.identity())
 
     def filename(self, ext: str) -> str:
         """``<prompt-slug>-s<seed>-<8 hex digits of the identity>.<ext>``: the same job always gets
-        the same name, whatever else the matrix holds."""
+        the same name, whatever else the matrix holds and however the recipe spells it."""
         return f"{slug(self.prompt)}-s{self.seed}-{self.identity_digest()[:8]}.{ext}"
+
+    def cell_name(self) -> str:
+        """``<prompt-slug>-s<seed>-<8 hex digits of the cell>``, without extension: the name the
+        job's file had before names came from the resolved job (an older folder's files are named
+        so), and what pairs an edited job with the image it replaces."""
+        return f"{slug(self.prompt)}-s{self.seed}-{_digest(self.cell())[:8]}"
+
+    def same_job_key(self) -> tuple[Any, ...]:
+        """A cheap stand-in for :meth:`identity` (equal exactly when the identities are): no JSON
+        of the whole job, so 100,000 jobs are grouped in a fraction of a second."""
+        return (self.build, self.prompt, self.seed, self.image, self.mask_image, repr(sorted(self.params.items())),
+                _canonical(self.scheduler) if self.scheduler else None)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=repr)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(_canonical(value).encode()).hexdigest()
+
+
+def same_as(jobs: list[Job]) -> dict[int, int]:
+    """The jobs that another job of the list already makes: index -> the index of the first job
+    with the same identity (``lora = ["none", ...]`` x ``lora_scale``: each scale's "none" job is
+    one image). Each is generated once, and shown in every cell that asks for it."""
+    first: dict[tuple[Any, ...], int] = {}
+    out: dict[int, int] = {}
+    for job in jobs:
+        maker = first.setdefault(job.same_job_key(), job.index)
+        if maker != job.index:
+            out[job.index] = maker
+    return out
 
 
 def slug(text: str, limit: int = 48) -> str:

@@ -5,12 +5,13 @@ and every later stage consumes: the dry run, the look at the output folder, the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from ..recipe.loading import LoadedRecipe
 from ..recipe.model import Recipe
 from ..recipe.optimizations import Enabled
-from .matrix import Job
+from .matrix import Job, same_as
 from .variants import Variant
 
 
@@ -34,3 +35,9 @@ class Prepared:
     def variant_of(self, job: Job) -> Variant:
         """The variant (pipeline) that makes ``job``."""
         return self.by_variant[job.variant]
+
+    @cached_property
+    def same_as(self) -> dict[int, int]:
+        """The jobs another job makes (equal identities, :func:`recipe_runner.plan.matrix.same_as`):
+        index -> the index of the job that makes its image. Generated once, shown in every cell."""
+        return same_as(self.jobs)

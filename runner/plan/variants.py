@@ -85,7 +85,7 @@ def make(recipe: Recipe, loaded: LoadedRecipe, jobs: Sequence[Job], enabled: lis
     when it has no build axis). RecipeError lists every problem of the axis values."""
     build_axes = [name for name in axis_order(list(recipe.matrix.axes)) if is_build_axis(name)]
     if not build_axes:
-        return [Variant("{}", {}, recipe, loaded, enabled, list(jobs), {})]
+        return resolve([Variant("{}", {}, recipe, loaded, enabled, list(jobs), {})])
     problems = check(recipe, loaded, registry)
     if problems:
         raise RecipeError(problems)
@@ -97,7 +97,39 @@ def make(recipe: Recipe, loaded: LoadedRecipe, jobs: Sequence[Job], enabled: lis
             positions = {name: _position(recipe.matrix.axes[name], axes[name]) for name in build_axes}
             found = by_id[job.variant] = _variant(recipe, loaded, axes, positions, registry)
         found.jobs.append(job)
-    return list(by_id.values())
+    return resolve(list(by_id.values()))
+
+
+def resolved_build(recipe: Recipe, enabled: Sequence[Enabled]) -> dict[str, Any]:
+    """What a variant's recipe says of the pipeline its jobs run on, however it was written (a
+    [model] table or a model axis value, [optimizations] or an optimization or LoRA axis):
+    the model, components, optimizations (LoRA adapters with their scales) and generator device.
+    Part of each job's identity (:meth:`Job.identity`)."""
+    m = recipe.model
+    return {
+        "model": {k: getattr(m, k, None) for k in ("id", "revision", "variant", "dtype", "task", "custom_pipeline")},
+        "components": {k: v.model_dump(mode="json") for k, v in sorted(recipe.components.items())},
+        "optimizations": [[e.name, e.settings.model_dump(mode="json")] for e in enabled],
+        "generator_device": recipe.run.generator_device,
+    }
+
+
+def resolve(variants: list[Variant]) -> list[Variant]:
+    """Each variant's jobs completed with their resolved pipeline (:attr:`Job.build`, its canonical
+    JSON). The jobs are those :func:`recipe_runner.plan.matrix.expand` just made for this plan,
+    completed in place before anything reads them: copying 100,000 frozen jobs would cost the plan
+    seconds (a frozen dataclass sets each field through ``object.__setattr__``)."""
+    for variant in variants:
+        build = json.dumps(resolved_build(variant.recipe, variant.enabled), sort_keys=True, ensure_ascii=False,
+                           default=repr)
+        for job in variant.jobs:
+            object.__setattr__(job, "build", build)
+    return variants
+
+
+def resolved_jobs(variants: Sequence[Variant]) -> list[Job]:
+    """The jobs of ``variants`` (made by :func:`make`), resolved, in matrix order."""
+    return sorted((job for v in variants for job in v.jobs), key=lambda job: job.index)
 
 
 def _position(values: list[Any], value: Any) -> int:

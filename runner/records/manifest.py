@@ -128,11 +128,13 @@ class ImageRecord:
     sha256: str | None = None
     rank: int | None = None
     seconds: float | None = None  # generating its batch, per image of the batch
+    cell: str | None = None  # where the job stands in the recipe as written (Job.cell_name): an edit's pairing
+    same_as: int | None = None  # the job whose image this cell shows (an equal job, generated once)
 
     @classmethod
     def for_job(cls, job: Job, file: str) -> ImageRecord:
         return cls(file, job.index, job.prompt, job.seed, job.image, job.mask_image, dict(job.vars),
-                   dict(job.params), scheduler_label(job.scheduler), job.build_axes() or None)
+                   dict(job.params), scheduler_label(job.scheduler), job.build_axes() or None, cell=job.cell_name())
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ImageRecord:
@@ -162,6 +164,7 @@ class Manifest:
         self.history: str | None = None  # where this run moved the images it replaced
         self.replaced: list[dict[str, str]] = []
         self.views: dict[str, Any] | None = None  # what the sheets and gallery were drawn with (views.drawn)
+        self.followers: dict[int, list[int]] = {}  # job index -> the jobs that show its image (same_as)
 
     @classmethod
     def for_jobs(cls, folder: Path, recipe: dict[str, Any], environment: dict[str, Any], jobs: Sequence[Job],
@@ -211,11 +214,30 @@ class Manifest:
         record = self.record(job)
         record.status, record.sha256, record.rank = "done", sha256, rank
         record.seconds = round(seconds, 4) if seconds is not None else None
+        for index in self.followers.get(job.index, ()):
+            self.show(self.images[index], record)
 
-    def kept(self, job: Job, sha256: str, key: str, made: dict[str, Any]) -> None:
-        """``job``'s image was made by an earlier run and is kept as it is: its record says how it
-        was made (``made``: batch, batch_size, batch_jobs, rank as recorded then)."""
+    @staticmethod
+    def show(record: ImageRecord, maker: ImageRecord) -> None:
+        """``record``'s cell shows the image of ``maker`` (an equal job): its file, key, status and batch."""
+        record.file, record.same_as = maker.file, maker.index
+        for name in ("status", "sha256", "key", "batch", "batch_size", "batch_jobs", "rank", "seconds"):
+            setattr(record, name, getattr(maker, name))
+
+    def follow(self, job: Job, maker: Job) -> None:
+        """``job`` is made by ``maker`` (an equal job, generated once): its record mirrors ``maker``'s,
+        now and when ``maker``'s image is written."""
+        self.followers.setdefault(maker.index, []).append(job.index)
+        self.show(self.record(job), self.record(maker))
+
+    def kept(self, job: Job, sha256: str, key: str, made: dict[str, Any], file: str | None = None) -> None:
+        """``job``'s image was made by an earlier run and is kept as it is (in ``file``, when the
+        folder holds it under another name than the job's: an older folder's name, or an equal job's
+        file): its record says how it was made (``made``: batch, batch_size, batch_jobs, rank as
+        recorded then)."""
         record = self.record(job)
+        if file is not None:
+            record.file = file
         record.status, record.sha256, record.key = "done", sha256, key
         record.batch, record.batch_size = made.get("batch"), made.get("batch_size")
         record.batch_jobs, record.rank = made.get("batch_jobs"), made.get("rank")

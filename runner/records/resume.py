@@ -5,8 +5,12 @@ regenerated because their result changed, and the batches that make them.
 
 - A job is **unchanged** when its file exists with the key (:mod:`recipe_runner.records.keys`) and
   sha256 that the folder's manifest (or journal) recorded. File names and keys come from what a
-  job *is*, never from its position, so adding a seed, a prompt or an axis value leaves every
-  other job unchanged.
+  job *is* (the resolved job), never from its position or how the recipe spells it, so adding a
+  seed, a prompt or an axis value leaves every other job unchanged. A file the folder recorded
+  with the job's key under another name (an older recipe-runner's name, or a respelled recipe's)
+  is the job's too: kept as it is, under its name (:func:`match`).
+- Jobs equal to an earlier job (:attr:`recipe_runner.plan.prepared.Prepared.same_as`) are never
+  generated: their records show that job's image.
 - A job whose key changed (an edited parameter, scheduler, model...) or whose file was edited on
   disk is **regenerated**; the file it replaces is never deleted: :meth:`ResumeState.retire`
   moves it, with the files no job makes any more, into ``history/<time>/`` beside a
@@ -53,7 +57,13 @@ if TYPE_CHECKING:
     from ..plan.prepared import Prepared
     from ..recipe.model import Recipe
 
+NOT_MADE = "no job of this recipe makes it any more"  # why a file moved to history/ that no job replaced
 HISTORY = "history"  # replaced images, one folder per run that replaced any
+
+
+def shared_text(count: int) -> str:
+    """``, 8 shown from an equal job`` (nothing when none is)."""
+    return f", {count} shown from an equal job" if count else ""
 
 
 @dataclass
@@ -95,6 +105,8 @@ class ResumeState:
     made: dict[int, dict[str, Any]] = field(default_factory=dict)
     replaced: list[Replaced] = field(default_factory=list)
     previous: Previous = field(default_factory=Previous)
+    files: dict[int, str] = field(default_factory=dict)  # done jobs kept under another name than the plan's
+    shared: dict[int, int] = field(default_factory=dict)  # jobs that show an equal job's image -> that job
 
     @property
     def new(self) -> int:
@@ -105,19 +117,22 @@ class ResumeState:
         return self.batches
 
     def summary(self) -> str:
-        """``2 new, 4 regenerated, 6 unchanged``."""
-        return f"{self.new} new, {len(self.regenerated)} regenerated, {len(self.done)} unchanged"
+        """``2 new, 4 regenerated, 6 unchanged`` (``, 8 shown from an equal job`` when some are)."""
+        text = f"{self.new} new, {len(self.regenerated)} regenerated, {len(self.done)} unchanged"
+        return text + shared_text(len(self.shared))
 
     def apply(self, manifest: Manifest) -> None:
         """Write the state into a new run's manifest: every job's key, the planned batch of each
         pending job, and the unchanged jobs' records carried over as their files were made."""
         for job_index, sha256 in self.done.items():
             job = self.jobs[job_index]
-            manifest.kept(job, sha256, self.keys.of(job), self.made.get(job_index, {}))
+            manifest.kept(job, sha256, self.keys.of(job), self.made.get(job_index, {}), self.files.get(job_index))
         for batch in self.batches:
             for job in batch.jobs:
                 if job.index not in self.done:
                     manifest.place(job, batch, key=self.keys.of(job))
+        for job_index, maker in self.shared.items():
+            manifest.follow(self.jobs[job_index], self.jobs[maker])
 
     def retire(self, folder: Path) -> Path | None:
         """Move every replaced file into ``history/<UTC time>/`` (same bytes, same mtime) beside a
@@ -181,6 +196,8 @@ def read_previous(folder: Path, *, set_aside: bool = False, warn: Callable[[str]
         records, batch_setting = embedded_records(folder)
     if manifest is not None:
         for record in manifest.get("images") or []:
+            if isinstance(record.get("same_as"), int) and record["file"] in records:
+                continue  # a cell showing an equal job's image: the record of the job that made it says how
             records[record["file"]] = record
     for partial in sorted(folder.glob(PARTIAL_GLOB)):  # a distributed run that did not finish
         try:
@@ -242,80 +259,164 @@ def embedded_records(folder: Path) -> tuple[dict[str, dict[str, Any]], Any]:
     return records, batch_setting
 
 
-NEW, UNCHANGED, REGENERATE = "new", "unchanged", "regenerate"
-
-
 @dataclass
-class Found:
-    """What the folder holds for one job: ``new`` (no file, or not a regular one: written in its
-    place), ``unchanged`` (kept: its sha256 and how it was made) or ``regenerate`` (and why)."""
+class Matched:
+    """How a folder's files meet a plan's jobs (:func:`match`)."""
 
-    verdict: str
-    sha256: str | None = None
-    made: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""
-    recorded: bool = True  # unchanged as its record says (False: known by its embedded key, the record to be written)
+    done: dict[int, tuple[str, str, dict[str, Any]]] = field(default_factory=dict)  # index -> (file, sha256, record)
+    pending: set[int] = field(default_factory=set)  # the jobs to generate (each makes its own image)
+    replaced: dict[int, Replaced] = field(default_factory=dict)  # pending job -> the file its image replaces
+    shared: dict[int, int] = field(default_factory=dict)  # a job -> the equal job whose image it shows
+    gone: list[Replaced] = field(default_factory=list)  # files no job makes any more
 
 
-def judge(path: Path, record: dict[str, Any], key: str, hashes: FileHashes, *, force: bool = False) -> Found:
-    """The one rule of what a folder holds for a job whose file is ``path``, recorded as ``record``
-    (its manifest or journal line, {} when none), whose key is now ``key``. A run (:func:`resume`)
-    and the torch-free look (:func:`peek`) both decide through it; the look gives it the keys it
-    can compute without loading (from the environment the folder's last run recorded)."""
-    if path.is_symlink() or not path.is_file():
-        return Found(NEW)  # a planted link or FIFO is replaced, never written through or read
-    if force:
-        return Found(REGENERATE, reason="--force")
-    if record.get("status") == "done" and record.get("key") == key:
+def match(folder: Path, jobs: Sequence[Job], names: Sequence[str], key_of: Callable[[Job], str],
+          records: dict[str, dict[str, Any]], same_as: dict[int, int], hashes: FileHashes, ext: str, *,
+          force: bool = False, embedded: bool = True) -> Matched:
+    """Which jobs the folder holds already, which to generate and what each replaces.
+
+    A job is done when a file of the folder is its image: the folder recorded it done, with the
+    job's key and the file's sha256. Its own name (``names``) is looked at first; else any file the
+    folder recorded with the job's key (keys come from the resolved job, so a job spelled
+    another way, or named the way older versions named files, keeps its file: the name it had
+    before first). A job to generate replaces the file of its name, or else the file made for its
+    cell (:meth:`Job.cell_name`: the same place in the recipe as written, before an edit); what no
+    job keeps or replaces any more is ``gone``. A job equal to an earlier one (``same_as``) is not
+    generated: it shows that job's image (or a file of its own recorded with its key).
+    ``embedded``: a file whose record is missing is recognised by the key it carries."""
+    out = Matched()
+    claimed: set[str] = set()
+
+    def intact(name: str, key: str) -> str | None:
+        path = folder / name
+        if path.is_symlink() or not path.is_file():
+            return None
+        record = records.get(name) or {}
+        if record.get("status") != "done" or record.get("key") != key:
+            return None
         sha256 = hashes.sha256(path)
-        if record.get("sha256") == sha256:
-            return Found(UNCHANGED, sha256, record)
-        return Found(REGENERATE, reason="changed on disk since it was written")
-    if _embedded_key(path) == key:
-        # written just before a crash, before its journal line (its record still says pending, or
-        # how the job was made before): recognised by the key it carries
-        return Found(UNCHANGED, hashes.sha256(path), {k: v for k, v in _embedded_job(path).items() if k in MADE_FIELDS},
-                     recorded=False)
-    return Found(REGENERATE, reason="its job changed since it was made")
+        return sha256 if record.get("sha256") == sha256 else None
+
+    by_key: dict[str, list[str]] | None = None
+    own = {names[job.index] for job in jobs if job.index not in same_as}  # where each job writes
+
+    def adopt(job: Job) -> bool:
+        """A file the folder recorded with ``job``'s key, under another name: the job keeps it."""
+        nonlocal by_key
+        if by_key is None:
+            by_key = {}
+            for name, record in records.items():
+                if record.get("status") == "done" and isinstance(record.get("key"), str):
+                    by_key.setdefault(record["key"], []).append(name)
+        key = key_of(job)
+        legacy = f"{job.cell_name()}.{ext}"
+        for name in sorted(by_key.get(key, ()), key=lambda n: n != legacy):
+            if name in claimed or (name in own and name != names[job.index]):
+                continue  # another job's own name: that job writes there
+            sha256 = intact(name, key)
+            if sha256 is not None:
+                out.done[job.index] = (name, sha256, records.get(name) or {})
+                claimed.add(name)
+                return True
+        return False
+
+    unresolved: list[Job] = []
+    for job in jobs:
+        if job.index in same_as:
+            continue
+        name = names[job.index]
+        path = folder / name
+        if not force and not path.is_symlink() and path.is_file():
+            record = records.get(name) or {}
+            key = key_of(job)
+            if record.get("status") == "done" and record.get("key") == key:
+                sha256 = intact(name, key)
+                if sha256 is not None:
+                    out.done[job.index] = (name, sha256, record)
+                    claimed.add(name)
+                    continue
+            elif embedded and _embedded_key(path) == key:
+                # written just before a crash, before its journal line (its record still says pending,
+                # or how the job was made before): recognised by the key it carries
+                out.done[job.index] = (name, hashes.sha256(path),
+                                       {k: v for k, v in _embedded_job(path).items() if k in MADE_FIELDS})
+                claimed.add(name)
+                continue
+        unresolved.append(job)
+    if not force:
+        unresolved = [job for job in unresolved if not adopt(job)]
+    by_cell: dict[str, list[str]] = {}
+    for name, record in records.items() if unresolved else ():
+        if record.get("status") in ("done", "stale"):
+            cell = record.get("cell")
+            by_cell.setdefault(cell if isinstance(cell, str) else Path(name).stem, []).append(name)
+    for job in unresolved:
+        out.pending.add(job.index)
+        name = names[job.index]
+        candidates = [name] + by_cell.get(job.cell_name(), [])
+        for old in candidates:
+            if old in claimed or not regular_file(folder / old):
+                continue
+            record = records.get(old) or {}
+            if force:
+                reason = "--force"
+            elif old == name and record.get("status") == "done" and record.get("key") == key_of(job):
+                reason = "changed on disk since it was written"
+            else:
+                reason = "its job changed since it was made"
+            out.replaced[job.index] = Replaced(old, reason, record)
+            claimed.add(old)
+            break
+    for job in jobs:
+        maker = same_as.get(job.index)
+        if maker is None:
+            continue
+        if maker in out.done and not force and adopt(job):
+            continue  # an older folder made it in a file of its own: the cell keeps it
+        out.shared[job.index] = maker
+    kept = claimed | {names[i] for i in out.pending}
+    for name, record in records.items():
+        if name not in kept and record.get("status") in ("done", "stale") and regular_file(folder / name):
+            out.gone.append(Replaced(name, NOT_MADE, record))
+    return out
 
 
 def resume(manifest: Manifest, jobs: Sequence[Job], keys: Keys, batch_size: int, batch_setting: int | str,
-           *, force: bool = False, hashes: FileHashes | None = None) -> ResumeState:
+           *, force: bool = False, hashes: FileHashes | None = None, same_as: dict[int, int] | None = None,
+           ext: str | None = None) -> ResumeState:
     """Merge what ``manifest.folder`` holds with the jobs of a new run whose manifest is ``manifest``
     (its records name each job's file). ``force``: every job is regenerated (its file replaced).
-    Existing files are hashed through ``hashes`` (remembered by size, times and inode), so a re-run
-    does not read every finished image again."""
+    ``same_as``: the jobs an equal job makes (:attr:`recipe_runner.plan.prepared.Prepared.same_as`):
+    never generated, shown in their cells. Existing files are hashed through ``hashes``
+    (remembered by size, times and inode), so a re-run does not read every finished image again."""
     hashes = hashes if hashes is not None else FileHashes()
     folder, files = manifest.folder, manifest.files()
+    ext = ext if ext is not None else (files[0].rpartition(".")[2] if files else "png")
     previous = read_previous(folder, set_aside=True)
     records = previous.records
     state = ResumeState(jobs, [], keys, previous=previous)
-    for job in jobs:
-        name = files[job.index]
-        record = records.get(name) or {}
-        found = judge(folder / name, record, keys.of(job), hashes, force=force)
-        if found.verdict == UNCHANGED:
-            state.done[job.index] = found.sha256 or ""
-            state.made[job.index] = found.made
-            continue
-        state.pending.add(job.index)
-        if found.verdict == REGENERATE:
-            state.regenerated.add(job.index)
-            state.replaced.append(Replaced(name, found.reason, record))
-    wanted = set(files)
-    for name, record in records.items():
-        if name not in wanted and record.get("status") in ("done", "stale") and regular_file(folder / name):
-            state.replaced.append(Replaced(name, NOT_MADE, record))
+    found = match(folder, jobs, files, keys.of, records, same_as or {}, hashes, ext, force=force)
+    for index, (name, sha256, record) in found.done.items():
+        state.done[index] = sha256
+        state.made[index] = record
+        if name != files[index]:
+            state.files[index] = name
+    state.pending = set(found.pending)
+    state.regenerated = set(found.replaced)
+    state.shared = dict(found.shared)
+    state.replaced = [found.replaced[i] for i in sorted(found.replaced)] + found.gone
     honoured = previous.batch_setting == batch_setting and not force
-    state.batches = _batches(jobs, files, keys, batch_size, records if honoured else {}, state.pending)
+    state.batches = _batches(jobs, files, keys, batch_size, records if honoured else {}, state.pending, state.shared)
     hashes.save()
     old_files = _old_files(records)
-    now = {name: i for i, name in enumerate(files)}
+    now: dict[str, int] = {}
+    for i, name in enumerate(files):
+        if i not in state.shared:
+            now.setdefault(state.files.get(i, name), i)
     state.made = {i: _made(state.made.get(i, {}), old_files, now) for i in state.done}
     return state
 
 
-NOT_MADE = "no job of this recipe makes it any more"  # why a file moved to history/ that no job replaced
 
 
 def _old_files(records: dict[str, dict[str, Any]]) -> dict[int, str]:
@@ -324,11 +425,14 @@ def _old_files(records: dict[str, dict[str, Any]]) -> dict[int, str]:
 
 
 def _batches(jobs: Sequence[Job], files: Sequence[str], keys: Keys, batch_size: int,
-             records: dict[str, dict[str, Any]], pending: set[int]) -> list[Batch]:
+             records: dict[str, dict[str, Any]], pending: set[int], shared: dict[int, int] | None = None) -> list[Batch]:
     """The batches that make the ``pending`` jobs: those ``records`` recorded where every member is
     still the same job (an interrupted run goes on in its own batches), the rest planned afresh
     among themselves at ``batch_size``, in job order."""
-    by_file = {name: job for job, name in zip(jobs, files)}
+    by_file: dict[str, Job] = {}
+    for job, name in zip(jobs, files):
+        if not shared or job.index not in shared:
+            by_file.setdefault(name, job)
     old_files = _old_files(records)
     placed: dict[int, tuple[Job, ...]] = {}
     for job in jobs:
@@ -432,14 +536,14 @@ class Peek:
     unchanged: int
     manifest: dict[str, Any] | None = None  # the folder's manifest.json as read (None: there is none)
     pending_variants: set[str] = field(default_factory=set)  # variants with a job new or to regenerate
-    unrecorded: int = 0  # unchanged images the folder's records do not list yet (written before a crash)
+    shared: int = 0  # jobs that show an equal job's image
 
     @property
     def nothing_to_do(self) -> bool:
-        return self.new == 0 and self.regenerate == 0 and self.unrecorded == 0
+        return self.new == 0 and self.regenerate == 0
 
     def summary(self) -> str:
-        return f"{self.new} new, {self.regenerate} to regenerate, {self.unchanged} unchanged"
+        return f"{self.new} new, {self.regenerate} to regenerate, {self.unchanged} unchanged" + shared_text(self.shared)
 
 
 def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
@@ -456,7 +560,10 @@ def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
         return None  # the run sets the manifest aside and reads the images themselves
     old = previous.manifest
     if old is None or not previous.records:
-        return None if old is not None else Peek(len(prepared.jobs), 0, 0, None, {v.id for v in prepared.variants})
+        shared = prepared.same_as
+        return None if old is not None else Peek(len(prepared.jobs) - len(shared), 0, 0, None,
+                                                 {v.id for v in prepared.variants if any(j.index not in shared for j in v.jobs)},
+                                                 len(shared))
     env = old.get("environment") or {}
     device, dtype = env.get("device"), env.get("dtype")
     if not isinstance(device, str) or not isinstance(dtype, str) or int(env.get("world_size") or 1) != 1:
@@ -482,19 +589,13 @@ def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
                     revisions, digests,
                     applied=lambda v: [e for e in v.enabled if recorded[e.name] != "skipped"])  # as the last run settled them
     ext = extension(recipe.output.format)
-    new = regenerate = unchanged = unrecorded = 0
-    pending: set[str] = set()
-    for job in prepared.jobs:
-        name = job.filename(ext)
-        found = judge(folder / name, previous.records.get(name) or {}, keys.of(job), hashes)
-        new += found.verdict == NEW
-        regenerate += found.verdict == REGENERATE
-        unchanged += found.verdict == UNCHANGED
-        unrecorded += not found.recorded
-        if found.verdict != UNCHANGED or not found.recorded:  # a run records it (without generating it)
-            pending.add(job.variant)
+    names = [job.filename(ext) for job in prepared.jobs]
+    found = match(folder, prepared.jobs, names, keys.of, previous.records, prepared.same_as, hashes, ext,
+                  embedded=False)
     hashes.save()
-    return Peek(new, regenerate, unchanged, old, pending, unrecorded)
+    regenerate = len(found.replaced)
+    pending = {prepared.jobs[i].variant for i in found.pending}
+    return Peek(len(found.pending) - regenerate, regenerate, len(found.done), old, pending, len(found.shared))
 
 
 def _silent(message: str) -> None:

@@ -24,7 +24,7 @@ from ..plan import checks
 from ..plan import inputs as inputs_mod
 from ..plan.matrix import expand
 from ..plan.prepared import Prepared
-from ..plan.variants import Variant, relabel
+from ..plan.variants import Variant, relabel, resolved_jobs
 from ..plan.variants import check as axis_value_problems
 from ..plan.variants import make as make_variants
 from ..plugin_api.manager import Plugins
@@ -78,6 +78,7 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
     if not problems:
         try:
             found = make_variants(recipe, loaded, jobs, enabled, plugins.registry)
+            jobs = resolved_jobs(found)  # each job with the pipeline it runs on: its identity is whole
         except RecipeError as exc:
             problems += exc.problems
     else:  # no variants without valid jobs and settings, but the axes' values are checked all the same

@@ -226,7 +226,8 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
     # Every rank reads the same folder and so reaches the same plan before anyone writes.
     keys = job_keys(prepared.variants, prepared.jobs, lambda v: pipelines.context_for(v).dtype, started.revisions,
                     images.digests if images else {})
-    state = resume(manifest, prepared.jobs, keys, size, recipe.run.batch_size, force=options.force)
+    state = resume(manifest, prepared.jobs, keys, size, recipe.run.batch_size, force=options.force,
+                   same_as=prepared.same_as, ext=extension(recipe.output.format))
     state.apply(manifest)
     if dist.is_main:  # the images this run replaces stay reachable: moved, never deleted
         history = state.retire(out_dir)
@@ -373,9 +374,14 @@ def as_recipe_says(prepared: Prepared, data: dict[str, Any]) -> dict[str, Any]:
     gallery read a file the recipe does not)."""
     ext = extension(prepared.recipe.output.format)
     jobs = {job.filename(ext): job for job in prepared.jobs}
+    cells = {job.cell_name(): job for job in prepared.jobs}  # a file kept under the name it had before
     images = []
     for record in data.get("images") or []:
-        job = jobs.get(str(record.get("file"))) if isinstance(record, dict) else None
+        job = None
+        if isinstance(record, dict):
+            cell = record.get("cell")
+            job = jobs.get(str(record.get("file"))) or cells.get(cell if isinstance(cell, str) else
+                                                                 str(record.get("file")).rpartition(".")[0])
         if job is not None:
             images.append({**record, "image": job.image, "mask_image": job.mask_image})
     environment = {**(data.get("environment") or {}), "recipe_folder": str(prepared.loaded.path.resolve().parent)}

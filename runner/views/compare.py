@@ -2,10 +2,11 @@
 
 A and B are run folders, or their ``manifest.json``: any folder that holds a manifest.json whose
 image records name their files relative to it (the previous results an edited re-run keeps are
-one). Images are paired by *job identity*, computed from the image records: prompt, seed, input
-image and mask, vars, and every other field that varies within either run (axis values, the
-scheduler with its options, ...); never by index or file name, so an added seed or reordered
-prompts still pair. A parameter that is constant on each side (``guidance_scale = 7`` in A, ``8``
+one). Images are paired by *job identity*, computed from the image records as resolved: the
+prompt text (after the vars: a prompt written through ``{who}`` pairs with the same text written
+out), seed, input image and mask, and every other field that varies within either run (call
+parameters whether fixed or an axis value, the scheduler with its options, build-axis values,
+...); never by var names, index or file name, so an added seed or reordered prompts still pair. A parameter that is constant on each side (``guidance_scale = 7`` in A, ``8``
 in B) is not part of the identity: its jobs pair, and their pixels differ.
 
 A pair is identical when both files have the same bytes or the same pixels; a record whose image
@@ -53,7 +54,7 @@ EXIT_SAME, EXIT_DIFFERENT, EXIT_BAD = 0, 1, 2
 DEFAULT_OUT = Path("compare-report")
 PRINTED = 20  # rows per section of the printed table
 MAX_COPY_BYTES = 256 * 2**20  # an image copied into the report: larger ones are left out
-IDENTITY = ("prompt", "seed", "image", "mask_image")  # with vars.*: always part of a job's identity
+IDENTITY = ("prompt", "seed", "image", "mask_image")  # always part of a job's identity
 ENVIRONMENT_FIRST = ("torch", "diffusers", "transformers", "device", "device_name", "dtype", "threads",
                      "generator_device", "deterministic", "platform", "python", "recipe_runner")
 
@@ -151,9 +152,9 @@ def identity_fields(a: Described, b: Described) -> list[str]:
     """The fields that tell jobs apart: the fixed ones, and whatever varies within either run
     (except what the vars render: the vars say it)."""
     names = list(dict.fromkeys(k for d in (a, b) for f in d.fields for k in f))
-    fixed = [n for n in names if n in IDENTITY or n.startswith("vars.")]
-    derived = a.derived | b.derived
-    varying = [n for n in names if n not in fixed and n not in derived and (n in a.varying or n in b.varying)
+    fixed = [n for n in names if n in IDENTITY]
+    # the vars are how a prompt was written: the texts they render (prompt, negative_prompt) say the job
+    varying = [n for n in names if n not in fixed and not n.startswith("vars.") and (n in a.varying or n in b.varying)
                and n.split(".")[0] not in BOOKKEEPING]
     return fixed + varying
 
@@ -328,6 +329,8 @@ def compare(a: Side, b: Side) -> Result:
     ka, kb = keyed(a.described, names), keyed(b.described, names)
     label_names = [n for n in names if n in ("prompt", "seed") or n in a.described.varying or n in b.described.varying]
     label_names = [n for n in label_names if not (n == "mask_image")]
+    label_names += [n for n in dict.fromkeys([*a.described.varying, *b.described.varying])
+                    if n.startswith("vars.") and n not in label_names]  # shown, never paired on
 
     def label(side: Side, i: int) -> str:
         return job_label(label_names, side.described.fields[i], " · ", 60, 40)

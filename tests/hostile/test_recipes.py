@@ -148,13 +148,15 @@ def test_symlinks_planted_at_an_image_name_and_its_temporary_name_are_not_writte
     victim_final, victim_tmp = tmp_path / "victim-final", tmp_path / "victim-tmp"
     victim_final.write_text("precious")
     victim_tmp.write_text("precious too")
-    from recipe_runner.plan.matrix import Job
+    from recipe_runner.plugin_api import manager
+    from recipe_runner.running.prepare import Options, prepare
 
-    name = Job(0, "a cat", 0).filename("png")
+    path = recipe(recipe_runner_write_recipe)
+    name = prepare(path, [], manager.load_plugins([]), Options(out=tmp_path / "out")).jobs[0].filename("png")
     (folder / name).symlink_to(victim_final)
     (folder / f".{name}.tmp-{os.getpid()}").symlink_to(victim_tmp)  # the in-process run's temporary name
     (folder / ".manifest.journal.jsonl").symlink_to(victim_tmp)
-    result = recipe_runner_cli(recipe(recipe_runner_write_recipe), "--out", tmp_path / "out")
+    result = recipe_runner_cli(path, "--out", tmp_path / "out")
     assert result.code == 0, result.err
     assert victim_final.read_text() == "precious" and victim_tmp.read_text() == "precious too"
     assert not (folder / name).is_symlink() and (folder / name).stat().st_size > 0

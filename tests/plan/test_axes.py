@@ -181,7 +181,14 @@ def test_a_lora_axis_and_its_scales_equal_separate_runs(run, loads, recipe_runne
     axes = f'[matrix.axes]\nlora = ["none", {{ id = {toml(tiny_lora)} }}]\nlora_scale = [0.0, 0.5, 1.0]'
     axis = run("loras", model, "[0]", axes)
     assert axis.code == 0, axis.err
-    assert len(axis.images) == 6 and loads.models == [str(model)]  # one load, adapters switched
+    # 6 cells; the three "none" cells are one job (no adapter: the scale changes nothing), made once
+    assert len(axis.manifest["images"]) == 6 and len(axis.images) == 4 and loads.models == [str(model)]
+    assert "4 new, 0 regenerated, 0 unchanged, 2 shown from an equal job; made 4" in axis.out
+    none = [r for r in axis.manifest["images"] if r["axes"]["lora"] == "none"]
+    assert len({r["file"] for r in none}) == 1 and {r["status"] for r in none} == {"done"}
+    assert [r.get("same_as") for r in none] == [None, none[0]["index"], none[0]["index"]]
+    plain_run_cards = (axis.folder / "index.html").read_text().count(f'src="{none[0]["file"]}"')
+    assert plain_run_cards == 3  # the gallery shows it in each of its cells
     plain = in_order(run("plain", model, "[0]"))
     for scale in (0.5, 1.0):
         alone = run(f"lora-{scale}", model, "[0]",
