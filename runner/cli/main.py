@@ -260,6 +260,10 @@ def _main(args: argparse.Namespace) -> int:
     from ..base.report import warn
     from ..plugin_api.failures import check as check_plugins
 
+    if args.debug:  # each failed plugin's traceback, before the line naming it
+        for info in plugins.infos:
+            if info.error and info.traceback:
+                report.note(f"plugin {info.name!r} failed to load:\n{info.traceback.rstrip()}")
     check_plugins(plugins, args.strict_plugins, warn)
     if mode == "schema":
         from .schema import dumps

@@ -307,7 +307,7 @@ def run_checks(enabled: list[Enabled], ctx: BuildContext, loaded: LoadedRecipe |
         guard = HeavyImports() if waits is not None else None
         try:
             with guard or contextlib.nullcontext():
-                item.optimization.check(item.settings, ctx)
+                item.call("check", item.settings, ctx)
         except Exception as exc:  # Unsupported, or what a check that needs torch raised without it
             if guard is not None and guard.refused and waits is not None:
                 waits(item, guard.refused[0])
@@ -392,7 +392,7 @@ def build(recipe: Recipe, loaded: LoadedRecipe | None, jobs: list[Job], enabled:
     for item in active:
         if item.optimization.load_kwargs is not None:
             try:
-                extra.update(item.optimization.load_kwargs(item.settings, ctx))
+                extra.update(item.call("load_kwargs", item.settings, ctx))
             except Unsupported as exc:
                 settle(item, str(exc), problem, ctx.warn)
     active = [e for e in active if e.status != "skipped"]
@@ -404,7 +404,7 @@ def build(recipe: Recipe, loaded: LoadedRecipe | None, jobs: list[Job], enabled:
 
     def apply(item: Enabled) -> None:
         try:
-            details = item.optimization.apply(pipe, item.settings, ctx)
+            details = item.call("apply", pipe, item.settings, ctx)
             item.status = "applied"
             if isinstance(details, dict):
                 item.details.update(details)

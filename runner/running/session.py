@@ -9,6 +9,7 @@ Light at import (every module it imports keeps torch and diffusers inside its fu
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -238,8 +239,9 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
     mine = distributed.shard(state.todo(), dist.world_size)[dist.rank]
     order = {v.id: i for i, v in enumerate(prepared.variants)}  # one variant after the other (zip mode too)
     mine.sort(key=lambda b: (order[b.jobs[0].variant], b.index))
-    progress = Progress(sum(1 for b in mine for j in b.jobs if j.index in state.pending), recipe.name,
-                        enabled=options.progress if dist.is_main else False)
+    todo = sum(1 for b in mine for j in b.jobs if j.index in state.pending)
+    plugins.hook.run_started(recipe=recipe, output_dir=out_dir, todo=todo)
+    progress = Progress(todo, recipe.name, enabled=options.progress if dist.is_main else False)
     execution = Execution(pipelines, writer, plugins.hook, images, progress, options.warn)
     began = time.perf_counter()
     try:
@@ -265,7 +267,7 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
         make_grid(out_dir, data)
     if recipe.output.gallery:
         write_gallery(out_dir, data)
-    plugins.hook.run_finished(recipe=recipe, output_dir=out_dir, manifest=data)
+    plugins.hook.run_finished(recipe=recipe, output_dir=out_dir, manifest=copy.deepcopy(data))
     done = made_on_disk(manifest, [j for b in mine for j in b.jobs if j.index in state.pending])
     rate = done / generate_seconds if generate_seconds > 0 else 0.0
     ranks = f" ({done} by rank 0 of {dist.world_size})" if dist.world_size > 1 else ""
@@ -307,7 +309,8 @@ def up_to_date(prepared: Prepared, plugins: Plugins, found: Peek | None) -> dict
     out_dir = prepared.out_dir
     data: dict[str, Any] = found.manifest or {}
     repair(prepared, data)
-    plugins.hook.run_finished(recipe=prepared.recipe, output_dir=out_dir, manifest=data)
+    plugins.hook.run_started(recipe=prepared.recipe, output_dir=out_dir, todo=0)
+    plugins.hook.run_finished(recipe=prepared.recipe, output_dir=out_dir, manifest=copy.deepcopy(data))
     report.result(f"{prepared.recipe.name}: {len(prepared.jobs)} images: {found.summary()}; nothing to do, "
           f"nothing loaded -> {display_path(out_dir)}/")
     return data
