@@ -169,8 +169,18 @@ def variant_context(variant: Variant, options: Options) -> BuildContext:
 
 
 def optimization_records(prepared: Prepared) -> dict[str, dict[str, Any]]:
-    """The manifest's ``optimizations``: each optimization's record (of the last variant using it)."""
-    return {e.name: e.record() for v in prepared.variants for e in v.enabled}
+    """The manifest's ``optimizations``: each optimization's record (of the last variant using it);
+    with several variants (build axes), also ``variants``: its record in each variant using it, by
+    variant label, so that an axis over its settings keeps every value's settings and facts."""
+    out: dict[str, dict[str, Any]] = {}
+    several = len(prepared.variants) > 1
+    for variant in prepared.variants:
+        for e in variant.enabled:
+            record = e.record()
+            if several:
+                record["variants"] = {**out.get(e.name, {}).get("variants", {}), variant.label(): e.record()}
+            out[e.name] = record
+    return out
 
 
 def revision_before_loading(model: Any) -> str | None:

@@ -265,4 +265,7 @@ def test_batch_hooks_read_their_settings_and_the_variant_s_recipe(recipe_runner_
     result = recipe_runner_cli(recipe, "--out", tmp_path / "out", "--no-progress")
     assert result.code == 0, result.err
     assert seen == [(1, 1), (7, 7)]
+    record = json.loads((tmp_path / "out" / "recipe" / "manifest.json").read_text())["optimizations"]["tint"]
+    assert [v["settings"]["amount"] for v in record["variants"].values()] == [1, 7]  # each value of the axis
+    assert record["settings"]["amount"] == 7 and record["status"] == "applied"
 
