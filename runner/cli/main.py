@@ -105,6 +105,10 @@ def list_plugins(plugins: Plugins) -> str:
                 name = f'{name} as "{qualified}" ({name} alone: {alone})'
             lines.append(f"    [optimizations] {name} (stage {opt.stage}): {opt.description}")
             lines += [f"        {line}" for line in settings_lines(opt.settings)]
+        plugin = None if info.error else plugins.pm.get_plugin(info.name)
+        callers = plugins.pm.get_hookcallers(plugin) if plugin is not None else None
+        if callers:
+            lines.append(f"    hooks: {', '.join(sorted(c.name for c in callers))}")
     return "\n".join(lines)
 
 
