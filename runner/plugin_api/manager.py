@@ -136,6 +136,8 @@ class NamingHooks:
         caller = getattr(self.plugins.pm.hook, name)
 
         def call(**kwargs: Any) -> Any:
+            if name in RETURN_NOTHING:
+                return self._one_by_one(name, caller, kwargs)
             try:
                 results = caller(**kwargs)
             except (KeyboardInterrupt, GeneratorExit):
@@ -145,13 +147,38 @@ class NamingHooks:
                     raise
                 raise PluginError(f"{_culprit(self.plugins, caller, exc)} failed in its {name} hook: "
                                   f"{type(exc).__name__}: {exc}") from exc
-            if name in RETURN_NOTHING and results:
-                what = ", ".join(sorted({type(r).__name__ for r in results}))
-                raise PluginError(f"{self.implementers(name)}: its {name} hook returned a value ({what}); "
-                                  f"{name} returns nothing: {RETURN_NOTHING[name]}")
             return results
 
         return call
+
+    def _one_by_one(self, name: str, caller: Any, kwargs: dict[str, Any]) -> None:
+        """A hook that returns nothing, each implementation called in pluggy's order with the
+        arguments it takes (as pluggy calls them), so that an error or a value returned names the
+        very plugin. With a wrapper among them, through pluggy (a value returned then names every
+        implementer)."""
+        impls = caller.get_hookimpls()
+        if any(impl.hookwrapper or impl.wrapper for impl in impls):
+            self._refuse_values(name, self.implementers(name), caller(**kwargs))
+            return
+        for impl in reversed(impls):
+            try:
+                result = impl.function(*[kwargs[arg] for arg in impl.argnames])
+            except (KeyboardInterrupt, GeneratorExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - SystemExit too: a plugin never ends the run silently
+                if _passes_through(exc):
+                    raise
+                raise PluginError(f"{_describe(self.plugins, impl.plugin_name)} failed in its {name} hook: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            if result is not None:
+                self._refuse_values(name, _describe(self.plugins, impl.plugin_name), [result])
+
+    @staticmethod
+    def _refuse_values(name: str, who: str, results: list[Any]) -> None:
+        if results:
+            what = ", ".join(sorted({type(r).__name__ for r in results}))
+            raise PluginError(f"{who}: its {name} hook returned a value ({what}); {name} returns nothing: "
+                              f"{RETURN_NOTHING[name]}")
 
 
 # The hooks whose return value the runner would ignore: a value returned is refused, saying what to do instead.

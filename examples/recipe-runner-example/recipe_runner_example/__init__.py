@@ -36,6 +36,7 @@ from recipe_runner.api import (
     hookimpl,
 )
 
+
 class Settings(OptimizationSettings):
     s1: float = Field(0.9, gt=0)
     """skip-feature scale, first stage"""
