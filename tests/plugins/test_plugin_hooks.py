@@ -101,9 +101,9 @@ class Tint(OptimizationSettings):
     amount: int = 40
 
 
-def tint_plugin(version: str, declares: bool = True) -> types.ModuleType:
-    """A plugin module changing pixels in ``after_batch`` by its ``tint`` settings; with ``declares``,
-    it says so with ``job_identity``."""
+def tint_plugin(version: str) -> types.ModuleType:
+    """A plugin module changing pixels in ``after_batch`` by its ``tint`` settings, saying so with
+    ``job_identity``."""
     module = types.ModuleType("rr_tint")
     module.__version__ = version
 
@@ -123,8 +123,7 @@ def tint_plugin(version: str, declares: bool = True) -> types.ModuleType:
 
     module.register_optimizations = register_optimizations
     module.after_batch = after_batch
-    if declares:
-        module.job_identity = job_identity
+    module.job_identity = job_identity
     return module
 
 
