@@ -157,7 +157,8 @@ def after_batch(pipe: Any, batch: Batch, images: list[Image], recipe: Recipe,
 
     Receives ``pipe``, ``batch``, ``images`` (one PIL image per job of the batch, in job order),
     ``recipe`` and ``settings`` (as ``before_batch``). Change an image in place or replace it
-    (``images[i] = new``); the images are written after every implementation has run. Returns
+    (``images[i] = new``); the images are written after every implementation has run, with the
+    runner's own metadata (an image's ``info`` is not written). Returns
     nothing: a value returned (a new list) is an error, as is adding or removing an image. A hook
     that changes pixels declares it with ``job_identity``.
     """
