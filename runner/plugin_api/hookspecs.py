@@ -152,13 +152,15 @@ def before_batch(pipe: Any, batch: Batch, call_kwargs: dict[str, Any], recipe: R
 
 @hookspec
 def after_batch(pipe: Any, batch: Batch, images: list[Image], recipe: Recipe,
-                settings: dict[str, OptimizationSettings]) -> None:
+                settings: dict[str, OptimizationSettings], facts: list[dict[str, Any]]) -> None:
     """A batch has been generated and its images are about to be written.
 
     Receives ``pipe``, ``batch``, ``images`` (one PIL image per job of the batch, in job order),
     ``recipe`` and ``settings`` (as ``before_batch``). Change an image in place or replace it
     (``images[i] = new``); the images are written after every implementation has run, with the
-    runner's own metadata (an image's ``info`` is not written). Returns
+    runner's own metadata (an image's ``info`` is not written). ``facts``: one dict per image, empty;
+    what a hook sets there (``facts[i]["watermark"] = "bottom"``: JSON values) is kept in that
+    image's record of the manifest under ``facts``. Returns
     nothing: a value returned (a new list) is an error, as is adding or removing an image. A hook
     that changes pixels declares it with ``job_identity``.
     """

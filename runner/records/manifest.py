@@ -48,6 +48,7 @@ class StoredImage(TypedDict, total=False):
     batch_jobs: list[StrictInt | None] | None
     rank: StrictInt | None
     seconds: float | None
+    facts: dict[str, Any] | None
 
 
 class StoredEnvironment(TypedDict, total=False):
@@ -127,6 +128,7 @@ class ImageRecord:
     sha256: str | None = None
     rank: int | None = None
     seconds: float | None = None  # generating its batch, per image of the batch
+    facts: dict[str, Any] | None = None  # what plugins recorded about the image (after_batch's facts); absent: none
 
     @classmethod
     def for_job(cls, job: Job, file: str) -> ImageRecord:
@@ -138,7 +140,7 @@ class ImageRecord:
         return cls(**{f.name: data.get(f.name, f.default) for f in fields(cls)})
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "facts" or self.facts}
 
 
 PARTIAL = ".manifest.rank-{rank}.json"  # a rank's part of a distributed run, merged when every rank is done
@@ -201,12 +203,14 @@ class Manifest:
             record.key = key
         return record
 
-    def written(self, job: Job, sha256: str, rank: int, seconds: float | None = None) -> None:
+    def written(self, job: Job, sha256: str, rank: int, seconds: float | None = None,
+                facts: dict[str, Any] | None = None) -> None:
         """``job``'s image is on disk, with these bytes, written by process ``rank``; its batch
-        took ``seconds`` per image to generate."""
+        took ``seconds`` per image to generate; ``facts``: what plugins recorded about it."""
         record = self.record(job)
         record.status, record.sha256, record.rank = "done", sha256, rank
         record.seconds = round(seconds, 4) if seconds is not None else None
+        record.facts = dict(facts) if facts else None
 
     def kept(self, job: Job, sha256: str, key: str, made: dict[str, Any]) -> None:
         """``job``'s image was made by an earlier run and is kept as it is: its record says how it
@@ -216,6 +220,7 @@ class Manifest:
         record.batch, record.batch_size = made.get("batch"), made.get("batch_size")
         record.batch_jobs, record.rank = made.get("batch_jobs"), made.get("rank")
         record.seconds = made.get("seconds")
+        record.facts = made.get("facts")
 
     def set_history(self, folder: str | None, replaced: Iterable[tuple[str, str]]) -> None:
         """This run moved the files it replaced into ``folder`` (relative to the manifest's): their

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import json
 import time
 from collections import deque
 from collections.abc import Callable
@@ -114,6 +115,20 @@ class Execution:
             raise PluginError(f"{self.hook.implementers('before_batch')}: its before_batch hook added call argument(s) "
                               f"{type(pipe).__name__} does not take ({hints})")
 
+    def checked_facts(self, facts: list[dict[str, Any]], batch: Batch) -> list[dict[str, Any]] | None:
+        """What ``after_batch`` hooks recorded per image: JSON values, or a PluginError; None: nothing."""
+        if len(facts) != batch.size or not all(isinstance(f, dict) for f in facts):
+            raise PluginError(f"{self.hook.implementers('after_batch')}: facts must stay one dict per image "
+                              "(set facts[i][name] = value)")
+        if not any(facts):
+            return None
+        try:
+            json.dumps(facts, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise PluginError(f"{self.hook.implementers('after_batch')}: facts must be JSON values "
+                              f"(str, number, bool, list, dict): {exc}") from exc
+        return facts
+
     def generate(self, batch: Batch, only: set[int] | None) -> Handed:
         """Run the pipeline of ``batch``'s jobs on it: its images, ready to hand to the writer."""
         built = self.pipelines.use(batch.jobs[0])
@@ -134,14 +149,16 @@ class Execution:
         images = list(output.images)
         if len(images) != batch.size:
             raise RunError(f"the pipeline returned {len(images)} images for a batch of {batch.size}")
-        self.hook.after_batch(pipe=built.pipe, batch=batch, images=images, recipe=variant.recipe, settings=settings)
+        facts: list[dict[str, Any]] = [{} for _ in images]
+        self.hook.after_batch(pipe=built.pipe, batch=batch, images=images, recipe=variant.recipe, settings=settings,
+                              facts=facts)
         if len(images) != batch.size or not all(hasattr(image, "save") for image in images):
             raise PluginError(f"after_batch left {len(images)} image(s) for a batch of {batch.size}"
                               f"{'' if len(images) != batch.size else ', not all of them images'}: a hook may change "
                               f"the images (in place, or replace an item), never remove or add one "
                               f"(after_batch implemented by {self.hook.implementers('after_batch')})")
         mine = None if only is None else {j.index for j in batch.jobs if j.index in only}
-        return Handed(batch, images, mine, batch_times(batch, seconds))
+        return Handed(batch, images, mine, batch_times(batch, seconds), self.checked_facts(facts, batch))
 
     def run(self, batches: list[Batch], pending: set[int] | None = None) -> None:
         """Generate ``batches`` in order; with ``pending``, only the batches holding a pending job

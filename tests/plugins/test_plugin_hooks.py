@@ -268,3 +268,39 @@ def test_batch_hooks_read_their_settings_and_the_variant_s_recipe(recipe_runner_
     assert [v["settings"]["amount"] for v in record["variants"].values()] == [1, 7]  # each value of the axis
     assert record["settings"]["amount"] == 7 and record["status"] == "applied"
 
+
+
+def test_after_batch_facts_are_kept_per_image_and_while_the_image_is_unchanged(
+        recipe_runner_register_plugin, recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    class Notes:
+        @hookimpl
+        def after_batch(self, batch, facts):
+            for i, job in enumerate(batch.jobs):
+                facts[i]["notes"] = {"seed": job.seed}
+
+    recipe_runner_register_plugin(Notes(), "notes")
+    recipe = recipe_runner_write_recipe(TWO_IMAGES)
+    assert recipe_runner_cli(recipe, "--out", tmp_path / "out", "--no-progress").code == 0
+    manifest = tmp_path / "out" / "recipe" / "manifest.json"
+    assert [i["facts"] for i in json.loads(manifest.read_text())["images"]] == [{"notes": {"seed": 0}},
+                                                                                {"notes": {"seed": 1}}]
+    more = recipe_runner_write_recipe(tiny_recipe("a cat on a roof", seeds=[0, 1, 2]))
+    assert recipe_runner_cli(more, "--out", tmp_path / "out", "--no-progress").code == 0  # 2 kept, 1 made
+    assert [i.get("facts") for i in json.loads(manifest.read_text())["images"]] == [
+        {"notes": {"seed": s}} for s in (0, 1, 2)]
+
+
+def test_no_facts_no_facts_key(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    assert recipe_runner_cli(recipe_runner_write_recipe(ONE_IMAGE), "--out", tmp_path / "out", "--no-progress").code == 0
+    assert "facts" not in json.loads((tmp_path / "out" / "recipe" / "manifest.json").read_text())["images"][0]
+
+
+def test_facts_must_be_json(recipe_runner_register_plugin, recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    class Odd:
+        @hookimpl
+        def after_batch(self, facts):
+            facts[0]["when"] = object()
+
+    recipe_runner_register_plugin(Odd(), "odd")
+    result = recipe_runner_cli(recipe_runner_write_recipe(ONE_IMAGE), "--out", tmp_path / "out", "--no-progress")
+    assert result.code == 1 and "plugin 'odd'" in result.err and "facts must be JSON values" in result.err

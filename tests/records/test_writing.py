@@ -282,7 +282,8 @@ class BlockedWriter:
         self.entered = threading.Event()
         self.recorded: list[int] = []
 
-    def write_batch(self, batch: Any, images: Any, only: Any = None, gate: Any = None, seconds: Any = None) -> None:
+    def write_batch(self, batch: Any, images: Any, only: Any = None, gate: Any = None, seconds: Any = None,
+                    facts: Any = None) -> None:
         self.entered.set()
         self.release.wait(WAIT)
         with gate.records():

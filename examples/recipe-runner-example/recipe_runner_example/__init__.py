@@ -72,7 +72,8 @@ def register_optimizations() -> list[Optimization[Any]]:
 
 
 @hookimpl
-def after_batch(batch: Batch, images: list[Any], settings: dict[str, OptimizationSettings]) -> None:
+def after_batch(batch: Batch, images: list[Any], settings: dict[str, OptimizationSettings],
+                facts: list[dict[str, Any]]) -> None:
     mark = settings.get("watermark")
     if not isinstance(mark, Watermark):  # not enabled for this batch's variant
         return
@@ -81,6 +82,7 @@ def after_batch(batch: Batch, images: list[Any], settings: dict[str, Optimizatio
         width, height = marked.size
         marked.paste((mark.shade,) * len(marked.getbands()), (0, height - mark.height, width, height))
         images[i] = marked  # replace an item (or change it in place); never return a new list
+        facts[i]["watermark_rows"] = [height - mark.height, height]  # kept in the image's manifest record
 
 
 @hookimpl

@@ -59,6 +59,7 @@ def test_the_watermark_is_drawn_by_after_batch_and_reported(recipe_runner_regist
         assert marked.getpixel((5, 63)) == (0, 0, 0)  # the band, replaced into the list by after_batch
         assert marked.getpixel((5, 10)) == original.getpixel((5, 10))  # the rest untouched
     assert manifest["optimizations"]["watermark"]["drawn_by"] == "after_batch"  # apply's facts
+    assert manifest["images"][0]["facts"] == {"watermark_rows": [61, 64]}  # after_batch's facts, per image
     report = json.loads((folder / "watermark-report.json").read_text())
     assert report == {"watermarked": [image], "settings": {"required": True, "shade": 0, "height": 3}}
     assert not (plain / "watermark-report.json").exists()  # run_finished writes only for its own runs
