@@ -105,6 +105,10 @@ def list_plugins(plugins: Plugins) -> str:
                 name = f'{name} as "{qualified}" ({name} alone: {alone})'
             lines.append(f"    [optimizations] {name} (stage {opt.stage}): {opt.description}")
             lines += [f"        {line}" for line in settings_lines(opt.settings)]
+        plugin = None if info.error else plugins.pm.get_plugin(info.name)
+        callers = plugins.pm.get_hookcallers(plugin) if plugin is not None else None
+        if callers:
+            lines.append(f"    hooks: {', '.join(sorted(c.name for c in callers))}")
     return "\n".join(lines)
 
 
@@ -260,6 +264,10 @@ def _main(args: argparse.Namespace) -> int:
     from ..base.report import warn
     from ..plugin_api.failures import check as check_plugins
 
+    if args.debug:  # each failed plugin's traceback, before the line naming it
+        for info in plugins.infos:
+            if info.error and info.traceback:
+                report.note(f"plugin {info.name!r} failed to load:\n{info.traceback.rstrip()}")
     check_plugins(plugins, args.strict_plugins, warn)
     if mode == "schema":
         from .schema import dumps

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..axes.registry import axis_kind
-from ..base import report
+from ..base import environment, report
 from ..base.errors import RecipeError, RunError, suggest
 from ..base.quiet import quiet_libraries
 from ..plan.matrix import SCHEDULER_AXIS, Job
@@ -310,7 +310,7 @@ def run_checks(enabled: list[Enabled], ctx: BuildContext, loaded: LoadedRecipe |
         guard = HeavyImports() if waits is not None else None
         try:
             with guard or contextlib.nullcontext():
-                item.optimization.check(item.settings, ctx)
+                item.call("check", item.settings, ctx)
         except Exception as exc:  # Unsupported, or what a check that needs torch raised without it
             if guard is not None and guard.refused and waits is not None:
                 waits(item, guard.refused[0])
@@ -352,12 +352,12 @@ class HeavyImports(importlib.abc.MetaPathFinder):
 
 def light_device(spec: str) -> str:
     """The device a run would pick, told without importing torch (``--dry-run``): an explicit
-    device as written; ``auto``: cuda when an NVIDIA or AMD GPU driver is present, mps on Apple
-    silicon, else cpu (with torch already imported, torch says)."""
-    if "torch" in sys.modules:
-        return detect_device(spec)
-    if spec != "auto":
-        return spec
+    device as written (whether it is there is decided by :func:`recipe_runner.base.environment.device_unavailable`
+    while preparing, or by the run); ``auto``: cpu when neither CUDA nor MPS can be here, else cuda
+    when a GPU driver is present, mps on Apple silicon."""
+    probable = environment.probable_device(spec)
+    if probable is not None:
+        return probable
     if any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")):
         return "cuda"
     if sys.platform == "darwin" and platform.machine() == "arm64":
@@ -366,7 +366,7 @@ def light_device(spec: str) -> str:
 
 
 def check_context(recipe: Recipe, loaded: LoadedRecipe | None, enabled: list[Enabled], *, allow_pickle: bool = False,
-                  trust_remote_code: bool = False, warn: Callable[[str], None] = print,
+                  trust_remote_code: bool = False, warn: Callable[[str], None] = report.warn,
                   waits: Callable[[Enabled, str], None] | None = None) -> BuildContext:
     """:func:`make_context` for ``--dry-run``: the same checks on the same context, with nothing
     loaded, built or downloaded and torch not imported (see :func:`light_device`, :func:`run_checks`);
@@ -395,7 +395,7 @@ def build(recipe: Recipe, loaded: LoadedRecipe | None, jobs: list[Job], enabled:
     for item in active:
         if item.optimization.load_kwargs is not None:
             try:
-                extra.update(item.optimization.load_kwargs(item.settings, ctx))
+                extra.update(item.call("load_kwargs", item.settings, ctx))
             except Unsupported as exc:
                 settle(item, exc, problem, ctx.warn)
     active = [e for e in active if e.status != "skipped"]
@@ -407,7 +407,7 @@ def build(recipe: Recipe, loaded: LoadedRecipe | None, jobs: list[Job], enabled:
 
     def apply(item: Enabled) -> None:
         try:
-            details = item.optimization.apply(pipe, item.settings, ctx)
+            details = item.call("apply", pipe, item.settings, ctx)
             item.status = "applied"
             if isinstance(details, dict):
                 item.details.update(details)

@@ -178,8 +178,8 @@ class ModelCache:
         item = new or old
         assert item is not None and item.optimization.switch is not None
         try:
-            details = item.optimization.switch(built.pipe, old.settings if old else None,
-                                               new.settings if new else None, ctx)
+            details = item.call("switch", built.pipe, old.settings if old else None,
+                                  new.settings if new else None, ctx)
         except Unsupported as exc:
             if new is None:  # the pipeline would keep it on: no image may be made with it by mistake
                 raise RunError(f"optimizations.{item.name}: cannot switch it off on the loaded pipeline: {exc}") from exc

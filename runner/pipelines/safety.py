@@ -147,7 +147,7 @@ def check_weight_files(enabled: Sequence[Enabled], loaded: LoadedRecipe | None, 
     refuse_hint = "convert it to safetensors, or pass --allow-pickle if you trust it"
     for item in enabled:
         files_of = item.optimization.weight_files
-        for named in files_of(item.settings) if files_of is not None else []:
+        for named in item.call("weight_files", item.settings) if files_of is not None else []:
             base = f"optimizations.{item.name}.{named.key}"
             given = [(f"{base}.{field}", value) for field, value in (("weight_name", named.weight_name), ("id", named.id))
                      if isinstance(value, str)]

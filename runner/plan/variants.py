@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -50,6 +50,7 @@ class Variant:
     enabled: list[Enabled]
     jobs: list[Job]
     positions: dict[str, int]  # build axis -> index of this variant's value in the axis's list
+    identity: dict[str, Any] = field(default_factory=dict)  # plugin -> what of it decides pixels (job_identity hook)
 
     def label(self) -> str:
         """``model tiny-a, components.vae default, lora none``: for the plan and the log."""

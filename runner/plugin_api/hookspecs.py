@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..plan.batches import Batch
     from ..recipe.context import BuildContext
     from ..recipe.model import Recipe
-    from ..recipe.optimizations import Optimization
+    from ..recipe.optimizations import Optimization, OptimizationSettings
     from ..records.formats import OutputFormat
     from ..views.metrics import Metric
 
@@ -108,23 +108,61 @@ def pipeline_ready(pipe: Any, recipe: Recipe, context: BuildContext) -> None:
 
 
 @hookspec
-def before_batch(pipe: Any, batch: Batch, call_kwargs: dict[str, Any]) -> None:
-    """A planned batch is about to be generated.
+def job_identity(recipe: Recipe) -> Any:
+    """What of this plugin decides the pixels of ``recipe``'s images, for their job keys.
 
-    Receives ``pipe``, ``batch`` (a :class:`recipe_runner.api.Batch`: its index and jobs) and
-    ``call_kwargs``, the exact keyword arguments of the pipeline call (prompt list, one generator
-    per image, every parameter). Mutating ``call_kwargs`` changes the call; raising stops the run,
-    except that an out-of-memory error makes the runner retry the same jobs in smaller batches.
-    Returns nothing.
+    Implement it when the plugin changes pixels outside an optimization's ``apply`` (an
+    ``after_batch`` that edits images, a ``before_batch`` that changes the call). Called once per
+    pipeline variant of a recipe (``recipe`` is the variant's, axes applied), before anything
+    loads, ``--dry-run`` included (cheap: no torch). Return None when the plugin leaves this
+    recipe's pixels alone, else JSON values (typically the settings it reads): the plugin's name,
+    its version and the value join every job key of the variant, so that a run after the plugin
+    is added, removed, upgraded or its settings changed regenerates the images instead of calling
+    them unchanged. Recipes no plugin returns a value for keep the keys they always had.
     """
 
 
 @hookspec
-def after_batch(pipe: Any, batch: Batch, images: list[Image]) -> None:
+def run_started(recipe: Recipe, output_dir: Path, todo: int) -> None:
+    """A recipe's run starts making images: the output folder is looked at (what is unchanged, what
+    to make) and the first pipeline is loaded, before the first batch (and its ``before_batch``).
+
+    Receives ``recipe``, ``output_dir`` and ``todo``: how many images this run (this rank) will make.
+    0: nothing to make; when the folder is seen up to date before loading, nothing is loaded and
+    ``run_finished`` follows at once. Called on every rank, once per recipe (and per ``--watch``
+    round), paired with ``run_finished`` when the run completes. Returns nothing.
+    """
+
+
+@hookspec
+def before_batch(pipe: Any, batch: Batch, call_kwargs: dict[str, Any], recipe: Recipe,
+                 settings: dict[str, OptimizationSettings]) -> None:
+    """A planned batch is about to be generated.
+
+    Receives ``pipe``, ``batch`` (a :class:`recipe_runner.api.Batch`: its index and jobs),
+    ``call_kwargs``, the exact keyword arguments of the pipeline call (prompt list, one generator
+    per image, every parameter), ``recipe`` (the batch's variant's recipe, axes applied) and
+    ``settings`` (the validated settings of each optimization on for the batch, by name: a hook
+    reads its own plugin's settings there). Mutating ``call_kwargs`` changes the call; a key the
+    pipeline does not take is refused (exit 1) like a ``[params]`` typo, naming the hook's plugins
+    and the closest parameter. Raising stops the run, except that an out-of-memory error makes the
+    runner retry the same jobs in smaller batches. Returns nothing (a value returned is an error).
+    """
+
+
+@hookspec
+def after_batch(pipe: Any, batch: Batch, images: list[Image], recipe: Recipe,
+                settings: dict[str, OptimizationSettings], facts: list[dict[str, Any]]) -> None:
     """A batch has been generated and its images are about to be written.
 
-    Receives ``pipe``, ``batch`` and ``images`` (one PIL image per job of the batch, in job order).
-    Returns nothing; the images are written after every implementation has run.
+    Receives ``pipe``, ``batch``, ``images`` (one PIL image per job of the batch, in job order),
+    ``recipe`` and ``settings`` (as ``before_batch``). Change an image in place or replace it
+    (``images[i] = new``); the images are written after every implementation has run, with the
+    runner's own metadata (an image's ``info`` is not written). ``facts``: one dict per image, empty;
+    what a hook sets there (``facts[i]["watermark"] = "bottom"``: JSON values) is kept in that
+    image's record of the manifest under ``facts``. Returns
+    nothing: a value returned (a new list) is an error, as is adding or removing an image. A hook
+    that changes pixels declares it with ``job_identity``.
     """
 
 
@@ -133,6 +171,8 @@ def run_finished(recipe: Recipe, output_dir: Path, manifest: dict[str, Any]) -> 
     """A recipe has finished: every image is written and the manifest is complete.
 
     Receives ``recipe``, ``output_dir`` (a pathlib.Path: the recipe's output folder; a plugin may
-    write its own files there) and ``manifest`` (the manifest as a dict, as written). Returns
-    nothing. Not called when the run failed or was interrupted.
+    write its own files there) and ``manifest`` (a copy of the manifest as written: changing it
+    changes nothing on disk). Called after every complete run, a run with nothing to do included
+    (``run_started`` said ``todo=0``), so a report stays up to date. Returns nothing. Not called
+    when the run failed or was interrupted.
     """

@@ -90,6 +90,7 @@ class PluginInfo:
     error: str | None = None
     provides: list[str] = field(default_factory=list)
     imported: bool = True  # False: its module could not be imported (else it failed to register)
+    traceback: str | None = None  # the failure's traceback, shown by --debug
 
     def short_label(self) -> str:
         """``'name' (distribution version)``, or its source when it has no distribution."""
@@ -135,8 +136,10 @@ class NamingHooks:
         caller = getattr(self.plugins.pm.hook, name)
 
         def call(**kwargs: Any) -> Any:
+            if name in RETURN_NOTHING:
+                return self._one_by_one(name, caller, kwargs)
             try:
-                return caller(**kwargs)
+                results = caller(**kwargs)
             except (KeyboardInterrupt, GeneratorExit):
                 raise
             except BaseException as exc:  # noqa: BLE001 - SystemExit too: a plugin never ends the run silently
@@ -144,8 +147,78 @@ class NamingHooks:
                     raise
                 raise PluginError(f"{_culprit(self.plugins, caller, exc)} failed in its {name} hook: "
                                   f"{type(exc).__name__}: {exc}") from exc
+            return results
 
         return call
+
+    def _one_by_one(self, name: str, caller: Any, kwargs: dict[str, Any]) -> None:
+        """A hook that returns nothing, each implementation called in pluggy's order with the
+        arguments it takes (as pluggy calls them), so that an error or a value returned names the
+        very plugin. With a wrapper among them, through pluggy (a value returned then names every
+        implementer)."""
+        impls = caller.get_hookimpls()
+        if any(impl.hookwrapper or impl.wrapper for impl in impls):
+            self._refuse_values(name, self.implementers(name), caller(**kwargs))
+            return
+        for impl in reversed(impls):
+            try:
+                result = impl.function(*[kwargs[arg] for arg in impl.argnames])
+            except (KeyboardInterrupt, GeneratorExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - SystemExit too: a plugin never ends the run silently
+                if _passes_through(exc):
+                    raise
+                raise PluginError(f"{_describe(self.plugins, impl.plugin_name)} failed in its {name} hook: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            if result is not None:
+                self._refuse_values(name, _describe(self.plugins, impl.plugin_name), [result])
+
+    @staticmethod
+    def _refuse_values(name: str, who: str, results: list[Any]) -> None:
+        if results:
+            what = ", ".join(sorted({type(r).__name__ for r in results}))
+            raise PluginError(f"{who}: its {name} hook returned a value ({what}); {name} returns nothing: "
+                              f"{RETURN_NOTHING[name]}")
+
+
+# The hooks whose return value the runner would ignore: a value returned is refused, saying what to do instead.
+RETURN_NOTHING = {
+    "pipeline_ready": "patch or wrap the pipe it receives",
+    "run_started": "it is told about the run, it changes nothing",
+    "before_batch": "change the call by mutating call_kwargs",
+    "after_batch": "change images[i] in place or replace it (images[i] = new); never add or remove one",
+    "run_finished": "write your own files into output_dir",
+}
+
+
+def identities(plugins: Plugins, recipe: Any) -> dict[str, Any]:
+    """What each plugin implementing ``job_identity`` says decides ``recipe``'s pixels, by plugin
+    name: ``{"version": ..., "identity": ...}`` (plugins returning None are left out). Goes into
+    every job key of the recipe (:func:`recipe_runner.records.keys.common_identity`)."""
+    import json
+
+    out: dict[str, Any] = {}
+    for impl in plugins.pm.hook.job_identity.get_hookimpls():
+        others = [p for p in plugins.pm.get_plugins() if p is not impl.plugin]
+        caller = plugins.pm.subset_hook_caller("job_identity", remove_plugins=others)
+        label = _describe(plugins, impl.plugin_name)
+        try:
+            results = caller(recipe=recipe)
+        except (KeyboardInterrupt, GeneratorExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a plugin never ends the run silently
+            raise PluginError(f"{label} failed in its job_identity hook: {type(exc).__name__}: {exc}") from exc
+        if not results:
+            continue
+        identity = results[0]
+        try:
+            json.dumps(identity, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise PluginError(f"{label}: its job_identity hook must return JSON values (dict, list, str, "
+                              f"number, bool) or None, got {type(identity).__name__}: {exc}") from exc
+        info = plugins.info(impl.plugin_name)
+        out[impl.plugin_name] = {"version": info.version if info is not None else None, "identity": identity}
+    return out
 
 
 def _passes_through(exc: BaseException) -> bool:
@@ -192,6 +265,15 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
 
+def _fail(info: PluginInfo, exc: BaseException, imported: bool = True) -> None:
+    """Record on ``info`` that its plugin failed with ``exc``: the one line errors show, the
+    traceback ``--debug`` shows."""
+    import traceback
+
+    info.error, info.imported = _error_text(exc), imported
+    info.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
 def _hookspec_args(name: str) -> list[str] | None:
     import inspect
 
@@ -236,7 +318,7 @@ def _register(pm: pluggy.PluginManager, plugin: Any, info: PluginInfo) -> None:
     except Exception as exc:  # a misspelled hook, a duplicate name, ...
         if pm.is_registered(plugin):
             pm.unregister(plugin)
-        info.error = _error_text(exc)
+        _fail(info, exc)
 
 
 def _allowed_third_party() -> set[str] | None:
@@ -261,7 +343,7 @@ def load_plugins(extra_modules: tuple[str, ...] | list[str] = ()) -> Plugins:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:
-            info.error, info.imported = _error_text(exc), False
+            _fail(info, exc, imported=False)
             continue
         _register(pm, module, info)
 
@@ -276,7 +358,7 @@ def load_plugins(extra_modules: tuple[str, ...] | list[str] = ()) -> Plugins:
         try:
             plugin = ep.load()
         except Exception as exc:  # one broken plugin never takes the tool down
-            info.error, info.imported = _error_text(exc), False
+            _fail(info, exc, imported=False)
             continue
         if any(plugin is p for p, _ in _REGISTERED):  # a test registered this very plugin: that one wins
             infos.remove(info)
@@ -297,7 +379,7 @@ def load_plugins(extra_modules: tuple[str, ...] | list[str] = ()) -> Plugins:
         try:
             module = import_plugin_module(module_name)
         except Exception as exc:  # listed as failed; a run names it, --strict-plugins refuses it
-            info.error, info.imported = _error_text(exc), False
+            _fail(info, exc, imported=False)
             continue
         info.distribution, info.version = _distribution_of(module)
         _register(pm, module, info)
@@ -418,7 +500,7 @@ def _collect_optimizations(pm: pluggy.PluginManager, infos: list[PluginInfo]) ->
         except Exception as exc:
             error = _error_text(exc)
             if info is not None:
-                info.error = error
+                _fail(info, exc)
             registry.broken[impl.plugin_name] = error
             for opt in provided:
                 if isinstance(opt, Optimization):
@@ -454,7 +536,7 @@ def _collect_kinds(pm: pluggy.PluginManager, infos: list[PluginInfo], registry: 
                         raise ValueError(f"{kinds.what} {kind.name!r} is already provided by {kinds.providers[kind.name]!r}")
             except Exception as exc:
                 if info is not None:
-                    info.error = _error_text(exc)
+                    _fail(info, exc)
                 registry.broken[impl.plugin_name] = _error_text(exc)
                 continue
             for kind in found:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..base.errors import Problem, RecipeError, suggest
+from ..base.errors import PluginError, Problem, RecipeError, suggest
 from .model import problem_from_pydantic
 
 if TYPE_CHECKING:
@@ -146,10 +146,29 @@ class Enabled:
     reason: str | None = None
     details: dict[str, Any] = field(default_factory=dict)  # what apply reported
     key: str = ""  # the recipe's key for it: its name, or "plugin:name" (empty: its name)
+    plugin: str = ""  # its plugin, as errors name it: "'name' (distribution version)"
 
     @property
     def name(self) -> str:
         return self.optimization.name
+
+    def call(self, callback: str, *args: Any) -> Any:
+        """The optimization's ``callback`` (apply, check, switch, load_kwargs, weight_files) with
+        ``args``; an error it raises comes out as a :class:`PluginError` naming the plugin, the
+        optimization and the callback (the original as its cause, shown by ``--debug``).
+        :class:`Unsupported`, errors already naming a plugin or a recipe line, out-of-memory
+        errors (the runner backs off) and Ctrl-C pass unchanged."""
+        function = getattr(self.optimization, callback)
+        try:
+            return function(*args)
+        except (KeyboardInterrupt, GeneratorExit, Unsupported, PluginError, RecipeError):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: a plugin never ends the run silently
+            if isinstance(exc, Exception) and _out_of_memory(exc):
+                raise
+            who = f"plugin {self.plugin}" if self.plugin else "a plugin"
+            raise PluginError(f"{who} failed in {callback} of its optimization {self.name!r}: "
+                              f"{type(exc).__name__}: {exc}") from exc
 
     def record(self) -> dict[str, Any]:
         out = {"status": self.status, "settings": self.settings.model_dump(mode="json")}
@@ -157,6 +176,16 @@ class Enabled:
             out["reason"] = self.reason
         out.update(self.details)
         return out
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    import sys
+
+    if "torch" not in sys.modules:  # no torch loaded: no tensor ran out
+        return False
+    from ..base.memory import is_out_of_memory
+
+    return is_out_of_memory(exc)
 
 
 QUALIFIER = ":"  # "plugin:name": one plugin's optimization, when two provide the name
@@ -338,7 +367,8 @@ class Registry:
                 for error in exc.errors():
                     problems.append(problem_from_pydantic(dict(error), problem, model=opt.settings, prefix=key))
                 continue
-            enabled.append(Enabled(opt, settings, key=name))
+            provider = self.provider(name)
+            enabled.append(Enabled(opt, settings, key=name, plugin=self.label(provider) if provider else ""))
         if problems:
             raise RecipeError(problems)
         return sorted(enabled, key=lambda e: (STAGES.index(e.optimization.stage), e.name))

@@ -2,7 +2,7 @@
 
 A job's key hashes everything that decides its pixels: model and component ids, revisions and
 variants, the content of local model folders and the Hub commit loaded, the dtype used,
-optimizations, scheduler, call parameters, prompt, the *content* of its input images, seed, task
+optimizations, what plugins declare with ``job_identity``, scheduler, call parameters, prompt, the *content* of its input images, seed, task
 and generator device. Resume (:mod:`recipe_runner.records.resume`) keeps a job whose file exists with the
 key and sha256 the manifest recorded; every written image carries its key.
 Light module: no torch.
@@ -58,14 +58,18 @@ class Keys:
 
 
 def common_identity(recipe: Recipe, dtype: str, enabled: Sequence[Enabled],
-                    loaded_models: dict[str, Any]) -> dict[str, Any]:
+                    loaded_models: dict[str, Any], plugins: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The part of every job's identity that the recipe's model and run settings decide.
 
     ``loaded_models`` says what the model ids stood for in this run: the content hash of each local
     model folder and the Hub commit loaded (see :func:`recipe_runner.pipelines.lock.local_weights`).
+    ``plugins``: what the plugins that declare they decide pixels (the ``job_identity`` hook) gave,
+    by plugin (name, version, identity); absent when none did, so keys without them never change.
     """
     m = recipe.model
+    extra = {"plugins": dict(plugins)} if plugins else {}
     return {
+        **extra,
         "model": {k: getattr(m, k, None) for k in ("id", "revision", "variant", "task", "custom_pipeline")},
         "loaded_models": loaded_models,
         "dtype": dtype,
@@ -79,11 +83,13 @@ def job_keys(variants: Sequence[Variant], jobs: Sequence[Job], dtype_of: Callabl
              revisions: Mapping[str, str | None], digests: dict[str, str],
              applied: Callable[[Variant], Sequence[Enabled]] | None = None) -> Keys:
     """Every job's key: its variant's model (with ``revisions[model id]``, the Hub commit loaded),
-    components, optimizations (those ``applied`` gives; default: not skipped) and dtype
-    (``dtype_of(variant)``), and the job itself (input images by their ``digests``)."""
+    components, optimizations (those ``applied`` gives; default: not skipped), dtype
+    (``dtype_of(variant)``) and plugin identities (``variant.identity``), and the job itself (input
+    images by their ``digests``)."""
     commons = {}
     for v in variants:
         enabled = applied(v) if applied is not None else v.enabled
         commons[v.id] = common_identity(v.recipe, dtype_of(v), enabled,
-                                        loaded_models(v.recipe, v.loaded, revisions.get(v.recipe.model.id)))
+                                        loaded_models(v.recipe, v.loaded, revisions.get(v.recipe.model.id)),
+                                        v.identity)
     return Keys(commons, jobs, digests)

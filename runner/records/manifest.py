@@ -48,6 +48,7 @@ class StoredImage(TypedDict, total=False):
     batch_jobs: list[StrictInt | None] | None
     rank: StrictInt | None
     seconds: float | None
+    facts: dict[str, Any] | None
 
 
 class StoredEnvironment(TypedDict, total=False):
@@ -130,6 +131,7 @@ class ImageRecord:
     seconds: float | None = None  # generating its batch, per image of the batch
     cell: str | None = None  # where the job stands in the recipe as written (Job.cell_name): an edit's pairing
     same_as: int | None = None  # the job whose image this cell shows (an equal job, generated once)
+    facts: dict[str, Any] | None = None  # what plugins recorded about the image (after_batch's facts); absent: none
 
     @classmethod
     def for_job(cls, job: Job, file: str) -> ImageRecord:
@@ -141,7 +143,7 @@ class ImageRecord:
         return cls(**{f.name: data.get(f.name, f.default) for f in fields(cls)})
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "facts" or self.facts}
 
 
 PARTIAL = ".manifest.rank-{rank}.json"  # a rank's part of a distributed run, merged when every rank is done
@@ -208,12 +210,14 @@ class Manifest:
             record.key = key
         return record
 
-    def written(self, job: Job, sha256: str, rank: int, seconds: float | None = None) -> None:
+    def written(self, job: Job, sha256: str, rank: int, seconds: float | None = None,
+                facts: dict[str, Any] | None = None) -> None:
         """``job``'s image is on disk, with these bytes, written by process ``rank``; its batch
-        took ``seconds`` per image to generate."""
+        took ``seconds`` per image to generate; ``facts``: what plugins recorded about it."""
         record = self.record(job)
         record.status, record.sha256, record.rank = "done", sha256, rank
         record.seconds = round(seconds, 4) if seconds is not None else None
+        record.facts = dict(facts) if facts else None
         for index in self.followers.get(job.index, ()):
             self.show(self.images[index], record)
 
@@ -221,7 +225,7 @@ class Manifest:
     def show(record: ImageRecord, maker: ImageRecord) -> None:
         """``record``'s cell shows the image of ``maker`` (an equal job): its file, key, status and batch."""
         record.file, record.same_as = maker.file, maker.index
-        for name in ("status", "sha256", "key", "batch", "batch_size", "batch_jobs", "rank", "seconds"):
+        for name in ("status", "sha256", "key", "batch", "batch_size", "batch_jobs", "rank", "seconds", "facts"):
             setattr(record, name, getattr(maker, name))
 
     def follow(self, job: Job, maker: Job) -> None:
@@ -242,6 +246,7 @@ class Manifest:
         record.batch, record.batch_size = made.get("batch"), made.get("batch_size")
         record.batch_jobs, record.rank = made.get("batch_jobs"), made.get("rank")
         record.seconds = made.get("seconds")
+        record.facts = made.get("facts")
 
     def set_history(self, folder: str | None, replaced: Iterable[tuple[str, str]]) -> None:
         """This run moved the files it replaced into ``folder`` (relative to the manifest's): their

@@ -105,14 +105,16 @@ class Writer:
         }
 
     def write_batch(self, batch: Batch, images: Sequence[Any], only: set[int] | None = None,
-                    gate: Gate | None = None, seconds: float | None = None) -> None:
+                    gate: Gate | None = None, seconds: float | None = None,
+                    facts: Sequence[dict[str, Any]] | None = None) -> None:
         """Write the images of ``batch`` (those in ``only`` when given), then the manifest (or its
         journal); ``seconds``: how long the batch took to generate. A first Ctrl-C waits until the whole batch is written. On the background writer
         (:mod:`recipe_runner.records.writing`), every record change goes through ``gate``, which the main
-        thread closes to stop the writer at once (a second Ctrl-C)."""
+        thread closes to stop the writer at once (a second Ctrl-C). ``facts``: per image, what the
+        plugins' ``after_batch`` hooks recorded, kept in its manifest record."""
         records: Callable[[], AbstractContextManager[None]] = gate.records if gate is not None else nullcontext
         with critical():
-            for job, image in zip(batch.jobs, images):
+            for position, (job, image) in enumerate(zip(batch.jobs, images)):
                 if only is not None and job.index not in only:
                     continue  # its record keeps describing how its file was made
                 with records():
@@ -125,7 +127,8 @@ class Writer:
                 atomic_write(self.manifest.file_for(job), data)
                 sha256 = hashlib.sha256(data).hexdigest()
                 with records():
-                    self.manifest.written(job, sha256, self.rank, seconds / batch.size if seconds is not None else None)
+                    self.manifest.written(job, sha256, self.rank, seconds / batch.size if seconds is not None else None,
+                                          facts=facts[position] if facts else None)
                     _written[0] += 1
                     if self.journal is not None:
                         self.journal.append(record)

@@ -493,7 +493,8 @@ def _recorded_members(record: dict[str, Any] | None, old_files: dict[int, str], 
 def _made(record: dict[str, Any], old_files: dict[int, str], now: dict[str, int]) -> dict[str, Any]:
     """The batch fields of an unchanged job's record, its batch's members renumbered to this run's
     jobs (``batch_jobs`` None when one of them is no longer a job)."""
-    made: dict[str, Any] = {k: record.get(k) for k in ("batch", "batch_size", "rank", "seconds") if record.get(k) is not None}
+    made: dict[str, Any] = {k: record.get(k) for k in ("batch", "batch_size", "rank", "seconds", "facts")
+                            if record.get(k) is not None}
     members = record.get("batch_jobs")
     if isinstance(members, list):
         mapped = [now.get(old_files.get(m, "")) if isinstance(m, int) else None for m in members]

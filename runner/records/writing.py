@@ -62,6 +62,7 @@ class Handed:
     images: list[Any]
     only: set[int] | None
     times: dict[str, Any]
+    facts: list[dict[str, Any]] | None = None  # per image: what after_batch hooks recorded (empty: nothing)
 
 
 def batch_times(batch: Batch, seconds: float) -> dict[str, Any]:
@@ -81,7 +82,7 @@ class Writes:
 
     def hand(self, item: Handed) -> None:
         start = time.perf_counter()
-        self.writer.write_batch(item.batch, item.images, item.only, seconds=item.times["seconds"])
+        self.writer.write_batch(item.batch, item.images, item.only, seconds=item.times["seconds"], facts=item.facts)
         seconds = round(time.perf_counter() - start, 4)
         item.times.update(write_seconds=seconds, wait_seconds=seconds)
         self.times.append(item.times)
@@ -202,7 +203,8 @@ class BackgroundWrites(Writes):
                 self._cond.notify_all()  # room for the next batch
             try:
                 start = time.perf_counter()
-                self.writer.write_batch(item.batch, item.images, item.only, gate=self.gate, seconds=item.times["seconds"])
+                self.writer.write_batch(item.batch, item.images, item.only, gate=self.gate, seconds=item.times["seconds"],
+                                        facts=item.facts)
                 item.times["write_seconds"] = round(time.perf_counter() - start, 4)
                 self.times.append(item.times)
             except Abandoned:

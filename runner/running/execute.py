@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import gc
 import inspect
+import json
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..base.errors import PluginError, RunError
+from ..base.errors import PluginError, RunError, suggest
 from ..base.memory import is_out_of_memory
 from ..pipelines.build import Built, call_parameters
 from ..plan.batches import Batch, plan
@@ -103,6 +104,33 @@ class Execution:
 
         kwargs["callback_on_step_end"] = on_step_end
 
+    def check_added(self, pipe: Any, added: list[str]) -> None:
+        """The call arguments ``before_batch`` added: each one the pipeline takes, checked like
+        ``[params]`` (named parameters only: what would land in the call's ``**kwargs`` is ignored
+        by diffusers, or is a deprecated callback)."""
+        if not added:
+            return
+        accepted = call_parameters(pipe)
+        wrong = [k for k in added if k not in accepted]
+        if wrong:
+            hints = "; ".join(f"{k!r}: " + (suggest(k, accepted) or "not a parameter of the pipeline") for k in wrong)
+            raise PluginError(f"{self.hook.implementers('before_batch')}: its before_batch hook added call argument(s) "
+                              f"{type(pipe).__name__} does not take ({hints})")
+
+    def checked_facts(self, facts: list[dict[str, Any]], batch: Batch) -> list[dict[str, Any]] | None:
+        """What ``after_batch`` hooks recorded per image: JSON values, or a PluginError; None: nothing."""
+        if len(facts) != batch.size or not all(isinstance(f, dict) for f in facts):
+            raise PluginError(f"{self.hook.implementers('after_batch')}: facts must stay one dict per image "
+                              "(set facts[i][name] = value)")
+        if not any(facts):
+            return None
+        try:
+            json.dumps(facts, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise PluginError(f"{self.hook.implementers('after_batch')}: facts must be JSON values "
+                              f"(str, number, bool, list, dict): {exc}") from exc
+        return facts
+
     def generate(self, batch: Batch, only: set[int] | None) -> Handed:
         """Run the pipeline of ``batch``'s jobs on it: its images, ready to hand to the writer."""
         built = self.pipelines.use(batch.jobs[0])
@@ -111,21 +139,28 @@ class Execution:
         self.progress.begin_batch(batch.size if only is None else len([j for j in batch.jobs if j.index in only]),
                                   denoising_steps(built.pipe, kwargs))
         self.step_callback(kwargs, built)
-        self.hook.before_batch(pipe=built.pipe, batch=batch, call_kwargs=kwargs)
+        variant = self.pipelines.prepared.variant_of(batch.jobs[0])
+        settings = {e.name: e.settings for e in variant.enabled if e.status != "skipped"}
+        given = set(kwargs)
+        self.hook.before_batch(pipe=built.pipe, batch=batch, call_kwargs=kwargs, recipe=variant.recipe,
+                               settings=settings)
+        self.check_added(built.pipe, [k for k in kwargs if k not in given])
         start = time.perf_counter()
         output = built.pipe(**kwargs)
         seconds = time.perf_counter() - start
         images = list(output.images)
         if len(images) != batch.size:
             raise RunError(f"the pipeline returned {len(images)} images for a batch of {batch.size}")
-        self.hook.after_batch(pipe=built.pipe, batch=batch, images=images)
+        facts: list[dict[str, Any]] = [{} for _ in images]
+        self.hook.after_batch(pipe=built.pipe, batch=batch, images=images, recipe=variant.recipe, settings=settings,
+                              facts=facts)
         if len(images) != batch.size or not all(hasattr(image, "save") for image in images):
             raise PluginError(f"after_batch left {len(images)} image(s) for a batch of {batch.size}"
                               f"{'' if len(images) != batch.size else ', not all of them images'}: a hook may change "
                               f"the images (in place, or replace an item), never remove or add one "
                               f"(after_batch implemented by {self.hook.implementers('after_batch')})")
         mine = None if only is None else {j.index for j in batch.jobs if j.index in only}
-        return Handed(batch, images, mine, batch_times(batch, seconds))
+        return Handed(batch, images, mine, batch_times(batch, seconds), self.checked_facts(facts, batch))
 
     def run(self, batches: list[Batch], pending: set[int] | None = None) -> None:
         """Generate ``batches`` in order; with ``pending``, only the batches holding a pending job

@@ -27,7 +27,7 @@ from ..plan.prepared import Prepared
 from ..plan.variants import Variant, relabel, resolved_jobs
 from ..plan.variants import check as axis_value_problems
 from ..plan.variants import make as make_variants
-from ..plugin_api.manager import Plugins
+from ..plugin_api.manager import Plugins, identities
 from ..recipe.context import BuildContext
 from ..recipe.loading import LoadedRecipe, display_path, load
 from ..recipe.model import Recipe, validate
@@ -99,6 +99,8 @@ def prepare_loaded(loaded: LoadedRecipe, plugins: Plugins, options: Options) -> 
                                            'use format = "png" or "webp" (no such limit), or metadata = false'))
     if problems:
         raise RecipeError(list({(p.key, p.message, p.file, p.line): p for p in problems}.values()))
+    for variant in found:
+        variant.identity = identities(plugins, variant.recipe)
     return Prepared(loaded, recipe, jobs, enabled, resolved, keys, options.out / recipe.name, found)
 
 

@@ -9,6 +9,7 @@ Light at import (every module it imports keeps torch and diffusers inside its fu
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -169,8 +170,18 @@ def variant_context(variant: Variant, options: Options) -> BuildContext:
 
 
 def optimization_records(prepared: Prepared) -> dict[str, dict[str, Any]]:
-    """The manifest's ``optimizations``: each optimization's record (of the last variant using it)."""
-    return {e.name: e.record() for v in prepared.variants for e in v.enabled}
+    """The manifest's ``optimizations``: each optimization's record (of the last variant using it);
+    with several variants (build axes), also ``variants``: its record in each variant using it, by
+    variant label, so that an axis over its settings keeps every value's settings and facts."""
+    out: dict[str, dict[str, Any]] = {}
+    several = len(prepared.variants) > 1
+    for variant in prepared.variants:
+        for e in variant.enabled:
+            record = e.record()
+            if several:
+                record["variants"] = {**out.get(e.name, {}).get("variants", {}), variant.label(): e.record()}
+            out[e.name] = record
+    return out
 
 
 def revision_before_loading(model: Any) -> str | None:
@@ -241,8 +252,9 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
     mine = distributed.shard(state.todo(), dist.world_size)[dist.rank]
     order = {v.id: i for i, v in enumerate(prepared.variants)}  # one variant after the other (zip mode too)
     mine.sort(key=lambda b: (order[b.jobs[0].variant], b.index))
-    progress = Progress(sum(1 for b in mine for j in b.jobs if j.index in state.pending), recipe.name,
-                        enabled=options.progress if dist.is_main else False)
+    todo = sum(1 for b in mine for j in b.jobs if j.index in state.pending)
+    plugins.hook.run_started(recipe=recipe, output_dir=out_dir, todo=todo)
+    progress = Progress(todo, recipe.name, enabled=options.progress if dist.is_main else False)
     execution = Execution(pipelines, writer, plugins.hook, images, progress, options.warn, stop=stop)
     began = time.perf_counter()
     try:
@@ -271,7 +283,7 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
     manifest.views = data["views"] = drawn.drawn_with(data["recipe"])  # a later run redraws them when [output] changes
     with critical():
         manifest.save()
-    plugins.hook.run_finished(recipe=recipe, output_dir=out_dir, manifest=data)
+    plugins.hook.run_finished(recipe=recipe, output_dir=out_dir, manifest=copy.deepcopy(data))
     done = made_on_disk(manifest, [j for b in mine for j in b.jobs if j.index in state.pending])
     if execution.stopped:  # a --watch round: one process, the manifest says which images were written
         report.note(f"{recipe.name}: stopped after {done} of {len(state.pending)} new image(s): a watched file changed")
@@ -323,7 +335,8 @@ def up_to_date(prepared: Prepared, plugins: Plugins, found: Peek | None) -> dict
     out_dir = prepared.out_dir
     data: dict[str, Any] = found.manifest or {}
     data, redrew = repair(prepared, data)
-    plugins.hook.run_finished(recipe=prepared.recipe, output_dir=out_dir, manifest=data)
+    plugins.hook.run_started(recipe=prepared.recipe, output_dir=out_dir, todo=0)
+    plugins.hook.run_finished(recipe=prepared.recipe, output_dir=out_dir, manifest=copy.deepcopy(data))
     views = f"; {redrew} redrawn" if redrew else ""
     report.result(f"{prepared.recipe.name}: {len(prepared.jobs)} images: {found.summary()}; nothing to do, "
                   f"nothing loaded{views} -> {display_path(out_dir)}/")

@@ -159,7 +159,7 @@ def test_a_wrong_hook_argument_says_which_argument_and_what_the_hook_passes(reci
     out = recipe_runner_cli("--list-plugins").out
     assert listing(out, "rr_broken")[1] == (
         "    failed to load: hook 'after_batch': after_batch(pipe, batch, imgs) takes argument(s) {'imgs'} "
-        "that the hook does not pass (it passes pipe, batch, images)")
+        "that the hook does not pass (it passes pipe, batch, images, recipe, settings, facts)")
     assert listing(out, "rr_unknown")[1] == "    failed to load: unknown hook 'befor_batch' (did you mean 'before_batch'?)"
 
 

@@ -170,6 +170,14 @@ class Recorder:
         self._seen("pipeline_ready", pipe=pipe, recipe=recipe, context=context)
 
     @hookimpl
+    def job_identity(self, recipe):
+        self._seen("job_identity", recipe=recipe)
+
+    @hookimpl
+    def run_started(self, recipe, output_dir, todo):
+        self._seen("run_started", output_dir=output_dir, todo=todo)
+
+    @hookimpl
     def before_batch(self, pipe, batch, call_kwargs):
         self._seen("before_batch", batch=batch, prompts=list(call_kwargs["prompt"]))
 
@@ -195,6 +203,8 @@ def test_every_hook_is_implemented_by_a_test_plugin_and_called(recipe_runner_reg
     assert [c["batch"].index for c in recorder.calls["before_batch"]] == [0, 1]
     assert [c["images"] for c in recorder.calls["after_batch"]] == [2, 1]
     assert recorder.calls["run_finished"] == [{"output_dir": tmp_path / "out" / "recipe", "images": 3}]
+    assert recorder.calls["run_started"] == [{"output_dir": tmp_path / "out" / "recipe", "todo": 3}]
+    assert len(recorder.calls["job_identity"]) == 1  # one variant
 
 
 # --- the example plugin package and the pytest plugin ---------------------------------------------
@@ -227,7 +237,7 @@ def test_the_example_plugin_passes_its_own_tests_with_the_shipped_pytest_plugin(
                            str(EXAMPLE / "tests")], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "2 passed" in proc.stdout
+    assert "6 passed" in proc.stdout
 
 
 @pytest.mark.slow

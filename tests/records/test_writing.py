@@ -87,12 +87,13 @@ class Device:
         self.record("generated", batch.index)
 
     def wrap(self, write_batch: Any) -> Any:
-        def wrapped(writer: Any, batch: Any, images: Any, only: Any = None, gate: Any = None, seconds: Any = None) -> None:
+        def wrapped(writer: Any, batch: Any, images: Any, only: Any = None, gate: Any = None, seconds: Any = None,
+                    facts: Any = None) -> None:
             self.record("write", batch.index)
             following = batch.index + 1
             if following < len(self.started) and not self.started[following].wait(WAIT):
                 self.timeouts.append(f"batch {following} never started while batch {batch.index} was written")
-            write_batch(writer, batch, images, only, gate, seconds)
+            write_batch(writer, batch, images, only, gate, seconds, facts)
             self.record("written", batch.index)
             self.written[batch.index].set()
 
@@ -282,7 +283,8 @@ class BlockedWriter:
         self.entered = threading.Event()
         self.recorded: list[int] = []
 
-    def write_batch(self, batch: Any, images: Any, only: Any = None, gate: Any = None, seconds: Any = None) -> None:
+    def write_batch(self, batch: Any, images: Any, only: Any = None, gate: Any = None, seconds: Any = None,
+                    facts: Any = None) -> None:
         self.entered.set()
         self.release.wait(WAIT)
         with gate.records():
