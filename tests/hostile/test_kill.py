@@ -20,21 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, pixels
+from tests.conftest import LONG_RUN, REPO, pixels
 
-RECIPE = '''
-[model]
-id = "tiny:sd15"
-device = "cpu"
-[params]
-num_inference_steps = 2
-guidance_scale = 7.5
-[matrix]
-prompts = ["a red fox", "a blue house", "a green tree"]
-seeds = [0, 1]
-[run]
-batch_size = 2
-'''
+RECIPE = LONG_RUN.format(batch_size=2)  # three prompts by two seeds, three batches of two
 
 KILLPOINT = '''
 import os, pathlib, time

@@ -16,21 +16,9 @@ import pytest
 
 from recipe_runner import hookimpl
 from recipe_runner.records.journal import JOURNAL_NAME
-from tests.conftest import REPO, image_files, tree_digest
+from tests.conftest import LONG_RUN, REPO, image_files, tree_digest
 
-RECIPE = '''
-[model]
-id = "tiny:sd15"
-device = "cpu"
-[params]
-num_inference_steps = 2
-guidance_scale = 7.5
-[matrix]
-prompts = ["a red fox", "a blue house", "a green tree"]
-seeds = [0, 1]
-[run]
-batch_size = 2
-'''
+RECIPE = LONG_RUN.format(batch_size=2)  # three prompts by two seeds, three batches of two
 
 
 def child_env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -8,21 +8,12 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_recipe
 
 DOC = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
 EXAMPLE = REPO / "examples" / "recipe-runner-example"
 
-RECIPE = '''
-[model]
-id = "tiny:sd15"
-device = "cpu"
-[params]
-num_inference_steps = 2
-[matrix]
-prompts = ["a cat"]
-seeds = [0]
-'''
+RECIPE = tiny_recipe(seeds=[0])
 
 
 def section(title: str) -> str:
