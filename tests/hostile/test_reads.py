@@ -241,6 +241,7 @@ def planted_model(recipe_runner_tiny_sd15, tmp_path):
     return model
 
 
+@pytest.mark.slow
 def test_lock_of_a_model_folder_with_links_to_proc_files_ends_with_exit_2(planted_model, tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text(T2I.format(name="proc", model="./model"))
@@ -266,6 +267,7 @@ def test_a_run_with_such_a_model_folder_ends_with_exit_2(planted_model, tmp_path
     assert tree_digest(tmp_path, skip=out) == around
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["model_index.json", "unet/config.json"])
 def test_a_model_file_that_is_a_fifo_is_refused_before_anything_loads(recipe_runner_tiny_sd15, tmp_path, config):
     model = tmp_path / "model"
@@ -545,6 +547,7 @@ BASE = '[model]\nid = "tiny:sd15"\n[matrix]\nprompts = ["a cat"]\nseeds = 1\n'
     "[" + ".".join(["t"] * 3000) + "]\nx = 1",
     "v = " + "[" * 40 + "]" * 40,
 ])
+@pytest.mark.slow
 def test_deep_nesting_is_exit_2_with_a_message(tmp_path, nested):
     recipe = tmp_path / "deep.toml"
     recipe.write_text(nested + "\n" + BASE)
@@ -590,6 +593,7 @@ def test_a_bom_at_the_start_of_a_recipe_is_reported(tmp_path):
     assert dry_run(recipe).code == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["x\u202egnp.exe", "a\u2066b", "tab\x7f", "line\u2028sep", "c1\x85"])
 def test_control_and_bidi_characters_are_refused_in_recipe_names(tmp_path, name):
     recipe = tmp_path / "r.toml"
@@ -621,6 +625,7 @@ MALFORMED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_compare_on_a_malformed_manifest_exits_2_with_a_message(tmp_path, case):
     a = compare_side(tmp_path / "A")

@@ -357,6 +357,7 @@ def test_a_second_run_refuses_naming_the_first_and_a_killed_one_never_blocks(rec
     assert not (case.folder / LOCK_NAME).exists() and (case.folder / "history").is_dir()
 
 
+@pytest.mark.slow
 def test_wait_waits_for_the_other_run(recipe_runner_cli, tmp_path, pristine):
     case = Case(tmp_path, pristine)
     holder = start_holder(case.folder, 2)

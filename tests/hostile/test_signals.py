@@ -239,6 +239,7 @@ def test_an_after_batch_hook_that_empties_the_images_fails_naming_it(recipe_runn
     (SystemExit("bye"), "SystemExit: bye"),
     (KeyError("width"), "KeyError: 'width'"),
 ])
+@pytest.mark.slow
 @pytest.mark.parametrize("hook", ["before_batch", "run_finished"])
 def test_an_exception_in_a_hook_exits_1_naming_the_plugin(recipe_runner_cli, recipe_runner_write_recipe,
                                                            recipe_runner_register_plugin, tmp_path, error, shown, hook):
@@ -311,6 +312,7 @@ class OutOfMemoryAbove2:
             raise self.error
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("error", [RuntimeError(CPU_OOM), RuntimeError("DefaultCPUAllocator: not enough memory"),
                                    MemoryError()])
 def test_a_cpu_allocator_failure_halves_the_batch(recipe_runner_cli, recipe_runner_write_recipe, recipe_runner_register_plugin,
