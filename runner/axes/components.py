@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from ..recipe.model import ComponentSpec, problem_from_pydantic
-from .kind import AxisContext, AxisKind, ModelReference, reference_label
+from ..recipe.model import ComponentSpec
+from .kind import AxisContext, AxisKind, ModelReference, check_references, reference_label
 
 if TYPE_CHECKING:
     from ..base.errors import Problem
@@ -32,22 +30,10 @@ class ComponentsAxis(AxisKind):
         return reference_label(value) or super().label(axis, value)
 
     def check(self, axis: str, values: list[Any], ctx: AxisContext) -> list[Problem]:
-        problems: list[Problem] = []
-        for i, value in enumerate(values):
-            at = f"matrix.axes.{axis}.{i}"
-            if isinstance(value, str):
-                if not value:
-                    problems.append(ctx.problem(at, f"expected a component id or {DEFAULT_COMPONENT!r}, got an empty string"))
-                continue
-            if not isinstance(value, dict):
-                problems.append(ctx.problem(at, f"expected a component id, {DEFAULT_COMPONENT!r} (the model's own) or a "
-                                                f"table like [components.<name>], got {value!r}"))
-                continue
-            try:
-                ComponentSpec.model_validate(value)
-            except ValidationError as exc:
-                problems += [problem_from_pydantic(dict(e), ctx.problem, model=ComponentSpec, prefix=at) for e in exc.errors()]
-        return problems
+        return check_references(axis, values, ctx, ComponentSpec,
+                                f"expected a component id or {DEFAULT_COMPONENT!r}, got an empty string",
+                                f"expected a component id, {DEFAULT_COMPONENT!r} (the model's own) or a table like "
+                                "[components.<name>], got {value!r}")
 
     def place(self, axis: str, value: Any, data: dict[str, Any]) -> list[tuple[str, Any]]:
         spec = None if value == DEFAULT_COMPONENT else ({"id": value} if isinstance(value, str) else dict(value))

@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import BaseModel, ValidationError
+
 from ..base.errors import Problem, RecipeError
+from ..recipe.model import problem_from_pydantic
 
 if TYPE_CHECKING:
     from ..recipe.loading import LoadedRecipe
@@ -133,6 +136,28 @@ def reference_label(value: Any) -> str | None:
         extra = [str(value[k]) for k in ("revision", "variant", "subfolder", "dtype") if value.get(k)]
         return short_id(value["id"]) + (f" ({', '.join(extra)})" if extra else "")
     return None
+
+
+def check_references(axis: str, values: list[Any], ctx: AxisContext, table: type[BaseModel], empty: str,
+                     otherwise: str) -> list[Problem]:
+    """The values of an axis of models or components: each a non-empty id, or a table that
+    ``table`` validates (its problems at ``matrix.axes.<axis>.<i>.<key>``). ``empty`` and
+    ``otherwise`` (formatted with ``value``) say what was expected."""
+    problems: list[Problem] = []
+    for i, value in enumerate(values):
+        at = f"matrix.axes.{axis}.{i}"
+        if isinstance(value, str):
+            if not value:
+                problems.append(ctx.problem(at, empty))
+            continue
+        if not isinstance(value, dict):
+            problems.append(ctx.problem(at, otherwise.format(value=value)))
+            continue
+        try:
+            table.model_validate(value)
+        except ValidationError as exc:
+            problems += [problem_from_pydantic(dict(e), ctx.problem, model=table, prefix=at) for e in exc.errors()]
+    return problems
 
 
 def short_id(model_id: str) -> str:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from ..recipe.model import DType, Strict, problem_from_pydantic
-from .kind import AxisContext, AxisKind, ModelReference, reference_label
+from ..recipe.model import DType, Strict
+from .kind import AxisContext, AxisKind, ModelReference, check_references, reference_label
 
 if TYPE_CHECKING:
     from ..base.errors import Problem
@@ -36,21 +36,8 @@ class ModelAxis(AxisKind):
         return reference_label(value) or super().label(axis, value)
 
     def check(self, axis: str, values: list[Any], ctx: AxisContext) -> list[Problem]:
-        problems: list[Problem] = []
-        for i, value in enumerate(values):
-            at = f"matrix.axes.{axis}.{i}"
-            if isinstance(value, str):
-                if not value:
-                    problems.append(ctx.problem(at, "expected a model id, got an empty string"))
-                continue
-            if not isinstance(value, dict):
-                problems.append(ctx.problem(at, f"expected a model id or a table {{ id, revision, variant, dtype }}, got {value!r}"))
-                continue
-            try:
-                ModelValue.model_validate(value)
-            except ValidationError as exc:
-                problems += [problem_from_pydantic(dict(e), ctx.problem, model=ModelValue, prefix=at) for e in exc.errors()]
-        return problems
+        return check_references(axis, values, ctx, ModelValue, "expected a model id, got an empty string",
+                                "expected a model id or a table {{ id, revision, variant, dtype }}, got {value!r}")
 
     def place(self, axis: str, value: Any, data: dict[str, Any]) -> list[tuple[str, Any]]:
         spec = {"id": value} if isinstance(value, str) else dict(value)

@@ -145,8 +145,7 @@ class NamingHooks:
             except BaseException as exc:  # noqa: BLE001 - SystemExit too: a plugin never ends the run silently
                 if _passes_through(exc):
                     raise
-                raise PluginError(f"{_culprit(self.plugins, caller, exc)} failed in its {name} hook: "
-                                  f"{type(exc).__name__}: {exc}") from exc
+                raise _hook_failure(_culprit(self.plugins, caller, exc), name, exc) from exc
             return results
 
         return call
@@ -168,8 +167,7 @@ class NamingHooks:
             except BaseException as exc:  # noqa: BLE001 - SystemExit too: a plugin never ends the run silently
                 if _passes_through(exc):
                     raise
-                raise PluginError(f"{_describe(self.plugins, impl.plugin_name)} failed in its {name} hook: "
-                                  f"{type(exc).__name__}: {exc}") from exc
+                raise _hook_failure(_describe(self.plugins, impl.plugin_name), name, exc) from exc
             if result is not None:
                 self._refuse_values(name, _describe(self.plugins, impl.plugin_name), [result])
 
@@ -219,6 +217,11 @@ def identities(plugins: Plugins, recipe: Any) -> dict[str, Any]:
         info = plugins.info(impl.plugin_name)
         out[impl.plugin_name] = {"version": info.version if info is not None else None, "identity": identity}
     return out
+
+
+def _hook_failure(who: str, hook: str, exc: BaseException) -> PluginError:
+    """The error a plugin's hook raised, naming the plugin (``who``) and the hook."""
+    return PluginError(f"{who} failed in its {hook} hook: {type(exc).__name__}: {exc}")
 
 
 def _passes_through(exc: BaseException) -> bool:
