@@ -33,6 +33,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recipe_runner import hookimpl
+from recipe_runner.plugin_api import manager as plugins
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before any test imports torch
 # Nothing in this suite may reach the Hugging Face Hub: a test that means to exercise the Hub path
 # points HF_ENDPOINT at a closed local port itself (and sets HF_HUB_OFFLINE=0 for that call).
@@ -239,3 +242,24 @@ def tiny_sd15_other(recipe_runner_cache, tmp_path_factory):
     from recipe_runner.plugins import tiny
 
     return tiny.build("sd15", tmp_path_factory.mktemp("models") / "tiny-sd15-other", seed=100)
+
+
+class BatchCounter:
+    """A test plugin: which jobs each pipeline call generated (``calls``, one list of job indexes
+    per batch)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+
+    @hookimpl
+    def after_batch(self, pipe, batch, images):
+        self.calls.append([j.index for j in batch.jobs])
+
+
+@pytest.fixture
+def counter():
+    """A :class:`BatchCounter` registered for every run of the test."""
+    plugin = BatchCounter()
+    plugins.register(plugin, "counter")
+    yield plugin
+    plugins.unregister(plugin)

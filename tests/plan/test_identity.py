@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from recipe_runner import hookimpl
 from recipe_runner.plugin_api import manager as plugins
 from recipe_runner.records.keys import job_keys
 from recipe_runner.running.prepare import Options, prepare
@@ -46,25 +45,6 @@ AS_VARS = dict(params="", prompts='["a {what}"]',
 
 def text(name: str, spelling: dict[str, str]) -> str:
     return BASE.format(name=name, **spelling)
-
-
-class Counter:
-    """Which jobs each pipeline call generated."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[int]] = []
-
-    @hookimpl
-    def after_batch(self, pipe, batch, images):
-        self.calls.append([j.index for j in batch.jobs])
-
-
-@pytest.fixture
-def counter():
-    plugin = Counter()
-    plugins.register(plugin, "identity-counter")
-    yield plugin
-    plugins.unregister(plugin)
 
 
 def planned(path: Path, out: Path, *sets: str):

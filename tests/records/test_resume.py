@@ -31,25 +31,6 @@ from tests.conftest import (
 RECIPE = LONG_RUN
 
 
-class Counter:
-    """A test plugin: which jobs each pipeline call generated."""
-
-    def __init__(self):
-        self.calls: list[list[int]] = []
-
-    @hookimpl
-    def after_batch(self, pipe, batch, images):
-        self.calls.append([j.index for j in batch.jobs])
-
-
-@pytest.fixture
-def counter():
-    plugin = Counter()
-    plugins.register(plugin, "counter")
-    yield plugin
-    plugins.unregister(plugin)
-
-
 def run(cli, recipe, out, *args):
     result = cli(recipe, "--out", out, *args)
     assert result.code == 0, result.err
