@@ -463,3 +463,20 @@ def test_the_modules_and_scripts_the_docs_name_exist(path):
             break
         else:
             raise AssertionError(f"{path.name}: `{dotted}` is not importable")
+
+
+def test_the_parameters_sample_in_provenance_md_is_what_an_image_of_that_job_carries():
+    """docs/provenance.md shows the A1111 "parameters" text of a DPM++ job: it must be the text the
+    writer embeds for that job (it once showed the class name where images say ``DPM++ 2M``)."""
+    from recipe_runner.plan.labels import a1111_sampler
+    from recipe_runner.plan.matrix import Job
+    from recipe_runner.records.outputs import a1111_parameters
+
+    block = next(b for b in fenced_blocks((REPO / "docs" / "provenance.md").read_text()) if any(line.startswith("Negative prompt:") for line in b.lines))
+    text = "\n".join(block.lines).strip()
+    prompt, negative, _ = text.splitlines()
+    job = Job(index=0, prompt=prompt, seed=1, params={
+        "negative_prompt": negative.removeprefix("Negative prompt: "), "num_inference_steps": 20,
+        "guidance_scale": 7.5, "width": 512, "height": 512})
+    shown = a1111_parameters(job, a1111_sampler("DPMSolverMultistepScheduler"), "stable-diffusion-v1-5/stable-diffusion-v1-5")
+    assert shown == text

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 from .. import __version__
 from ..base import report
 from ..base.errors import RecipeError, RunError
+from ..base.quiet import quiet_environment
 
 if TYPE_CHECKING:
     from ..plugin_api.manager import Plugins
@@ -141,6 +142,7 @@ def console() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_environment()  # before any mode may import diffusers (--lock builds tiny models on first use)
     args = parser().parse_args(argv)
     try:
         return _main(args)

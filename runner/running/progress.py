@@ -59,8 +59,10 @@ class Progress:
         self.batch_images, self.step, self.steps = images, 0, steps
 
     def advance_step(self, step: int) -> None:
-        """The batch in flight finished denoising step ``step`` (1-based)."""
+        """The batch in flight finished denoising step ``step`` (1-based). A scheduler may take more
+        steps than ``num_inference_steps`` asks (PNDM's warm-up: 5 for 4): the total follows."""
         self.step = step
+        self.steps = max(self.steps, step)
         if self.enabled and time.monotonic() - self._drawn_at >= REDRAW_SECONDS:
             self._draw()
 

@@ -112,6 +112,20 @@ def test_progress_bar_moves_with_the_denoising_steps_and_ends_on_the_final_state
     assert "step" not in last
 
 
+def test_a_scheduler_taking_more_steps_than_asked_never_shows_a_step_past_the_total(monkeypatch):
+    """PNDM (the tiny SD-1.5 default) takes 5 steps for num_inference_steps = 4: the bar said "step 5/4"."""
+    import recipe_runner.running.progress as progress
+
+    monkeypatch.setattr(progress, "REDRAW_SECONDS", 0.0)
+    stream = io.StringIO()
+    bar = Progress(8, "tiny-axes", stream=stream, enabled=True)
+    bar.begin_batch(2, 4)
+    for step in range(1, 6):
+        bar.advance_step(step)
+    assert "step 5/5" in stream.getvalue() and "step 5/4" not in stream.getvalue()
+    assert "[######" in stream.getvalue().split("\r")[-1]  # never past the batch's share of the bar
+
+
 @pytest.mark.slow
 def test_a_run_drawn_on_a_terminal_shows_steps_and_makes_the_same_pixels(recipe_runner_write_recipe, tmp_path, capsys):
     """The step callback only reports: the images equal those of a run without a bar."""
