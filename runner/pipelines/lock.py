@@ -29,10 +29,11 @@ from ..axes.registry import KINDS
 from ..base.errors import Problem, RecipeError, RunError
 from ..base.filehashes import FileHashes, FolderTooLarge, combined
 from ..base.paths import atomic_write
+from ..base.report import note
 from ..base.safe_read import read_text
 from ..recipe.loading import LoadedRecipe, display_path
 from ..recipe.model import Recipe
-from .sources import locate
+from .sources import SOURCES, local_folder, locate, resolve_id
 
 LOCK_VERSION = 1
 COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -134,8 +135,29 @@ def resolve_reference(ref: Reference, loaded: LoadedRecipe, hashes: FileHashes) 
             raise loaded.error(ref.id_key, f"no files to hash in {root}")
         entry.update(kind="local", sha256=combined(files), files=files)
     else:
-        entry.update(kind="hub", commit=hub_commit(ref.id, ref.revision))
+        entry.update(kind="hub", commit=hub_commit(resolve_id(ref.id, ref.id_key, loaded).id, ref.revision))
     return entry
+
+
+LOCAL_ID = "local folder"  # what a job key holds for a model id that names a folder: its files' hashes say which
+
+
+def identity_ids(recipe: Recipe, loaded: LoadedRecipe) -> dict[str, str]:
+    """The id a job key holds for the model and each component (by reference key): a local folder
+    (written as a path, through ``${VAR}`` or an alias) is :data:`LOCAL_ID`, its content being in
+    :func:`loaded_models`, so the same files at another path are the same model; a Hub id as it
+    resolves (an alias's target); a plugin source's id (``tiny:sd15``) as written."""
+    ids: dict[str, str] = {}
+    for ref in references(recipe, loaded):
+        if ref.key.startswith("matrix."):
+            continue  # a variant's model: its [model] table says it
+        if SOURCES.plugin_source(ref.id) is not None:
+            ids[ref.key] = ref.id
+        elif local_folder(ref.id, ref.folder, ref.id_key, loaded) is not None:
+            ids[ref.key] = LOCAL_ID
+        else:
+            ids[ref.key] = resolve_id(ref.id, ref.id_key, loaded).id
+    return ids
 
 
 def local_weights(recipe: Recipe, loaded: LoadedRecipe, hashes: FileHashes) -> dict[str, str]:
@@ -196,7 +218,11 @@ def read_lock(path: Path) -> dict[str, Any]:
 
 
 def _describe_drift(key: str, locked: dict[str, Any], now: dict[str, Any]) -> str | None:
-    for field in ("id", "revision", "subfolder", "kind"):
+    """How a reference differs from its lock entry (None: it does not). A local folder is compared
+    by its files, not by its path: the same bytes elsewhere (another clone, another machine's
+    alias) are the model the lock pins."""
+    fields = ("revision", "subfolder", "kind") if now["kind"] == "local" else ("id", "revision", "subfolder", "kind")
+    for field in fields:
         if locked.get(field) != now.get(field):
             return f"{field} is {now.get(field)!r}, the lock has {locked.get(field)!r}"
     if now["kind"] == "hub":
@@ -210,7 +236,8 @@ def _describe_drift(key: str, locked: dict[str, Any], now: dict[str, Any]) -> st
     added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
     parts = [f"{label}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
              for label, names in (("changed", changed), ("added", added), ("removed", removed)) if names]
-    return "files differ from the lock (" + ("; ".join(parts) or "content hash") + ")"
+    moved = f" (the lock has id {locked.get('id')!r}, now {now['id']!r})" if locked.get("id") != now["id"] else ""
+    return "files differ from the lock (" + ("; ".join(parts) or "content hash") + ")" + moved
 
 
 def verify(recipe: Recipe, loaded: LoadedRecipe) -> None:
@@ -224,9 +251,13 @@ def verify(recipe: Recipe, loaded: LoadedRecipe) -> None:
         if ref.key not in locked:
             problems.append(loaded.problem(ref.id_key, f"not in the lock file {display_path(path)}: re-lock with recipe-run --lock"))
             continue
-        drift = _describe_drift(ref.key, locked[ref.key], resolve_reference(ref, loaded, hashes))
+        now = resolve_reference(ref, loaded, hashes)
+        drift = _describe_drift(ref.key, locked[ref.key], now)
         if drift:
             problems.append(loaded.problem(ref.id_key, f"differs from {display_path(path)}: {drift}"))
+        elif locked[ref.key].get("id") != now["id"]:
+            note(f"{display_path(loaded.path)}: {ref.id_key} is {now['id']!r}, the lock has {locked[ref.key].get('id')!r}: "
+                 "the same files, so the lock holds")
     hashes.save()
     for key in sorted(set(locked) - {r.key for r in current}):
         problems.append(Problem("locked but no longer in the recipe: re-lock with recipe-run --lock", key=key,
