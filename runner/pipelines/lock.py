@@ -204,13 +204,34 @@ def write_lock(recipe: Recipe, loaded: LoadedRecipe) -> Path:
     return path
 
 
-def read_lock(path: Path) -> dict[str, Any]:
+CONFLICT_MARKERS = ("<<<<<<< ", "=======", ">>>>>>> ", "||||||| ")  # git's, at a line's start
+
+
+def conflict_line(text: str) -> int | None:
+    """The first line (1-based) of a git merge conflict marker in ``text``; None when there is none.
+    A lock file is JSON: no line of it starts with ``<``, ``=``, ``>`` or ``|``."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith(CONFLICT_MARKERS) and (line.rstrip() == "=======" or not line.startswith("=")):
+            return number
+    return None
+
+
+def read_lock(path: Path, recipe_file: Path | None = None) -> dict[str, Any]:
     shown = display_path(path)
     if not path.is_file():
         raise RecipeError.one("no lock file: write one with recipe-run --lock RECIPE (and commit it)", file=shown)
     try:
-        data = json.loads(read_text(path, what="lock file"))
+        text = read_text(path, what="lock file")
     except (OSError, ValueError) as exc:
+        raise RecipeError.one(f"unreadable lock file: {exc}", file=shown) from exc
+    conflict = conflict_line(text)
+    if conflict is not None:
+        recipe = display_path(recipe_file or path.with_suffix(".toml"))
+        raise RecipeError.one(f"the lock file has merge conflict markers: re-run recipe-run --lock {recipe} "
+                              "(and commit it)", file=shown, line=conflict)
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
         raise RecipeError.one(f"unreadable lock file: {exc}", file=shown) from exc
     if not isinstance(data, dict) or data.get("lock_version") != LOCK_VERSION or not isinstance(data.get("models"), dict):
         raise RecipeError.one(f"not a lock file of version {LOCK_VERSION}: re-lock with recipe-run --lock", file=shown)
@@ -243,7 +264,7 @@ def _describe_drift(key: str, locked: dict[str, Any], now: dict[str, Any]) -> st
 def verify(recipe: Recipe, loaded: LoadedRecipe) -> None:
     """``--locked``: RecipeError (exit 2) naming every model that differs from the lock file."""
     path = lock_path(loaded.path)
-    locked = read_lock(path)["models"]
+    locked = read_lock(path, loaded.path)["models"]
     problems: list[Problem] = []
     current = references(recipe, loaded)
     hashes = FileHashes()
