@@ -19,6 +19,7 @@ Light module: hashing and the Hub client need neither torch nor diffusers.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from .. import __version__
 from ..axes.registry import KINDS
 from ..base.errors import Problem, RecipeError, RunError
 from ..base.filehashes import FileHashes, FolderTooLarge, combined
-from ..base.paths import atomic_write
+from ..base.paths import atomic_write, boundary, is_within, sha256_file
 from ..base.report import note
 from ..base.safe_read import read_text
 from ..recipe.loading import LoadedRecipe, display_path
@@ -188,12 +189,67 @@ def make_lock(recipe: Recipe, loaded: LoadedRecipe) -> dict[str, Any]:
     hashes = FileHashes()
     models = {ref.key: resolve_reference(ref, loaded, hashes) for ref in references(recipe, loaded)}
     hashes.save()
-    return {
+    lock: dict[str, Any] = {
         "lock_version": LOCK_VERSION,
         "recipe": loaded.path.name,
         "written_by": f"recipe-run {__version__}",
         "models": models,
     }
+    chain = extends_chain(loaded)
+    if chain:
+        lock["extends"] = chain
+    return lock
+
+
+def chain_name(path: Path, recipe_file: Path) -> str:
+    """How the lock names a file of the extends chain: relative to the recipe's folder (``/``
+    separated, the same in every clone) when it is inside the recipe's repository (or folder),
+    else by its absolute path."""
+    inside, _ = boundary(recipe_file)
+    if is_within(path, inside):
+        return Path(os.path.relpath(path.resolve(), recipe_file.resolve().parent)).as_posix()
+    return str(path.resolve())
+
+
+def extends_chain(loaded: LoadedRecipe) -> dict[str, str]:
+    """The files a recipe extends (its extends chain, the recipe itself left out), by
+    :func:`chain_name`: each one's SHA-256."""
+    found: dict[str, str] = {}
+    for path in loaded.chain[1:]:
+        try:
+            found[chain_name(path, loaded.path)] = sha256_file(path)
+        except OSError as exc:
+            raise RecipeError.one(f"cannot hash the extended file: {exc}", key="extends",
+                                  file=display_path(path)) from None
+    return found
+
+
+def chain_problems(loaded: LoadedRecipe, lock: dict[str, Any], path: Path) -> list[Problem]:
+    """``--locked``: the extends chain against the one the lock recorded (each file's hash). A lock
+    written before locks covered it (no ``extends``) is accepted, with a note."""
+    now = extends_chain(loaded)
+    recorded = lock.get("extends")
+    shown = display_path(path)
+    if recorded is None:
+        if now:
+            note(f"{shown}: the lock does not cover the extends chain yet ({len(now)} file{'s' * (len(now) != 1)}): "
+                 f"re-lock with recipe-run --lock {display_path(loaded.path)} to pin it")
+        return []
+    if not isinstance(recorded, dict):
+        return [Problem("not a lock file: 'extends' is not a table: re-lock with recipe-run --lock", file=shown)]
+    relock = f"re-lock with recipe-run --lock {display_path(loaded.path)}"
+    by_name = {chain_name(p, loaded.path): p for p in loaded.chain[1:]}
+    problems = []
+    for name, sha256 in now.items():
+        if name not in recorded:
+            problems.append(Problem(f"extended, but not in the lock's extends chain {shown}: the chain changed: {relock}",
+                                    file=display_path(by_name[name])))
+        elif recorded[name] != sha256:
+            problems.append(Problem(f"differs from the lock {shown}: {relock}", file=display_path(by_name[name])))
+    for name in sorted(set(recorded) - set(now)):
+        problems.append(Problem(f"the lock's extends chain has {name}, which the recipe no longer extends: the chain "
+                                f"changed: {relock}", key="extends", file=display_path(loaded.path)))
+    return problems
 
 
 def write_lock(recipe: Recipe, loaded: LoadedRecipe) -> Path:
@@ -264,8 +320,9 @@ def _describe_drift(key: str, locked: dict[str, Any], now: dict[str, Any]) -> st
 def verify(recipe: Recipe, loaded: LoadedRecipe) -> None:
     """``--locked``: RecipeError (exit 2) naming every model that differs from the lock file."""
     path = lock_path(loaded.path)
-    locked = read_lock(path, loaded.path)["models"]
-    problems: list[Problem] = []
+    lock = read_lock(path, loaded.path)
+    locked = lock["models"]
+    problems: list[Problem] = chain_problems(loaded, lock, path)
     current = references(recipe, loaded)
     hashes = FileHashes()
     for ref in current:
