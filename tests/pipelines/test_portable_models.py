@@ -258,3 +258,24 @@ def test_an_id_that_only_looks_like_a_hub_id_still_waits_for_the_hub(recipe_runn
     result = recipe_runner_cli(recipe, "--dry-run", "--out", tmp_path / "out")
     assert result.code == 0, result.err
     assert "some-org/some-model is not in the local Hub cache yet" in result.out
+
+
+@pytest.mark.slow
+def test_a_legacy_folder_grown_by_a_seed_keeps_its_image_under_todays_key(recipe_runner_cli, recipe_runner_tiny_sd15,
+                                                                          tmp_path, counter):
+    """A run into a folder of before (a seed added): the old image is unchanged, its record now
+    holds today's key, so later runs need no legacy key for it."""
+    root = tmp_path / "legacy"
+    shutil.copytree(PORTABLE / "legacy", root)
+    copy_model(recipe_runner_tiny_sd15, root / "model")
+    folder = root / "out" / "legacy-local"
+    before = images(folder)
+    old_key = manifest_of(folder)["images"][0]["key"]
+    result = recipe_runner_cli(root / "recipe.toml", "--out", root / "out", "--set", "matrix.seeds=[0, 1]")
+    assert result.code == 0, result.err
+    assert "1 new, 0 regenerated, 1 unchanged" in result.out + result.err
+    assert counter.calls == [[1]]
+    name = next(iter(before))
+    assert images(folder)[name] == before[name]
+    record = next(r for r in manifest_of(folder)["images"] if r["file"] == name)
+    assert record["key"] != old_key and len(record["key"]) == 64
