@@ -94,10 +94,14 @@ _cache: dict[tuple[str, int, int], AliasMap] = {}
 
 
 def _where(path: Path) -> str:
-    try:
-        return os.path.relpath(path) if not Path(os.path.relpath(path)).parts[:1] == ("..",) else str(path)
-    except ValueError:  # another drive
-        return str(path)
+    """The alias file as the user knows it: relative to the current folder when below it, else
+    ``~/...`` when below the home folder, else absolute."""
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        try:
+            return prefix + path.absolute().relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return str(path)
 
 
 def aliases() -> AliasMap:
