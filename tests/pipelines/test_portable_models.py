@@ -279,3 +279,22 @@ def test_a_legacy_folder_grown_by_a_seed_keeps_its_image_under_todays_key(recipe
     assert images(folder)[name] == before[name]
     record = next(r for r in manifest_of(folder)["images"] if r["file"] == name)
     assert record["key"] != old_key and len(record["key"]) == 64
+
+
+def test_a_model_axis_value_and_a_component_are_held_by_content(recipe_runner_tiny_sd15, tmp_path):
+    """A local folder as a model axis value or a component: moved with the same bytes, the same keys."""
+    from recipe_runner.plugin_api.manager import load_plugins
+    from recipe_runner.records.keys import job_keys
+    from recipe_runner.running.prepare import Options, prepare
+
+    def keys(where: str) -> list[str]:
+        model = copy_model(recipe_runner_tiny_sd15, tmp_path / where / "sd15")
+        recipe = tmp_path / f"{where}.toml"
+        recipe.write_text(tiny_recipe(matrix=f'[matrix.axes]\nmodel = ["tiny:sd15", "{model}"]',
+                                      tables=f'[components.vae]\nid = "{model}"\nsubfolder = "vae"'))
+        p = prepare(recipe, [], load_plugins(), Options(out=tmp_path / "out"))
+        found = job_keys(p.variants, p.jobs, lambda v: "float32", {}, {})
+        return [found.of(job) for job in p.jobs]
+
+    one, two = keys("one"), keys("two")
+    assert len(one) == 2 and one == two
