@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..base.errors import suggest
 from ..base.paths import is_local_reference
 from ..base.safe_read import read_text
 from .lines import key_lines
@@ -129,7 +130,7 @@ def aliases() -> AliasMap:
     unknown = sorted(set(data) - {"models"})
     if unknown:
         raise IdProblem(f"unknown table or key {unknown[0]!r}: the alias file has one table, [models]",
-                        file=shown, line=lines.get(unknown[0]), key=unknown[0])
+                        hint=suggest(unknown[0], ["models"]), file=shown, line=lines.get(unknown[0]), key=unknown[0])
     table = data.get("models", {})
     if not isinstance(table, dict):
         raise IdProblem("expected a table [models] of name = path or Hub id", file=shown, line=lines.get("models"),

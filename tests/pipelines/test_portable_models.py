@@ -29,12 +29,14 @@ def images(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 @pytest.mark.slow
 def test_same_bytes_at_another_path_is_the_same_model(recipe_runner_cli, recipe_runner_write_recipe,
-                                                        recipe_runner_tiny_sd15, tmp_path, counter):
-    first = copy_model(recipe_runner_tiny_sd15, tmp_path / "home-a" / "models" / "sd15")
+                                                        recipe_runner_tiny_sd15, tmp_path, counter, monkeypatch):
+    copy_model(recipe_runner_tiny_sd15, tmp_path / "home-a" / "models" / "sd15")
     second = copy_model(recipe_runner_tiny_sd15, tmp_path / "data" / "models" / "sd15")
-    recipe = recipe_runner_write_recipe(tiny_recipe(model_id=str(first)))
+    monkeypatch.setenv("HOME_A", str(tmp_path / "home-a"))
+    recipe = recipe_runner_write_recipe(tiny_recipe(model_id="${HOME_A}/models/sd15"))
     out = tmp_path / "out"
     assert recipe_runner_cli(recipe, "--out", out).code == 0
+    assert manifest_of(out / "recipe")["recipe"]["model"]["id"] == "${HOME_A}/models/sd15"  # as written
     assert recipe_runner_cli("--lock", recipe).code == 0
     made = images(out / "recipe")
     counter.calls.clear()
@@ -214,7 +216,23 @@ def test_a_bad_alias_file_is_exit_2_with_its_line(recipe_runner_cli, recipe_runn
     result = recipe_runner_cli(recipe, "--dry-run", "--out", tmp_path / "out")
     assert result.code == 2
     assert f"models.toml:{line}: " in result.err and message in result.err
+    assert "(for model.id in " in result.err and "recipe.toml:2)" in result.err  # the recipe key that asked
     assert "Traceback" not in result.err
+    if "[modles]" in text:
+        assert result.err.rstrip().endswith("(did you mean 'models'?)")
+
+
+def test_an_alias_file_that_is_not_a_regular_file_is_refused_unread(recipe_runner_cli, recipe_runner_write_recipe,
+                                                                     tmp_path, monkeypatch):
+    import os
+
+    fifo = tmp_path / "models.toml"
+    os.mkfifo(fifo)  # reading it would block for ever
+    monkeypatch.setenv("RECIPE_RUNNER_MODELS", str(fifo))
+    recipe = recipe_runner_write_recipe(tiny_recipe(model_id="team/sd15"))
+    result = recipe_runner_cli(recipe, "--dry-run", "--out", tmp_path / "out")
+    assert result.code == 2
+    assert "models.toml: unreadable model alias file:" in result.err and "FIFO" in result.err
 
 
 def test_an_alias_to_a_missing_folder_names_the_alias_file(recipe_runner_cli, recipe_runner_write_recipe, tmp_path,
