@@ -40,6 +40,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before any test imports torch
 # Nothing in this suite may reach the Hugging Face Hub: a test that means to exercise the Hub path
 # points HF_ENDPOINT at a closed local port itself (and sets HF_HUB_OFFLINE=0 for that call).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# No model alias map of the machine running the suite (~/.config/recipe-runner/models.toml): the
+# tests that use one write their own.
+os.environ["RECIPE_RUNNER_MODELS"] = str(Path(__file__).resolve().parent / "no-model-aliases.toml")
 
 pytest_plugins = ["recipe_runner.testing"]
 

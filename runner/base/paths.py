@@ -76,6 +76,34 @@ def is_local_reference(value: str) -> bool:
     return value.startswith(("/", "./", "../", "~", ".\\", "..\\")) or (len(value) > 1 and value[1] == ":")
 
 
+def repository_root(path: Path) -> Path | None:
+    """The git repository ``path`` (a file or folder) is in: the nearest folder above it holding a
+    ``.git`` folder or file (a worktree's); None outside any. No git command is run."""
+    start = path.resolve()
+    for folder in (start, *start.parents) if start.is_dir() else start.parents:
+        if os.path.lexists(folder / ".git"):
+            return folder
+    return None
+
+
+def boundary(recipe_file: Path) -> tuple[Path, str]:
+    """What a recipe's files should stay inside to travel with it: its git repository, else its
+    folder; with how to name it (``this repository``, ``this recipe's folder``)."""
+    root = repository_root(recipe_file)
+    if root is not None:
+        return root, "this repository"
+    return recipe_file.resolve().parent, "this recipe's folder"
+
+
+def is_within(path: Path, folder: Path) -> bool:
+    """``path`` (resolved) is ``folder`` or below it."""
+    try:
+        path.resolve().relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that ``path`` is either absent, the old file, or complete."""
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")

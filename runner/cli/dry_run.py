@@ -14,6 +14,7 @@ from ..plan.labels import scheduler_label
 from ..plan.prepared import Prepared
 from ..plan.variants import Variant, relabel
 from ..plugin_api.manager import Plugins
+from ..recipe.aliases import IdProblem, resolve
 from ..recipe.loading import display_path
 from ..recipe.optimizations import Enabled
 from ..records.formats import extension
@@ -56,6 +57,23 @@ def check_optimizations(items: list[Prepared], options: Options) -> list[list[st
     return notes
 
 
+def resolved_ids(prepared: Prepared) -> list[str]:
+    """What the model and component ids that are not what they say name on this machine:
+    ``team/sd15 -> /data/models/sd15 (alias from ~/.config/recipe-runner/models.toml)``,
+    ``$TEAM_MODELS/sd15 -> /data/models/sd15`` (each id once, axis values included)."""
+    recipes = [v.recipe for v in prepared.variants] or [prepared.recipe]
+    ids = [r.model.id for r in recipes] + [c.id for r in recipes for c in r.components.values()]
+    shown: list[str] = []
+    for written in dict.fromkeys(ids):
+        try:
+            text = resolve(written).describe()
+        except IdProblem:  # prepare reported it
+            continue
+        if text is not None:
+            shown.append(text)
+    return shown
+
+
 def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20, checked: list[str] | None = None) -> str:
     """The --dry-run text: model, optimizations, plugins, jobs, the pipelines a build axis asks for
     (loads and in-place switches, in plan order) and batches."""
@@ -74,6 +92,7 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20, checked:
         if f"components.{name}" in r.matrix.axes:
             continue  # an axis replaces it: the pipelines below say with what
         lines.append(f"  component      {name} <- {comp.id}" + (f" ({comp.subfolder})" if comp.subfolder else ""))
+    lines += [f"  model path     {shown}" for shown in resolved_ids(prepared)]
     if "scheduler" in r.matrix.axes:  # the axis replaces [scheduler] in every job: name what they use
         used = dict.fromkeys(str(scheduler_label(job.scheduler)) for job in prepared.jobs if job.scheduler)
         lines.append(f"  scheduler      by axis: {', '.join(used)}")

@@ -19,6 +19,7 @@ Light module: hashing and the Hub client need neither torch nor diffusers.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,12 @@ from .. import __version__
 from ..axes.registry import KINDS
 from ..base.errors import Problem, RecipeError, RunError
 from ..base.filehashes import FileHashes, FolderTooLarge, combined
-from ..base.paths import atomic_write
+from ..base.paths import atomic_write, boundary, is_within, sha256_file
+from ..base.report import note
 from ..base.safe_read import read_text
 from ..recipe.loading import LoadedRecipe, display_path
 from ..recipe.model import Recipe
-from .sources import locate
+from .sources import SOURCES, local_folder, locate, resolve_id
 
 LOCK_VERSION = 1
 COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -134,8 +136,29 @@ def resolve_reference(ref: Reference, loaded: LoadedRecipe, hashes: FileHashes) 
             raise loaded.error(ref.id_key, f"no files to hash in {root}")
         entry.update(kind="local", sha256=combined(files), files=files)
     else:
-        entry.update(kind="hub", commit=hub_commit(ref.id, ref.revision))
+        entry.update(kind="hub", commit=hub_commit(resolve_id(ref.id, ref.id_key, loaded).id, ref.revision))
     return entry
+
+
+LOCAL_ID = "local folder"  # what a job key holds for a model id that names a folder: its files' hashes say which
+
+
+def identity_ids(recipe: Recipe, loaded: LoadedRecipe) -> dict[str, str]:
+    """The id a job key holds for the model and each component (by reference key): a local folder
+    (written as a path, through ``${VAR}`` or an alias) is :data:`LOCAL_ID`, its content being in
+    :func:`loaded_models`, so the same files at another path are the same model; a Hub id as it
+    resolves (an alias's target); a plugin source's id (``tiny:sd15``) as written."""
+    ids: dict[str, str] = {}
+    for ref in references(recipe, loaded):
+        if ref.key.startswith("matrix."):
+            continue  # a variant's model: its [model] table says it
+        if SOURCES.plugin_source(ref.id) is not None:
+            ids[ref.key] = ref.id
+        elif local_folder(ref.id, ref.folder, ref.id_key, loaded) is not None:
+            ids[ref.key] = LOCAL_ID
+        else:
+            ids[ref.key] = resolve_id(ref.id, ref.id_key, loaded).id
+    return ids
 
 
 def local_weights(recipe: Recipe, loaded: LoadedRecipe, hashes: FileHashes) -> dict[str, str]:
@@ -166,12 +189,67 @@ def make_lock(recipe: Recipe, loaded: LoadedRecipe) -> dict[str, Any]:
     hashes = FileHashes()
     models = {ref.key: resolve_reference(ref, loaded, hashes) for ref in references(recipe, loaded)}
     hashes.save()
-    return {
+    lock: dict[str, Any] = {
         "lock_version": LOCK_VERSION,
         "recipe": loaded.path.name,
         "written_by": f"recipe-run {__version__}",
         "models": models,
     }
+    chain = extends_chain(loaded)
+    if chain:
+        lock["extends"] = chain
+    return lock
+
+
+def chain_name(path: Path, recipe_file: Path) -> str:
+    """How the lock names a file of the extends chain: relative to the recipe's folder (``/``
+    separated, the same in every clone) when it is inside the recipe's repository (or folder),
+    else by its absolute path."""
+    inside, _ = boundary(recipe_file)
+    if is_within(path, inside):
+        return Path(os.path.relpath(path.resolve(), recipe_file.resolve().parent)).as_posix()
+    return str(path.resolve())
+
+
+def extends_chain(loaded: LoadedRecipe) -> dict[str, str]:
+    """The files a recipe extends (its extends chain, the recipe itself left out), by
+    :func:`chain_name`: each one's SHA-256."""
+    found: dict[str, str] = {}
+    for path in loaded.chain[1:]:
+        try:
+            found[chain_name(path, loaded.path)] = sha256_file(path)
+        except OSError as exc:
+            raise RecipeError.one(f"cannot hash the extended file: {exc}", key="extends",
+                                  file=display_path(path)) from None
+    return found
+
+
+def chain_problems(loaded: LoadedRecipe, lock: dict[str, Any], path: Path) -> list[Problem]:
+    """``--locked``: the extends chain against the one the lock recorded (each file's hash). A lock
+    written before locks covered it (no ``extends``) is accepted, with a note."""
+    now = extends_chain(loaded)
+    recorded = lock.get("extends")
+    shown = display_path(path)
+    if recorded is None:
+        if now:
+            note(f"{shown}: the lock does not cover the extends chain yet ({len(now)} file{'s' * (len(now) != 1)}): "
+                 f"re-lock with recipe-run --lock {display_path(loaded.path)} to pin it")
+        return []
+    if not isinstance(recorded, dict):
+        return [Problem("not a lock file: 'extends' is not a table: re-lock with recipe-run --lock", file=shown)]
+    relock = f"re-lock with recipe-run --lock {display_path(loaded.path)}"
+    by_name = {chain_name(p, loaded.path): p for p in loaded.chain[1:]}
+    problems = []
+    for name, sha256 in now.items():
+        if name not in recorded:
+            problems.append(Problem(f"extended, but not in the lock's extends chain {shown}: the chain changed: {relock}",
+                                    file=display_path(by_name[name])))
+        elif recorded[name] != sha256:
+            problems.append(Problem(f"differs from the lock {shown}: {relock}", file=display_path(by_name[name])))
+    for name in sorted(set(recorded) - set(now)):
+        problems.append(Problem(f"the lock's extends chain has {name}, which the recipe no longer extends: the chain "
+                                f"changed: {relock}", key="extends", file=display_path(loaded.path)))
+    return problems
 
 
 def write_lock(recipe: Recipe, loaded: LoadedRecipe) -> Path:
@@ -182,13 +260,34 @@ def write_lock(recipe: Recipe, loaded: LoadedRecipe) -> Path:
     return path
 
 
-def read_lock(path: Path) -> dict[str, Any]:
+CONFLICT_MARKERS = ("<<<<<<< ", "=======", ">>>>>>> ", "||||||| ")  # git's, at a line's start
+
+
+def conflict_line(text: str) -> int | None:
+    """The first line (1-based) of a git merge conflict marker in ``text``; None when there is none.
+    A lock file is JSON: no line of it starts with ``<``, ``=``, ``>`` or ``|``."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith(CONFLICT_MARKERS) and (line.rstrip() == "=======" or not line.startswith("=")):
+            return number
+    return None
+
+
+def read_lock(path: Path, recipe_file: Path | None = None) -> dict[str, Any]:
     shown = display_path(path)
     if not path.is_file():
         raise RecipeError.one("no lock file: write one with recipe-run --lock RECIPE (and commit it)", file=shown)
     try:
-        data = json.loads(read_text(path, what="lock file"))
+        text = read_text(path, what="lock file")
     except (OSError, ValueError) as exc:
+        raise RecipeError.one(f"unreadable lock file: {exc}", file=shown) from exc
+    conflict = conflict_line(text)
+    if conflict is not None:
+        recipe = display_path(recipe_file or path.with_suffix(".toml"))
+        raise RecipeError.one(f"the lock file has merge conflict markers: re-run recipe-run --lock {recipe} "
+                              "(and commit it)", file=shown, line=conflict)
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
         raise RecipeError.one(f"unreadable lock file: {exc}", file=shown) from exc
     if not isinstance(data, dict) or data.get("lock_version") != LOCK_VERSION or not isinstance(data.get("models"), dict):
         raise RecipeError.one(f"not a lock file of version {LOCK_VERSION}: re-lock with recipe-run --lock", file=shown)
@@ -196,7 +295,11 @@ def read_lock(path: Path) -> dict[str, Any]:
 
 
 def _describe_drift(key: str, locked: dict[str, Any], now: dict[str, Any]) -> str | None:
-    for field in ("id", "revision", "subfolder", "kind"):
+    """How a reference differs from its lock entry (None: it does not). A local folder is compared
+    by its files, not by its path: the same bytes elsewhere (another clone, another machine's
+    alias) are the model the lock pins."""
+    fields = ("revision", "subfolder", "kind") if now["kind"] == "local" else ("id", "revision", "subfolder", "kind")
+    for field in fields:
         if locked.get(field) != now.get(field):
             return f"{field} is {now.get(field)!r}, the lock has {locked.get(field)!r}"
     if now["kind"] == "hub":
@@ -210,23 +313,29 @@ def _describe_drift(key: str, locked: dict[str, Any], now: dict[str, Any]) -> st
     added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
     parts = [f"{label}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
              for label, names in (("changed", changed), ("added", added), ("removed", removed)) if names]
-    return "files differ from the lock (" + ("; ".join(parts) or "content hash") + ")"
+    moved = f" (the lock has id {locked.get('id')!r}, now {now['id']!r})" if locked.get("id") != now["id"] else ""
+    return "files differ from the lock (" + ("; ".join(parts) or "content hash") + ")" + moved
 
 
 def verify(recipe: Recipe, loaded: LoadedRecipe) -> None:
     """``--locked``: RecipeError (exit 2) naming every model that differs from the lock file."""
     path = lock_path(loaded.path)
-    locked = read_lock(path)["models"]
-    problems: list[Problem] = []
+    lock = read_lock(path, loaded.path)
+    locked = lock["models"]
+    problems: list[Problem] = chain_problems(loaded, lock, path)
     current = references(recipe, loaded)
     hashes = FileHashes()
     for ref in current:
         if ref.key not in locked:
             problems.append(loaded.problem(ref.id_key, f"not in the lock file {display_path(path)}: re-lock with recipe-run --lock"))
             continue
-        drift = _describe_drift(ref.key, locked[ref.key], resolve_reference(ref, loaded, hashes))
+        now = resolve_reference(ref, loaded, hashes)
+        drift = _describe_drift(ref.key, locked[ref.key], now)
         if drift:
             problems.append(loaded.problem(ref.id_key, f"differs from {display_path(path)}: {drift}"))
+        elif locked[ref.key].get("id") != now["id"]:
+            note(f"{display_path(loaded.path)}: {ref.id_key} is {now['id']!r}, the lock has {locked[ref.key].get('id')!r}: "
+                 "the same files, so the lock holds")
     hashes.save()
     for key in sorted(set(locked) - {r.key for r in current}):
         problems.append(Problem("locked but no longer in the recipe: re-lock with recipe-run --lock", key=key,

@@ -13,6 +13,8 @@ once): parameter values (:mod:`recipe_runner.plan.checks`), sizes, and, from the
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from ..plan.variants import relabel
 from ..recipe.loading import LoadedRecipe, problem_at
 from . import info as pipeline_info
 from .info import ModelInfo
-from .sources import SOURCES
+from .sources import SOURCES, resolve_id
 
 if TYPE_CHECKING:
     from ..plan.matrix import Job
@@ -48,9 +50,31 @@ def _is_local(value: str) -> bool:
     return value.startswith(LOCAL_PREFIXES) or (len(value) > 1 and value[1] == ":")
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?")
+
+
+def looks_like_a_path(model_id: str, folder: Path) -> bool:
+    """An id not written as a path that is nonetheless meant as one: it cannot be a Hub id (more
+    than two segments, a character the Hub refuses), or its first segment is a folder beside the
+    recipe (``models/sd15`` where ``models/`` exists)."""
+    if not HUB_ID.fullmatch(model_id) or "--" in model_id or ".." in model_id:
+        return True
+    return "/" in model_id and (folder / model_id.split("/")[0]).is_dir()
+
+
+def _shown(path: Path) -> str:
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
+
+
 def find_model(recipe: Recipe, loaded: LoadedRecipe | None) -> Found:
-    """The model's :class:`ModelInfo` from its plugin source (``tiny:``), a local folder or the local Hub cache."""
-    model_id, key = recipe.model.id, "model.id"
+    """The model's :class:`ModelInfo` from its plugin source (``tiny:``), a local folder or the local
+    Hub cache (the id resolved first: an alias, ``~``, ``${VAR}``)."""
+    written, key = recipe.model.id, "model.id"
+    try:
+        model_id = resolve_id(written, key, loaded).id
+    except RecipeError as exc:
+        return Found(None, exc.problems)
     source = SOURCES.plugin_source(model_id)
     if source is not None:
         problem = source.problem(model_id)
@@ -64,6 +88,10 @@ def find_model(recipe: Recipe, loaded: LoadedRecipe | None) -> Found:
         return Found(info, waits=None if info else f"{candidate} has no readable model_index.json")
     if _is_local(model_id):
         return Found(None, [problem_at(loaded, key, f"no such folder: {candidate}")])
+    if looks_like_a_path(model_id, folder) and (
+            not HUB_ID.fullmatch(model_id) or pipeline_info.hub_cached(model_id, recipe.model.revision) is None):
+        hint = None if not HUB_ID.fullmatch(model_id) else f"or, if {model_id!r} is a Hub id, it is not in the local Hub cache"
+        return Found(None, [problem_at(loaded, key, f"no such folder: {_shown(candidate)}", hint)])
     if recipe.model.custom_pipeline:
         return Found(None, waits="model.custom_pipeline: its class is known once its code loads")
     info = pipeline_info.hub_cached(model_id, recipe.model.revision)
@@ -215,10 +243,13 @@ def notes(recipe: Recipe, loaded: LoadedRecipe | None) -> list[str]:
 
 def _before_loading(recipe: Recipe, loaded: LoadedRecipe, jobs: Sequence[Job]) -> list[Problem]:
     found: list[Problem] = []
-    info = find_model(recipe, loaded).info
+    found_model = find_model(recipe, loaded)
+    if found_model.problems:
+        return found_model.problems
+    info = found_model.info
     if info is None and not recipe.model.custom_pipeline and SOURCES.plugin_source(recipe.model.id) is None:
         try:
-            info = fetch_hub_info(recipe.model.id, recipe.model.revision, loaded)
+            info = fetch_hub_info(resolve_id(recipe.model.id, "model.id", loaded).id, recipe.model.revision, loaded)
         except RecipeError as exc:
             return exc.problems
         if info is not None:

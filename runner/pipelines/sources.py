@@ -14,9 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from ..base.errors import RecipeError
+from ..base.errors import Problem, RecipeError
 from ..base.paths import is_local_reference
 from ..base.registry import Registry
+from ..recipe.aliases import IdProblem, Resolved, resolve
 from ..recipe.loading import problem_at
 
 if TYPE_CHECKING:
@@ -99,6 +100,12 @@ class ModelSources(Registry[ModelSource]):
             self.register(source.name, source, "recipe-runner")
 
     def of(self, model_id: str) -> ModelSource:
+        """The source of ``model_id`` as written (an alias or ``${VAR}`` resolved first: see
+        :func:`resolve_id`; one that does not resolve is judged as written, :func:`locate` says why)."""
+        try:
+            model_id = resolve(model_id).id
+        except IdProblem:
+            pass
         builtin = {s.name for s in self.BUILTIN}
         ordered = [s for s in self.values() if s.name not in builtin] + list(self.BUILTIN)
         return next(s for s in ordered if s.claims(model_id))
@@ -112,10 +119,41 @@ class ModelSources(Registry[ModelSource]):
 SOURCES = ModelSources()
 
 
-def locate(model_id: str, folder: Path, key: str, loaded: LoadedRecipe | None) -> str:
-    """A model or component ``id`` as from_pretrained takes it (see :class:`ModelSource.locate`).
-    RecipeError (exit 2, located at ``key``) for what its source refuses (a missing local folder)."""
+def id_problem(exc: IdProblem, loaded: LoadedRecipe | None, key: str) -> RecipeError:
+    """An id that does not resolve, as exit 2: at the alias file's line when the problem is there
+    (the recipe key named), else at the recipe ``key`` that wrote the id."""
+    if exc.file is not None:
+        at = problem_at(loaded, key, "")
+        where = f" (for {at.key} in {at.file}{':' + str(at.line) if at.line else ''})" if loaded is not None else ""
+        return RecipeError([Problem(exc.message + where, key=exc.key, file=exc.file, line=exc.line, hint=exc.hint)])
+    return RecipeError([problem_at(loaded, key, exc.message, exc.hint)])
+
+
+def resolve_id(model_id: str, key: str, loaded: LoadedRecipe | None) -> Resolved:
+    """What the id ``model_id`` names on this machine (an alias, ``~`` and ``${VAR}`` resolved:
+    :func:`recipe_runner.recipe.aliases.resolve`); RecipeError (exit 2) at ``key`` when it does not resolve."""
     try:
-        return SOURCES.of(model_id).locate(model_id, folder)
+        return resolve(model_id)
+    except IdProblem as exc:
+        raise id_problem(exc, loaded, key) from None
+
+
+def locate(model_id: str, folder: Path, key: str, loaded: LoadedRecipe | None) -> str:
+    """A model or component ``id`` as from_pretrained takes it (see :class:`ModelSource.locate`):
+    an alias or ``${VAR}`` resolved first. RecipeError (exit 2, located at ``key``) for what does
+    not resolve and what its source refuses (a missing local folder)."""
+    resolved = resolve_id(model_id, key, loaded).id
+    try:
+        return SOURCES.of(resolved).locate(resolved, folder)
     except ValueError as exc:
         raise RecipeError([problem_at(loaded, key, str(exc))]) from exc
+
+
+def local_folder(model_id: str, folder: Path, key: str, loaded: LoadedRecipe | None) -> Path | None:
+    """The folder on this machine a model id names when it names one by path (a local folder,
+    written as a path, through ``${VAR}`` or an alias, or a folder beside the recipe); None for a
+    Hub id and a plugin source's model (``tiny:``: its id says what it is)."""
+    if SOURCES.plugin_source(model_id) is not None:
+        return None
+    location = Path(locate(model_id, folder, key, loaded))
+    return location if location.is_absolute() and location.is_dir() else None

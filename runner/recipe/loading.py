@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..base.errors import Problem, RecipeError
+from ..base.paths import boundary, is_within, warn_once
 from ..base.safe_read import FileTooLarge, NotRegularFile, read_regular
 from .lines import key_lines, line_of
 
@@ -231,6 +232,12 @@ def _load_chain(path: Path, seen: list[Path]) -> tuple[dict[str, Any], dict[str,
             file=shown,
             line=lines.get("extends"),
         )
+    top = seen[0] if seen else resolved
+    inside, named = boundary(top)
+    if not is_within(parent_path, inside):
+        where = f"{shown}:{lines['extends']}" if lines.get("extends") else shown
+        warn_once(f"{where}: extends {parent_path.resolve()}, outside {named} ({inside}): a teammate's checkout "
+                  "will not have it")
     base, base_origins, chain = _load_chain(parent_path, [*seen, resolved])
     base.pop("extends", None)
     base_origins.pop("extends", None)

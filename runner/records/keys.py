@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..pipelines.lock import loaded_models
+from ..pipelines.lock import identity_ids, loaded_models
 from ..plan.matrix import Job
 from ..plan.variants import Variant
 from ..recipe.model import Recipe
@@ -36,14 +36,17 @@ class Keys:
     kernel rounding only, and the manifest records each image's batch), so adding a seed, a prompt
     or a model leaves every other job's key alone."""
 
-    def __init__(self, commons: Mapping[str, dict[str, Any]], jobs: Sequence[Job], input_hashes: dict[str, str]):
+    def __init__(self, commons: Mapping[str, dict[str, Any]], jobs: Sequence[Job], input_hashes: dict[str, str],
+                 legacy: Mapping[str, dict[str, Any]] | None = None):
         self.commons = commons
         self.inputs = input_hashes
-        self.keys = [self._key(job) for job in jobs]
+        self.keys = [self._key(job, commons) for job in jobs]
+        legacy = legacy or {}
+        self.legacy_keys = {job.index: self._key(job, legacy) for job in jobs if job.variant in legacy}
 
-    def _key(self, job: Job) -> str:
+    def _key(self, job: Job, commons: Mapping[str, dict[str, Any]]) -> str:
         return digest({
-            **self.commons[job.variant],
+            **commons[job.variant],
             "scheduler": job.scheduler,
             "params": job.params,
             "prompt": job.prompt,
@@ -56,24 +59,38 @@ class Keys:
         """The key of ``job``."""
         return self.keys[job.index]
 
+    def legacy(self, job: Job) -> str | None:
+        """The key recipe-runner 0.x before content identity gave ``job`` (its local model folders
+        by the id as written), when it differs: a folder made then is still ``job``'s (resume
+        accepts it and records the key of today)."""
+        return self.legacy_keys.get(job.index)
+
 
 def common_identity(recipe: Recipe, dtype: str, enabled: Sequence[Enabled],
-                    loaded_models: dict[str, Any], plugins: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    loaded_models: dict[str, Any], plugins: Mapping[str, Any] | None = None,
+                    ids: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The part of every job's identity that the recipe's model and run settings decide.
 
     ``loaded_models`` says what the model ids stood for in this run: the content hash of each local
     model folder and the Hub commit loaded (see :func:`recipe_runner.pipelines.lock.local_weights`).
     ``plugins``: what the plugins that declare they decide pixels (the ``job_identity`` hook) gave,
     by plugin (name, version, identity); absent when none did, so keys without them never change.
+    ``ids``: the id each reference (``model``, ``components.vae``) stands as in the key
+    (:func:`recipe_runner.pipelines.lock.identity_ids`: a local folder by its content, not its
+    path); None: the ids as written (the keys before content identity).
     """
     m = recipe.model
+    ids = ids or {}
     extra = {"plugins": dict(plugins)} if plugins else {}
+    model = {k: getattr(m, k, None) for k in ("id", "revision", "variant", "task", "custom_pipeline")}
+    model["id"] = ids.get("model", m.id)
     return {
         **extra,
-        "model": {k: getattr(m, k, None) for k in ("id", "revision", "variant", "task", "custom_pipeline")},
+        "model": model,
         "loaded_models": loaded_models,
         "dtype": dtype,
-        "components": {k: v.model_dump(mode="json") for k, v in sorted(recipe.components.items())},
+        "components": {k: {**v.model_dump(mode="json"), "id": ids.get(f"components.{k}", v.id)}
+                       for k, v in sorted(recipe.components.items())},
         "optimizations": [[e.name, e.settings.model_dump(mode="json")] for e in enabled if e.status != "skipped"],
         "generator_device": recipe.run.generator_device,
     }
@@ -86,10 +103,13 @@ def job_keys(variants: Sequence[Variant], jobs: Sequence[Job], dtype_of: Callabl
     components, optimizations (those ``applied`` gives; default: not skipped), dtype
     (``dtype_of(variant)``) and plugin identities (``variant.identity``), and the job itself (input
     images by their ``digests``)."""
-    commons = {}
+    commons, legacy = {}, {}
     for v in variants:
         enabled = applied(v) if applied is not None else v.enabled
-        commons[v.id] = common_identity(v.recipe, dtype_of(v), enabled,
-                                        loaded_models(v.recipe, v.loaded, revisions.get(v.recipe.model.id)),
-                                        v.identity)
-    return Keys(commons, jobs, digests)
+        loaded = loaded_models(v.recipe, v.loaded, revisions.get(v.recipe.model.id))
+        ids = identity_ids(v.recipe, v.loaded)
+        commons[v.id] = common_identity(v.recipe, dtype_of(v), enabled, loaded, v.identity, ids)
+        before = common_identity(v.recipe, dtype_of(v), enabled, loaded, v.identity)
+        if before != commons[v.id]:
+            legacy[v.id] = before
+    return Keys(commons, jobs, digests, legacy)

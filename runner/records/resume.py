@@ -272,7 +272,7 @@ class Matched:
 
 def match(folder: Path, jobs: Sequence[Job], names: Sequence[str], key_of: Callable[[Job], str],
           records: dict[str, dict[str, Any]], same_as: dict[int, int], hashes: FileHashes, ext: str, *,
-          force: bool = False, embedded: bool = True) -> Matched:
+          force: bool = False, embedded: bool = True, legacy: Callable[[Job], str | None] | None = None) -> Matched:
     """Which jobs the folder holds already, which to generate and what each replaces.
 
     A job is done when a file of the folder is its image: the folder recorded it done, with the
@@ -283,16 +283,22 @@ def match(folder: Path, jobs: Sequence[Job], names: Sequence[str], key_of: Calla
     cell (:meth:`Job.cell_name`: the same place in the recipe as written, before an edit); what no
     job keeps or replaces any more is ``gone``. A job equal to an earlier one (``same_as``) is not
     generated: it shows that job's image (or a file of its own recorded with its key).
-    ``embedded``: a file whose record is missing is recognised by the key it carries."""
+    ``embedded``: a file whose record is missing is recognised by the key it carries. ``legacy``:
+    the key an older recipe-runner gave a job, when it differs (:meth:`Keys.legacy`): a file
+    recorded with it is the job's too."""
     out = Matched()
     claimed: set[str] = set()
 
-    def intact(name: str, key: str) -> str | None:
+    def accepted(job: Job) -> tuple[str, ...]:
+        old = legacy(job) if legacy is not None else None
+        return (key_of(job), old) if old is not None else (key_of(job),)
+
+    def intact(name: str, keys: tuple[str, ...]) -> str | None:
         path = folder / name
         if path.is_symlink() or not path.is_file():
             return None
         record = records.get(name) or {}
-        if record.get("status") != "done" or record.get("key") != key:
+        if record.get("status") != "done" or record.get("key") not in keys:
             return None
         sha256 = hashes.sha256(path)
         return sha256 if record.get("sha256") == sha256 else None
@@ -308,12 +314,13 @@ def match(folder: Path, jobs: Sequence[Job], names: Sequence[str], key_of: Calla
             for name, record in records.items():
                 if record.get("status") == "done" and isinstance(record.get("key"), str):
                     by_key.setdefault(record["key"], []).append(name)
-        key = key_of(job)
-        legacy = f"{job.cell_name()}.{ext}"
-        for name in sorted(by_key.get(key, ()), key=lambda n: n != legacy):
+        keys = accepted(job)
+        cell_file = f"{job.cell_name()}.{ext}"
+        found = [name for key in keys for name in by_key.get(key, ())]
+        for name in sorted(found, key=lambda n: n != cell_file):
             if name in claimed or (name in own and name != names[job.index]):
                 continue  # another job's own name: that job writes there
-            sha256 = intact(name, key)
+            sha256 = intact(name, keys)
             if sha256 is not None:
                 out.done[job.index] = (name, sha256, records.get(name) or {})
                 claimed.add(name)
@@ -328,14 +335,14 @@ def match(folder: Path, jobs: Sequence[Job], names: Sequence[str], key_of: Calla
         path = folder / name
         if not force and not path.is_symlink() and path.is_file():
             record = records.get(name) or {}
-            key = key_of(job)
-            if record.get("status") == "done" and record.get("key") == key:
-                sha256 = intact(name, key)
+            keys = accepted(job)
+            if record.get("status") == "done" and record.get("key") in keys:
+                sha256 = intact(name, keys)
                 if sha256 is not None:
                     out.done[job.index] = (name, sha256, record)
                     claimed.add(name)
                     continue
-            elif embedded and _embedded_key(path) == key:
+            elif embedded and _embedded_key(path) in keys:
                 # written just before a crash, before its journal line (its record still says pending,
                 # or how the job was made before): recognised by the key it carries
                 out.done[job.index] = (name, hashes.sha256(path),
@@ -360,7 +367,7 @@ def match(folder: Path, jobs: Sequence[Job], names: Sequence[str], key_of: Calla
             record = records.get(old) or {}
             if force:
                 reason = "--force"
-            elif old == name and record.get("status") == "done" and record.get("key") == key_of(job):
+            elif old == name and record.get("status") == "done" and record.get("key") in accepted(job):
                 reason = "changed on disk since it was written"
             else:
                 reason = "its job changed since it was made"
@@ -395,7 +402,7 @@ def resume(manifest: Manifest, jobs: Sequence[Job], keys: Keys, batch_size: int,
     previous = read_previous(folder, set_aside=True)
     records = previous.records
     state = ResumeState(jobs, [], keys, previous=previous)
-    found = match(folder, jobs, files, keys.of, records, same_as or {}, hashes, ext, force=force)
+    found = match(folder, jobs, files, keys.of, records, same_as or {}, hashes, ext, force=force, legacy=keys.legacy)
     for index, (name, sha256, record) in found.done.items():
         state.done[index] = sha256
         state.made[index] = record
@@ -592,7 +599,7 @@ def peek(prepared: Prepared, hashes: FileHashes | None = None) -> Peek | None:
     ext = extension(recipe.output.format)
     names = [job.filename(ext) for job in prepared.jobs]
     found = match(folder, prepared.jobs, names, keys.of, previous.records, prepared.same_as, hashes, ext,
-                  embedded=False)
+                  embedded=False, legacy=keys.legacy)
     hashes.save()
     regenerate = len(found.replaced)
     pending = {prepared.jobs[i].variant for i in found.pending}
