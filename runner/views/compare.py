@@ -22,7 +22,15 @@ as an image that is not there, with a warning); a copy stops at :data:`MAX_COPY_
 
 Exit status like ``diff``: 0 every pair identical and the same jobs on both sides, 1 any difference
 in pixels or jobs, 2 bad input (a missing or unreadable manifest: one ``error:`` line). Recipe and
-environment differences are reported; alone they do not make the status 1.
+environment differences are reported; alone they do not make the status 1. Thresholds
+(``--min-psnr``, ``--max-diff``: :class:`Thresholds`) make a differing pair within them "close":
+reported, exit 0. When pixels differ, :func:`likely_causes` names what differs that changes pixels
+(model files, recipe keys, threads, versions, device, dtype), most likely first.
+
+A and B may also be two output roots (folders of run folders): :func:`compare_roots` pairs their
+runs by folder name (a run on one side only is a difference), one exit status and one table, an
+index page linking each run's report (:func:`write_roots_report`); a root is read up to
+:data:`MAX_ROOT_ENTRIES` entries, never through a link.
 
 Light module: numpy and Pillow, files only; no torch, no diffusers, no network.
 """
