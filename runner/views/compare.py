@@ -424,8 +424,8 @@ def compare(a: Side, b: Side, thresholds: Thresholds = NO_TOLERANCE) -> Result:
     env_a, env_b = a.manifest.get("environment") or {}, b.manifest.get("environment") or {}
     result = Result(a, b, pairs, differences(a.manifest.get("recipe") or {}, b.manifest.get("recipe") or {}),
                     differences(env_a, env_b, ENVIRONMENT_FIRST), names, thresholds)
-    if any(p.status in ("different", "close") for p in pairs):
-        result.causes = likely_causes(result.recipe, env_a, env_b)
+    if any(p.status in ("different", "close") and (p.psnr is not None or p.note.startswith("size")) for p in pairs):
+        result.causes = likely_causes(result.recipe, env_a, env_b)  # pixels computed and differing: not a missing file
     return result
 
 
@@ -434,12 +434,13 @@ def likely_causes(recipe: list[tuple[str, Any, Any]], env_a: Mapping[str, Any], 
     hashes when recorded, its revision), the recipe keys that decide pixels, the thread count, the
     library versions, the device, the dtype, ... One line each, ``what old -> new: why``."""
     causes: list[str] = []
-    if isinstance(env_a.get("models"), Mapping) and isinstance(env_b.get("models"), Mapping):
-        changed = [k for k, _, _ in differences({"models": env_a["models"]}, {"models": env_b["models"]})]
-        if changed:
-            shown = ", ".join(k.removeprefix("models.") for k in changed[:3]) + (
-                f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-            causes.append(f"model files: {shown} differ between the runs")
+    models_a, models_b = env_a.get("models"), env_b.get("models")
+    if models_a is not None and models_b is not None and canonical(models_a) != canonical(models_b):
+        changed = ([k.removeprefix("models.") for k, _, _ in differences({"models": models_a}, {"models": models_b})]
+                   if isinstance(models_a, Mapping) and isinstance(models_b, Mapping) else [])
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        causes.append(f"model files: {shown} differ between the runs" if changed
+                      else "model files differ between the runs (environment.models)")
     for key in ("model_revision", "model_revisions"):
         va, vb = env_a.get(key), env_b.get(key)
         if va is not None and vb is not None and canonical(va) != canonical(vb):
@@ -542,8 +543,9 @@ def copy_bounded(source: Path, target: Path, limit: int | None = None) -> bool:
     return True
 
 
-def write_report(result: Result, out: Path) -> Path:
-    """``out/index.html``, ``out/compare.json`` and the images they show in ``out/pairs``."""
+def write_report(result: Result, out: Path, back: str | None = None) -> Path:
+    """``out/index.html``, ``out/compare.json`` and the images they show in ``out/pairs`` (``back``:
+    a link to the page this one is part of, the index of two output roots)."""
     from PIL import Image
 
     for folder in (out, out / "pairs"):
@@ -569,7 +571,7 @@ def write_report(result: Result, out: Path) -> Path:
             Image.fromarray(p.heat).save(pairs_dir / f"{n:05d}-diff.png", compress_level=1)
             p.files["diff"] = f"pairs/{n:05d}-diff.png"
             p.heat = None
-    (out / "index.html").write_text(render_report(result), encoding="utf-8")
+    (out / "index.html").write_text(render_report(result, back), encoding="utf-8")
     (out / "compare.json").write_text(json.dumps(as_json(result), indent=2, ensure_ascii=False, default=repr),
                                       encoding="utf-8")
     return out / "index.html"
@@ -620,7 +622,7 @@ def _pair_section(p: Pair, result: Result) -> str:
             + "</div></section>")
 
 
-def render_report(result: Result) -> str:
+def render_report(result: Result, back: str | None = None) -> str:
     a, b = result.a, result.b
     different = sorted(result.of("different"), key=lambda p: p.worst)
     close = sorted(result.of("close"), key=lambda p: p.worst)
@@ -630,6 +632,7 @@ def render_report(result: Result) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>compare {escape(a.name)} / {escape(b.name)}</title><style>{CSS}</style></head><body>",
+             *([f'<p class="meta"><a href="{escape(back, quote=True)}">← all runs</a></p>'] if back else []),
              f"<h1>{escape(a.name)} → {escape(b.name)}: {verdict}</h1>",
              f'<p class="meta">A: {escape(str(a.given))} · B: {escape(str(b.given))}<br>'
              f"{len(identical) + len(different) + len(close)} pairs: {len(identical)} identical, {len(different)} differ"
@@ -805,9 +808,9 @@ def write_roots_report(result: RootsResult, out: Path) -> Path:
         if folder.is_symlink():
             raise BadInput(f"--out {out}: {folder} is a symbolic link: the report is never written through one")
     runs_dir.mkdir(parents=True, exist_ok=True)
-    for run in result.runs:
+    for n, run in enumerate(result.runs):
         if run.result is not None:
-            write_report(run.result, runs_dir / run.name)
+            write_report(run.result, runs_dir / run.name, back=f"../../index.html#run-{n}")
             run.page = f"runs/{quote(run.name)}/index.html"
     (out / "index.html").write_text(render_roots_report(result), encoding="utf-8")
     data = {"a": result.a, "b": result.b, "kind": "output roots", "exit": result.code,

@@ -74,7 +74,8 @@ def test_identical_roots_exit_0_with_a_line_per_run(runs, recipe_runner_cli, tmp
     report = json.loads((tmp_path / "report" / "compare.json").read_text())
     assert report["exit"] == 0 and [r["name"] for r in report["runs"]] == ["hero", "villain"]
     assert all(r["status"] == "identical" and r["compare"]["pairs"] for r in report["runs"])
-    assert (tmp_path / "report" / "runs" / "hero" / "index.html").is_file()
+    page = (tmp_path / "report" / "runs" / "hero" / "index.html").read_text()
+    assert '<a href="../../index.html#run-0">← all runs</a>' in page  # back to its section of the index
 
 
 def test_a_param_changed_in_one_run_exits_1_naming_the_run_and_the_key(runs, recipe_runner_cli, tmp_path):
