@@ -759,8 +759,13 @@ class RootsResult:
         identical = sum(1 for r in compared if r.line() == "identical")
         close = sum(1 for r in compared if r.code == EXIT_SAME and r.line() != "identical")
         within = f", {close} close" if self.thresholds else ""
+        def only(status: str) -> str:
+            names = [r.name for r in self.of(status)]
+            listed = ", ".join(names[:5]) + (f", ... {len(names) - 5} more" if len(names) > 5 else "")
+            return f"{len(names)} ({listed})" if names else "0"
+
         return (f"runs: {len(compared)} compared ({identical} identical, {len(compared) - identical - close} differ{within}); "
-                f"only in A: {len(self.of('only-a'))}; only in B: {len(self.of('only-b'))}")
+                f"only in A: {only('only-a')}; only in B: {only('only-b')}")
 
 
 def compare_roots(a: str | Path, b: str | Path, thresholds: Thresholds = NO_TOLERANCE) -> RootsResult:

@@ -101,7 +101,7 @@ def test_a_run_only_in_b_is_a_difference(runs, recipe_runner_cli, tmp_path):
     result = recipe_runner_cli("--compare", a, b, "--out", tmp_path / "report")
     assert result.code == 1, result.out + result.err
     assert re.search(r"^  villain +only in B$", result.out, re.M)
-    assert "only in A: 0; only in B: 1" in result.out
+    assert "runs: 1 compared (1 identical, 0 differ); only in A: 0; only in B: 1 (villain)" in result.out
     report = json.loads((tmp_path / "report" / "compare.json").read_text())
     assert {r["name"]: r["status"] for r in report["runs"]} == {"hero": "identical", "villain": "only-b"}
 
