@@ -441,11 +441,16 @@ def likely_causes(recipe: list[tuple[str, Any, Any]], env_a: Mapping[str, Any], 
         shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
         causes.append(f"model files: {shown} differ between the runs" if changed
                       else "model files differ between the runs (environment.models)")
+    # the same model files on both sides (recorded by content): where they were, or which revision
+    # named them, changed nothing
+    same_files = models_a is not None and models_b is not None and canonical(models_a) == canonical(models_b)
     for key in ("model_revision", "model_revisions"):
         va, vb = env_a.get(key), env_b.get(key)
-        if va is not None and vb is not None and canonical(va) != canonical(vb):
+        if va is not None and vb is not None and canonical(va) != canonical(vb) and not same_files:
             causes.append(f"{key} {_show(va, 50)} -> {_show(vb, 50)}: another model revision")
     for key, va, vb in recipe:
+        if same_files and re.fullmatch(r"(model|components\.[^.]+)\.(id|revision)", key):
+            continue
         if not any(key == n or key.startswith(n + ".") for n in PIXEL_NEUTRAL):
             causes.append(f"recipe {key}: {_show(va)} -> {_show(vb)}")
     for key, why in CAUSES:

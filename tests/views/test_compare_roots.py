@@ -261,6 +261,17 @@ def test_causes_are_ordered_model_files_recipe_threads_versions(runs, recipe_run
     assert causes[1] == "recipe params.guidance_scale: 9.0 -> 7.0"
 
 
+def test_a_moved_model_with_the_same_files_is_no_cause():
+    from recipe_runner.views.compare import likely_causes
+
+    files = {"unet/diffusion_pytorch_model.safetensors": "aaa"}
+    recipe = [("model.id", "~/models/sd15", "/data/models/sd15"), ("params.guidance_scale", 7.0, 9.0)]
+    assert likely_causes(recipe, {"models": files, "threads": 1}, {"models": dict(files), "threads": 2}) == [
+        "recipe params.guidance_scale: 7.0 -> 9.0",
+        "threads 1 -> 2: CPU kernels round differently per thread count; pin [run] threads"]
+    assert likely_causes(recipe[:1], {}, {}) == ["recipe model.id: ~/models/sd15 -> /data/models/sd15"]  # not recorded
+
+
 # --- the report ------------------------------------------------------------------------------------
 
 
