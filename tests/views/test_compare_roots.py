@@ -139,6 +139,19 @@ def test_a_root_of_too_many_entries_is_refused_not_read_on(runs, recipe_runner_c
     assert "more than 8 entries" in result.err
 
 
+@pytest.mark.parametrize("link", ["runs", "runs/hero"])
+def test_the_report_of_two_roots_is_never_written_through_a_link(runs, recipe_runner_cli, tmp_path, link):
+    a = make_root(tmp_path / "a", hero=runs["base"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    report = tmp_path / "report"
+    (report / link).parent.mkdir(parents=True, exist_ok=True)
+    (report / link).symlink_to(elsewhere, target_is_directory=True)
+    result = recipe_runner_cli("--compare", a, a, "--out", report)
+    assert result.code == 2 and "is a symbolic link: the report is never written through one" in result.err
+    assert list(elsewhere.iterdir()) == []
+
+
 # --- thresholds ------------------------------------------------------------------------------------
 
 
@@ -191,10 +204,11 @@ def test_thresholds_apply_to_each_run_of_two_roots(runs, nudged, recipe_runner_c
 
 @pytest.mark.parametrize("options", [("--min-psnr", "abc"), ("--min-psnr", "-1"), ("--min-psnr", "nan"),
                                      ("--max-diff", "256"), ("--max-diff", "1.5"), ("--max-diff", "-1")])
-def test_bad_threshold_values_are_exit_2(runs, recipe_runner_cli, tmp_path, options):
-    with pytest.raises(SystemExit) as exit_info:
+def test_bad_threshold_values_are_exit_2(runs, recipe_runner_cli, tmp_path, options, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error: exit 2, one error line
         recipe_runner_cli("--compare", runs["base"], runs["base"], "--out", tmp_path / "report", *options)
     assert exit_info.value.code == 2
+    assert f"error: argument {options[0]}: expected " in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
 
 
