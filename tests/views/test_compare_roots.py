@@ -66,8 +66,12 @@ def nudge_one_pixel(run: Path, *, environment: dict | None = None) -> str:
 def test_identical_roots_exit_0_with_a_line_per_run(runs, recipe_runner_cli, tmp_path):
     a = make_root(tmp_path / "a", hero=runs["base"], villain=runs["base"])
     b = make_root(tmp_path / "b", hero=runs["base"], villain=runs["base"])
+    previous = a / "hero" / "history" / "2026-12-01T14-03-24Z"  # a run's previous results: not a run of the root
+    previous.mkdir(parents=True)
+    shutil.copy(a / "hero" / "manifest.json", previous / "manifest.json")
     result = recipe_runner_cli("--compare", a, b, "--out", tmp_path / "report")
     assert result.code == 0, result.out + result.err
+    assert "history" not in result.out
     assert re.search(r"^  hero +identical$", result.out, re.M) and re.search(r"^  villain +identical$", result.out, re.M)
     assert "runs: 2 compared (2 identical, 0 differ); only in A: 0; only in B: 0" in result.out
     assert "result: identical" in result.out
