@@ -55,8 +55,15 @@ def parser() -> argparse.ArgumentParser:
                    help="re-generate one image from the recipe embedded in it, into a scratch folder (or --out); "
                         "exit 0 pixel-identical, 1 differs")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
-                   help="compare two runs (folders or their manifest.json): pairs by job, pixels and recipe; "
-                        "report into --out (default compare-report); exit 0 identical, 1 differs, 2 bad input")
+                   help="compare two runs (folders or their manifest.json), or two output roots (runs paired by folder "
+                        "name): pairs by job, pixels and recipe; report into --out (default compare-report); "
+                        "exit 0 identical (or close: --min-psnr, --max-diff), 1 differs, 2 bad input")
+    p.add_argument("--min-psnr", type=_psnr, default=None, metavar="DB",
+                   help="with --compare: a pair whose pixels differ counts as close (exit 0) when its PSNR is at "
+                        "least DB (and within --max-diff when given)")
+    p.add_argument("--max-diff", type=_levels, default=None, metavar="N",
+                   help="with --compare: a pair whose pixels differ counts as close (exit 0) when no pixel differs "
+                        "by more than N levels of 255 (and within --min-psnr when given)")
     p.add_argument("--schema", action="store_true", help="print the JSON Schema of the recipe format (plugin tables included)")
     p.add_argument("--lock", action="store_true",
                    help="write each recipe's lock file beside it, the recipe's name with .lock for .toml "
@@ -76,6 +83,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the traceback of a failure while running")
     p.add_argument("--version", action="version", version=f"recipe-run {__version__}")
     return p
+
+
+def _psnr(text: str) -> float:
+    """``--min-psnr``: a finite number of dB, at least 0 (argparse says the rest: exit 2)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of dB (e.g. 40), got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of dB >= 0 (e.g. 40), got {text!r}")
+    return value
+
+
+def _levels(text: str) -> int:
+    """``--max-diff``: a whole number of pixel levels, 0 to 255."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixel levels 0-255 (e.g. 2), got {text!r}") from None
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"expected pixel levels 0-255, got {value}")
+    return value
 
 
 def list_plugins(plugins: Plugins) -> str:
@@ -193,6 +224,8 @@ APPLIES = {  # option (dest) -> (its flag, the modes it applies to)
     "recipes": ("RECIPE", RECIPE_MODES),
     "sets": ("--set", RECIPE_MODES),
     "out": ("--out", {RUN, "dry_run", "reproduce", "compare", "watch"}),
+    "min_psnr": ("--min-psnr", {"compare"}),
+    "max_diff": ("--max-diff", {"compare"}),
     "locked": ("--locked", {RUN, "dry_run", "watch"}),
     "plugins": ("-p", {RUN, "dry_run", "lock", "list_plugins", "schema", "reproduce", "watch"}),
     "allow_pickle": ("--allow-pickle", {RUN, "dry_run", "lock", "reproduce", "watch"}),
@@ -212,7 +245,8 @@ def mode_of(args: argparse.Namespace) -> str:
         raise RecipeError.one(f"{first} and {second} cannot be combined: one mode per invocation", file="recipe-run")
     mode = asked[0] if asked else RUN
     for dest, (flag, modes) in APPLIES.items():
-        if getattr(args, dest) in (None, False, []) or mode in modes:
+        value = getattr(args, dest)
+        if value is None or value is False or value == [] or mode in modes:  # --max-diff 0 is given, not absent
             continue
         raise RecipeError.one(f"{MODES[mode]} takes no recipes" if dest == "recipes"
                               else f"{flag} has no effect with {MODES[mode]}: leave one of them out", file="recipe-run")
@@ -258,7 +292,7 @@ def _main(args: argparse.Namespace) -> int:
     if mode == "compare":  # files only: no plugins, no torch
         from ..views import compare
 
-        return compare.main(args.compare[0], args.compare[1], args.out)
+        return compare.main(args.compare[0], args.compare[1], args.out, compare.Thresholds(args.min_psnr, args.max_diff))
     plugins = load_plugins(args.plugins)
     if mode == "list_plugins":
         report.result(list_plugins(plugins))

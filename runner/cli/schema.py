@@ -4,8 +4,9 @@ Generated from the pydantic models of :mod:`recipe_runner.recipe.model`, with wh
 themselves filled in: each installed optimization's settings under ``optimizations.<name>`` as
 ``true | false | {settings}``; ``seeds`` and ``batch_size``, which accept two shapes; the value
 shapes of each kind of ``[matrix.axes]`` key (models, components, LoRA, optimizations); and the rule
-that a recipe with ``extends`` may leave out anything its base provides (only a recipe without
-``extends`` must have ``[model] id`` and ``[matrix] prompts``). ``name`` is never required: it
+that a recipe with ``extends`` may leave out anything its base provides, and an ``abstract = true``
+base anything the recipes extending it provide (only a recipe without ``extends`` that is not
+abstract must have ``[model] id`` and ``[matrix] prompts``). ``name`` is never required: it
 defaults to the file's stem. Light: no torch.
 """
 
@@ -115,8 +116,10 @@ def recipe_schema(plugins: Plugins) -> dict[str, Any]:
         "$id": SCHEMA_ID,
         "title": "recipe-runner recipe",
         "description": "A TOML recipe for recipe-run: model, components, scheduler, optimizations, params, matrix.",
-        # A recipe that extends another may leave out what its base provides.
-        "if": {"not": {"required": ["extends"]}},
+        # A recipe that extends another may leave out what its base provides; an abstract base
+        # (abstract = true, never run) may leave out what the recipes that extend it provide.
+        "if": {"not": {"anyOf": [{"required": ["extends"]},
+                                 {"required": ["abstract"], "properties": {"abstract": {"const": True}}}]}},
         "then": {
             "required": ["model", "matrix"],
             "properties": {"model": {"required": ["id"]}, "matrix": {"required": ["prompts"]},

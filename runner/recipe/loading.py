@@ -252,6 +252,9 @@ def _load_chain(path: Path, seen: list[Path]) -> tuple[dict[str, Any], dict[str,
     if "name" not in own:
         merged.pop("name", None)  # the name defaults to the file being run, not its base
         merged_origins.pop("name", None)
+    if "abstract" not in own:  # a base's abstract = true makes it a base, not the recipes that extend it
+        merged.pop("abstract", None)
+        merged_origins.pop("abstract", None)
     return merged, merged_origins, [resolved, *chain]
 
 

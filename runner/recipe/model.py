@@ -215,6 +215,9 @@ class Recipe(Strict):
     name: str
     description: str = ""
     extends: str | None = None
+    # A base used only through extends: never run, never inherited (recipe.loading), never recorded.
+    abstract: bool = Field(default=False, exclude=True,
+                           description="true: a base for extends, never run itself (not inherited)")
     model: ModelSpec
     components: dict[str, ComponentSpec] = {}
     scheduler: SchedulerSpec | None = None
@@ -432,22 +435,42 @@ def validate(loaded: LoadedRecipe) -> Recipe:
     try:
         return Recipe.model_validate(loaded.data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            if tuple(error["loc"]) == ("matrix", "seeds") and isinstance(error.get("input"), list):
-                wrong = seed_problems(error["input"])  # every wrong item, not only the first
-                if wrong:
-                    problems += [loaded.problem(f"matrix.seeds.{i}", message) for i, message in wrong]
-                    continue
-            if error["type"] == "value_error" and SEVERAL in str(error.get("ctx", {}).get("error", "")):
-                for line in str(error["ctx"]["error"]).split(SEVERAL):
-                    one = {**error, "ctx": {**error["ctx"], "error": line}}
-                    problems.append(relocated(problem_from_pydantic(one, loaded.problem), loaded))
+        raise RecipeError(_problems(exc, loaded)) from None
+
+
+def check_abstract(loaded: LoadedRecipe) -> None:
+    """An ``abstract = true`` recipe (a base for extends, never run): what it has is checked
+    (unknown keys with did-you-mean, types, values), a required key it leaves to the recipes that
+    extend it (``[model] id``, ``[matrix]``) is not a problem. RecipeError listing every problem."""
+    try:
+        Recipe.model_validate(loaded.data)
+    except ValidationError as exc:
+        problems = _problems(exc, loaded, partial=True)
+        if problems:
+            raise RecipeError(problems) from None
+
+
+def _problems(exc: ValidationError, loaded: LoadedRecipe, partial: bool = False) -> list[Problem]:
+    """A ValidationError of ``loaded`` as problems, each at its file, line and dotted key (``partial``:
+    without the required keys that are missing)."""
+    problems = []
+    for error in exc.errors():
+        if partial and error["type"] == "missing":
+            continue
+        if tuple(error["loc"]) == ("matrix", "seeds") and isinstance(error.get("input"), list):
+            wrong = seed_problems(error["input"])  # every wrong item, not only the first
+            if wrong:
+                problems += [loaded.problem(f"matrix.seeds.{i}", message) for i, message in wrong]
                 continue
-            problems.append(relocated(problem_from_pydantic(dict(error), loaded.problem), loaded))
-        if not any((p.key or "").startswith("output.grid") for p in problems):
-            problems += [relocated(p, loaded) for p in written_grid_problems(loaded)]
-        raise RecipeError(problems) from None
+        if error["type"] == "value_error" and SEVERAL in str(error.get("ctx", {}).get("error", "")):
+            for line in str(error["ctx"]["error"]).split(SEVERAL):
+                one = {**error, "ctx": {**error["ctx"], "error": line}}
+                problems.append(relocated(problem_from_pydantic(one, loaded.problem), loaded))
+            continue
+        problems.append(relocated(problem_from_pydantic(dict(error), loaded.problem), loaded))
+    if not any((p.key or "").startswith("output.grid") for p in problems):
+        problems += [relocated(p, loaded) for p in written_grid_problems(loaded)]
+    return problems
 
 
 def written_grid_problems(loaded: LoadedRecipe) -> list[Problem]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..base import environment
 from ..base.errors import Problem, RecipeError, suggest
-from ..base.report import warn
+from ..base.report import note, warn
 from ..pipelines import lock, preflight, safety
 from ..plan import checks
 from ..plan import inputs as inputs_mod
@@ -30,7 +30,7 @@ from ..plan.variants import make as make_variants
 from ..plugin_api.manager import Plugins, identities
 from ..recipe.context import BuildContext
 from ..recipe.loading import LoadedRecipe, display_path, load
-from ..recipe.model import Recipe, validate
+from ..recipe.model import Recipe, check_abstract, validate
 from ..recipe.optimizations import Unsupported, refusal
 from ..records.formats import FORMATS, exif_problem
 
@@ -208,21 +208,44 @@ def prepare_all(paths: Sequence[str | Path], sets: list[str], plugins: Plugins, 
     recipe that loaded (``--watch`` watches its extends chain even when it does not validate)."""
     problems: list[Problem] = []
     prepared: list[Prepared] = []
+    abstract: list[str] = []
     for path in paths:
         try:
             loaded = load(path, sets)
             if seen is not None:
                 seen(Path(path), loaded)
+            if loaded.data.get("abstract") is True:
+                abstract.append(display_path(Path(path)))
+                problems += abstract_problems(loaded, plugins)
+                continue
             prepared.append(prepare_loaded(loaded, plugins, options))
         except RecipeError as exc:
             problems += exc.problems
-    if problems:
-        raise RecipeError(problems)
+    if problems:  # a base's problem reported once, not again for each recipe that extends it
+        raise RecipeError(list({(p.key, p.message, p.file, p.line): p for p in problems}.values()))
+    if abstract and not prepared:
+        what = f"{abstract[0]} is" if len(abstract) == 1 else f"the {len(abstract)} recipes given are"
+        raise RecipeError.one(f"nothing to run: {what} abstract (abstract = true: a base for extends); give the "
+                              "recipes that extend " + ("it" if len(abstract) == 1 else "them"), file="recipe-run")
+    for shown in abstract:
+        note(f"skipped {shown}: abstract = true (a base for extends)")
     check_distinct_names(prepared)
     if locked:
         for item in prepared:
             lock.verify(item.recipe, item.loaded)
     return prepared
+
+
+def abstract_problems(loaded: LoadedRecipe, plugins: Plugins) -> list[Problem]:
+    """An ``abstract = true`` recipe checked for what it has, never prepared: unknown keys, types,
+    parameter values, the optimizations' settings and the output format (a key it leaves to the
+    recipes that extend it is no problem)."""
+    try:
+        check_abstract(loaded)
+        found: list[Problem] = []
+    except RecipeError as exc:
+        found = exc.problems
+    return found + written_problems(loaded, plugins, found)
 
 
 def check_distinct_names(prepared: list[Prepared]) -> None:

@@ -191,8 +191,8 @@ class WatchSession:
             self.chains[path] = {p.resolve() for p in loaded.chain}
 
         prepared = prepare_all(self.paths, self.sets, self.plugins, self.options, locked=self.locked, seen=seen)
-        for path, item in zip(self.paths, prepared):
-            self.inputs[path] = {Path(v) for v in item.inputs.values() if not inputs_mod.is_url(v)}
+        for item in prepared:  # an abstract recipe is not prepared: watched through those that extend it
+            self.inputs[item.loaded.path] = {Path(v) for v in item.inputs.values() if not inputs_mod.is_url(v)}
         return prepared
 
     def round(self, before: Snapshot | None = None) -> bool:

@@ -22,7 +22,15 @@ as an image that is not there, with a warning); a copy stops at :data:`MAX_COPY_
 
 Exit status like ``diff``: 0 every pair identical and the same jobs on both sides, 1 any difference
 in pixels or jobs, 2 bad input (a missing or unreadable manifest: one ``error:`` line). Recipe and
-environment differences are reported; alone they do not make the status 1.
+environment differences are reported; alone they do not make the status 1. Thresholds
+(``--min-psnr``, ``--max-diff``: :class:`Thresholds`) make a differing pair within them "close":
+reported, exit 0. When pixels differ, :func:`likely_causes` names what differs that changes pixels
+(model files, recipe keys, threads, versions, device, dtype), most likely first.
+
+A and B may also be two output roots (folders of run folders): :func:`compare_roots` pairs their
+runs by folder name (a run on one side only is a difference), one exit status and one table, an
+index page linking each run's report (:func:`write_roots_report`); a root is read up to
+:data:`MAX_ROOT_ENTRIES` entries, never through a link.
 
 Light module: numpy and Pillow, files only; no torch, no diffusers, no network.
 """
@@ -42,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..base import report as reporter
 from ..base.paths import regular_file, sha256_file
-from ..base.safe_read import open_image, read_text
+from ..base.safe_read import FileTooLarge, NotRegularFile, is_regular, open_image, read_text
 from ..records.names import record_file
 from .jobfields import BOOKKEEPING, Described, canonical, describe, job_label, short_name, shorten
 from .metrics import METRICS
@@ -57,6 +65,27 @@ MAX_COPY_BYTES = 256 * 2**20  # an image copied into the report: larger ones are
 IDENTITY = ("prompt", "seed", "image", "mask_image")  # always part of a job's identity
 ENVIRONMENT_FIRST = ("torch", "diffusers", "transformers", "device", "device_name", "dtype", "threads",
                      "generator_device", "deterministic", "platform", "python", "recipe_runner")
+MAX_ROOT_ENTRIES = 20_000  # entries of an output root looked at (files and folders alike)
+MAX_ROOT_RUNS = 1_000  # run folders of an output root compared
+# Recipe keys that never change an image's pixels (what is written around it, or which jobs exist:
+# jobs that differ do not pair, and are reported as only in A / only in B).
+PIXEL_NEUTRAL = ("name", "description", "abstract", "output.grid", "output.metadata", "matrix.prompts", "matrix.seeds",
+                 "matrix.mode", "matrix.vars", "matrix.images", "matrix.mask_images", "matrix.max_jobs")
+# The environment facts that change pixels, most likely first, each with why (item of "likely causes").
+CAUSES = (
+    ("threads", "CPU kernels round differently per thread count; pin [run] threads"),
+    ("torch", "kernels change between torch versions"),
+    ("diffusers", "pipelines and schedulers change between diffusers versions"),
+    ("transformers", "text encoders change between transformers versions"),
+    ("accelerate", "model loading changes between accelerate versions"),
+    ("device", "each device computes with its own kernels"),
+    ("device_name", "each device computes with its own kernels"),
+    ("dtype", "a different precision"),
+    ("generator_device", "each generator device draws different noise"),
+    ("deterministic", "non-deterministic kernels vary between runs"),
+    ("world_size", "the images were shared out between processes differently"),
+    ("platform", "another platform's math libraries"),
+)
 
 
 class BadInput(Exception):
@@ -75,19 +104,25 @@ class Side:
         return str((self.manifest.get("recipe") or {}).get("name") or self.folder.name)
 
 
-def load_side(given: str | Path) -> Side:
-    """A run folder or its manifest.json, checked to be a manifest (BadInput otherwise)."""
+def load_side(given: str | Path, *, follow: bool = True) -> Side:
+    """A run folder or its manifest.json, checked to be a manifest (BadInput otherwise).
+    ``follow=False``: a manifest.json that is a symbolic link is refused (a run inside an output root)."""
     path = Path(given)
     if path.is_dir():
         manifest_path = path / "manifest.json"
         if not manifest_path.is_file():
-            raise BadInput(f"{given}: no manifest.json in this folder (give a run folder or its manifest.json)")
+            raise BadInput(f"{given}: no manifest.json in this folder (give a run folder or its manifest.json, "
+                           "or two output roots of run folders)")
     elif path.is_file():
         manifest_path = path
     else:
         raise BadInput(f"{given}: no such file or folder")
     try:
-        data = json.loads(read_text(manifest_path, what="manifest"))
+        data = json.loads(read_text(manifest_path, follow=follow, what="manifest"))
+    except NotRegularFile as exc:
+        raise BadInput(f"{manifest_path}: {exc.kind}: refused (a manifest is read only from a regular file)") from None
+    except FileTooLarge as exc:
+        raise BadInput(f"{manifest_path}: {exc}") from None
     except OSError as exc:
         raise BadInput(f"{manifest_path}: cannot read it ({exc.strerror or exc})") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -307,6 +342,38 @@ def _show(value: Any, limit: int = 80) -> str:
 # --- the comparison ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    """``--min-psnr DB`` and ``--max-diff N``: a differing pair within every given bound is
+    "close" (reported, exit 0). None given: no tolerance, any pixel difference differs."""
+
+    min_psnr: float | None = None
+    max_diff: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.min_psnr is not None or self.max_diff is not None
+
+    def admits(self, pair: Pair) -> bool:
+        """Whether ``pair``'s figures are within every given bound (never without figures: a
+        missing image or another size is a difference whatever the bounds)."""
+        if not self or pair.psnr is None or pair.max_diff is None:
+            return False
+        return ((self.min_psnr is None or pair.psnr >= self.min_psnr)
+                and (self.max_diff is None or pair.max_diff <= self.max_diff))
+
+    def text(self) -> str:
+        """``PSNR >= 40 dB, max diff <= 2`` (the bounds given)."""
+        parts = ([f"PSNR >= {self.min_psnr:g} dB"] if self.min_psnr is not None else []) + (
+            [f"max diff <= {self.max_diff}"] if self.max_diff is not None else [])
+        return ", ".join(parts)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"min_psnr": self.min_psnr, "max_diff": self.max_diff}
+
+
+NO_TOLERANCE = Thresholds()
+
+
 @dataclass
 class Result:
     a: Side
@@ -315,16 +382,24 @@ class Result:
     recipe: list[tuple[str, Any, Any]]
     environment: list[tuple[str, Any, Any]]
     identity: list[str]
+    thresholds: Thresholds = NO_TOLERANCE
+    causes: list[str] = field(default_factory=list)  # the likely causes of differing pixels, most likely first
 
     def of(self, status: str) -> list[Pair]:
         return [p for p in self.pairs if p.status == status]
 
     @property
     def code(self) -> int:
-        return EXIT_SAME if all(p.status == "identical" for p in self.pairs) else EXIT_DIFFERENT
+        return EXIT_SAME if all(p.status in ("identical", "close") for p in self.pairs) else EXIT_DIFFERENT
+
+    @property
+    def verdict(self) -> str:
+        if self.code != EXIT_SAME:
+            return "different"
+        return "within the thresholds" if self.of("close") else "identical"
 
 
-def compare(a: Side, b: Side) -> Result:
+def compare(a: Side, b: Side, thresholds: Thresholds = NO_TOLERANCE) -> Result:
     names = identity_fields(a.described, b.described)
     ka, kb = keyed(a.described, names), keyed(b.described, names)
     label_names = [n for n in names if n in ("prompt", "seed") or n in a.described.varying or n in b.described.varying]
@@ -340,43 +415,87 @@ def compare(a: Side, b: Side) -> Result:
         if key in kb:
             pair = Pair(i, kb[key], label(a, i))
             compare_pair(a, b, pair)
+            if pair.status == "different" and thresholds.admits(pair):
+                pair.status = "close"
         else:
             pair = Pair(i, None, label(a, i), status="only-a")
         pairs.append(pair)
     pairs += [Pair(None, j, label(b, j), status="only-b") for key, j in kb.items() if key not in ka]
     env_a, env_b = a.manifest.get("environment") or {}, b.manifest.get("environment") or {}
-    return Result(a, b, pairs, differences(a.manifest.get("recipe") or {}, b.manifest.get("recipe") or {}),
-                  differences(env_a, env_b, ENVIRONMENT_FIRST), names)
+    result = Result(a, b, pairs, differences(a.manifest.get("recipe") or {}, b.manifest.get("recipe") or {}),
+                    differences(env_a, env_b, ENVIRONMENT_FIRST), names, thresholds)
+    if any(p.status in ("different", "close") and (p.psnr is not None or p.note.startswith("size")) for p in pairs):
+        result.causes = likely_causes(result.recipe, env_a, env_b)  # pixels computed and differing: not a missing file
+    return result
 
 
-def summary(result: Result, report: Path | None) -> str:
-    """The printed table."""
+def likely_causes(recipe: list[tuple[str, Any, Any]], env_a: Mapping[str, Any], env_b: Mapping[str, Any]) -> list[str]:
+    """What differs between two runs whose pixels differ, most likely first: the model (its files'
+    hashes when recorded, its revision), the recipe keys that decide pixels, the thread count, the
+    library versions, the device, the dtype, ... One line each, ``what old -> new: why``."""
+    causes: list[str] = []
+    models_a, models_b = env_a.get("models"), env_b.get("models")
+    if models_a is not None and models_b is not None and canonical(models_a) != canonical(models_b):
+        changed = ([k.removeprefix("models.") for k, _, _ in differences({"models": models_a}, {"models": models_b})]
+                   if isinstance(models_a, Mapping) and isinstance(models_b, Mapping) else [])
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        causes.append(f"model files: {shown} differ between the runs" if changed
+                      else "model files differ between the runs (environment.models)")
+    # the same model files on both sides (recorded by content): where they were, or which revision
+    # named them, changed nothing
+    same_files = models_a is not None and models_b is not None and canonical(models_a) == canonical(models_b)
+    for key in ("model_revision", "model_revisions"):
+        va, vb = env_a.get(key), env_b.get(key)
+        if va is not None and vb is not None and canonical(va) != canonical(vb) and not same_files:
+            causes.append(f"{key} {_show(va, 50)} -> {_show(vb, 50)}: another model revision")
+    for key, va, vb in recipe:
+        if same_files and re.fullmatch(r"(model|components\.[^.]+)\.(id|revision)", key):
+            continue
+        if not any(key == n or key.startswith(n + ".") for n in PIXEL_NEUTRAL):
+            causes.append(f"recipe {key}: {_show(va)} -> {_show(vb)}")
+    for key, why in CAUSES:
+        va, vb = env_a.get(key), env_b.get(key)
+        if va is not None and vb is not None and canonical(va) != canonical(vb):
+            causes.append(f"{key} {_show(va, 40)} -> {_show(vb, 40)}: {why}")
+    return causes
+
+
+def pairs_text(result: Result) -> str:
+    """``4 (1 identical, 0 differ, 3 close (PSNR >= 40 dB, max diff <= 2))``: the pairs, counted."""
+    identical, different, close = (len(result.of(s)) for s in ("identical", "different", "close"))
+    within = f", {close} close ({result.thresholds.text()})" if result.thresholds else ""
+    return f"{identical + different + close} ({identical} identical, {different} differ{within})"
+
+
+def _figures(p: Pair) -> str:
+    return (f"PSNR {p.psnr:6.2f} dB  max {p.max_diff:3d}" + _more(p) if p.psnr is not None and p.max_diff is not None
+            else p.note)
+
+
+def summary(result: Result, report: Path | None, *, indent: str = "  ", head: bool = True) -> str:
+    """The printed table (``head``: with its first line, ``compare A -> B``, and its last, the result)."""
     different = sorted(result.of("different"), key=lambda p: p.worst)
-    identical, only_a, only_b = result.of("identical"), result.of("only-a"), result.of("only-b")
-    paired = len(identical) + len(different)
-    lines = [f"compare {result.a.given} -> {result.b.given}",
-             f"  pairs: {paired} ({len(identical)} identical, {len(different)} differ); "
-             f"only in A: {len(only_a)}; only in B: {len(only_b)}"]
+    close = sorted(result.of("close"), key=lambda p: p.worst)
+    only_a, only_b = result.of("only-a"), result.of("only-b")
+    lines = [f"compare {result.a.given} -> {result.b.given}"] if head else []
+    lines.append(f"{indent}pairs: {pairs_text(result)}; only in A: {len(only_a)}; only in B: {len(only_b)}")
 
     def section(title: str, rows: list[str]) -> None:
         if rows:
-            lines.append(f"  {title}:")
-            lines.extend(f"    {r}" for r in rows[:PRINTED])
+            lines.append(f"{indent}{title}:")
+            lines.extend(f"{indent}  {r}" for r in rows[:PRINTED])
             if len(rows) > PRINTED:
-                lines.append(f"    ... {len(rows) - PRINTED} more (see the report)")
+                lines.append(f"{indent}  ... {len(rows) - PRINTED} more (see the report)")
 
     section("recipe (A -> B)", [f"{k}: {_show(va)} -> {_show(vb)}" for k, va, vb in result.recipe])
     section("environment (A -> B)", [f"{k}: {_show(va)} -> {_show(vb)}" for k, va, vb in result.environment])
-    rows = []
-    for p in different:
-        figures = (f"PSNR {p.psnr:6.2f} dB  max {p.max_diff:3d}" + _more(p) if p.psnr is not None and p.max_diff is not None
-                   else p.note)
-        rows.append(f"{figures}  {p.label}")
-    section("differing pairs, worst first", rows)
+    section("differing pairs, worst first", [f"{_figures(p)}  {p.label}" for p in different])
+    section(f"close pairs ({result.thresholds.text()})", [f"{_figures(p)}  {p.label}" for p in close])
+    section("likely causes, most likely first", result.causes)
     section("only in A", [p.label for p in only_a])
     section("only in B", [p.label for p in only_b])
-    verdict = "identical" if result.code == EXIT_SAME else "different"
-    lines.append(f"  result: {verdict}" + (f"; report: {report / 'index.html'}" if report else ""))
+    if head:
+        lines.append(f"{indent}result: {result.verdict}" + (f"; report: {report / 'index.html'}" if report else ""))
     return "\n".join(lines)
 
 
@@ -429,8 +548,9 @@ def copy_bounded(source: Path, target: Path, limit: int | None = None) -> bool:
     return True
 
 
-def write_report(result: Result, out: Path) -> Path:
-    """``out/index.html``, ``out/compare.json`` and the images they show in ``out/pairs``."""
+def write_report(result: Result, out: Path, back: str | None = None) -> Path:
+    """``out/index.html``, ``out/compare.json`` and the images they show in ``out/pairs`` (``back``:
+    a link to the page this one is part of, the index of two output roots)."""
     from PIL import Image
 
     for folder in (out, out / "pairs"):
@@ -442,8 +562,8 @@ def write_report(result: Result, out: Path) -> Path:
     for old in pairs_dir.iterdir():  # an earlier report's images
         if re.fullmatch(r"\d+-(a|b|diff)\.[a-z]+", old.name):
             old.unlink()
-    different = sorted(result.of("different"), key=lambda p: p.worst)
-    for n, p in enumerate(different + result.of("only-a") + result.of("only-b")):
+    shown = sorted(result.of("different"), key=lambda p: p.worst) + sorted(result.of("close"), key=lambda p: p.worst)
+    for n, p in enumerate(shown + result.of("only-a") + result.of("only-b")):
         for side_name, side, i in (("a", result.a, p.a), ("b", result.b, p.b)):
             if i is None:
                 continue
@@ -456,7 +576,7 @@ def write_report(result: Result, out: Path) -> Path:
             Image.fromarray(p.heat).save(pairs_dir / f"{n:05d}-diff.png", compress_level=1)
             p.files["diff"] = f"pairs/{n:05d}-diff.png"
             p.heat = None
-    (out / "index.html").write_text(render_report(result), encoding="utf-8")
+    (out / "index.html").write_text(render_report(result, back), encoding="utf-8")
     (out / "compare.json").write_text(json.dumps(as_json(result), indent=2, ensure_ascii=False, default=repr),
                                       encoding="utf-8")
     return out / "index.html"
@@ -470,6 +590,7 @@ def as_json(result: Result) -> dict[str, Any]:
                 "b": result.b.described.records[p.b]["file"] if p.b is not None else None}
 
     return {"a": result.a.given, "b": result.b.given, "exit": result.code, "identity": result.identity,
+            "thresholds": result.thresholds.as_json(), "causes": result.causes,
             "recipe": [{"key": k, "a": va, "b": vb} for k, va, vb in result.recipe],
             "environment": [{"key": k, "a": va, "b": vb} for k, va, vb in result.environment],
             "pairs": [pair(p) for p in result.pairs]}
@@ -494,36 +615,49 @@ def _figure(src: str | None, caption: str, title: str = "") -> str:
             f' title="{escape(title, quote=True)}"></a><figcaption>{escape(caption)}</figcaption></figure>')
 
 
-def render_report(result: Result) -> str:
+def _pair_section(p: Pair, result: Result) -> str:
+    ra = result.a.described.records[p.a] if p.a is not None else {}
+    rb = result.b.described.records[p.b] if p.b is not None else {}
+    figs = (f"PSNR {p.psnr:.2f} dB · largest difference {p.max_diff} of 255 · "
+            f"{(p.changed or 0) * 100:.1f}% of pixels changed" + _more(p) if p.psnr is not None else p.note)
+    return (f'<section class="pair"><h3>{escape(p.label)}</h3><div class="figs">{escape(figs)}</div>'
+            f'<div class="row">{_figure(p.files.get("a"), "A: " + ra.get("file", ""))}'
+            f'{_figure(p.files.get("b"), "B: " + rb.get("file", ""))}'
+            + (_figure(p.files.get("diff"), "difference (stretched to the largest)") if "diff" in p.files else "")
+            + "</div></section>")
+
+
+def render_report(result: Result, back: str | None = None) -> str:
     a, b = result.a, result.b
     different = sorted(result.of("different"), key=lambda p: p.worst)
+    close = sorted(result.of("close"), key=lambda p: p.worst)
     identical, only_a, only_b = result.of("identical"), result.of("only-a"), result.of("only-b")
-    verdict = ('<span class="same">identical</span>' if result.code == EXIT_SAME
+    verdict = (f'<span class="same">{escape(result.verdict)}</span>' if result.code == EXIT_SAME
                else '<span class="diff">different</span>')
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>compare {escape(a.name)} / {escape(b.name)}</title><style>{CSS}</style></head><body>",
+             *([f'<p class="meta"><a href="{escape(back, quote=True)}">← all runs</a></p>'] if back else []),
              f"<h1>{escape(a.name)} → {escape(b.name)}: {verdict}</h1>",
              f'<p class="meta">A: {escape(str(a.given))} · B: {escape(str(b.given))}<br>'
-             f"{len(identical) + len(different)} pairs: {len(identical)} identical, {len(different)} differ · "
+             f"{len(identical) + len(different) + len(close)} pairs: {len(identical)} identical, {len(different)} differ"
+             + (f", {len(close)} close ({escape(result.thresholds.text())})" if result.thresholds else "") + " · "
              f"only in A: {len(only_a)} · only in B: {len(only_b)}<br>"
              f"paired by: {escape(', '.join(short_name(n) for n in result.identity))}</p>"]
     parts.append("<h2>Recipe</h2>")
     parts.append(_kv_table(result.recipe) if result.recipe else '<p class="meta">no difference</p>')
     parts.append("<h2>Environment</h2>")
     parts.append(_kv_table(result.environment) if result.environment else '<p class="meta">no difference</p>')
+    if result.causes:
+        parts.append('<h2>Likely causes, most likely first</h2><ul class="causes">')
+        parts += [f"<li>{escape(cause)}</li>" for cause in result.causes]
+        parts.append("</ul>")
     if different:
         parts.append(f"<h2>Differing pairs ({len(different)}), worst first</h2>")
-        for p in different:
-            ra = a.described.records[p.a] if p.a is not None else {}
-            rb = b.described.records[p.b] if p.b is not None else {}
-            figs = (f"PSNR {p.psnr:.2f} dB · largest difference {p.max_diff} of 255 · "
-                    f"{(p.changed or 0) * 100:.1f}% of pixels changed" + _more(p) if p.psnr is not None else p.note)
-            parts.append(f'<section class="pair"><h3>{escape(p.label)}</h3><div class="figs">{escape(figs)}</div>'
-                         f'<div class="row">{_figure(p.files.get("a"), "A: " + ra.get("file", ""))}'
-                         f'{_figure(p.files.get("b"), "B: " + rb.get("file", ""))}'
-                         + (_figure(p.files.get("diff"), "difference (stretched to the largest)") if "diff" in p.files else "")
-                         + "</div></section>")
+        parts += [_pair_section(p, result) for p in different]
+    if close:
+        parts.append(f"<h2>Close pairs ({len(close)}), within {escape(result.thresholds.text())}</h2>")
+        parts += [_pair_section(p, result) for p in close]
     for title, group, key in (("Only in A", only_a, "a"), ("Only in B", only_b, "b")):
         if group:
             parts.append(f"<h2>{title} ({len(group)})</h2><div class=\"row\">")
@@ -537,23 +671,230 @@ def render_report(result: Result) -> str:
     return "\n".join(parts)
 
 
+# --- output roots ------------------------------------------------------------------------------
+
+
+def run_folders(root: Path, given: str) -> dict[str, Path]:
+    """The run folders of the output root ``root``, by folder name (the recipe's name): its
+    sub-folders, not links, that hold a regular ``manifest.json``. Everything else in it (files,
+    ``.gitignore``, a report folder, folders without a manifest) is not a run and is passed over.
+    A root of more than :data:`MAX_ROOT_ENTRIES` entries or :data:`MAX_ROOT_RUNS` runs is refused
+    (BadInput), never read on and on."""
+    runs: dict[str, Path] = {}
+    try:
+        with os.scandir(root) as entries:
+            for n, entry in enumerate(entries):
+                if n >= MAX_ROOT_ENTRIES:
+                    raise BadInput(f"{given}: more than {MAX_ROOT_ENTRIES:,} entries; an output root is read up to that "
+                                   "many: compare its run folders in smaller roots, or one by one")
+                try:
+                    is_run = entry.is_dir(follow_symlinks=False) and is_regular(Path(entry.path) / "manifest.json")
+                except OSError:
+                    is_run = False
+                if is_run:
+                    runs[entry.name] = Path(entry.path)
+                    if len(runs) > MAX_ROOT_RUNS:
+                        raise BadInput(f"{given}: more than {MAX_ROOT_RUNS:,} run folders; --compare reads up to that "
+                                       "many per output root: compare smaller roots")
+    except OSError as exc:
+        raise BadInput(f"{given}: cannot list this folder ({exc.strerror or exc})") from None
+    return dict(sorted(runs.items()))
+
+
+def kind_of(given: str | Path) -> str:
+    """``"run"`` (a run folder or a manifest file) or ``"root"`` (a folder of run folders); BadInput
+    for anything else."""
+    path = Path(given)
+    if path.is_file() or (path.is_dir() and (path / "manifest.json").is_file()):
+        return "run"
+    if not path.is_dir():
+        raise BadInput(f"{given}: no such file or folder")
+    if run_folders(path, str(given)):
+        return "root"
+    raise BadInput(f"{given}: no manifest.json in this folder, and no run folder in it (give a run folder or its "
+                   "manifest.json, or an output root: a folder of run folders)")
+
+
+@dataclass
+class RunPair:
+    """One run of two output roots: compared (``result``), or only in A / only in B."""
+
+    name: str
+    result: Result | None = None
+    status: str = "compared"  # compared, only-a, only-b
+    page: str = ""  # its report page, relative to the report folder
+
+    @property
+    def code(self) -> int:
+        return self.result.code if self.result is not None else EXIT_DIFFERENT
+
+    def line(self) -> str:
+        """``identical``, ``4 differ``, ``2 close (...)``, ``only in A``: the run in a few words."""
+        if self.result is None:
+            return "only in A" if self.status == "only-a" else "only in B"
+        r = self.result
+        counts = [(len(r.of("different")), "differ"), (len(r.of("close")), "close"),
+                  (len(r.of("only-a")), "jobs only in A"), (len(r.of("only-b")), "jobs only in B")]
+        words = ", ".join(f"{n} {what}" for n, what in counts if n)
+        return words or "identical"
+
+
+@dataclass
+class RootsResult:
+    a: str
+    b: str
+    runs: list[RunPair]
+    thresholds: Thresholds = NO_TOLERANCE
+
+    @property
+    def code(self) -> int:
+        return EXIT_SAME if all(run.code == EXIT_SAME for run in self.runs) else EXIT_DIFFERENT
+
+    @property
+    def verdict(self) -> str:
+        if self.code != EXIT_SAME:
+            return "different"
+        return "within the thresholds" if any(r.result and r.result.of("close") for r in self.runs) else "identical"
+
+    def of(self, status: str) -> list[RunPair]:
+        return [r for r in self.runs if r.status == status]
+
+    def totals(self) -> str:
+        compared = [r for r in self.runs if r.result is not None]
+        identical = sum(1 for r in compared if r.line() == "identical")
+        close = sum(1 for r in compared if r.code == EXIT_SAME and r.line() != "identical")
+        within = f", {close} close" if self.thresholds else ""
+        def only(status: str) -> str:
+            names = [r.name for r in self.of(status)]
+            listed = ", ".join(names[:5]) + (f", ... {len(names) - 5} more" if len(names) > 5 else "")
+            return f"{len(names)} ({listed})" if names else "0"
+
+        return (f"runs: {len(compared)} compared ({identical} identical, {len(compared) - identical - close} differ{within}); "
+                f"only in A: {only('only-a')}; only in B: {only('only-b')}")
+
+
+def compare_roots(a: str | Path, b: str | Path, thresholds: Thresholds = NO_TOLERANCE) -> RootsResult:
+    """Two output roots, their runs paired by folder name; each pair compared like two run folders."""
+    runs_a, runs_b = run_folders(Path(a), str(a)), run_folders(Path(b), str(b))
+    runs: list[RunPair] = []
+    for name in sorted({*runs_a, *runs_b}):
+        if name not in runs_b:
+            runs.append(RunPair(name, status="only-a"))
+        elif name not in runs_a:
+            runs.append(RunPair(name, status="only-b"))
+        else:
+            side_a = load_side(runs_a[name], follow=False)
+            side_b = load_side(runs_b[name], follow=False)
+            side_a.given, side_b.given = str(Path(a) / name), str(Path(b) / name)
+            runs.append(RunPair(name, compare(side_a, side_b, thresholds)))
+    return RootsResult(str(a), str(b), runs, thresholds)
+
+
+def roots_summary(result: RootsResult, report: Path | None) -> str:
+    """The printed table of two output roots: a line per run, the totals, then each run that is
+    not identical in detail."""
+    lines = [f"compare {result.a} -> {result.b} (output roots)"]
+    width = max((len(r.name) for r in result.runs), default=0)
+    lines += [f"  {r.name:<{width}}  {r.line()}" for r in result.runs]
+    lines.append(f"  {result.totals()}")
+    close = [r.result for r in result.runs if r.result is not None and r.result.of("close")]
+    if close:
+        lines.append(f"  pairs close ({result.thresholds.text()}): {sum(len(c.of('close')) for c in close)}")
+    for run in result.runs:
+        if run.result is not None and run.line() != "identical":
+            lines.append(f"  {run.name}:")
+            lines.append(summary(run.result, None, indent="    ", head=False))
+    lines.append(f"  result: {result.verdict}" + (f"; report: {report / 'index.html'}" if report else ""))
+    return "\n".join(lines)
+
+
+def write_roots_report(result: RootsResult, out: Path) -> Path:
+    """``out/index.html`` (a section per run, linking its page), ``out/compare.json`` (every run),
+    and each compared run's report (the one-run report) in ``out/runs/<name>/``."""
+    from urllib.parse import quote
+
+    runs_dir = out / "runs"
+    for folder in (out, runs_dir):
+        if folder.is_symlink():
+            raise BadInput(f"--out {out}: {folder} is a symbolic link: the report is never written through one")
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for n, run in enumerate(result.runs):
+        if run.result is not None:
+            write_report(run.result, runs_dir / run.name, back=f"../../index.html#run-{n}")
+            run.page = f"runs/{quote(run.name)}/index.html"
+    (out / "index.html").write_text(render_roots_report(result), encoding="utf-8")
+    data = {"a": result.a, "b": result.b, "kind": "output roots", "exit": result.code,
+            "thresholds": result.thresholds.as_json(),
+            "runs": [{"name": r.name, "status": r.status if r.result is None else
+                      ("identical" if r.line() == "identical" else "close" if r.code == EXIT_SAME else "different"),
+                      "exit": r.code, "summary": r.line(), "report": r.page or None,
+                      **({"compare": as_json(r.result)} if r.result is not None else {})} for r in result.runs]}
+    (out / "compare.json").write_text(json.dumps(data, indent=2, ensure_ascii=False, default=repr), encoding="utf-8")
+    return out / "index.html"
+
+
+def render_roots_report(result: RootsResult) -> str:
+    verdict = (f'<span class="same">{escape(result.verdict)}</span>' if result.code == EXIT_SAME
+               else '<span class="diff">different</span>')
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             f"<title>compare {escape(result.a)} / {escape(result.b)}</title><style>{CSS}</style></head><body>",
+             f"<h1>{escape(result.a)} → {escape(result.b)}: {verdict}</h1>",
+             f'<p class="meta">output roots, runs paired by folder name · {escape(result.totals())}'
+             + (f"<br>thresholds: {escape(result.thresholds.text())}" if result.thresholds else "") + "</p>",
+             '<table class="kv"><tr><th>run</th><th>result</th></tr>']
+    for n, run in enumerate(result.runs):
+        css = "same" if run.code == EXIT_SAME else "diff"
+        parts.append(f'<tr><td class="k"><a href="#run-{n}">{escape(run.name)}</a></td>'
+                     f'<td class="{css}">{escape(run.line())}</td></tr>')
+    parts.append("</table>")
+    for n, run in enumerate(result.runs):
+        parts.append(f'<section class="pair run" id="run-{n}"><h3>{escape(run.name)}: {escape(run.line())}</h3>')
+        r = run.result
+        if r is None:
+            side = result.a if run.status == "only-a" else result.b
+            parts.append(f'<div class="figs">only in {"A" if run.status == "only-a" else "B"}: '
+                         f"{escape(str(Path(side) / run.name))}</div>")
+        else:
+            parts.append(f'<div class="figs">pairs: {escape(pairs_text(r))} · only in A: {len(r.of("only-a"))} · '
+                         f'only in B: {len(r.of("only-b"))}</div>')
+            if r.causes:
+                parts.append('<ul class="causes">' + "".join(f"<li>{escape(c)}</li>" for c in r.causes) + "</ul>")
+            parts.append(f'<a class="open" href="{escape(run.page, quote=True)}">the report of {escape(run.name)}</a>')
+        parts.append("</section>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
 # --- entry point -------------------------------------------------------------------------------
 
 
-def main(a: str | Path, b: str | Path, out: Path | None = None) -> int:
-    """``recipe-run --compare A B [--out DIR]``: print the table, write the report; the exit status."""
+def main(a: str | Path, b: str | Path, out: Path | None = None, thresholds: Thresholds = NO_TOLERANCE) -> int:
+    """``recipe-run --compare A B [--out DIR] [--min-psnr DB] [--max-diff N]``: print the table,
+    write the report; the exit status. A and B: two runs (folders or manifests), or two output roots."""
+    result: Result | RootsResult
     try:
-        side_a, side_b = load_side(a), load_side(b)
+        kinds = kind_of(a), kind_of(b)
+        if kinds[0] != kinds[1]:
+            root, run = (a, b) if kinds[0] == "root" else (b, a)
+            raise BadInput(f"{root} is an output root (a folder of run folders) but {run} is a run: give two runs "
+                           "(folders or manifest.json) or two output roots")
         report = Path(out) if out is not None else DEFAULT_OUT
         if (report / "manifest.json").exists():
             raise BadInput(f"--out {report}: that folder holds a run (manifest.json); give the report a folder of its own")
-        result = compare(side_a, side_b)
-        write_report(result, report)
+        if kinds[0] == "root":
+            result = compare_roots(a, b, thresholds)
+            write_roots_report(result, report)
+            text = roots_summary(result, report)
+        else:
+            result = compare(load_side(a), load_side(b), thresholds)
+            write_report(result, report)
+            text = summary(result, report)
     except BadInput as exc:
         reporter.error(str(exc))
         return EXIT_BAD
     except OSError as exc:
         reporter.error(f"cannot write the report: {exc}")
         return EXIT_BAD
-    reporter.result(summary(result, report))
+    reporter.result(text)
     return result.code
