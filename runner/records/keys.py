@@ -2,8 +2,8 @@
 
 A job's key hashes everything that decides its pixels: model and component ids, revisions and
 variants, the content of local model folders and the Hub commit loaded, the dtype used,
-optimizations, what plugins declare with ``job_identity``, scheduler, call parameters, prompt, the *content* of its input images, seed, task
-and generator device. Resume (:mod:`recipe_runner.records.resume`) keeps a job whose file exists with the
+optimizations, what plugins declare with ``job_identity``, scheduler, call parameters, prompt, the *content* of its input images, seed, task,
+generator device and, when ``[run] threads`` sets it, the CPU thread count. Resume (:mod:`recipe_runner.records.resume`) keeps a job whose file exists with the
 key and sha256 the manifest recorded; every written image carries its key.
 Light module: no torch.
 """
@@ -65,9 +65,13 @@ def common_identity(recipe: Recipe, dtype: str, enabled: Sequence[Enabled],
     model folder and the Hub commit loaded (see :func:`recipe_runner.pipelines.lock.local_weights`).
     ``plugins``: what the plugins that declare they decide pixels (the ``job_identity`` hook) gave,
     by plugin (name, version, identity); absent when none did, so keys without them never change.
+    ``threads``: ``[run] threads`` when the recipe sets it (the thread count changes CPU rounding);
+    absent otherwise, so keys of recipes without it are what they were.
     """
     m = recipe.model
-    extra = {"plugins": dict(plugins)} if plugins else {}
+    extra: dict[str, Any] = {"plugins": dict(plugins)} if plugins else {}
+    if recipe.run.threads is not None:  # [run] threads: only when set, so keys of recipes without it never change
+        extra["threads"] = recipe.run.threads
     return {
         **extra,
         "model": {k: getattr(m, k, None) for k in ("id", "revision", "variant", "task", "custom_pipeline")},

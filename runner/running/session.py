@@ -220,7 +220,8 @@ def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: Mo
     batches before kept and listed. Returns the manifest (the merged one on rank 0)."""
 
     with hold(prepared.out_dir, wait=options.wait):  # one run per folder; held until grid and gallery are written
-        return _run_recipe(prepared, plugins, options, cache, pending, stop)
+        with environment.pinned_threads(prepared.recipe.run.threads):  # [run] threads, for this recipe only
+            return _run_recipe(prepared, plugins, options, cache, pending, stop)
 
 
 def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None,
