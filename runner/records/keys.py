@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..base.filehashes import FileHashes
 from ..pipelines.lock import loaded_models
 from ..plan.matrix import Job
 from ..plan.variants import Variant
@@ -85,15 +86,15 @@ def common_identity(recipe: Recipe, dtype: str, enabled: Sequence[Enabled],
 
 def job_keys(variants: Sequence[Variant], jobs: Sequence[Job], dtype_of: Callable[[Variant], str],
              revisions: Mapping[str, str | None], digests: dict[str, str],
-             applied: Callable[[Variant], Sequence[Enabled]] | None = None) -> Keys:
+             applied: Callable[[Variant], Sequence[Enabled]] | None = None, hashes: FileHashes | None = None) -> Keys:
     """Every job's key: its variant's model (with ``revisions[model id]``, the Hub commit loaded),
     components, optimizations (those ``applied`` gives; default: not skipped), dtype
     (``dtype_of(variant)``) and plugin identities (``variant.identity``), and the job itself (input
-    images by their ``digests``)."""
+    images by their ``digests``). ``hashes``: the run's file hashes (see :func:`loaded_models`)."""
     commons = {}
     for v in variants:
         enabled = applied(v) if applied is not None else v.enabled
         commons[v.id] = common_identity(v.recipe, dtype_of(v), enabled,
-                                        loaded_models(v.recipe, v.loaded, revisions.get(v.recipe.model.id)),
+                                        loaded_models(v.recipe, v.loaded, revisions.get(v.recipe.model.id), hashes),
                                         v.identity)
     return Keys(commons, jobs, digests)

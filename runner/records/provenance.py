@@ -10,6 +10,10 @@ from typing import Any
 from ..recipe.loading import LoadedRecipe
 
 BUILT_IN = "built-in"  # PluginInfo.source of the built-in plugins, which are not recorded
+# A model folder's per-file hashes are embedded in each image up to this many files (a diffusers
+# folder holds 10 to 40): beyond, the image keeps the folder's one hash and its file count, the
+# manifest every file, so that an image's metadata stays within a JPEG's 64 KB of EXIF.
+EMBEDDED_MODEL_FILES = 64
 
 _SNAPSHOT = re.compile(r"snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)")
 
@@ -41,3 +45,19 @@ def plugin_records(plugins: Any) -> list[dict[str, Any]]:
     """The non-built-in plugins of this process, loaded or failed."""
     return [{"name": i.name, "version": i.version, "source": i.source, "module": i.module, "error": i.error}
             for i in plugins.infos if i.source != BUILT_IN]
+
+
+def embedded_environment(env: dict[str, Any]) -> dict[str, Any]:
+    """The environment as each image embeds it: the manifest's, with the ``files`` of a model
+    folder of more than :data:`EMBEDDED_MODEL_FILES` files left out (``file_count`` says how many)."""
+    models = env.get("models")
+    if not isinstance(models, dict) or not any(len(r.get("files") or {}) > EMBEDDED_MODEL_FILES
+                                               for r in models.values() if isinstance(r, dict)):
+        return env
+    trimmed = {}
+    for key, record in models.items():
+        files = record.get("files") if isinstance(record, dict) else None
+        if isinstance(files, dict) and len(files) > EMBEDDED_MODEL_FILES:
+            record = {**{k: v for k, v in record.items() if k != "files"}, "file_count": len(files)}
+        trimmed[key] = record
+    return {**env, "models": trimmed}
