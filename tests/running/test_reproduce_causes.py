@@ -273,3 +273,24 @@ def test_locked_is_allowed_with_reproduce_only_among_the_image_modes(recipe_runn
     assert result.code == 2 and "no such image file" in result.err  # the mode table let it through
     refused = recipe_runner_cli("--compare", tmp_path, tmp_path, "--locked")
     assert refused.code == 2 and "--locked has no effect with --compare" in refused.err
+
+
+@pytest.mark.slow
+def test_a_run_reads_each_model_file_once_for_its_keys_and_its_records(recipe_runner_cli, recipe_runner_write_recipe,
+                                                                       model_copy, tmp_path, monkeypatch):
+    from collections import Counter
+
+    from recipe_runner.base import filehashes
+
+    read: Counter[str] = Counter()
+    hash_file = filehashes.sha256_file
+
+    def counted(path):
+        read[Path(path).relative_to(model_copy.resolve()).as_posix()] += 1
+        return hash_file(path)
+
+    monkeypatch.setattr(filehashes, "sha256_file", counted)
+    recipe = recipe_runner_write_recipe(local_recipe(), "once.toml")  # a fresh copy: no file is remembered yet
+    assert recipe_runner_cli(recipe, "--out", tmp_path / "out", "--no-progress").code == 0
+    files = manifest_of(tmp_path / "out" / "once")["environment"]["models"]["model"]["files"]
+    assert UNET in read and set(read) == set(files) and set(read.values()) == {1}, read

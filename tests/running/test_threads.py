@@ -112,6 +112,7 @@ def two_threads():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_each_recipe_generates_with_its_own_count_recorded_and_restored_after(recipe_runner_cli, recipe_runner_write_recipe,
                                                                             tmp_path, probe, two_threads):
     import torch
@@ -177,3 +178,43 @@ def test_changing_threads_regenerates_and_the_same_recipe_twice_is_nothing_to_do
     # Measured on this pipeline: one and two threads round differently (PSNR 86 dB, max 1 level).
     assert any((made_with_one[k] != made_with_two[k]).any() for k in made_with_one)
     assert "nothing to do" in recipe_runner_cli(recipe, "--out", out, "--no-progress", "--set", "run.threads=2").out
+
+
+@pytest.mark.slow
+def test_a_watch_round_generates_with_the_recipes_count_and_restores_it(recipe_runner_write_recipe, tmp_path, probe,
+                                                                       two_threads, capsys):
+    import torch
+
+    from recipe_runner.plugin_api.manager import load_plugins
+    from recipe_runner.running.prepare import Options
+    from recipe_runner.running.watch import watch
+
+    recipe = recipe_runner_write_recipe(tiny_recipe("watched", tables="[run]\nthreads = 1"), "watched.toml")
+    assert watch([recipe], [], load_plugins(), Options(out=tmp_path / "out", progress=False), rounds=1) == 0
+    assert probe.threads == [("watched", 1)] and torch.get_num_threads() == two_threads
+    assert manifest_of(tmp_path / "out" / "watched")["environment"]["threads"] == 1
+
+
+@pytest.mark.slow
+def test_distributed_ranks_generate_with_the_recipes_count(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    """Under torchrun each rank pins the recipe's count (the launcher's OMP_NUM_THREADS=2 is not
+    used), and the images equal a one-process run's."""
+    import os
+    import subprocess
+
+    from tests.running.test_scale import torchrun
+
+    if torchrun() is None:
+        pytest.skip("torchrun is not installed")
+    recipe = recipe_runner_write_recipe(THREADED.replace("{threads}", "1"), "ranks.toml")
+    assert recipe_runner_cli(recipe, "--out", tmp_path / "one", "--no-progress").code == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run([torchrun(), "--nproc_per_node=2", "-m", "recipe_runner", str(recipe), "--out",
+                           str(tmp_path / "two"), "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = manifest_of(tmp_path / "two" / "ranks")
+    assert manifest["environment"]["world_size"] == 2 and manifest["environment"]["threads"] == 1
+    assert {r["rank"] for r in manifest["images"]} == {0, 1}
+    for record in manifest["images"]:
+        assert (pixels(tmp_path / "two" / "ranks" / record["file"]) == pixels(tmp_path / "one" / "ranks" / record["file"])).all()
