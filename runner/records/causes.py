@@ -8,7 +8,7 @@ a note when they match though facts differ. Light module: plain dictionaries, no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,16 +46,21 @@ class Facts:
 
 
 def compare(recorded: dict[str, Any], now: dict[str, Any], default_threads: int | None = None,
-            plugins: Sequence[str] = ()) -> Facts:
+            plugins: Sequence[str] = (), used: Callable[[Iterable[str]], set[str]] | None = None) -> Facts:
     """``recorded``: the image's environment; ``now``: the re-generation's (its thread count the
     one actually used); ``default_threads``: this process's count before pinning; ``plugins``: the
     recorded plugins not loaded now, or in another version
-    (:func:`recipe_runner.plugin_api.failures.missing`)."""
+    (:func:`recipe_runner.plugin_api.failures.missing`); ``used``: of the model references
+    recorded, those the image's job loads (:func:`job_references`; default: all of them)."""
     facts = Facts()
     models = recorded.get("models")
     if isinstance(models, dict):
         current = now.get("models")
-        facts.differences += model_differences(models, current if isinstance(current, dict) else {})
+        current = current if isinstance(current, dict) else {}
+        if used is not None:
+            keep = used(models.keys() | current.keys())
+            models, current = ({k: v for k, v in side.items() if k in keep} for side in (models, current))
+        facts.differences += model_differences(models, current)
     else:
         facts.models_recorded = False
     threads, used = recorded.get("threads"), now.get("threads")
@@ -71,6 +76,23 @@ def compare(recorded: dict[str, Any], now: dict[str, Any], default_threads: int 
     for name in LATER:
         facts.differences += _changed(name, recorded, now)
     return facts
+
+
+def job_references(keys: Iterable[str], axes: Mapping[str, Sequence[Any]], job_axes: Mapping[str, Any]) -> set[str]:
+    """Of the model references ``keys`` (``model``, ``components.<name>``, ``matrix.axes.<axis>.<i>``),
+    those a job loads: its own value of each axis (``job_axes``, of the recipe's ``axes``), and
+    ``model`` and ``components.<name>`` unless an axis of that name replaces them. A model another
+    job of the recipe loads is no cause of this image's pixels."""
+    used = set()
+    for key in keys:
+        if key.startswith("matrix.axes."):
+            axis, _, index = key[len("matrix.axes."):].rpartition(".")
+            values = axes.get(axis) or []
+            if axis in job_axes and index.isdigit() and int(index) < len(values) and values[int(index)] == job_axes[axis]:
+                used.add(key)
+        elif key not in axes:
+            used.add(key)
+    return used
 
 
 def _changed(name: str, recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -243,7 +243,8 @@ def _regenerate(image: Path, original: Any, embedded: Embedded, prepared: Prepar
         raise RunError(f"the re-generated image was not written: {produced}")
     a, b = original, pixels(produced)
     gone = missing(env.get("plugins"), plugins)
-    facts = causes.compare(env, manifest.environment, default_threads, gone)
+    facts = causes.compare(env, manifest.environment, default_threads, gone,
+                           used=lambda keys: causes.job_references(keys, recipe.matrix.axes, job.axes))
     if a.shape != b.shape:
         return Outcome(image, produced, False, 0.0, a.shape[0] * a.shape[1], a.shape[0] * a.shape[1], gone, facts)
     differing = int((a != b).any(axis=-1).sum())

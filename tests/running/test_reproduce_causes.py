@@ -104,6 +104,22 @@ def test_many_changed_files_are_counted_and_a_trimmed_record_names_the_model():
                            f"combined hash only, of {len(many)} files")
 
 
+def test_only_the_models_the_images_job_loads_are_compared():
+    keys = ["model", "components.vae", "matrix.axes.model.0", "matrix.axes.model.1", "matrix.axes.components.vae.0"]
+    axes = {"model": ["a", {"id": "b"}], "components.vae": ["v"], "guidance_scale": [6.0]}
+    assert causes.job_references(keys, axes, {"model": {"id": "b"}, "components.vae": "v", "guidance_scale": 6.0}) == {
+        "matrix.axes.model.1", "matrix.axes.components.vae.0"}
+    assert causes.job_references(keys[:2], {}, {}) == {"model", "components.vae"}
+
+    other = {**FILES, UNET: "d" * 64}
+    recorded = {**ENV, "models": {"matrix.axes.model.0": local(FILES), "matrix.axes.model.1": local(FILES)}}
+    now = {**ENV, "models": {"matrix.axes.model.0": local(FILES), "matrix.axes.model.1": local(other)}}
+    assert causes.compare(recorded, now, 1).differences == [f"matrix.axes.model.1: {UNET} differs from when this image "
+                                                             "was made"]
+    job_a = causes.compare(recorded, now, 1, used=lambda k: causes.job_references(k, {"model": ["a", "b"]}, {"model": "a"}))
+    assert job_a.differences == []  # the image of model "a": model "b"'s files are no cause
+
+
 # --- runs on a local copy of the tiny model ---------------------------------------------------------
 
 
@@ -294,3 +310,24 @@ def test_a_run_reads_each_model_file_once_for_its_keys_and_its_records(recipe_ru
     assert recipe_runner_cli(recipe, "--out", tmp_path / "out", "--no-progress").code == 0
     files = manifest_of(tmp_path / "out" / "once")["environment"]["models"]["model"]["files"]
     assert UNET in read and set(read) == set(files) and set(read.values()) == {1}, read
+
+
+@pytest.mark.slow
+def test_with_a_model_axis_only_the_images_own_model_is_compared(recipe_runner_cli, recipe_runner_write_recipe,
+                                                                 model_copy, tiny_sd15_other, tmp_path):
+    shutil.copytree(tiny_sd15_other, tmp_path / "models" / "other")
+    recipe = recipe_runner_write_recipe(tiny_recipe("a lighthouse", model_id="models/sd15",
+                                                    tables='[matrix.axes]\nmodel = ["models/sd15", "models/other"]'),
+                                        "axis.toml")
+    assert recipe_runner_cli(recipe, "--out", tmp_path / "out", "--no-progress").code == 0
+    folder = tmp_path / "out" / "axis"
+    records = {r["axes"]["model"]: folder / r["file"] for r in manifest_of(folder)["images"]}
+    assert set(manifest_of(folder)["environment"]["models"]) == {"model", "matrix.axes.model.0", "matrix.axes.model.1"}
+
+    change_one_unet_tensor(tmp_path / "models" / "other")
+    first = recipe_runner_cli("--reproduce", records["models/sd15"])
+    assert first.code == 0 and first.out.splitlines() == [f"{records['models/sd15']}: pixel-identical"], first.out
+    second = recipe_runner_cli("--reproduce", records["models/other"])
+    assert second.code == 1, second.err
+    assert second.out.splitlines()[1:] == ["  what differs from when the image was made, most likely cause first:",
+                                           f"    matrix.axes.model.1: {UNET} differs from when this image was made"]
