@@ -10,9 +10,10 @@ from typing import Any
 from ..recipe.loading import LoadedRecipe
 
 BUILT_IN = "built-in"  # PluginInfo.source of the built-in plugins, which are not recorded
-# A model folder's per-file hashes are embedded in each image up to this many files (a diffusers
-# folder holds 10 to 40): beyond, the image keeps the folder's one hash and its file count, the
-# manifest every file, so that an image's metadata stays within a JPEG's 64 KB of EXIF.
+# The per-file hashes of model folders embedded in each image, at most this many in all (a
+# diffusers folder holds 10 to 40; 64 hashes compress to under 4 KB): a folder beyond them keeps its
+# one hash and its file count in the image (the manifest keeps every file), so that an image's
+# metadata stays within a JPEG's 64 KB of EXIF.
 EMBEDDED_MODEL_FILES = 64
 
 _SNAPSHOT = re.compile(r"snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)")
@@ -48,16 +49,20 @@ def plugin_records(plugins: Any) -> list[dict[str, Any]]:
 
 
 def embedded_environment(env: dict[str, Any]) -> dict[str, Any]:
-    """The environment as each image embeds it: the manifest's, with the ``files`` of a model
-    folder of more than :data:`EMBEDDED_MODEL_FILES` files left out (``file_count`` says how many)."""
+    """The environment as each image embeds it: the manifest's, with per-file hashes for at most
+    :data:`EMBEDDED_MODEL_FILES` files in all (the references in order, ``model`` first: a folder
+    that does not fit keeps its ``sha256`` and ``file_count``)."""
     models = env.get("models")
-    if not isinstance(models, dict) or not any(len(r.get("files") or {}) > EMBEDDED_MODEL_FILES
-                                               for r in models.values() if isinstance(r, dict)):
+    if not isinstance(models, dict):
         return env
+    left = EMBEDDED_MODEL_FILES
     trimmed = {}
-    for key, record in models.items():
+    for key in sorted(models, key=lambda k: (k != "model", k)):
+        record = models[key]
         files = record.get("files") if isinstance(record, dict) else None
-        if isinstance(files, dict) and len(files) > EMBEDDED_MODEL_FILES:
+        if isinstance(files, dict) and len(files) > left:
             record = {**{k: v for k, v in record.items() if k != "files"}, "file_count": len(files)}
+        elif isinstance(files, dict):
+            left -= len(files)
         trimmed[key] = record
-    return {**env, "models": trimmed}
+    return {**env, "models": {key: trimmed[key] for key in models}}

@@ -99,6 +99,9 @@ def test_many_changed_files_are_counted_and_a_trimmed_record_names_the_model():
     assert embedded["models"]["model"] == {"kind": "local", "sha256": local(many)["sha256"], "file_count": len(many)}
     assert embedded["models"]["components.vae"] == local(FILES)  # a small folder keeps its files
     assert env["models"]["model"]["files"] == many  # the manifest keeps every file
+    forty = {f"f{i}": "a" * 64 for i in range(40)}
+    axis = embedded_environment({"models": {f"matrix.axes.model.{i}": local(forty) for i in range(3)} | {"model": local(FILES)}})
+    assert [len(r.get("files", {})) for r in axis["models"].values()] == [40, 0, 0, 3]  # 64 hashes in all, model first
     (line,) = causes.model_differences(embedded["models"], {"model": local(changed), "components.vae": local(FILES)})
     assert line.startswith("model: its files differ from when this image was made (the image records their "
                            f"combined hash only, of {len(many)} files")
