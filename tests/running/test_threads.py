@@ -138,20 +138,19 @@ def test_each_recipe_generates_with_its_own_count_recorded_and_restored_after(re
 def test_a_failing_recipe_restores_the_count_too(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, two_threads):
     import torch
 
-    class Boom:
+    class FailsWhileGenerating:
         @hookimpl
         def before_batch(self, pipe, batch, call_kwargs):
-            assert torch.get_num_threads() == 1
-            raise RuntimeError("boom")
+            raise RuntimeError(f"failed on purpose with {torch.get_num_threads()} thread(s)")
 
     recipe = recipe_runner_write_recipe(tiny_recipe(tables="[run]\nthreads = 1"))
-    plugin = Boom()
-    plugins.register(plugin, "boom")
+    plugin = FailsWhileGenerating()
+    plugins.register(plugin, "fails-while-generating")
     try:
         result = recipe_runner_cli(recipe, "--out", tmp_path / "out", "--no-progress")
     finally:
         plugins.unregister(plugin)
-    assert result.code == 1 and "boom" in result.err
+    assert result.code == 1 and "failed on purpose with 1 thread(s)" in result.err, result.err
     assert torch.get_num_threads() == two_threads
 
 
