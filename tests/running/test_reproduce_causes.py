@@ -204,7 +204,7 @@ def test_a_changed_unet_file_is_named_when_the_pixels_differ(recipe_runner_cli, 
     assert same.code == 0 and same.out.splitlines() == [f"{image}: pixel-identical"], same.out
 
     change_one_unet_tensor(model_copy)
-    result = recipe_runner_cli("--reproduce", image)
+    result = recipe_runner_cli("--reproduce", image, "--out", tmp_path / "scratch")
     assert result.code == 1, result.err
     lines = result.out.splitlines()
     assert lines[0].startswith(f"{image}: differs: PSNR ")
@@ -224,7 +224,7 @@ def test_a_recorded_thread_count_that_differs_is_named(recipe_runner_cli, recipe
     made_with = manifest_of(folder)["environment"]["threads"]
     claims_three = with_environment(image, tmp_path / "three.png", lambda env: {**env, "threads": 3})
 
-    pinned = recipe_runner_cli("--reproduce", claims_three)  # re-generated with 3 threads, as recorded
+    pinned = recipe_runner_cli("--reproduce", claims_three, "--out", tmp_path / "scratch")  # with 3 threads, as recorded
     assert pinned.code in (0, 1), pinned.err
     assert (f"  note: threads 3 -> {made_with} on this machine: pinned to the recorded 3 for this re-generation"
             in pinned.out), pinned.out
@@ -330,7 +330,7 @@ def test_with_a_model_axis_only_the_images_own_model_is_compared(recipe_runner_c
     change_one_unet_tensor(tmp_path / "models" / "other")
     first = recipe_runner_cli("--reproduce", records["models/sd15"])
     assert first.code == 0 and first.out.splitlines() == [f"{records['models/sd15']}: pixel-identical"], first.out
-    second = recipe_runner_cli("--reproduce", records["models/other"])
+    second = recipe_runner_cli("--reproduce", records["models/other"], "--out", tmp_path / "scratch")
     assert second.code == 1, second.err
     assert second.out.splitlines()[1:] == ["  what differs from when the image was made, most likely cause first:",
                                            f"    matrix.axes.model.1: {UNET} differs from when this image was made"]
