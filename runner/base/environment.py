@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
 
@@ -52,6 +54,23 @@ def describe(device: str, dtype: str, generator_device: str, deterministic: bool
         "deterministic": deterministic,
         "world_size": 1,
     }
+
+
+@contextmanager
+def pinned_threads(count: int | None) -> Iterator[None]:
+    """``[run] threads``: torch's CPU thread count is ``count`` inside the block, and what it was
+    before after it (two recipes of one invocation each get theirs). ``None``: left alone."""
+    if count is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def set_deterministic(enabled: bool) -> None:

@@ -41,7 +41,9 @@ class FolderTooLarge(ValueError):
 
 
 class FileHashes:
-    """The remembered hashes, loaded once; :meth:`save` writes back what this instance hashed."""
+    """The remembered hashes, loaded once; :meth:`save` writes back what this instance hashed.
+    What an instance hashed it also keeps for its own life (one run), settled or not: a run that
+    needs a folder's hashes twice (its job keys, the models it records) reads each file once."""
 
     def __init__(self, path: Path | None = None):
         self.path = path if path is not None else cache_dir() / FILE_NAME
@@ -51,6 +53,7 @@ class FileHashes:
             known = {}
         self.known: dict[str, dict[str, Any]] = known if isinstance(known, dict) else {}
         self.hashed = 0  # files read and hashed by this instance (the rest came from memory)
+        self.this_run: dict[str, tuple[list[int], str]] = {}  # resolved path -> (stamp, sha256) hashed here
 
     def sha256(self, file: Path) -> str:
         resolved = file.resolve()
@@ -59,8 +62,12 @@ class FileHashes:
         entry = self.known.get(str(resolved))
         if isinstance(entry, dict) and entry.get("stat") == stamp and isinstance(entry.get("sha256"), str):
             return entry["sha256"]
+        seen = self.this_run.get(str(resolved))
+        if seen is not None and seen[0] == stamp:
+            return seen[1]
         digest = sha256_file(resolved)
         self.hashed += 1
+        self.this_run[str(resolved)] = (stamp, digest)
         if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > SETTLED_NS:
             self.known[str(resolved)] = {"stat": stamp, "sha256": digest}
         else:

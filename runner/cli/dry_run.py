@@ -107,6 +107,7 @@ def describe_plan(prepared: Prepared, plugins: Plugins, show: int = 20, checked:
     lines += [f"  {'checks' if i == 0 else '':<15}{note}" for i, note in enumerate(checks_now)]
     lines.append(f"  jobs           {len(prepared.jobs)} in {len(batches)} batch{'es' * (len(batches) != 1)}, "
                  f"batch_size {size}{auto}, generator on {r.run.generator_device}"
+                 + (f", {r.run.threads} CPU thread{'s' * (r.run.threads != 1)}" if r.run.threads is not None else "")
                  + (f"; {len(shared)} equal to another job, shown from its image" if shared else ""))
     if len(prepared.variants) > 1:
         making = [v for v in prepared.variants if any(job.index not in shared for job in v.jobs)]

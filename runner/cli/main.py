@@ -68,7 +68,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lock", action="store_true",
                    help="write each recipe's lock file beside it, the recipe's name with .lock for .toml "
                         "(recipes/warrior.toml -> recipes/warrior.lock: model commits and weight hashes), and exit")
-    p.add_argument("--locked", action="store_true", help="refuse to run (exit 2) when a model differs from the lock file")
+    p.add_argument("--locked", action="store_true",
+                   help="refuse to run (exit 2) when a model differs from the lock file (with --reproduce: the lock "
+                        "of the recipe the image came from)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow pickled (.bin/.ckpt) weights; never implied by a recipe")
     p.add_argument("--trust-remote-code", action="store_true",
@@ -226,7 +228,7 @@ APPLIES = {  # option (dest) -> (its flag, the modes it applies to)
     "out": ("--out", {RUN, "dry_run", "reproduce", "compare", "watch"}),
     "min_psnr": ("--min-psnr", {"compare"}),
     "max_diff": ("--max-diff", {"compare"}),
-    "locked": ("--locked", {RUN, "dry_run", "watch"}),
+    "locked": ("--locked", {RUN, "dry_run", "watch", "reproduce"}),
     "plugins": ("-p", {RUN, "dry_run", "lock", "list_plugins", "schema", "reproduce", "watch"}),
     "allow_pickle": ("--allow-pickle", {RUN, "dry_run", "lock", "reproduce", "watch"}),
     "trust_remote_code": ("--trust-remote-code", {RUN, "dry_run", "lock", "reproduce", "watch"}),
@@ -314,7 +316,7 @@ def _main(args: argparse.Namespace) -> int:
         from ..running.reproduce import reproduce
 
         outcome = reproduce(args.reproduce, plugins, args.out, allow_pickle=args.allow_pickle,
-                            trust_remote_code=args.trust_remote_code, warn=warn, wait=args.wait)
+                            trust_remote_code=args.trust_remote_code, warn=warn, wait=args.wait, locked=args.locked)
         report.result(outcome.report())
         return EXIT_OK if outcome.identical else EXIT_FAILED
 

@@ -173,15 +173,39 @@ def local_weights(recipe: Recipe, loaded: LoadedRecipe, hashes: FileHashes) -> d
     return found
 
 
-def loaded_models(recipe: Recipe, loaded: LoadedRecipe, model_revision: str | None) -> dict[str, Any]:
+def loaded_models(recipe: Recipe, loaded: LoadedRecipe, model_revision: str | None,
+                  hashes: FileHashes | None = None) -> dict[str, Any]:
     """What the recipe's model ids stood for in a run: each local folder's content hash (hashed
     once per version of its files) and, for a Hub model, ``model_revision``: the commit it was
-    loaded from (the manifest's ``environment.model_revision``). Part of every job's key."""
-    hashes = FileHashes()
+    loaded from (the manifest's ``environment.model_revision``). Part of every job's key.
+    ``hashes``: the run's (the files it hashed already are not read again)."""
+    hashes = hashes if hashes is not None else FileHashes()
     found: dict[str, Any] = local_weights(recipe, loaded, hashes)
     hashes.save()
     if "model" not in found:
         found["model_commit"] = model_revision
+    return found
+
+
+def model_records(recipe: Recipe, loaded: LoadedRecipe, hashes: FileHashes,
+                  commits: dict[str, str | None]) -> dict[str, dict[str, Any]]:
+    """What each model reference of the recipe (``model``, ``components.<name>``, axis values) was
+    made from, as the manifest and every image record it (``environment.models``): a local folder
+    or a ``tiny:`` model as ``{kind: local, sha256, files: {name relative to the folder: sha256}}``,
+    a Hub model as ``{kind: hub, commit}`` (``commits[id]``, the commit loaded; else the local Hub
+    cache's ref for its revision; else the revision asked for). No paths: ``--reproduce`` compares
+    these with today's to name what changed. ``hashes``: the run's (files are hashed once a run)."""
+    found: dict[str, dict[str, Any]] = {}
+    for ref in references(recipe, loaded):
+        root = local_root(ref, loaded)
+        if root is not None:
+            files = hash_folder(ref, root, loaded, hashes)
+            found[ref.key] = {"kind": "local", "sha256": combined(files), "files": files}
+            continue
+        commit = commits.get(ref.id)
+        if commit is None and ref.revision and COMMIT.fullmatch(ref.revision):
+            commit = ref.revision
+        found[ref.key] = {"kind": "hub", "commit": commit or cached_commit(ref.id, ref.revision or "main") or ref.revision}
     return found
 
 

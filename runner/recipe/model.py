@@ -14,7 +14,17 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_serializer,
+)
 
 from ..base.errors import Problem, RecipeError, did_you_mean, suggest
 from .loading import LoadedRecipe
@@ -134,12 +144,39 @@ def seed_problems(seeds: list[Any]) -> list[tuple[int, str]]:
     return wrong
 
 
+def _positive_int(schema: dict[str, Any]) -> None:
+    """An optional integer key as a TOML file writes it: an integer >= 1 (TOML has no null)."""
+    schema.pop("anyOf", None)
+    schema.pop("default", None)  # absent: torch's own count
+    schema.update(type="integer", minimum=1)
+
+
 class RunSpec(Strict):
     batch_size: Any = 1
     generator_device: str = "cpu"
     deterministic: bool = False
     max_jobs: Annotated[int, Field(ge=1)] = DEFAULT_MAX_JOBS
     keep_models: bool = False  # a model axis: keep every model loaded (more memory, no reload next time)
+    threads: int | None = Field(default=None, json_schema_extra=_positive_int, description=(
+        "CPU threads for generating this recipe (torch.set_num_threads), restored afterwards; default: torch's "
+        "own count. The count changes CPU kernel rounding, so pixels depend on it: pin it for baselines shared "
+        "across machines. Recorded as environment.threads and part of every job's key when set."))
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, value: Any) -> int | None:
+        if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"expected a positive integer (CPU threads, as torch.set_num_threads takes), got {_describe(value)}")
+
+    @model_serializer(mode="wrap")
+    def _unset_threads_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``threads`` is written only when set: the resolved recipe of a recipe without it (recorded
+        in manifests and images) is what it was before the key existed."""
+        data: dict[str, Any] = handler(self)
+        if data.get("threads") is None:
+            data.pop("threads", None)
+        return data
 
     @field_validator("batch_size", mode="before")
     @classmethod

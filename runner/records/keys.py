@@ -2,8 +2,8 @@
 
 A job's key hashes everything that decides its pixels: model and component ids, revisions and
 variants, the content of local model folders and the Hub commit loaded, the dtype used,
-optimizations, what plugins declare with ``job_identity``, scheduler, call parameters, prompt, the *content* of its input images, seed, task
-and generator device. Resume (:mod:`recipe_runner.records.resume`) keeps a job whose file exists with the
+optimizations, what plugins declare with ``job_identity``, scheduler, call parameters, prompt, the *content* of its input images, seed, task,
+generator device and, when ``[run] threads`` sets it, the CPU thread count. Resume (:mod:`recipe_runner.records.resume`) keeps a job whose file exists with the
 key and sha256 the manifest recorded; every written image carries its key.
 Light module: no torch.
 """
@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..base.filehashes import FileHashes
 from ..pipelines.lock import identity_ids, loaded_models
 from ..plan.matrix import Job
 from ..plan.variants import Variant
@@ -78,10 +79,14 @@ def common_identity(recipe: Recipe, dtype: str, enabled: Sequence[Enabled],
     ``ids``: the id each reference (``model``, ``components.vae``) stands as in the key
     (:func:`recipe_runner.pipelines.lock.identity_ids`: a local folder by its content, not its
     path); None: the ids as written (the keys before content identity).
+    ``threads``: ``[run] threads`` when the recipe sets it (the thread count changes CPU rounding);
+    absent otherwise, so keys of recipes without it are what they were.
     """
     m = recipe.model
     ids = ids or {}
-    extra = {"plugins": dict(plugins)} if plugins else {}
+    extra: dict[str, Any] = {"plugins": dict(plugins)} if plugins else {}
+    if recipe.run.threads is not None:  # [run] threads: only when set, so keys of recipes without it never change
+        extra["threads"] = recipe.run.threads
     model = {k: getattr(m, k, None) for k in ("id", "revision", "variant", "task", "custom_pipeline")}
     model["id"] = ids.get("model", m.id)
     return {
@@ -98,15 +103,15 @@ def common_identity(recipe: Recipe, dtype: str, enabled: Sequence[Enabled],
 
 def job_keys(variants: Sequence[Variant], jobs: Sequence[Job], dtype_of: Callable[[Variant], str],
              revisions: Mapping[str, str | None], digests: dict[str, str],
-             applied: Callable[[Variant], Sequence[Enabled]] | None = None) -> Keys:
+             applied: Callable[[Variant], Sequence[Enabled]] | None = None, hashes: FileHashes | None = None) -> Keys:
     """Every job's key: its variant's model (with ``revisions[model id]``, the Hub commit loaded),
     components, optimizations (those ``applied`` gives; default: not skipped), dtype
     (``dtype_of(variant)``) and plugin identities (``variant.identity``), and the job itself (input
-    images by their ``digests``)."""
+    images by their ``digests``). ``hashes``: the run's file hashes (see :func:`loaded_models`)."""
     commons, legacy = {}, {}
     for v in variants:
         enabled = applied(v) if applied is not None else v.enabled
-        loaded = loaded_models(v.recipe, v.loaded, revisions.get(v.recipe.model.id))
+        loaded = loaded_models(v.recipe, v.loaded, revisions.get(v.recipe.model.id), hashes)
         ids = identity_ids(v.recipe, v.loaded)
         commons[v.id] = common_identity(v.recipe, dtype_of(v), enabled, loaded, v.identity, ids)
         before = common_identity(v.recipe, dtype_of(v), enabled, loaded, v.identity)

@@ -23,6 +23,7 @@ from ..plan.matrix import Job
 from .formats import FORMATS, read_text
 from .journal import Journal
 from .manifest import ImageRecord, Manifest
+from .provenance import embedded_environment
 
 if TYPE_CHECKING:
     from .gate import Gate
@@ -83,7 +84,7 @@ class Writer:
     environment_json: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.environment_json = json.dumps(self.manifest.environment, sort_keys=True)
+        self.environment_json = json.dumps(embedded_environment(self.manifest.environment), sort_keys=True)
 
     def journaled(self, journal: Journal) -> Writer:
         """This writer, writing through ``journal``."""

@@ -11,8 +11,12 @@ pixels compared are those of the file given, read before anything is generated. 
 before returning when the pixels match (the report then names no file); when they differ, only the
 re-generated image is kept there, and the report names it, for inspection.
 
-Plugins change pixels too: the third-party plugins an image records (``environment.plugins``) that
-are not loaded now (or are loaded in another version) are named in the report.
+Why pixels differ: the report compares what the image recorded (``environment``: the hash of
+every model file, ``models``; threads; library versions; device, dtype, determinism; the
+third-party plugins) with the re-generation's, and names each difference, the most likely cause
+first (:mod:`recipe_runner.records.causes`); when the pixels match, differing facts are a note.
+With ``--locked`` the models are first verified against the lock file beside the recipe the image
+came from (exit 2 before anything loads on drift, or without a lock file).
 
 Exit status: 0 pixel-identical, 1 the pixels differ (the report gives the PSNR), 2 the image
 carries no recipe (written with ``[output] metadata = false``, or not by recipe-run).
@@ -38,6 +42,8 @@ from ..plan.prepared import Prepared
 from ..plugin_api.failures import missing
 from ..plugin_api.manager import Plugins
 from ..recipe.loading import LoadedRecipe, load_data
+from ..records import causes
+from ..records.causes import Facts
 from ..records.outputs import read_embedded
 from ..records.runlock import hold
 from .execute import Execution
@@ -114,6 +120,7 @@ class Outcome:
     differing: int  # pixels with any channel different
     total: int
     missing_plugins: list[str] = field(default_factory=list)
+    facts: Facts = field(default_factory=Facts)  # what the image recorded that differs now (records.causes)
 
     def report(self) -> str:
         where = f" (re-generated as {self.reproduced})" if self.reproduced is not None else ""
@@ -121,14 +128,16 @@ class Outcome:
             text = f"{self.original}: pixel-identical{where}"
         else:
             text = f"{self.original}: differs: PSNR {self.psnr:.2f} dB, {self.differing} of {self.total} pixels{where}"
-        if self.missing_plugins:
-            text += "\n  plugins the image records that this run did not have: " + "; ".join(self.missing_plugins)
-        return text
+        return "\n".join([text, *(f"  {line}" for line in self.facts.lines(self.identical))])
 
 
 def reproduce(image: Path, plugins: Plugins, out: Path | None, *, allow_pickle: bool = False,
-              trust_remote_code: bool = False, warn: Callable[[str], None] = report.warn, wait: bool = False) -> Outcome:
-    """Re-generate ``image`` in its planned batch with its recorded thread count; compare pixels."""
+              trust_remote_code: bool = False, warn: Callable[[str], None] = report.warn, wait: bool = False,
+              locked: bool = False) -> Outcome:
+    """Re-generate ``image`` in its planned batch with its recorded thread count; compare pixels and
+    the facts it recorded (model files, threads, versions, ...). ``locked``: first verify the
+    models against the lock file of the recipe the image came from (RecipeError, exit 2, before
+    anything loads)."""
     embedded = read(image)
     try:
         original = pixels(image)  # the file given, before anything is written anywhere
@@ -136,11 +145,12 @@ def reproduce(image: Path, plugins: Plugins, out: Path | None, *, allow_pickle: 
         raise RecipeError.one(f"cannot read the image's pixels: {type(exc).__name__}: {exc}", file=str(image)) from None
     loaded = load_data(embedded.recipe, recipe_path(embedded, image))
     if out is not None:
-        return _reproduce(image, original, embedded, loaded, plugins, out, allow_pickle, trust_remote_code, warn, wait)
+        return _reproduce(image, original, embedded, loaded, plugins, out, allow_pickle, trust_remote_code, warn, wait,
+                          locked)
     scratch = Path(tempfile.mkdtemp(prefix="recipe-run-reproduce-"))
     try:
         outcome = _reproduce(image, original, embedded, loaded, plugins, scratch, allow_pickle, trust_remote_code, warn,
-                             wait)
+                             wait, locked)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
@@ -166,14 +176,32 @@ def check_scratch(image: Path, folder: Path) -> None:
 
 
 def _reproduce(image: Path, original: Any, embedded: Embedded, loaded: LoadedRecipe, plugins: Plugins, scratch: Path,
-               allow_pickle: bool, trust_remote_code: bool, warn: Callable[[str], None], wait: bool) -> Outcome:
+               allow_pickle: bool, trust_remote_code: bool, warn: Callable[[str], None], wait: bool,
+               locked: bool = False) -> Outcome:
     options = Options(out=scratch, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                       progress=False, warn=warn, wait=wait)
     prepared = prepare_loaded(loaded, plugins, options)  # the safety policy applies to embedded recipes too
+    if locked:
+        verify_locked(image, prepared)
     check_scratch(image, prepared.out_dir)
     with hold(prepared.out_dir, wait=wait):  # one writer per folder, as for a run
         check_scratch(image, prepared.out_dir)
         return _regenerate(image, original, embedded, prepared, plugins, options, warn)
+
+
+def verify_locked(image: Path, prepared: Prepared) -> None:
+    """``--reproduce IMAGE --locked``: the models the embedded recipe names, as the lock file beside
+    the recipe the image came from pins them (:func:`recipe_path`); RecipeError (exit 2) when there
+    is no lock file there, or naming each model and file that drifted."""
+    from ..pipelines import lock
+    from ..recipe.loading import display_path
+
+    path = lock.lock_path(prepared.loaded.path)
+    if not path.is_file():
+        raise RecipeError.one(f"--locked: no lock file {display_path(path)} beside the recipe this image came from "
+                              f"({display_path(prepared.loaded.path)}): write one with recipe-run --lock RECIPE, "
+                              "or leave out --locked", file=str(image))
+    lock.verify(prepared.recipe, prepared.loaded)
 
 
 def _regenerate(image: Path, original: Any, embedded: Embedded, prepared: Prepared, plugins: Plugins, options: Options,
@@ -199,25 +227,25 @@ def _regenerate(image: Path, original: Any, embedded: Embedded, prepared: Prepar
             warn(f"the image was made with {name} {recorded}, this is {current}: pixels may differ")
 
     recipe = prepared.recipe
-    threads_before = torch.get_num_threads()
+    default_threads = recipe.run.threads or torch.get_num_threads()  # what a plain run of the recipe here uses
     threads = env.get("threads")
-    if isinstance(threads, int) and threads > 0:
-        torch.set_num_threads(threads)
+    pinned = threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else recipe.run.threads
     (prepared.out_dir / SCRATCH_MARK).touch()  # a folder --reproduce writes to (it may again)
-    try:
+    with environment.pinned_threads(pinned):  # the recorded count (else the recipe's [run] threads)
         started = start(prepared, plugins, options, ModelCache(), prepared.variant_of(job))  # only its pipeline
         execution = Execution(started.pipelines, started.writer, plugins.hook, started.images,
                               Progress(1, recipe.name, enabled=False), warn)
         execution.run([batch], pending={index})
-    finally:
-        torch.set_num_threads(threads_before)
+    started.hashes.save()
     manifest = started.manifest
     produced = manifest.file_for(job)
     if not produced.is_file():
         raise RunError(f"the re-generated image was not written: {produced}")
     a, b = original, pixels(produced)
     gone = missing(env.get("plugins"), plugins)
+    facts = causes.compare(env, manifest.environment, default_threads, gone,
+                           used=lambda keys: causes.job_references(keys, recipe.matrix.axes, job.axes))
     if a.shape != b.shape:
-        return Outcome(image, produced, False, 0.0, a.shape[0] * a.shape[1], a.shape[0] * a.shape[1], gone)
+        return Outcome(image, produced, False, 0.0, a.shape[0] * a.shape[1], a.shape[0] * a.shape[1], gone, facts)
     differing = int((a != b).any(axis=-1).sum())
-    return Outcome(image, produced, differing == 0, psnr(a, b), differing, a.shape[0] * a.shape[1], gone)
+    return Outcome(image, produced, differing == 0, psnr(a, b), differing, a.shape[0] * a.shape[1], gone, facts)

@@ -22,11 +22,12 @@ from typing import Any
 
 from ..base import environment, report
 from ..base.errors import RecipeError, RunError
+from ..base.filehashes import FileHashes
 from ..base.interrupts import begin_writing, critical, graceful
 from ..base.paths import TMP_NAME, atomic_write
 from ..pipelines import build
 from ..pipelines.cache import ModelCache, Pipelines
-from ..pipelines.lock import COMMIT, cached_commit
+from ..pipelines.lock import COMMIT, cached_commit, model_records
 from ..pipelines.preflight import before_loading
 from ..plan import inputs as inputs_mod
 from ..plan.batches import initial_batch_size, plan
@@ -81,6 +82,7 @@ class Started:
     manifest: Manifest
     writer: Writer
     revisions: dict[str, str | None]  # model id -> the revision (Hub commit) its images are keyed with
+    hashes: FileHashes  # the model files hashed for this run (its job keys read them again, not the files)
 
 
 def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache,
@@ -138,6 +140,8 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
         revisions.setdefault(variant.recipe.model.id, revision_before_loading(variant.recipe.model))
     if len(revisions) > 1:
         env["model_revisions"] = revisions
+    hashes = FileHashes()
+    env["models"] = model_records(recipe, loaded, hashes, revisions)  # what --reproduce compares with later
     resolved = recipe.model_dump(mode="json")
     manifest_path = distributed.partial_path(out_dir, dist.rank) if dist.world_size > 1 else None
     manifest = Manifest.for_jobs(out_dir, resolved, env, prepared.jobs, extension(recipe.output.format),
@@ -146,7 +150,7 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
                     recipe.model.id, json.dumps(resolved, ensure_ascii=False, sort_keys=True),
                     default_scheduler=schedulers[first.id], rank=dist.rank,
                     models={v.id: v.recipe.model.id for v in prepared.variants}, schedulers=schedulers)
-    return Started(ctx, dist, pipelines, images, manifest, writer, revisions)
+    return Started(ctx, dist, pipelines, images, manifest, writer, revisions, hashes)
 
 
 def size_multiple(variants: Sequence[Variant]) -> int:
@@ -220,7 +224,8 @@ def run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: Mo
     batches before kept and listed. Returns the manifest (the merged one on rank 0)."""
 
     with hold(prepared.out_dir, wait=options.wait):  # one run per folder; held until grid and gallery are written
-        return _run_recipe(prepared, plugins, options, cache, pending, stop)
+        with environment.pinned_threads(prepared.recipe.run.threads):  # [run] threads, for this recipe only
+            return _run_recipe(prepared, plugins, options, cache, pending, stop)
 
 
 def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCache | None,
@@ -236,7 +241,8 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
     # Resume: what the folder already holds (manifests, journals) decides what still runs, and how.
     # Every rank reads the same folder and so reaches the same plan before anyone writes.
     keys = job_keys(prepared.variants, prepared.jobs, lambda v: pipelines.context_for(v).dtype, started.revisions,
-                    images.digests if images else {})
+                    images.digests if images else {}, hashes=started.hashes)
+    started.hashes.save()
     state = resume(manifest, prepared.jobs, keys, size, recipe.run.batch_size, force=options.force,
                    same_as=prepared.same_as, ext=extension(recipe.output.format))
     state.apply(manifest)

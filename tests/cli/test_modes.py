@@ -21,7 +21,7 @@ INCOMPATIBLE = [
     (["--schema", "--set", "params.x=1"], ("--set", "--schema")),
     (["--list-plugins", "--out", "somewhere"], ("--out", "--list-plugins")),
     (["--reproduce", "x.png", "--set", "params.x=1"], ("--set", "--reproduce")),
-    (["--reproduce", "x.png", "--locked"], ("--locked", "--reproduce")),
+    (["--compare", "a", "b", "--locked"], ("--locked", "--compare")),  # --reproduce --locked: allowed (#22)
     (["--lock", "--out", "somewhere", "RECIPE"], ("--out", "--lock")),
     (["--list-plugins", "--no-progress"], ("--no-progress", "--list-plugins")),
     (["--dry-run", "--force", "RECIPE"], ("--force", "--dry-run")),
