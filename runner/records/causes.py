@@ -3,7 +3,9 @@ one line each, the most likely cause of different pixels first: the model files,
 count, the library versions, the device, dtype and determinism, the plugins, then the rest.
 
 ``--reproduce`` (:mod:`recipe_runner.running.reproduce`) says these when the pixels differ, and as
-a note when they match though facts differ. Light module: plain dictionaries, no torch.
+a note when they match though facts differ; ``--compare`` (:mod:`recipe_runner.views.compare`) names
+the same facts between two runs as the likely causes of their differing pixels. Light module: plain
+dictionaries, no torch.
 """
 
 from __future__ import annotations
@@ -12,11 +14,41 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-LIBRARIES = ("torch", "diffusers", "transformers", "accelerate")
-# After the libraries: what else decides pixels (likelier first), then what only may.
-SETTINGS = ("device", "device_name", "dtype", "deterministic", "generator_device")
-LATER = ("platform", "python", "recipe_runner")
+# The recorded environment facts that decide pixels, the likelier cause first, each with why. The
+# one list both --reproduce (against today's) and --compare (between two runs) name causes from.
+THREADS_WHY = "CPU kernels round differently per thread count; pin [run] threads"
+FACTS: tuple[tuple[str, str], ...] = (
+    ("threads", THREADS_WHY),
+    ("torch", "kernels change between torch versions"),
+    ("diffusers", "pipelines and schedulers change between diffusers versions"),
+    ("transformers", "text encoders change between transformers versions"),
+    ("accelerate", "model loading changes between accelerate versions"),
+    ("device", "each device computes with its own kernels"),
+    ("device_name", "each device computes with its own kernels"),
+    ("dtype", "a different precision"),
+    ("deterministic", "non-deterministic kernels vary between runs"),
+    ("generator_device", "each generator device draws different noise"),
+)
+# What may only matter, after the plugins.
+LATER: tuple[tuple[str, str], ...] = (
+    ("platform", "another platform's math libraries"),
+    ("python", "another Python"),
+    ("recipe_runner", "another recipe-runner"),
+)
 SHOWN_FILES = 10  # file names listed per model and kind of change; the rest counted
+@dataclass(frozen=True)
+class Since:
+    """How a line says what the model files are compared with."""
+
+    differs: str  # one file
+    differ: str  # several
+    added: str
+    gone: str
+
+
+SINCE_IMAGE = Since("differs from when this image was made", "differ from when this image was made",
+                    "was added since", "is gone since")
+BETWEEN_RUNS = Since("differs between the runs", "differ between the runs", "is only in B's", "is only in A's")
 NOT_RECORDED = ("model files: not recorded in this image (made before recipe-run recorded them): whether they "
                 "changed cannot be told")
 CHECKED = "the model files, threads, torch, diffusers, transformers, accelerate, device, dtype, determinism and plugins"
@@ -70,12 +102,23 @@ def compare(recorded: dict[str, Any], now: dict[str, Any], default_threads: int 
         facts.notes.append(f"threads {threads} -> {default_threads} on this machine: pinned to the recorded "
                            f"{threads} for this re-generation (a plain run here uses {default_threads}; "
                            "[run] threads pins it)")
-    for name in LIBRARIES + SETTINGS:
+    for name, _ in FACTS[1:]:  # threads: above
         facts.differences += _changed(name, recorded, now)
     facts.differences += [f"plugin {line}" for line in plugins]
-    for name in LATER:
+    for name, _ in LATER:
         facts.differences += _changed(name, recorded, now)
     return facts
+
+
+def environment_causes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """Of two recorded environments, the facts that differ and decide pixels (both recorded), the
+    likelier cause first: ``threads 1 -> 2: CPU kernels round differently per thread count; ...``."""
+    out = []
+    for name, why in FACTS + LATER:
+        old, new = a.get(name), b.get(name)
+        if old is not None and new is not None and old != new:
+            out.append(f"{name.replace('_', ' ')} {_shown(old)} -> {_shown(new)}: {why}")
+    return out
 
 
 def job_references(keys: Iterable[str], axes: Mapping[str, Sequence[Any]], job_axes: Mapping[str, Any]) -> set[str]:
@@ -101,13 +144,18 @@ def _changed(name: str, recorded: dict[str, Any], now: dict[str, Any]) -> list[s
     old, new = recorded.get(name), now.get(name)
     if old == new:
         return []
-    show = {True: "true", False: "false", None: "(none)"}
-    return [f"{name.replace('_', ' ')} {show.get(old, old)} -> {show.get(new, new)}"]
+    return [f"{name.replace('_', ' ')} {_shown(old)} -> {_shown(new)}"]
 
 
-def model_differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+def _shown(value: Any) -> str:
+    return {True: "true", False: "false", None: "(none)"}.get(value, str(value)) if isinstance(value, (bool, type(None))) \
+        else str(value)[:60]
+
+
+def model_differences(recorded: Mapping[str, Any], now: Mapping[str, Any], since: Since = SINCE_IMAGE) -> list[str]:
     """Per model reference (``model``, ``components.vae``, an axis value): the files that differ,
-    were added or are gone, or the Hub commit that moved."""
+    were added or are gone, or the Hub commit that moved. ``since``: what the files are compared
+    with, as the lines say it (:data:`SINCE_IMAGE`, :data:`BETWEEN_RUNS`)."""
     out: list[str] = []
     for key in sorted(recorded.keys() | now.keys(), key=lambda k: (k != "model", k)):
         old, new = recorded.get(key), now.get(key)
@@ -123,22 +171,21 @@ def model_differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str
             if old.get("commit") != new.get("commit"):
                 out.append(f"{key}: Hub commit {old.get('commit')} -> {new.get('commit')}")
         elif old.get("sha256") != new.get("sha256"):
-            out += _file_differences(key, old, new)
+            out += _file_differences(key, old, new, since)
     return out
 
 
-def _file_differences(key: str, old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def _file_differences(key: str, old: dict[str, Any], new: dict[str, Any], since: Since) -> list[str]:
     before, after = old.get("files"), new.get("files")
     if not isinstance(before, dict) or not isinstance(after, dict):
         count = old.get("file_count")
         held = f"their combined hash only, of {count} files" if count else "their combined hash only"
-        return [f"{key}: its files differ from when this image was made (the image records {held}; "
-                "the run's manifest.json lists each)"]
+        return [f"{key}: its files {since.differ} (the image records {held}; the run's manifest.json lists each)"]
     changed = sorted(n for n in before.keys() & after.keys() if before[n] != after[n])
     added, removed = sorted(after.keys() - before.keys()), sorted(before.keys() - after.keys())
     out = []
-    for names, one, several in ((changed, "differs from when this image was made", "differ"),
-                                (added, "was added since", "were added"), (removed, "is gone since", "are gone")):
+    for names, one, several in ((changed, since.differs, "differ"), (added, since.added, "were added"),
+                                (removed, since.gone, "are gone")):
         out += [f"{key}: {name} {one}" for name in names[:SHOWN_FILES]]
         if len(names) > SHOWN_FILES:
             out.append(f"{key}: {len(names) - SHOWN_FILES} more files {several}")

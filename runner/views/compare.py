@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from ..base import report as reporter
 from ..base.paths import regular_file, sha256_file
 from ..base.safe_read import FileTooLarge, NotRegularFile, is_regular, open_image, read_text
+from ..records.causes import BETWEEN_RUNS, environment_causes, model_differences
 from ..records.names import record_file
 from .jobfields import BOOKKEEPING, Described, canonical, describe, job_label, short_name, shorten
 from .metrics import METRICS
@@ -71,23 +72,6 @@ MAX_ROOT_RUNS = 1_000  # run folders of an output root compared
 # jobs that differ do not pair, and are reported as only in A / only in B).
 PIXEL_NEUTRAL = ("name", "description", "abstract", "output.grid", "output.metadata", "matrix.prompts", "matrix.seeds",
                  "matrix.mode", "matrix.vars", "matrix.images", "matrix.mask_images", "matrix.max_jobs")
-# The environment facts that change pixels, most likely first, each with why (item of "likely causes").
-CAUSES = (
-    ("threads", "CPU kernels round differently per thread count; pin [run] threads"),
-    ("torch", "kernels change between torch versions"),
-    ("diffusers", "pipelines and schedulers change between diffusers versions"),
-    ("transformers", "text encoders change between transformers versions"),
-    ("accelerate", "model loading changes between accelerate versions"),
-    ("device", "each device computes with its own kernels"),
-    ("device_name", "each device computes with its own kernels"),
-    ("dtype", "a different precision"),
-    ("generator_device", "each generator device draws different noise"),
-    ("deterministic", "non-deterministic kernels vary between runs"),
-    ("world_size", "the images were shared out between processes differently"),
-    ("platform", "another platform's math libraries"),
-)
-
-
 class BadInput(Exception):
     """A side that is not a readable run: exit 2 with this message."""
 
@@ -431,19 +415,19 @@ def compare(a: Side, b: Side, thresholds: Thresholds = NO_TOLERANCE) -> Result:
 
 def likely_causes(recipe: list[tuple[str, Any, Any]], env_a: Mapping[str, Any], env_b: Mapping[str, Any]) -> list[str]:
     """What differs between two runs whose pixels differ, most likely first: the model (its files'
-    hashes when recorded, its revision), the recipe keys that decide pixels, the thread count, the
-    library versions, the device, the dtype, ... One line each, ``what old -> new: why``."""
+    hashes when recorded, its revision), the recipe keys that decide pixels, then the recorded
+    environment facts in :data:`recipe_runner.records.causes.FACTS` order (the thread count, the
+    library versions, the device, the dtype, ...). One line each, ``what old -> new: why``."""
     causes: list[str] = []
     models_a, models_b = env_a.get("models"), env_b.get("models")
-    if models_a is not None and models_b is not None and canonical(models_a) != canonical(models_b):
-        changed = ([k.removeprefix("models.") for k, _, _ in differences({"models": models_a}, {"models": models_b})]
-                   if isinstance(models_a, Mapping) and isinstance(models_b, Mapping) else [])
-        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-        causes.append(f"model files: {shown} differ between the runs" if changed
-                      else "model files differ between the runs (environment.models)")
     # the same model files on both sides (recorded by content): where they were, or which revision
     # named them, changed nothing
     same_files = models_a is not None and models_b is not None and canonical(models_a) == canonical(models_b)
+    if models_a is not None and models_b is not None and not same_files:
+        changed = (model_differences(models_a, models_b, BETWEEN_RUNS)
+                   if isinstance(models_a, Mapping) and isinstance(models_b, Mapping) else [])
+        shown = changed[:3] + ([f"and {len(changed) - 3} more"] if len(changed) > 3 else [])
+        causes += [f"model files: {line}" for line in shown] or ["model files differ between the runs (environment.models)"]
     for key in ("model_revision", "model_revisions"):
         va, vb = env_a.get(key), env_b.get(key)
         if va is not None and vb is not None and canonical(va) != canonical(vb) and not same_files:
@@ -453,11 +437,7 @@ def likely_causes(recipe: list[tuple[str, Any, Any]], env_a: Mapping[str, Any], 
             continue
         if not any(key == n or key.startswith(n + ".") for n in PIXEL_NEUTRAL):
             causes.append(f"recipe {key}: {_show(va)} -> {_show(vb)}")
-    for key, why in CAUSES:
-        va, vb = env_a.get(key), env_b.get(key)
-        if va is not None and vb is not None and canonical(va) != canonical(vb):
-            causes.append(f"{key} {_show(va, 40)} -> {_show(vb, 40)}: {why}")
-    return causes
+    return causes + environment_causes(env_a, env_b)
 
 
 def pairs_text(result: Result) -> str:

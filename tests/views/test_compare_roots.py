@@ -260,22 +260,24 @@ def test_threads_alone_with_the_same_pixels_name_no_cause(runs, recipe_runner_cl
 def test_causes_are_ordered_model_files_recipe_threads_versions(runs, recipe_runner_cli, tmp_path):
     a = tmp_path / "a" / "cmp"
     shutil.copytree(runs["guidance"], a)
-    env_a = {"threads": 1, "torch": "2.12.0", "dtype": "float16",
-             "models": {"unet/diffusion_pytorch_model.safetensors": "aaa", "vae/config.json": "same"}}
+    def local(unet: str) -> dict:  # environment.models as a run records it
+        return {"model": {"kind": "local", "sha256": unet * 2,
+                          "files": {"unet/diffusion_pytorch_model.safetensors": unet, "vae/config.json": "same"}}}
+
+    env_a = {"threads": 1, "torch": "2.12.0", "dtype": "float16", "models": local("aaa")}
     manifest = json.loads((a / "manifest.json").read_text())
     manifest["environment"].update(env_a)
     (a / "manifest.json").write_text(json.dumps(manifest))
     b = tmp_path / "b" / "cmp"
     shutil.copytree(runs["base"], b)
     manifest = json.loads((b / "manifest.json").read_text())
-    manifest["environment"].update({"threads": 2, "models": {"unet/diffusion_pytorch_model.safetensors": "bbb",
-                                                             "vae/config.json": "same"}})
+    manifest["environment"].update({"threads": 2, "models": local("bbb")})
     (b / "manifest.json").write_text(json.dumps(manifest))
     result = recipe_runner_cli("--compare", a, b, "--out", tmp_path / "report")
     assert result.code == 1
     causes = json.loads((tmp_path / "report" / "compare.json").read_text())["causes"]
     assert [c.split(" ")[0] for c in causes] == ["model", "recipe", "threads", "torch", "dtype"]
-    assert causes[0] == "model files: unet/diffusion_pytorch_model.safetensors differ between the runs"
+    assert causes[0] == "model files: model: unet/diffusion_pytorch_model.safetensors differs between the runs"
     assert causes[1] == "recipe params.guidance_scale: 9.0 -> 7.0"
 
 
