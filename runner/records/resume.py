@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
 NOT_MADE = "no job of this recipe makes it any more"  # why a file moved to history/ that no job replaced
 HISTORY = "history"  # replaced images, one folder per run that replaced any
+EDITED = "changed on disk since it was written"  # a file not as recorded: regenerated, never kept in place
 REPLACED = "replaced"  # under .recipe-runner/: what an --update-baseline run replaces, until it ends
 
 
@@ -176,11 +177,12 @@ class ResumeState:
         return target
 
     def restorable(self, target: Path | None) -> dict[int, Path]:
-        """Regenerated job -> where :meth:`retire` put the file its image replaces (in ``target``)."""
+        """Regenerated job -> where :meth:`retire` put the file its image replaces (in ``target``);
+        not a file edited on disk since it was written (the run re-makes it as recorded)."""
         if target is None:
             return {}
         moved = {r.file for r in self.retired}
-        return {i: target / r.file for i, r in self.replacing.items() if r.file in moved}
+        return {i: target / r.file for i, r in self.replacing.items() if r.file in moved and r.reason != EDITED}
 
     def settle(self, folder: Path, target: Path | None, *, baseline: bool = False) -> list[Replaced]:
         """After the run: what is left in ``target`` (files whose new image was pixel-identical
@@ -415,7 +417,7 @@ def match(folder: Path, jobs: Sequence[Job], names: Sequence[str], key_of: Calla
             if force:
                 reason = "--force"
             elif old == name and record.get("status") == "done" and record.get("key") == key_of(job):
-                reason = "changed on disk since it was written"
+                reason = EDITED
             else:
                 reason = "its job changed since it was made"
             out.replaced[job.index] = Replaced(old, reason, record)
