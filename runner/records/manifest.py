@@ -318,6 +318,8 @@ class Manifest:
         if self.path.name == MANIFEST_NAME:
             data, local = split(data, self.folder, self.machine)
             save_local(self.folder, local)
+        else:  # a rank's part, merged into manifest.json later: everything, this machine's paths too
+            data["machine"] = self.machine
         atomic_write(self.path, json.dumps(data, indent=2, ensure_ascii=False, default=repr).encode("utf-8"))
 
 

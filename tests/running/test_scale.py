@@ -151,4 +151,7 @@ def test_a_distributed_run_resumes_only_the_missing_batches(recipe_runner_cli, r
     manifest = json.loads((folder / "manifest.json").read_text())
     assert all(r["status"] == "done" for r in manifest["images"])
     assert manifest["environment"]["world_size"] == 2
-    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], "no partial manifest or journal left"
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == [".recipe-runner"], \
+        "no partial manifest or journal left (only the machine-local record)"
+    local = json.loads((folder / ".recipe-runner" / "run.json").read_text())
+    assert len(local["timings"]["ranks"]) == 2 and local["environment"]["recipe_file"] == str(recipe.resolve())
