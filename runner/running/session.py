@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import sys
 import time
@@ -24,7 +25,7 @@ from typing import Any
 from ..base import environment, report
 from ..base.errors import RecipeError, RunError
 from ..base.interrupts import begin_writing, critical, graceful
-from ..base.paths import TMP_NAME, atomic_write, ignore_created_root, regular_file
+from ..base.paths import TMP_NAME, atomic_write, ignore_created_root, regular_file, repository_root
 from ..base.safe_read import read_text
 from ..pipelines import build
 from ..pipelines.cache import ModelCache, Pipelines
@@ -366,14 +367,14 @@ def check_owners(prepared: Sequence[Prepared], force: bool) -> None:
     :func:`recipe_runner.records.provenance.owner_of`): another recipe file of the same ``name``
     writing there is refused (RecipeError, exit 2), before anything loads, naming both files and
     the folder, unless ``force`` (--force takes the folder over). A folder without the record (made
-    before it existed) is taken over silently."""
+    before it existed), or whose recorded recipe file is gone, is taken over silently."""
     problems = []
     for item in prepared:
         recorded = recorded_owner(item.out_dir)
         if recorded is None or force:
             continue
         mine = owner_of(item.loaded.path, item.out_dir.parent)
-        if recorded != mine:
+        if recorded != mine and owner_exists(recorded, item.loaded.path, item.out_dir.parent):
             problems += RecipeError.one(
                 f"the output folder {display_path(item.out_dir)} was made by {recorded}, not by this recipe file "
                 f"({mine}); both have name = {item.recipe.name!r}: give this recipe another name, write to another "
@@ -384,6 +385,22 @@ def check_owners(prepared: Sequence[Prepared], force: bool) -> None:
 
 
 _OWNER_AT_END = re.compile(rb'"recipe_path":\s*("(?:[^"\\]|\\.)*")\s*\}\s*$')
+
+
+def owner_exists(recorded: str, recipe_file: Path, root: Path) -> bool:
+    """Whether the recipe file a folder records as its owner is still there, another file than
+    ``recipe_file`` (a folder whose recipe file was moved, renamed or deleted, or that was copied
+    elsewhere, is taken over)."""
+    mine = recipe_file.resolve()
+    repo = repository_root(mine.parent)
+    for base in ([repo] if repo is not None else []) + [root.resolve()]:
+        candidate = Path(os.path.normpath(base / recorded))  # as owner_of wrote it: relpath's lexical ".."
+        try:
+            if candidate.is_file() and candidate.resolve() != mine:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def recorded_owner(folder: Path) -> str | None:

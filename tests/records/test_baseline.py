@@ -239,3 +239,26 @@ def test_a_folder_made_before_portable_records_is_nothing_to_do_and_upgraded_onc
     text = (folder / "manifest.json").read_bytes()
     assert recipe_runner_cli(recipe, "--out", out, "--no-progress").code == 0
     assert (folder / "manifest.json").read_bytes() == text  # once
+
+
+def test_update_baseline_takes_recipes_locked_and_force_and_needs_out(recipe_runner_cli, recipe_runner_write_recipe,
+                                                                      tmp_path, monkeypatch):
+    import argparse
+
+    from recipe_runner.base.errors import RecipeError
+    from recipe_runner.cli.main import mode_of, parser
+
+    def mode(*args: str) -> str:
+        return mode_of(parser().parse_args(list(args)))
+
+    assert mode("--update-baseline", "r.toml", "--out", "b", "--locked", "--force", "--wait") == "update_baseline"
+    for wrong in (("--update-baseline", "r.toml"), ("--update-baseline", "--dry-run", "r.toml", "--out", "b"),
+                  ("--update-baseline", "--out", "b")):
+        with pytest.raises(RecipeError):
+            mode(*wrong)
+    assert isinstance(parser().parse_args(["--update-baseline", "r.toml", "--out", "b"]), argparse.Namespace)
+    recipe = recipe_runner_write_recipe(RECIPE, "base.toml")
+    monkeypatch.chdir(tmp_path)
+    result = recipe_runner_cli("--update-baseline", recipe)
+    assert result.code == 2 and "--update-baseline needs --out DIR" in result.err
+    assert not (tmp_path / "outputs").exists()

@@ -112,3 +112,18 @@ def test_a_teammates_clone_runs_against_the_committed_folder(recipe_runner_cli, 
     assert result.code == 0, result.err
     assert "nothing to do" in result.out
     assert json.loads((clone / "baseline" / "hero" / "manifest.json").read_text())["recipe_path"] == "recipes/hero.toml"
+
+
+def test_a_folder_whose_recorded_recipe_is_gone_is_taken_over(tmp_path):
+    from recipe_runner.running.session import owner_exists
+
+    (tmp_path / "alice").mkdir()
+    (tmp_path / "bob").mkdir()
+    alice, bob = tmp_path / "alice" / "hero.toml", tmp_path / "bob" / "hero.toml"
+    alice.write_text(RECIPE)
+    bob.write_text(RECIPE)
+    root = tmp_path / "out"
+    assert owner_exists("../alice/hero.toml", bob, root)
+    assert not owner_exists("../bob/hero.toml", bob, root)  # itself
+    alice.unlink()
+    assert not owner_exists("../alice/hero.toml", bob, root)  # moved, renamed or deleted
