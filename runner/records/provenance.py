@@ -63,8 +63,10 @@ CACHE_PREFIX = "<cache>/"  # a model folder in recipe-runner's cache, as model_l
 def portable_location(location: str, folder: Path) -> str | None:
     """``environment.model_location`` as committed: a Hub id as it is; a model folder in
     recipe-runner's cache as ``<cache>/tiny/sd15-v1``; one in the git repository of the run folder
-    relative to the run folder (``../../models/sd15``); one under the home as ``~/models/sd15``;
-    any other folder None (its path is this machine's: kept in ``.recipe-runner/run.json`` only)."""
+    relative to the run folder (``../../models/sd15``); any other folder None: its path is this
+    machine's (``~/models/sd15`` here, ``/data/models/sd15`` on a teammate's machine, both found
+    through the same alias or recipe), kept in ``.recipe-runner/run.json`` only. The recipe's model
+    id says which model, the job keys what its files hold."""
     if not os.path.isabs(location):
         return location
     path = Path(location).resolve()
@@ -74,9 +76,6 @@ def portable_location(location: str, folder: Path) -> str | None:
     repo = repository_root(folder.resolve())
     if repo is not None and under(path, repo) is not None:
         return relative_from(path, folder.resolve())
-    inside = under(path, Path.home().resolve())
-    if inside is not None:
-        return "~/" + inside
     return None
 
 
