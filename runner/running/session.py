@@ -235,6 +235,8 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
     ctx, dist, pipelines, images, manifest, writer = (started.ctx, started.dist, started.pipelines, started.images,
                                                       started.manifest, started.writer)
     out_dir = prepared.out_dir
+    if options.new_root and not options.baseline and dist.is_main:  # a root this invocation made: kept out of git
+        ignore_created_root(out_dir.parent)
     begin_writing()  # from here an interrupt lets the writes finish and folds the journal (exit 130/143)
     size = initial_batch_size(recipe.run.batch_size, prepared.jobs, ctx.device)
 
@@ -574,8 +576,6 @@ class Session:
                     if not keep_going:
                         raise
                     report.problems(exc.problems)
-            if self.options.new_root and not self.options.baseline and held:
-                ignore_created_root(self.options.out)  # made by this invocation: kept out of git (item 7 of #22)
             try:
                 before_loading([item for item, _ in held])
             except RecipeError as exc:
