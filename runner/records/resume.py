@@ -184,16 +184,25 @@ class ResumeState:
         moved = {r.file for r in self.retired}
         return {i: target / r.file for i, r in self.replacing.items() if r.file in moved and r.reason != EDITED}
 
-    def settle(self, folder: Path, target: Path | None, *, baseline: bool = False) -> list[Replaced]:
+    def settle(self, folder: Path, target: Path | None, *, baseline: bool = False,
+               names: Sequence[str] = ()) -> list[Replaced]:
         """After the run: what is left in ``target`` (files whose new image was pixel-identical
-        were moved back). A baseline's ``target`` is removed with what is left in it; a history
-        folder left empty is removed, else its manifest is rewritten to list what it holds.
-        Returns the files the run replaced for good."""
+        were moved back). A baseline's ``target`` is removed with what is left in it, except the
+        files of jobs an interrupted run did not get to (``names``: the jobs' file names; such a
+        file goes back where it was, so the folder stays as committed until the next run); a
+        history folder left empty is removed, else its manifest is rewritten to list what it
+        holds. Returns the files the run replaced for good."""
         if baseline and target is None:
             shutil.rmtree(folder / LOCAL_FOLDER / REPLACED, ignore_errors=True)
         if target is None:
             return []
         left = [r for r in self.retired if regular_file(target / r.file)]
+        if baseline:
+            planned = set(names)
+            for r in list(left):
+                if r.file in planned and not (folder / r.file).exists() and not (folder / r.file).is_symlink():
+                    os.replace(target / r.file, folder / r.file)  # its job did not run: as committed
+                    left.remove(r)
         if baseline:  # with what an interrupted baseline run left there
             shutil.rmtree(folder / LOCAL_FOLDER / REPLACED, ignore_errors=True)
             return left

@@ -320,7 +320,7 @@ def settle_history(state: ResumeState, manifest: Manifest, out_dir: Path, histor
     """After the writes: the files moved aside that a pixel-identical image did not move back are
     replaced for good: kept in the history folder (its records updated, the folder removed when
     nothing is left in it), or, for a baseline, removed. Returns them."""
-    left = state.settle(out_dir, history, baseline=baseline)
+    left = state.settle(out_dir, history, baseline=baseline, names=manifest.files())
     if history is not None and not baseline:
         if left:
             manifest.set_history(history.relative_to(out_dir).as_posix(), [(r.file, r.reason) for r in left])

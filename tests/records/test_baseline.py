@@ -262,3 +262,22 @@ def test_update_baseline_takes_recipes_locked_and_force_and_needs_out(recipe_run
     result = recipe_runner_cli("--update-baseline", recipe)
     assert result.code == 2 and "--update-baseline needs --out DIR" in result.err
     assert not (tmp_path / "outputs").exists()
+
+
+def test_an_interrupted_baseline_run_puts_back_the_files_of_jobs_it_did_not_get_to(tmp_path):
+    from recipe_runner.records.resume import NOT_MADE, Replaced, ResumeState
+
+    folder = tmp_path / "base"
+    target = folder / ".recipe-runner" / "replaced" / "2026-01-01T00-00-00Z"
+    target.mkdir(parents=True)
+    for name in ("pending.png", "renamed-old.png", "gone.png"):
+        (target / name).write_bytes(name.encode())
+    (folder / "renamed-new.png").write_bytes(b"new")  # its job ran, under its new name
+    state = ResumeState([], [], None)  # type: ignore[arg-type]
+    state.retired = [Replaced("pending.png", "--force", {}), Replaced("renamed-old.png", "its job changed", {}),
+                     Replaced("gone.png", NOT_MADE, {})]
+    left = state.settle(folder, target, baseline=True, names=["pending.png", "renamed-new.png"])
+    assert (folder / "pending.png").read_bytes() == b"pending.png"  # as committed, until the next run
+    assert sorted(r.file for r in left) == ["gone.png", "renamed-old.png"]
+    assert sorted(p.name for p in folder.iterdir()) == [".recipe-runner", "pending.png", "renamed-new.png"]
+    assert not (folder / ".recipe-runner" / "replaced").exists()
