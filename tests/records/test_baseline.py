@@ -281,3 +281,15 @@ def test_an_interrupted_baseline_run_puts_back_the_files_of_jobs_it_did_not_get_
     assert sorted(r.file for r in left) == ["gone.png", "renamed-old.png"]
     assert sorted(p.name for p in folder.iterdir()) == [".recipe-runner", "pending.png", "renamed-new.png"]
     assert not (folder / ".recipe-runner" / "replaced").exists()
+
+
+def test_a_planted_link_at_the_machine_local_folder_is_refused(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
+    recipe = recipe_runner_write_recipe(RECIPE, "base.toml")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    folder = tmp_path / "out" / "base"
+    folder.mkdir(parents=True)
+    (folder / ".recipe-runner").symlink_to(victim)
+    result = recipe_runner_cli(recipe, "--out", tmp_path / "out", "--no-progress")
+    assert result.code == 2 and "symbolic link" in result.err and ".recipe-runner" in result.err
+    assert list(victim.iterdir()) == []
