@@ -24,6 +24,7 @@ def staged_after_add(repo: Path) -> list[str]:
     return done.stdout.split()
 
 
+@pytest.mark.slow  # three runs: about 3 s with the model warm
 def test_a_created_output_root_stages_nothing_and_an_existing_one_gets_no_file(recipe_runner_cli,
                                                                                 recipe_runner_write_recipe,
                                                                                 recipe_runner_tiny_sd15, tmp_path):
