@@ -67,7 +67,9 @@ def parser() -> argparse.ArgumentParser:
                    help="allow model.custom_pipeline / model.trust_remote_code (with a pinned commit revision); "
                         "never implied by a recipe")
     p.add_argument("--force", action="store_true",
-                   help="regenerate every image, even unchanged ones (the images replaced are kept in the run's history folder)")
+                   help="regenerate every image, even unchanged ones (one with the same pixels keeps its file; the others "
+                        "replaced are kept in the run's history folder); also takes over a run folder made by another "
+                        "recipe file")
     p.add_argument("--update-baseline", action="store_true",
                    help="run the recipes into --out DIR as a committed baseline: no history folder and no .gitignore, "
                         "images whose pixels changed replaced in place, files no job makes any more removed, "
