@@ -152,6 +152,18 @@ def atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """:func:`atomic_write`, unless ``path`` is a regular file holding ``data`` already (then left
+    untouched, its mtime too: a contact sheet or gallery drawn again the same). Returns whether it wrote."""
+    try:
+        if regular_file(path) and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    atomic_write(path, data)
+    return True
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (where the system allows it)."""
     _fsync_dir(folder)

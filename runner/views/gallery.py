@@ -31,7 +31,7 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..base.paths import atomic_write, regular_file
+from ..base.paths import regular_file, write_if_changed
 from ..base.safe_read import open_image
 from ..records.names import record_file
 from ..records.provenance import recipe_folder_of
@@ -312,7 +312,7 @@ def write_gallery(folder: Path, manifest: Mapping[str, Any]) -> Path:
         sheets = [s for s in sheets_for(folder, manifest) if (folder / s.file).is_file()]
     path = folder / "index.html"
     page = render(manifest, size, sheets, folder)
-    atomic_write(path, page.encode("utf-8"))
+    write_if_changed(path, page.encode("utf-8"))  # the same page leaves the file untouched
     refresh.write_stamp(folder, page)  # --watch: after the page, so a reload finds it
     return path
 
