@@ -377,11 +377,10 @@ def check_owners(prepared: Sequence[Prepared], force: bool) -> None:
             continue
         mine = owner_of(item.loaded.path, item.out_dir.parent)
         if recorded != mine and owner_exists(recorded, item.loaded.path, item.out_dir.parent):
-            problems += RecipeError.one(
-                f"the output folder {display_path(item.out_dir)} was made by {recorded}, not by this recipe file "
-                f"({mine}); both have name = {item.recipe.name!r}: give this recipe another name, write to another "
-                "--out, or pass --force to take the folder over (its images then move to its history folder)",
-                key="name", file=display_path(item.loaded.path)).problems
+            problems.append(item.loaded.problem(
+                "name", f"the output folder {display_path(item.out_dir)} was made by {recorded}, not by this recipe "
+                f"file ({mine}); both have name = {item.recipe.name!r}: give this recipe another name, write to "
+                "another --out, or pass --force to take the folder over (its images then move to its history folder)"))
     if problems:
         raise RecipeError(problems)
 
