@@ -43,6 +43,8 @@ def test_another_recipe_file_of_the_same_name_is_refused_unless_forced(recipe_ru
     assert result.code == 2, result.out + result.err
     assert "alice/hero.toml" in result.err and "bob/hero.toml" in result.err and "out/hero" in result.err
     assert "--force" in result.err and "another name" in result.err and "another --out" in result.err
+    assert result.err.startswith("error: bob/hero.toml:1: name: the output folder out/hero was made by "
+                                 "../alice/hero.toml, not by this recipe file (../bob/hero.toml)")
     assert "loading" not in result.err  # refused before anything loads
     assert digest(folder) == before  # alice's images and manifest untouched
     # the same recipe file again is not refused
