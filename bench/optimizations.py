@@ -7,7 +7,7 @@
 Each case runs ``recipe-run`` on one recipe in its own process, so peak memory is that case's
 alone: the process's peak resident memory (``ru_maxrss``) on the CPU, ``torch.cuda.max_memory_allocated`` with
 ``--gpu``. Columns: load (model load plus every optimization's apply; compile's warm-up shown apart),
-s/image (steady-state generation time per image, from the manifest's batch timings), peak memory,
+s/image (steady-state generation time per image, from the run's batch timings in .recipe-runner/run.json), peak memory,
 and the largest pixel difference from the plain run (0 = identical images).
 
 CPU mode runs the techniques this machine can run, on the tiny SD 1.5-layout pipeline (the cache
@@ -89,9 +89,10 @@ def one(recipe: Path, out: Path, gpu: bool) -> dict:
     result = {"code": code}
     if code == 0:
         manifest = json.loads(next(out.glob("*/manifest.json")).read_text())
-        batches = manifest["timings"]["batches"]
+        timings = json.loads((out / manifest["recipe"]["name"] / ".recipe-runner" / "run.json").read_text())["timings"]
+        batches = timings["batches"]
         images = sum(b["size"] for b in batches)
-        result.update(load=manifest["timings"]["load_seconds"], per_image=sum(b["seconds"] for b in batches) / images,
+        result.update(load=timings["load_seconds"], per_image=sum(b["seconds"] for b in batches) / images,
                       warmup=manifest["optimizations"].get("compile", {}).get("warmup_seconds"),
                       files=[str(out / manifest["recipe"]["name"] / i["file"]) for i in manifest["images"]])
     if gpu:

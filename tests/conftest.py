@@ -83,6 +83,18 @@ def manifest_of(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
 
+def local_of(folder: Path) -> dict:
+    """A run folder's machine-local record (.recipe-runner/run.json: timings, seconds, this machine's paths)."""
+    return json.loads((folder / ".recipe-runner" / "run.json").read_text())
+
+
+def run_record(folder: Path) -> dict:
+    """manifest.json with its machine-local record folded back in (timings, each image's seconds)."""
+    from recipe_runner.records.manifest import joined
+
+    return joined(manifest_of(folder), local_of(folder))
+
+
 VARS_AXES = '''
 [model]
 id = "tiny:sd15"

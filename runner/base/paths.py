@@ -71,6 +71,55 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "recipe-runner"
 
 
+def under(path: Path, folder: Path) -> str | None:
+    """``path`` relative to ``folder`` (POSIX form) when it lies inside it, else None."""
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:
+        return None
+
+
+def relative_from(path: Path, folder: Path) -> str:
+    """``path`` as seen from ``folder`` (``../../recipes``), POSIX form; absolute when no relative
+    path leads there (another drive on Windows)."""
+    try:
+        return Path(os.path.relpath(path, folder)).as_posix()
+    except ValueError:
+        return str(path)
+
+
+GITIGNORE_TEXT = "# created by recipe-run; a committed baseline: recipe-run --update-baseline\n*\n"
+
+
+def ignore_created_root(root: Path) -> bool:
+    """Write ``root/.gitignore`` holding ``*`` (after a comment line saying who wrote it and how to
+    commit a baseline instead), as pytest and ruff do for their caches: for an output or report root
+    the tool has just created. Never overwrites a file (or link) of that name: the file appears
+    whole or not at all (a temporary file, fsynced, then hard-linked into place, which fails when the
+    name exists). Returns whether it was written."""
+    target = root / ".gitignore"
+    if target.exists() or target.is_symlink() or not root.is_dir():
+        return False
+    tmp = root / f".gitignore{TMP_MARK}{os.getpid()}"
+    try:
+        atomic_write(tmp, GITIGNORE_TEXT.encode("utf-8"))
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: the check above has to do
+            if target.exists() or target.is_symlink():
+                return False
+            os.replace(tmp, target)
+        _fsync_dir(root)
+        return True
+    except OSError:
+        return False
+    finally:
+        if tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+
+
 def is_local_reference(value: str) -> bool:
     """Whether a model, component or adapter id is written as a path (not a Hub repo id)."""
     return value.startswith(("/", "./", "../", "~", ".\\", "..\\")) or (len(value) > 1 and value[1] == ":")
@@ -120,6 +169,23 @@ def atomic_write(path: Path, data: bytes) -> None:
         if tmp.exists() or tmp.is_symlink():
             tmp.unlink()
     _fsync_dir(path.parent)
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """:func:`atomic_write`, unless ``path`` is a regular file holding ``data`` already (then left
+    untouched, its mtime too: a contact sheet or gallery drawn again the same). Returns whether it wrote."""
+    try:
+        if regular_file(path) and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    atomic_write(path, data)
+    return True
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the system allows it)."""
+    _fsync_dir(folder)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -77,7 +77,13 @@ def parser() -> argparse.ArgumentParser:
                    help="allow model.custom_pipeline / model.trust_remote_code (with a pinned commit revision); "
                         "never implied by a recipe")
     p.add_argument("--force", action="store_true",
-                   help="regenerate every image, even unchanged ones (the images replaced are kept in the run's history folder)")
+                   help="regenerate every image, even unchanged ones (one with the same pixels keeps its file; the others "
+                        "replaced are kept in the run's history folder); also takes over a run folder made by another "
+                        "recipe file")
+    p.add_argument("--update-baseline", action="store_true",
+                   help="run the recipes into --out DIR as a committed baseline: no history folder and no .gitignore, "
+                        "images whose pixels changed replaced in place, files no job makes any more removed, "
+                        "pixel-identical images left untouched")
     p.add_argument("--wait", action="store_true",
                    help="when another recipe-run is writing into the same output folder, wait for it to end "
                         "(default: refuse at once, exit 2, naming it)")
@@ -219,23 +225,25 @@ MODES = {  # mode -> its flag
     "lock": "--lock",
     "compare": "--compare",
     "watch": "--watch",
+    "update_baseline": "--update-baseline",
 }
 RUN = "run"  # no mode flag: run the recipes
-RECIPE_MODES = {RUN, "dry_run", "lock", "watch"}  # the modes that take RECIPE arguments
+BASELINE = "update_baseline"  # a run into a committed baseline folder
+RECIPE_MODES = {RUN, "dry_run", "lock", "watch", BASELINE}  # the modes that take RECIPE arguments
 APPLIES = {  # option (dest) -> (its flag, the modes it applies to)
     "recipes": ("RECIPE", RECIPE_MODES),
     "sets": ("--set", RECIPE_MODES),
-    "out": ("--out", {RUN, "dry_run", "reproduce", "compare", "watch"}),
+    "out": ("--out", {RUN, "dry_run", "reproduce", "compare", "watch", BASELINE}),
     "min_psnr": ("--min-psnr", {"compare"}),
     "max_diff": ("--max-diff", {"compare"}),
-    "locked": ("--locked", {RUN, "dry_run", "watch", "reproduce"}),
-    "plugins": ("-p", {RUN, "dry_run", "lock", "list_plugins", "schema", "reproduce", "watch"}),
-    "allow_pickle": ("--allow-pickle", {RUN, "dry_run", "lock", "reproduce", "watch"}),
-    "trust_remote_code": ("--trust-remote-code", {RUN, "dry_run", "lock", "reproduce", "watch"}),
-    "no_progress": ("--no-progress", {RUN, "dry_run", "lock", "reproduce", "watch"}),  # harmless where nothing is drawn
-    "force": ("--force", {RUN}),
-    "wait": ("--wait", {RUN, "reproduce", "watch"}),
-    "strict_plugins": ("--strict-plugins", {RUN, "dry_run", "lock", "reproduce", "schema", "watch"}),
+    "locked": ("--locked", {RUN, "dry_run", "watch", "reproduce", BASELINE}),
+    "plugins": ("-p", {RUN, "dry_run", "lock", "list_plugins", "schema", "reproduce", "watch", BASELINE}),
+    "allow_pickle": ("--allow-pickle", {RUN, "dry_run", "lock", "reproduce", "watch", BASELINE}),
+    "trust_remote_code": ("--trust-remote-code", {RUN, "dry_run", "lock", "reproduce", "watch", BASELINE}),
+    "no_progress": ("--no-progress", {RUN, "dry_run", "lock", "reproduce", "watch", BASELINE}),  # harmless where nothing is drawn
+    "force": ("--force", {RUN, BASELINE}),
+    "wait": ("--wait", {RUN, "reproduce", "watch", BASELINE}),
+    "strict_plugins": ("--strict-plugins", {RUN, "dry_run", "lock", "reproduce", "schema", "watch", BASELINE}),
 }
 
 
@@ -252,6 +260,9 @@ def mode_of(args: argparse.Namespace) -> str:
             continue
         raise RecipeError.one(f"{MODES[mode]} takes no recipes" if dest == "recipes"
                               else f"{flag} has no effect with {MODES[mode]}: leave one of them out", file="recipe-run")
+    if mode == BASELINE and args.out is None:  # never the default outputs/: a baseline is a folder of its own
+        raise RecipeError.one("--update-baseline needs --out DIR: the baseline's folder (e.g. --out baseline)",
+                              file="recipe-run")
     if mode in RECIPE_MODES and not args.recipes:
         usage = f"recipe-run {MODES[mode]} RECIPE [RECIPE ...]" if mode != RUN else "recipe-run RECIPE [RECIPE ...]"
         raise RecipeError.one(f"no recipe given: {usage}", file="recipe-run")
@@ -323,9 +334,11 @@ def _main(args: argparse.Namespace) -> int:
     from ..running.prepare import Options, prepare_all
     from .dry_run import describe_plan
 
-    options = Options(out=args.out if args.out is not None else Path("outputs"), allow_pickle=args.allow_pickle,
+    out = args.out if args.out is not None else Path("outputs")
+    options = Options(out=out, allow_pickle=args.allow_pickle,
                       trust_remote_code=args.trust_remote_code, force=args.force,
-                      progress=False if args.no_progress else None, wait=args.wait)
+                      progress=False if args.no_progress else None, wait=args.wait, baseline=mode == BASELINE,
+                      new_root=not (out.exists() or out.is_symlink()))
     if mode == "watch":
         from ..running.watch import watch
 

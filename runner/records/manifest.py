@@ -5,6 +5,12 @@ Built whole at the start of a run (:meth:`Manifest.for_jobs`); changed only thro
 (a job placed in its batch, written, kept from an earlier run, the images it replaced, timings);
 written by :meth:`Manifest.save` (atomically). The JSON on disk is a user-facing contract: its
 keys and their order are those of :meth:`Manifest.to_json` and :meth:`ImageRecord.to_json`.
+
+``manifest.json`` is a function of the recipe and the pixels (it can be committed: a baseline):
+what only describes this machine or this run's speed (``timings``, each image's ``seconds``, the
+absolute paths of the model and the recipe) is written apart, into the run folder's machine-local
+``.recipe-runner/run.json`` (:func:`split`), which a ``.gitignore`` of that folder keeps out of git.
+:meth:`Manifest.load` puts them back together.
 Light module: no torch.
 """
 
@@ -19,13 +25,18 @@ from typing import Any
 from pydantic import StrictInt, StrictStr, TypeAdapter, ValidationError
 from typing_extensions import Required, TypedDict
 
-from ..base.paths import atomic_write
+from ..base.paths import atomic_write, regular_file
 from ..base.safe_read import read_text
 from ..plan.batches import Batch
 from ..plan.labels import scheduler_label
 from ..plan.matrix import Job
+from .provenance import portable_folder, portable_location
 
 MANIFEST_NAME = "manifest.json"
+LOCAL_FOLDER = ".recipe-runner"  # a run folder's machine-local records, ignored by git
+LOCAL_NAME = "run.json"  # in it: this machine's paths, the timings and each image's seconds
+LOCAL_IGNORE = "# machine-local records of recipe-run (timings, this machine's paths): never committed\n*\n"
+MACHINE_KEYS = ("model_location", "recipe_file")  # environment keys whose absolute form is this machine's
 
 
 # --- records as read back: checked before anything trusts them ---------------------------------------
@@ -79,6 +90,7 @@ class StoredManifest(TypedDict, total=False):
     images: Required[list[StoredImage]]
     history: StoredHistory | None
     views: dict[str, Any] | None
+    recipe_path: StrictStr | None
 
 
 _MANIFEST = TypeAdapter(StoredManifest)
@@ -167,6 +179,8 @@ class Manifest:
         self.replaced: list[dict[str, str]] = []
         self.views: dict[str, Any] | None = None  # what the sheets and gallery were drawn with (views.drawn)
         self.followers: dict[int, list[int]] = {}  # job index -> the jobs that show its image (same_as)
+        self.recipe_path: str | None = None  # the recipe file that owns the folder (provenance.owner_of)
+        self.machine: dict[str, Any] = {}  # this machine's side of the environment (absolute paths)
 
     @classmethod
     def for_jobs(cls, folder: Path, recipe: dict[str, Any], environment: dict[str, Any], jobs: Sequence[Job],
@@ -180,6 +194,8 @@ class Manifest:
     def load(cls, path: Path) -> Manifest:
         """A manifest written by :meth:`save` (ValueError or OSError when it is not readable)."""
         data = json.loads(read_text(path, follow=False, what="manifest"))
+        if path.name == MANIFEST_NAME:
+            data = joined(data, read_local(path.parent))
         manifest = cls(path.parent, data["recipe"], data["environment"],
                        [ImageRecord.from_json(r) for r in data["images"]], path=path,
                        optimizations=data.get("optimizations"), timings=data.get("timings"))
@@ -188,6 +204,10 @@ class Manifest:
             manifest.set_history(history.get("folder"), [(r["file"], r["reason"]) for r in history.get("replaced") or []])
         if isinstance(data.get("views"), dict):
             manifest.views = data["views"]
+        if isinstance(data.get("recipe_path"), str):
+            manifest.recipe_path = data["recipe_path"]
+        if isinstance(data.get("machine"), dict):
+            manifest.machine = data["machine"]
         return manifest
 
     # --- the jobs' records --------------------------------------------------------------------
@@ -287,8 +307,96 @@ class Manifest:
             data["history"] = {"folder": self.history, "replaced": self.replaced}
         if self.views is not None:
             data["views"] = self.views
+        if self.recipe_path is not None:
+            data["recipe_path"] = self.recipe_path
         return data
 
     def save(self) -> None:
-        text = json.dumps(self.to_json(), indent=2, ensure_ascii=False, default=repr)
-        atomic_write(self.path, text.encode("utf-8"))
+        """``manifest.json`` (its committed part) and ``.recipe-runner/run.json`` (the rest); a
+        rank's partial manifest whole."""
+        data = self.to_json()
+        if self.path.name == MANIFEST_NAME:
+            data, local = split(data, self.folder, self.machine)
+            save_local(self.folder, local)
+        else:  # a rank's part, merged into manifest.json later: everything, this machine's paths too
+            data["machine"] = self.machine
+        atomic_write(self.path, json.dumps(data, indent=2, ensure_ascii=False, default=repr).encode("utf-8"))
+
+
+# --- the committed manifest and the machine-local record ---------------------------------------------
+
+def split(data: dict[str, Any], folder: Path, machine: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A manifest (as :meth:`Manifest.to_json` makes it, or as an older version wrote it) as two
+    records: what is committed (no timings, no per-image seconds, no absolute path) and what is
+    this machine's (``.recipe-runner/run.json``: ``environment``, ``timings``, ``seconds`` by
+    file). ``machine``: this run's absolute paths (an older manifest's are taken from it)."""
+    environment = dict(data.get("environment") or {})
+    local_env = dict(machine or {})
+    for key in MACHINE_KEYS:
+        value = environment.get(key)
+        if isinstance(value, str) and Path(value).is_absolute():  # an older manifest's
+            local_env.setdefault(key, value)
+            environment[key] = portable_location(value, folder) if key == "model_location" else Path(value).name
+    if "recipe_folder" in environment:
+        environment["recipe_folder"] = portable_folder(environment["recipe_folder"], folder)
+    seconds: dict[str, Any] = {}
+    images = []
+    for record in data.get("images") or []:
+        if isinstance(record, dict) and "seconds" in record:
+            record = dict(record)
+            value = record.pop("seconds")
+            if value is not None and isinstance(record.get("file"), str):
+                seconds[record["file"]] = value
+        images.append(record)
+    committed = {k: v for k, v in data.items() if k not in ("timings", "machine")}
+    if "environment" in data:
+        committed["environment"] = environment
+    if "images" in data:
+        committed["images"] = images
+    local = {"environment": local_env, "timings": data.get("timings") or {}, "seconds": seconds}
+    return committed, local
+
+
+def local_path(folder: Path) -> Path:
+    return folder / LOCAL_FOLDER / LOCAL_NAME
+
+
+def save_local(folder: Path, local: dict[str, Any]) -> None:
+    """Write ``.recipe-runner/run.json`` (and the ``.gitignore`` that keeps the folder out of git)."""
+    where = folder / LOCAL_FOLDER
+    if where.is_symlink() or (where.exists() and not where.is_dir()):
+        return  # never written through a link; the committed manifest is what matters
+    where.mkdir(exist_ok=True)
+    ignore = where / ".gitignore"
+    if not regular_file(ignore):
+        atomic_write(ignore, LOCAL_IGNORE.encode("utf-8"))
+    atomic_write(where / LOCAL_NAME, json.dumps(local, indent=2, ensure_ascii=False, default=repr).encode("utf-8"))
+
+
+def read_local(folder: Path) -> dict[str, Any]:
+    """``.recipe-runner/run.json`` of ``folder`` ({} when there is none or it is unreadable)."""
+    path = local_path(folder)
+    if not regular_file(path):
+        return {}
+    try:
+        data = json.loads(read_text(path, follow=False, what="machine-local record"))
+    except (ValueError, OSError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def joined(data: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
+    """A committed manifest with its machine-local record folded back in: ``timings`` and each
+    image's ``seconds`` (when the manifest has none of its own: an older one), and ``machine``."""
+    if not local:
+        return data
+    data = dict(data)
+    if "timings" not in data and isinstance(local.get("timings"), dict):
+        data["timings"] = local["timings"]
+    seconds = local.get("seconds") if isinstance(local.get("seconds"), dict) else {}
+    if seconds:
+        data["images"] = [{**r, "seconds": seconds.get(r.get("file"))} if isinstance(r, dict) and "seconds" not in r
+                          else r for r in data.get("images") or []]
+    if isinstance(local.get("environment"), dict):
+        data["machine"] = local["environment"]
+    return data

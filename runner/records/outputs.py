@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..base import paths
 from ..base.interrupts import critical
 from ..base.paths import atomic_write
+from ..base.safe_read import open_image
 from ..plan.batches import Batch
 from ..plan.labels import a1111_sampler
 from ..plan.matrix import Job
@@ -60,6 +63,20 @@ def encode(image: Any, fmt: str, quality: int, text: dict[str, str] | None) -> b
     return FORMATS.require(fmt).encode(image, quality, text)
 
 
+def same_pixels(path: Path, data: bytes) -> bool:
+    """Whether the image file ``path`` decodes to the same pixels (size, mode, values) as the image
+    bytes ``data`` (False when either cannot be read)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with open_image(path) as old, Image.open(io.BytesIO(data)) as new:
+            return bool(old.size == new.size and old.mode == new.mode and old.tobytes() == new.tobytes())
+    except Exception:  # any file at all may sit under an image's name
+        return False
+
+
 def read_embedded(path: Path) -> dict[str, str]:
     """The text an image carries, e.g. {"recipe": ..., "job": ...}; {} when it carries none."""
     return read_text(path)
@@ -81,6 +98,9 @@ class Writer:
     models: dict[str, str] = field(default_factory=dict)  # variant -> its model id ("Model" in "parameters")
     schedulers: dict[str, str] = field(default_factory=dict)  # variant -> its pipeline's own scheduler
     journal: Journal | None = None
+    restorable: dict[int, Path] = field(default_factory=dict)  # regenerated job -> the file its image replaces, moved aside
+    restored: set[str] = field(default_factory=set)  # files moved back: the new image was pixel-identical
+    _named: set[str] | None = field(default=None, init=False, repr=False)  # the records' file names (restore)
     environment_json: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -125,8 +145,10 @@ class Writer:
                 data = encode(image, self.fmt, self.quality, text)
                 if gate is not None:
                     gate.check()  # no new file once abandoned
-                atomic_write(self.manifest.file_for(job), data)
-                sha256 = hashlib.sha256(data).hexdigest()
+                sha256 = self.restore(job, data)
+                if sha256 is None:
+                    atomic_write(self.manifest.file_for(job), data)
+                    sha256 = hashlib.sha256(data).hexdigest()
                 with records():
                     self.manifest.written(job, sha256, self.rank, seconds / batch.size if seconds is not None else None,
                                           facts=facts[position] if facts else None)
@@ -138,3 +160,26 @@ class Writer:
                     self.journal.commit()
                 else:
                     self.manifest.save()
+
+    def restore(self, job: Job, data: bytes) -> str | None:
+        """When the file ``job``'s new image replaces (moved aside by ``ResumeState.retire``) has the
+        same decoded pixels as ``data``: move it back where it was (its bytes, name and mtime
+        untouched; the job's record then names it, with the job's new key) and return its sha256.
+        None when there is none, or its pixels differ: the new image is written."""
+        old = self.restorable.pop(job.index, None)
+        if old is None or not same_pixels(old, data):
+            return None
+        folder = self.manifest.folder
+        target = folder / old.name
+        record = self.manifest.record(job)
+        if self._named is None:
+            self._named = {r.file for r in self.manifest.images}
+        if old.name != record.file and (target.exists() or old.name in self._named):
+            return None  # its old name is taken by now: the new image goes under its own
+        sha256 = paths.sha256_file(old)
+        os.replace(old, target)
+        paths.fsync_dir(folder)
+        record.file = old.name
+        self._named.add(old.name)
+        self.restored.add(old.name)
+        return sha256

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from ..plan.matrix import Job
 from .formats import extension
 from .journal import JOURNAL_GLOB, JOURNAL_NAME, RANK_JOURNAL, read_journal
 from .keys import Keys, job_keys
-from .manifest import MANIFEST_NAME, PARTIAL_GLOB, Manifest, check_line, check_manifest
+from .manifest import LOCAL_FOLDER, MANIFEST_NAME, PARTIAL_GLOB, Manifest, check_line, check_manifest, read_local
 from .names import plain_file_name, record_file
 from .outputs import read_embedded
 
@@ -59,6 +60,8 @@ if TYPE_CHECKING:
 
 NOT_MADE = "no job of this recipe makes it any more"  # why a file moved to history/ that no job replaced
 HISTORY = "history"  # replaced images, one folder per run that replaced any
+EDITED = "changed on disk since it was written"  # a file not as recorded: regenerated, never kept in place
+REPLACED = "replaced"  # under .recipe-runner/: what an --update-baseline run replaces, until it ends
 
 
 def shared_text(count: int) -> str:
@@ -107,6 +110,8 @@ class ResumeState:
     previous: Previous = field(default_factory=Previous)
     files: dict[int, str] = field(default_factory=dict)  # done jobs kept under another name than the plan's
     shared: dict[int, int] = field(default_factory=dict)  # jobs that show an equal job's image -> that job
+    replacing: dict[int, Replaced] = field(default_factory=dict)  # regenerated job -> the file its image replaces
+    retired: list[Replaced] = field(default_factory=list)  # what retire() moved aside
 
     @property
     def new(self) -> int:
@@ -116,9 +121,12 @@ class ResumeState:
         """The batches to run, in order."""
         return self.batches
 
-    def summary(self) -> str:
-        """``2 new, 4 regenerated, 6 unchanged`` (``, 8 shown from an equal job`` when some are)."""
-        text = f"{self.new} new, {len(self.regenerated)} regenerated, {len(self.done)} unchanged"
+    def summary(self, identical: int = 0) -> str:
+        """``2 new, 4 regenerated, 6 unchanged`` (``, 8 shown from an equal job`` when some are);
+        ``identical``: regenerated images pixel-identical to the file they replace, which was kept
+        (``4 regenerated (3 pixel-identical: files kept)``)."""
+        same = f" ({identical} pixel-identical: files kept)" if identical else ""
+        text = f"{self.new} new, {len(self.regenerated)} regenerated{same}, {len(self.done)} unchanged"
         return text + shared_text(len(self.shared))
 
     def apply(self, manifest: Manifest) -> None:
@@ -134,22 +142,27 @@ class ResumeState:
         for job_index, maker in self.shared.items():
             manifest.follow(self.jobs[job_index], self.jobs[maker])
 
-    def retire(self, folder: Path) -> Path | None:
+    def retire(self, folder: Path, *, baseline: bool = False) -> Path | None:
         """Move every replaced file into ``history/<UTC time>/`` (same bytes, same mtime) beside a
-        ``manifest.json`` that describes them as the folder recorded them; returns that folder."""
+        ``manifest.json`` that describes them as the folder recorded them; returns that folder.
+        ``baseline`` (``--update-baseline``): into the machine-local ``.recipe-runner/replaced/``
+        instead, removed by :meth:`settle` (a baseline keeps no history). A file whose job's new
+        image turns out pixel-identical is moved back (:class:`recipe_runner.records.outputs.Writer`)."""
         present = [r for r in self.replaced if (folder / r.file).is_file() and not (folder / r.file).is_symlink()]
         if not present:
             return None
-        if (folder / HISTORY).is_symlink():  # checked before the run too (runlock.check_links)
-            raise RecipeError.one(f"the history folder {folder / HISTORY} is a symbolic link: refusing to move "
-                                  "images through it", file=str(folder / HISTORY))
+        history = folder / (f"{LOCAL_FOLDER}/{REPLACED}" if baseline else HISTORY)
+        if history.is_symlink() or (baseline and (folder / LOCAL_FOLDER).is_symlink()):  # checked before the run too (runlock.check_links)
+            raise RecipeError.one(f"the history folder {history} is a symbolic link: refusing to move "
+                                  "images through it", file=str(history))
         stamp = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
-        target = folder / HISTORY / stamp
+        target = history / stamp
         suffix = 1
         while target.exists():
             suffix += 1
-            target = folder / HISTORY / f"{stamp}-{suffix}"
+            target = history / f"{stamp}-{suffix}"
         target.mkdir(parents=True)
+        self.retired = present
         old = self.previous.manifest or {}
         described = {
             "recipe": old.get("recipe") or {},
@@ -162,6 +175,54 @@ class ResumeState:
         for r in present:
             os.replace(folder / r.file, target / r.file)
         return target
+
+    def restorable(self, target: Path | None) -> dict[int, Path]:
+        """Regenerated job -> where :meth:`retire` put the file its image replaces (in ``target``);
+        not a file edited on disk since it was written (the run re-makes it as recorded)."""
+        if target is None:
+            return {}
+        moved = {r.file for r in self.retired}
+        return {i: target / r.file for i, r in self.replacing.items() if r.file in moved and r.reason != EDITED}
+
+    def settle(self, folder: Path, target: Path | None, *, baseline: bool = False,
+               names: Sequence[str] = ()) -> list[Replaced]:
+        """After the run: what is left in ``target`` (files whose new image was pixel-identical
+        were moved back). A baseline's ``target`` is removed with what is left in it, except the
+        files of jobs an interrupted run did not get to (``names``: the jobs' file names; such a
+        file goes back where it was, so the folder stays as committed until the next run); a
+        history folder left empty is removed, else its manifest is rewritten to list what it
+        holds. Returns the files the run replaced for good."""
+        if baseline and target is None:
+            shutil.rmtree(folder / LOCAL_FOLDER / REPLACED, ignore_errors=True)
+        if target is None:
+            return []
+        left = [r for r in self.retired if regular_file(target / r.file)]
+        if baseline:
+            planned = set(names)
+            for r in list(left):
+                if r.file in planned and not (folder / r.file).exists() and not (folder / r.file).is_symlink():
+                    os.replace(target / r.file, folder / r.file)  # its job did not run: as committed
+                    left.remove(r)
+        if baseline:  # with what an interrupted baseline run left there
+            shutil.rmtree(folder / LOCAL_FOLDER / REPLACED, ignore_errors=True)
+            return left
+        if not left:
+            shutil.rmtree(target, ignore_errors=True)
+            try:
+                target.parent.rmdir()  # only when empty: an earlier history stays
+            except OSError:
+                pass
+            return left
+        if len(left) != len(self.retired):
+            path = target / MANIFEST_NAME
+            try:
+                described = json.loads(read_text(path, follow=False, what="manifest"))
+                kept = {r.file for r in left}
+                described["images"] = [r for r in described.get("images") or [] if r.get("file") in kept]
+                atomic_write(path, json.dumps(described, indent=2, ensure_ascii=False, default=repr).encode())
+            except (ValueError, OSError, AttributeError):
+                pass
+        return left
 
 
 def read_previous(folder: Path, *, set_aside: bool = False, warn: Callable[[str], None] = paths.warn_once) -> Previous:
@@ -195,9 +256,13 @@ def read_previous(folder: Path, *, set_aside: bool = False, warn: Callable[[str]
              "what its images carry")
         records, batch_setting = embedded_records(folder)
     if manifest is not None:
+        seconds = read_local(folder).get("seconds") if "timings" not in manifest else None
+        seconds = seconds if isinstance(seconds, dict) else {}
         for record in manifest.get("images") or []:
             if isinstance(record.get("same_as"), int) and record["file"] in records:
                 continue  # a cell showing an equal job's image: the record of the job that made it says how
+            if "seconds" not in record and isinstance(seconds.get(record["file"]), (int, float)):
+                record = {**record, "seconds": seconds[record["file"]]}  # kept in the machine-local record
             records[record["file"]] = record
     for partial in sorted(folder.glob(PARTIAL_GLOB)):  # a distributed run that did not finish
         try:
@@ -368,7 +433,7 @@ def match(folder: Path, jobs: Sequence[Job], names: Sequence[str], key_of: Calla
             if force:
                 reason = "--force"
             elif old == name and record.get("status") == "done" and record.get("key") in accepted(job):
-                reason = "changed on disk since it was written"
+                reason = EDITED
             else:
                 reason = "its job changed since it was made"
             out.replaced[job.index] = Replaced(old, reason, record)
@@ -412,6 +477,7 @@ def resume(manifest: Manifest, jobs: Sequence[Job], keys: Keys, batch_size: int,
     state.regenerated = set(found.replaced)
     state.shared = dict(found.shared)
     state.replaced = [found.replaced[i] for i in sorted(found.replaced)] + found.gone
+    state.replacing = dict(found.replaced)
     honoured = previous.batch_setting == batch_setting and not force
     state.batches = _batches(jobs, files, keys, batch_size, records if honoured else {}, state.pending, state.shared)
     hashes.save()

@@ -38,7 +38,8 @@ _held: dict[str, int] = {}  # run folders this process holds -> how many holders
 def check_links(folder: Path) -> None:
     """RecipeError (exit 2) when the output root, the run ``folder`` or its ``history`` folder is a
     symbolic link (or not a folder): a run never writes through a link."""
-    for path, what in ((folder.parent, "output root"), (folder, "run folder"), (folder / "history", "history folder")):
+    for path, what in ((folder.parent, "output root"), (folder, "run folder"), (folder / "history", "history folder"),
+                       (folder / ".recipe-runner", "machine-local folder (.recipe-runner)")):
         if path.is_symlink():
             raise RecipeError.one(f"the {what} is a symbolic link: refusing to write through it (it points to "
                                   f"{os.readlink(path)}; remove the link or choose another output folder)",

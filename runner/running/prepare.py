@@ -45,6 +45,8 @@ class Options:
     force: bool = False  # --force: regenerate every job (what it replaces is kept in the history folder)
     progress: bool | None = None  # None: when stderr is a terminal
     wait: bool = False  # --wait: wait for another run into the same folder to end, instead of refusing
+    baseline: bool = False  # --update-baseline: no history, no .gitignore, the folder holds exactly the recipe's images
+    new_root: bool = False  # the output root did not exist when the invocation began: a run that makes it ignores it in git
     warn: Callable[[str], None] = warn
 
 
@@ -253,5 +255,7 @@ def check_distinct_names(prepared: list[Prepared]) -> None:
     names = [p.recipe.name for p in prepared]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
-        raise RecipeError.one(f"several recipes write to the same output folder {duplicated[0]!r}: "
-                              "give them distinct names", file="recipe-run")
+        files = [display_path(p.loaded.path) for p in prepared if p.recipe.name == duplicated[0]]
+        raise RecipeError.one(f"several recipes write to the same output folder {duplicated[0]!r} "
+                              f"({display_path(prepared[names.index(duplicated[0])].out_dir)}): {' and '.join(files)} "
+                              f"both have name = {duplicated[0]!r}: give them distinct names", file=files[-1], key="name")

@@ -45,6 +45,7 @@ from ..recipe.loading import LoadedRecipe, load_data
 from ..records import causes
 from ..records.causes import Facts
 from ..records.outputs import read_embedded
+from ..records.provenance import recipe_folder_of
 from ..records.runlock import hold
 from .execute import Execution
 from .prepare import Options, prepare_loaded
@@ -87,12 +88,13 @@ def read(image: Path) -> Embedded:
 
 def recipe_path(embedded: Embedded, image: Path) -> Path:
     """Where the recipe is taken to live: its recorded folder when it still exists (relative model
-    and input paths resolve against it), else the image's folder."""
+    and input paths resolve against it; recorded relative to the image's folder, or absolute by
+    older versions), else the image's folder."""
     env = embedded.environment
-    name = env.get("recipe_file") or f"{embedded.recipe.get('name', 'recipe')}.toml"
-    folder = env.get("recipe_folder")
-    if folder and Path(folder).is_dir():
-        return Path(folder) / name
+    name = Path(str(env.get("recipe_file") or f"{embedded.recipe.get('name', 'recipe')}.toml")).name
+    folder = recipe_folder_of(env, image.resolve().parent)
+    if folder is not None and folder.is_dir():
+        return folder / name
     return image.resolve().parent / name
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import re
 import sys
 import time
 import traceback
@@ -24,7 +26,8 @@ from ..base import environment, report
 from ..base.errors import RecipeError, RunError
 from ..base.filehashes import FileHashes
 from ..base.interrupts import begin_writing, critical, graceful
-from ..base.paths import TMP_NAME, atomic_write
+from ..base.paths import TMP_NAME, atomic_write, ignore_created_root, regular_file, repository_root
+from ..base.safe_read import read_text
 from ..pipelines import build
 from ..pipelines.cache import ModelCache, Pipelines
 from ..pipelines.lock import COMMIT, cached_commit, model_records
@@ -38,10 +41,10 @@ from ..recipe.loading import display_path
 from ..records.formats import extension
 from ..records.journal import Journal
 from ..records.keys import job_keys
-from ..records.manifest import MANIFEST_NAME, Manifest
+from ..records.manifest import MANIFEST_NAME, Manifest, save_local, split
 from ..records.outputs import Writer
-from ..records.provenance import environment_extras
-from ..records.resume import NOT_MADE, Peek, peek, remove_leftovers, resume
+from ..records.provenance import environment_extras, machine_facts, owner_of
+from ..records.resume import NOT_MADE, Peek, Replaced, ResumeState, peek, remove_leftovers, resume, shared_text
 from ..records.runlock import LOCK_NAME, hold
 from ..views import drawn
 from ..views.gallery import write_gallery
@@ -134,7 +137,7 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
     dtype = ctx.dtype if first.recipe is recipe else build.choose_dtype(recipe.model.dtype, ctx.device, lambda _: None)
     env = environment.describe(ctx.device, dtype, recipe.run.generator_device, recipe.run.deterministic)  # [model]'s
     env["world_size"] = dist.world_size
-    env.update(environment_extras(built.pipe, first.loaded, ctx.location, plugins))
+    env.update(environment_extras(built.pipe, first.loaded, ctx.location, plugins, folder=out_dir))
     revisions = {first.recipe.model.id: env.get("model_revision")}
     for variant in prepared.variants:
         revisions.setdefault(variant.recipe.model.id, revision_before_loading(variant.recipe.model))
@@ -146,6 +149,8 @@ def start(prepared: Prepared, plugins: Plugins, options: Options, cache: ModelCa
     manifest_path = distributed.partial_path(out_dir, dist.rank) if dist.world_size > 1 else None
     manifest = Manifest.for_jobs(out_dir, resolved, env, prepared.jobs, extension(recipe.output.format),
                                  path=manifest_path, optimizations=optimization_records(prepared))
+    manifest.machine = machine_facts(first.loaded, ctx.location)
+    manifest.recipe_path = owner_of(loaded.path, out_dir.parent)
     writer = Writer(manifest, recipe.output.format, recipe.output.quality, recipe.output.metadata,
                     recipe.model.id, json.dumps(resolved, ensure_ascii=False, sort_keys=True),
                     default_scheduler=schedulers[first.id], rank=dist.rank,
@@ -235,6 +240,8 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
     ctx, dist, pipelines, images, manifest, writer = (started.ctx, started.dist, started.pipelines, started.images,
                                                       started.manifest, started.writer)
     out_dir = prepared.out_dir
+    if options.new_root and not options.baseline and dist.is_main:  # a root this invocation made: kept out of git
+        ignore_created_root(out_dir.parent)
     begin_writing()  # from here an interrupt lets the writes finish and folds the journal (exit 130/143)
     size = initial_batch_size(recipe.run.batch_size, prepared.jobs, ctx.device)
 
@@ -246,10 +253,15 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
     state = resume(manifest, prepared.jobs, keys, size, recipe.run.batch_size, force=options.force,
                    same_as=prepared.same_as, ext=extension(recipe.output.format))
     state.apply(manifest)
-    if dist.is_main:  # the images this run replaces stay reachable: moved, never deleted
-        history = state.retire(out_dir)
-        if history is not None:
+    baseline = options.baseline
+    history = None
+    if dist.is_main:  # the images this run replaces stay reachable: moved, never deleted (a baseline: until it ends)
+        history = state.retire(out_dir, baseline=baseline)
+        if history is not None and not baseline:
             manifest.set_history(history.relative_to(out_dir).as_posix(), [(r.file, r.reason) for r in state.replaced])
+    # A pixel-identical image leaves the file it replaces as it was (on the first rank: it moved them aside).
+    writer.restorable = state.restorable(history)
+    left: list[Replaced] = []
     dist.barrier()
     journal = Journal(manifest, keys, rank=dist.rank if dist.world_size > 1 else None)
     writer = writer.journaled(journal)
@@ -272,6 +284,8 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
         manifest.record_timings(pipelines.load_seconds, pipelines.setup_seconds, generate_seconds,
                                 execution.batch_times, pipelines.log if len(prepared.variants) > 1 else None)
         with critical():
+            if dist.world_size == 1:
+                left = settle_history(state, manifest, out_dir, history, baseline)
             journal.close()
     dist.barrier()
     if not dist.is_main:
@@ -279,6 +293,7 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
     if dist.world_size > 1:
         manifest = distributed.merge(out_dir, dist.world_size)
         with critical():
+            left = settle_history(state, manifest, out_dir, history, baseline)
             manifest.save()
     data = manifest.to_json()
     remove_leftovers(out_dir)  # partial manifests and journals of earlier (distributed) runs
@@ -297,11 +312,34 @@ def _run_recipe(prepared: Prepared, plugins: Plugins, options: Options, cache: M
     ranks = f" ({done} by rank 0 of {dist.world_size})" if dist.world_size > 1 else ""
     count = sum(1 for e in pipelines.log if e['how'] == 'loaded')
     loads = "" if len(prepared.variants) == 1 else f", {count} load{'s' * (count != 1)}"
-    report.result(f"{recipe.name}: {len(prepared.jobs)} images: {state.summary()}; made {done}{ranks} in "
+    kept = len({r.file for r in state.retired if r.reason != NOT_MADE} - {r.file for r in left})  # moved back
+    summary = changes(state, kept, left) if baseline else state.summary(kept)
+    report.result(f"{recipe.name}: {len(prepared.jobs)} images: {summary}; made {done}{ranks} in "
                   f"{generate_seconds:.1f} s ({rate:.2f} images/s), load {pipelines.load_seconds:.1f} s{loads}, "
                   f"{peak_memory(ctx.device)} -> {display_path(out_dir)}/")
     report.result(where_to_look(out_dir, recipe.output.gallery, manifest.history, manifest.replaced))
     return data
+
+
+def settle_history(state: ResumeState, manifest: Manifest, out_dir: Path, history: Path | None,
+                   baseline: bool) -> list[Replaced]:
+    """After the writes: the files moved aside that a pixel-identical image did not move back are
+    replaced for good: kept in the history folder (its records updated, the folder removed when
+    nothing is left in it), or, for a baseline, removed. Returns them."""
+    left = state.settle(out_dir, history, baseline=baseline, names=manifest.files())
+    if history is not None and not baseline:
+        if left:
+            manifest.set_history(history.relative_to(out_dir).as_posix(), [(r.file, r.reason) for r in left])
+        else:
+            manifest.set_history(None, [])
+    return left
+
+
+def changes(state: ResumeState, kept: int, left: Sequence[Replaced]) -> str:
+    """A baseline's summary: ``2 updated, 6 unchanged`` (``, 1 removed``: files no job makes any more)."""
+    removed = sum(1 for r in left if r.reason == NOT_MADE)
+    text = f"{len(state.pending) - kept} updated, {len(state.done) + kept} unchanged"
+    return text + (f", {removed} removed" if removed else "") + shared_text(len(state.shared))
 
 
 def made_on_disk(manifest: Manifest, jobs: Sequence[Any]) -> int:
@@ -332,6 +370,86 @@ def look(prepared: Prepared, options: Options) -> Peek | None:
     return peek(prepared)
 
 
+def check_owners(prepared: Sequence[Prepared], force: bool) -> None:
+    """A run folder belongs to the recipe file that made it (the manifest's ``recipe_path``,
+    :func:`recipe_runner.records.provenance.owner_of`): another recipe file of the same ``name``
+    writing there is refused (RecipeError, exit 2), before anything loads, naming both files and
+    the folder, unless ``force`` (--force takes the folder over). A folder without the record (made
+    before it existed), or whose recorded recipe file is gone, is taken over silently."""
+    problems = []
+    for item in prepared:
+        recorded = recorded_owner(item.out_dir)
+        if recorded is None or force:
+            continue
+        mine = owner_of(item.loaded.path, item.out_dir.parent)
+        if recorded != mine and owner_exists(recorded, item.loaded.path, item.out_dir.parent):
+            problems.append(item.loaded.problem(
+                "name", f"the output folder {display_path(item.out_dir)} was made by {recorded}, not by this recipe "
+                f"file ({mine}); both have name = {item.recipe.name!r}: give this recipe another name, write to "
+                "another --out, or pass --force to take the folder over (its images then move to its history folder)"))
+    if problems:
+        raise RecipeError(problems)
+
+
+_OWNER_AT_END = re.compile(rb'"recipe_path":\s*("(?:[^"\\]|\\.)*")\s*\}\s*$')
+
+
+def owner_exists(recorded: str, recipe_file: Path, root: Path) -> bool:
+    """Whether the recipe file a folder records as its owner is still there, another file than
+    ``recipe_file`` (a folder whose recipe file was moved, renamed or deleted, or that was copied
+    elsewhere, is taken over)."""
+    mine = recipe_file.resolve()
+    repo = repository_root(mine.parent)
+    for base in ([repo] if repo is not None else []) + [root.resolve()]:
+        candidate = Path(os.path.normpath(base / recorded))  # as owner_of wrote it: relpath's lexical ".."
+        try:
+            if candidate.is_file() and candidate.resolve() != mine:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def recorded_owner(folder: Path) -> str | None:
+    """The recipe file the manifest of ``folder`` says made it (None: no manifest, or no record).
+    ``recipe_path`` is the manifest's last key: read from its last bytes (a 100,000-image manifest
+    is not parsed twice), the whole file only when it is not there."""
+    path = folder / MANIFEST_NAME
+    if not regular_file(path):
+        return None
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 4096))
+            found = _OWNER_AT_END.search(fh.read())
+        if found is not None:
+            owner = json.loads(found.group(1))
+        else:
+            data = json.loads(read_text(path, follow=False, what="manifest"))
+            owner = data.get("recipe_path") if isinstance(data, dict) else None
+    except (ValueError, OSError):
+        return None
+    return owner if isinstance(owner, str) else None
+
+
+def upgrade(prepared: Prepared, data: dict[str, Any]) -> dict[str, Any]:
+    """A folder made by a version before portable records (no ``recipe_path``), found with nothing
+    to do: its manifest is rewritten once into today's form (the timings and this machine's paths
+    into ``.recipe-runner/run.json``, the recipe file that owns it recorded); its images untouched."""
+    out_dir = prepared.out_dir
+    if not data or "recipe_path" in data:
+        return data
+    committed, local = split(data, out_dir)
+    committed["recipe_path"] = owner_of(prepared.loaded.path, out_dir.parent)
+    try:
+        with hold(out_dir), critical():
+            save_local(out_dir, local)
+            atomic_write(out_dir / MANIFEST_NAME,
+                         json.dumps(committed, indent=2, ensure_ascii=False, default=repr).encode("utf-8"))
+    except (RecipeError, OSError):
+        return data  # another run is writing into the folder (or it cannot be written): left as it is
+    return committed
+
+
 def up_to_date(prepared: Prepared, plugins: Plugins, found: Peek | None) -> dict[str, Any] | None:
     """When ``found`` (:func:`look`) says every job of ``prepared`` is unchanged on disk: say so
     (redrawing the views when only the recipe's ``[output]`` changed, see :func:`repair`) and
@@ -339,7 +457,7 @@ def up_to_date(prepared: Prepared, plugins: Plugins, found: Peek | None) -> dict
     if found is None or not found.nothing_to_do:
         return None
     out_dir = prepared.out_dir
-    data: dict[str, Any] = found.manifest or {}
+    data: dict[str, Any] = upgrade(prepared, found.manifest or {})
     data, redrew = repair(prepared, data)
     plugins.hook.run_started(recipe=prepared.recipe, output_dir=out_dir, todo=0)
     plugins.hook.run_finished(recipe=prepared.recipe, output_dir=out_dir, manifest=copy.deepcopy(data))
@@ -441,6 +559,7 @@ class Session:
 
         manifests: list[dict[str, Any]] = []
         todo = []
+        check_owners(prepared, self.options.force)
         for item in prepared:
             found = look(item, self.options)  # once: it also says which variants to load first
             unchanged = up_to_date(item, self.plugins, found)

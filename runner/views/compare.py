@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..base import report as reporter
-from ..base.paths import regular_file, sha256_file
+from ..base.paths import ignore_created_root, regular_file, sha256_file
 from ..base.safe_read import FileTooLarge, NotRegularFile, is_regular, open_image, read_text
 from ..records.causes import BETWEEN_RUNS, environment_causes, model_differences
 from ..records.names import record_file
@@ -536,7 +536,10 @@ def write_report(result: Result, out: Path, back: str | None = None) -> Path:
     for folder in (out, out / "pairs"):
         if folder.is_symlink():
             raise BadInput(f"--out {out}: {folder} is a symbolic link: the report is never written through one")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    if created:  # a report root this run made: kept out of git
+        ignore_created_root(out)
     pairs_dir = out / "pairs"
     pairs_dir.mkdir(exist_ok=True)
     for old in pairs_dir.iterdir():  # an earlier report's images

@@ -31,9 +31,10 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..base.paths import atomic_write, regular_file
+from ..base.paths import regular_file, write_if_changed
 from ..base.safe_read import open_image
 from ..records.names import record_file
+from ..records.provenance import recipe_folder_of
 from . import refresh
 from .grid import grid_config, sheets_for
 from .jobfields import CommonPrompt, Described, common_prompt, describe, scheduler_label, short_name, value_text
@@ -154,7 +155,7 @@ def _input_thumbs(manifest: Mapping[str, Any], folder: Path | None) -> dict[str,
     if folder is None:
         return {}
     env = manifest.get("environment") or {}
-    base = Path(env["recipe_folder"]) if env.get("recipe_folder") else None
+    base = recipe_folder_of(env, folder)  # relative to the run folder (older records: absolute)
     names = list(dict.fromkeys(v for r in manifest.get("images") or [] for v in (r.get("image"), r.get("mask_image"))
                                if isinstance(v, str) and "://" not in v))
     out: dict[str, str] = {}
@@ -311,7 +312,7 @@ def write_gallery(folder: Path, manifest: Mapping[str, Any]) -> Path:
         sheets = [s for s in sheets_for(folder, manifest) if (folder / s.file).is_file()]
     path = folder / "index.html"
     page = render(manifest, size, sheets, folder)
-    atomic_write(path, page.encode("utf-8"))
+    write_if_changed(path, page.encode("utf-8"))  # the same page leaves the file untouched
     refresh.write_stamp(folder, page)  # --watch: after the page, so a reload finds it
     return path
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..axes.registry import is_build_axis
-from ..base.paths import atomic_write, regular_file
+from ..base.paths import regular_file, write_if_changed
 from ..base.safe_read import open_image
 from ..records.names import record_file
 from .jobfields import CommonPrompt, Described, canonical, common_prompt, describe, job_label, short_name, shorten
@@ -482,7 +482,7 @@ def make_grid(folder: Path, manifest: Mapping[str, Any] | Sequence[dict[str, Any
         buffer = io.BytesIO()
         draw(folder, sheet).save(buffer, format="PNG", compress_level=1)  # a preview, rewritten each run
         path = folder / sheet.file
-        atomic_write(path, buffer.getvalue())
+        write_if_changed(path, buffer.getvalue())  # the same sheet leaves the file untouched
         written.append(path)
     remove_stale(folder, {p.name for p in written})
     return written

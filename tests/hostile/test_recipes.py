@@ -160,7 +160,7 @@ def test_symlinks_planted_at_an_image_name_and_its_temporary_name_are_not_writte
     assert result.code == 0, result.err
     assert victim_final.read_text() == "precious" and victim_tmp.read_text() == "precious too"
     assert not (folder / name).is_symlink() and (folder / name).stat().st_size > 0
-    assert sorted(p.name for p in folder.iterdir()) == [name, "grid.png", "index.html", "manifest.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [".recipe-runner", name, "grid.png", "index.html", "manifest.json"]
 
 
 # --- hostile input images ----------------------------------------------------------------------------

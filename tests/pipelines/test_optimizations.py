@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from recipe_runner.api import Unsupported
-from tests.conftest import image_files, pixels
+from tests.conftest import image_files, pixels, run_record
 
 RECIPE = '''
 [model]
@@ -44,7 +44,7 @@ def run(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
         if result.code != 0:
             return SimpleNamespace(code=result.code, err=result.err, images=[], manifest=None)
         images = [pixels(p).astype(int) for p in image_files(folder)]
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = run_record(folder)  # with its timings (.recipe-runner/run.json)
         return SimpleNamespace(code=0, err=result.err, images=images, manifest=manifest)
 
     return go

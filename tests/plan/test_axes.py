@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from recipe_runner.api import hookimpl
-from tests.conftest import pixels
+from tests.conftest import pixels, run_record
 
 RECIPE = """
 name = "{name}"
@@ -66,7 +66,7 @@ def run(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
         path = recipe_runner_write_recipe(text, f"{name}.toml")
         result = recipe_runner_cli(path, "--out", tmp_path / "out", "--no-progress", *args)
         folder = tmp_path / "out" / name
-        manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").is_file() else None
+        manifest = run_record(folder) if (folder / "manifest.json").is_file() else None  # with its timings
         images = {r["file"]: pixels(folder / r["file"]) for r in (manifest or {}).get("images", [])
                   if (folder / r["file"]).is_file()}
         return SimpleNamespace(code=result.code, out=result.out, err=result.err, manifest=manifest, images=images,

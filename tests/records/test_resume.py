@@ -152,12 +152,16 @@ def test_an_edited_param_regenerates_every_job_and_keeps_what_it_replaces(recipe
     assert kept == {k: v for k, v in second.items() if "green-tree" not in k}
     latest = folder / manifest_of(folder)["history"]["folder"]
     assert sorted(p.name for p in latest.glob("*.png")) == sorted(k for k in second if "green-tree" in k)
-    # --force regenerates everything and still keeps what it replaces
+    # --force regenerates everything; pixel-identical images leave their files as they were, and no
+    # history entry (#22: a regeneration that changes nothing changes no file)
+    third = snapshot(folder)
     counter.calls.clear()
     result = run(recipe_runner_cli, recipe, tmp_path / "out", "--set", "params.guidance_scale=5.0",
                  "--set", 'matrix.prompts=["a red fox", "a blue house", "a pink tree"]', "--force")
-    assert counter.calls == [[0, 1], [2, 3], [4, 5]] and "0 new, 6 regenerated, 0 unchanged" in result.out
-    assert len(list((folder / "history").iterdir())) == 3
+    assert counter.calls == [[0, 1], [2, 3], [4, 5]]
+    assert "0 new, 6 regenerated (6 pixel-identical: files kept), 0 unchanged" in result.out
+    assert len(list((folder / "history").iterdir())) == 2 and "history" not in manifest_of(folder)
+    assert {k: v for k, v in snapshot(folder).items() if k in third} == third
 
 
 @pytest.mark.slow

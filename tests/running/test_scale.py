@@ -119,7 +119,8 @@ def test_recipes_on_one_model_load_it_once_and_give_the_same_pixels(recipe_runne
 def test_manifest_records_timings_and_the_run_prints_a_summary(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     result = recipe_runner_cli(recipe_runner_write_recipe(RECIPE.format(name="timed", extra="")), "--out", tmp_path)
     assert result.code == 0
-    timings = json.loads((tmp_path / "timed" / "manifest.json").read_text())["timings"]
+    assert "timings" not in json.loads((tmp_path / "timed" / "manifest.json").read_text())  # machine-local
+    timings = json.loads((tmp_path / "timed" / ".recipe-runner" / "run.json").read_text())["timings"]
     for key in ("load_seconds", "setup_seconds", "generate_seconds", "write_seconds"):
         assert timings[key] >= 0, key
     assert [b["size"] for b in timings["batches"]] == [2, 2, 2]
@@ -150,4 +151,7 @@ def test_a_distributed_run_resumes_only_the_missing_batches(recipe_runner_cli, r
     manifest = json.loads((folder / "manifest.json").read_text())
     assert all(r["status"] == "done" for r in manifest["images"])
     assert manifest["environment"]["world_size"] == 2
-    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], "no partial manifest or journal left"
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == [".recipe-runner"], \
+        "no partial manifest or journal left (only the machine-local record)"
+    local = json.loads((folder / ".recipe-runner" / "run.json").read_text())
+    assert len(local["timings"]["ranks"]) == 2 and local["environment"]["recipe_file"] == str(recipe.resolve())
