@@ -530,13 +530,14 @@ def copy_bounded(source: Path, target: Path, limit: int | None = None) -> bool:
 
 def write_report(result: Result, out: Path, back: str | None = None) -> Path:
     """``out/index.html``, ``out/compare.json`` and the images they show in ``out/pairs`` (``back``:
-    a link to the page this one is part of, the index of two output roots)."""
+    a link to the page this one is part of, the index of two output roots; then ``out`` is inside
+    that report's root, which keeps it out of git)."""
     from PIL import Image
 
     for folder in (out, out / "pairs"):
         if folder.is_symlink():
             raise BadInput(f"--out {out}: {folder} is a symbolic link: the report is never written through one")
-    created = not out.exists()
+    created = not out.exists() and back is None
     out.mkdir(parents=True, exist_ok=True)
     if created:  # a report root this run made: kept out of git
         ignore_created_root(out)
@@ -800,7 +801,10 @@ def write_roots_report(result: RootsResult, out: Path) -> Path:
     for folder in (out, runs_dir):
         if folder.is_symlink():
             raise BadInput(f"--out {out}: {folder} is a symbolic link: the report is never written through one")
+    created = not out.exists()
     runs_dir.mkdir(parents=True, exist_ok=True)
+    if created:  # a report root this run made: kept out of git
+        ignore_created_root(out)
     for n, run in enumerate(result.runs):
         if run.result is not None:
             write_report(run.result, runs_dir / run.name, back=f"../../index.html#run-{n}")

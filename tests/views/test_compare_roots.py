@@ -80,6 +80,9 @@ def test_identical_roots_exit_0_with_a_line_per_run(runs, recipe_runner_cli, tmp
     assert all(r["status"] == "identical" and r["compare"]["pairs"] for r in report["runs"])
     page = (tmp_path / "report" / "runs" / "hero" / "index.html").read_text()
     assert '<a href="../../index.html#run-0">← all runs</a>' in page  # back to its section of the index
+    # the report root this compare created ignores itself in git; the run pages inside it need nothing
+    assert (tmp_path / "report" / ".gitignore").read_text().splitlines()[-1] == "*"
+    assert not list((tmp_path / "report" / "runs").rglob(".gitignore"))
 
 
 def test_a_param_changed_in_one_run_exits_1_naming_the_run_and_the_key(runs, recipe_runner_cli, tmp_path):
