@@ -9,6 +9,7 @@ cause first; ``--locked`` first verifies the models against the lock file beside
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from recipe_runner import hookimpl
 from recipe_runner.plugin_api import manager as plugins
 from recipe_runner.records import causes
 from recipe_runner.records.provenance import EMBEDDED_MODEL_FILES, embedded_environment
-from tests.conftest import manifest_of, tiny_recipe
+from tests.conftest import REPO, manifest_of, tiny_recipe
 
 UNET = "unet/diffusion_pytorch_model.safetensors"
 
@@ -210,6 +211,12 @@ def test_a_changed_unet_file_is_named_when_the_pixels_differ(recipe_runner_cli, 
     assert lines[0].startswith(f"{image}: differs: PSNR ")
     assert lines[1:] == ["  what differs from when the image was made, most likely cause first:",
                          f"    model: {UNET} differs from when this image was made"], result.out
+    # docs/provenance.md shows this very case: its sample is what the tool prints
+    doc = (REPO / "docs" / "provenance.md").read_text()
+    sample = doc[doc.index("$ recipe-run --reproduce outputs/lighthouse/"):].split("```")[0].strip().splitlines()[1:]
+    shape = r"^\S+: differs: PSNR \d+\.\d\d dB, \d+ of \d+ pixels \(re-generated as \S+\)$"
+    assert re.match(shape, sample[0]) and re.match(shape, lines[0]), (sample[0], lines[0])
+    assert sample[1:] == lines[1:]
 
 
 @pytest.mark.slow
