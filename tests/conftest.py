@@ -278,3 +278,23 @@ def counter():
     plugins.register(plugin, "counter")
     yield plugin
     plugins.unregister(plugin)
+
+
+class LoadCounter:
+    """A test plugin: how many pipelines were built (the ``pipeline_ready`` hook)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @hookimpl
+    def pipeline_ready(self, pipe, recipe, context):
+        self.count += 1
+
+
+@pytest.fixture
+def loads():
+    """A :class:`LoadCounter` registered for every run of the test."""
+    plugin = LoadCounter()
+    plugins.register(plugin, "load-counter")
+    yield plugin
+    plugins.unregister(plugin)

@@ -92,7 +92,7 @@ def recipe_folder_of(environment: dict[str, Any], folder: Path) -> Path | None:
     if not isinstance(value, str) or not value:
         return None
     path = Path(value).expanduser()
-    return path if path.is_absolute() else folder / path
+    return Path(os.path.normpath(path if path.is_absolute() else folder / path))  # ../../recipes read as a path
 
 
 def portable_folder(value: Any, folder: Path) -> Any:

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 
-from recipe_runner.api import hookimpl
 from recipe_runner.base import environment
 from tests.conftest import REPO  # noqa: E402
 
@@ -28,20 +27,6 @@ attention_slicing = true
 prompts = ["a red fox"]
 seeds = 1
 """
-
-
-class Loads:
-    def __init__(self) -> None:
-        self.count = 0
-
-    @hookimpl
-    def pipeline_ready(self, pipe, recipe, context):
-        self.count += 1
-
-
-@pytest.fixture
-def loads(recipe_runner_register_plugin):
-    return recipe_runner_register_plugin(Loads(), "load-counter")
 
 
 @pytest.fixture

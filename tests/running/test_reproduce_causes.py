@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from recipe_runner import hookimpl
-from recipe_runner.plugin_api import manager as plugins
 from recipe_runner.records import causes
 from recipe_runner.records.provenance import EMBEDDED_MODEL_FILES, embedded_environment
 from tests.conftest import REPO, manifest_of, tiny_recipe
@@ -150,25 +148,6 @@ def change_one_unet_tensor(model: Path) -> None:
     save_file(tensors, path)
 
 
-class Builds:
-    """How many pipelines were built (the ``pipeline_ready`` hook)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    @hookimpl
-    def pipeline_ready(self, pipe, recipe, context):
-        self.count += 1
-
-
-@pytest.fixture
-def builds():
-    found = Builds()
-    plugins.register(found, "builds")
-    yield found
-    plugins.unregister(found)
-
-
 def with_environment(image: Path, copy: Path, change) -> Path:
     """``copy``: ``image`` with its embedded environment passed through ``change`` (pixels kept)."""
     from PIL import Image
@@ -265,7 +244,7 @@ def test_an_image_made_before_models_were_recorded_still_reproduces(recipe_runne
 
 @pytest.mark.slow
 def test_reproduce_locked_verifies_the_lock_beside_the_recipe_before_loading(recipe_runner_cli, recipe_runner_write_recipe,
-                                                                             model_copy, tmp_path, builds):
+                                                                             model_copy, tmp_path, loads):
     from recipe_runner.records.outputs import read_embedded
 
     recipe = recipe_runner_write_recipe(local_recipe("jpeg"), "locked.toml")
@@ -275,21 +254,21 @@ def test_reproduce_locked_verifies_the_lock_beside_the_recipe_before_loading(rec
     assert image.suffix == ".jpg"  # the model's file hashes fit a JPEG's EXIF
     assert UNET in json.loads(read_embedded(image)["environment"])["models"]["model"]["files"]
 
-    builds.count = 0
+    loads.count = 0
     missing = recipe_runner_cli("--reproduce", image, "--locked")
-    assert missing.code == 2 and builds.count == 0
+    assert missing.code == 2 and loads.count == 0
     assert f"--locked: no lock file {recipe.with_suffix('.lock')} beside the recipe this image came from" in missing.err
 
     assert recipe_runner_cli("--lock", recipe).code == 0
     matching = recipe_runner_cli("--reproduce", image, "--locked")
     assert matching.code == 0 and "pixel-identical" in matching.out, matching.err
-    assert builds.count == 1
+    assert loads.count == 1
 
-    builds.count = 0
+    loads.count = 0
     change_one_unet_tensor(model_copy)
     drifted = recipe_runner_cli("--reproduce", image, "--locked")
     assert drifted.code == 2, drifted.out + drifted.err
-    assert builds.count == 0  # refused before any pipeline was built
+    assert loads.count == 0  # refused before any pipeline was built
     assert "model.id: differs from " in drifted.err and f"files differ from the lock (changed: {UNET})" in drifted.err
     assert drifted.out == ""
 
