@@ -117,7 +117,7 @@ def test_a_teammates_clone_runs_against_the_committed_folder(recipe_runner_cli, 
 
 
 def test_a_folder_whose_recorded_recipe_is_gone_is_taken_over(tmp_path):
-    from recipe_runner.running.session import owner_exists
+    from recipe_runner.records.ownership import owner_exists
 
     (tmp_path / "alice").mkdir()
     (tmp_path / "bob").mkdir()
