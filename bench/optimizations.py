@@ -89,11 +89,12 @@ def one(recipe: Path, out: Path, gpu: bool) -> dict:
     result = {"code": code}
     if code == 0:
         manifest = json.loads(next(out.glob("*/manifest.json")).read_text())
-        timings = json.loads((out / manifest["recipe"]["name"] / ".recipe-runner" / "run.json").read_text())["timings"]
+        local = json.loads((out / manifest["recipe"]["name"] / ".recipe-runner" / "run.json").read_text())
+        timings = local["timings"]
         batches = timings["batches"]
         images = sum(b["size"] for b in batches)
         result.update(load=timings["load_seconds"], per_image=sum(b["seconds"] for b in batches) / images,
-                      warmup=manifest["optimizations"].get("compile", {}).get("warmup_seconds"),
+                      warmup=local.get("optimizations", {}).get("compile", {}).get("warmup_seconds"),
                       files=[str(out / manifest["recipe"]["name"] / i["file"]) for i in manifest["images"]])
     if gpu:
         import torch

@@ -8,7 +8,7 @@
 
 Compilation happens on the first call, so the plugin makes one warm-up call right after
 building (same parameters and batch size as the recipe's first batch, fewer steps) and records
-its duration as ``warmup_seconds`` in the manifest's ``optimizations.compile`` record: the
+its duration as ``warmup_seconds`` with the run's timings (``.recipe-runner/run.json``): the
 per-batch times in ``timings`` are then steady-state times. Batches keep one shape (the plan's
 batch size), so nothing recompiles mid-run, except a smaller last batch when the job count is
 not a multiple of ``batch_size`` (one more compilation, or none with ``dynamic = true``).

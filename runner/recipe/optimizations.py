@@ -100,7 +100,8 @@ class Optimization(Generic[S]):
     """One key of ``[optimizations]``, as a plugin declares it.
 
     - ``apply(pipe, settings, context)``: switch it on for a built pipeline; it may return a dict
-      of facts worth recording (e.g. ``{"warmup_seconds": 12.5}``), kept in the manifest's record.
+      of facts worth recording (e.g. ``{"warmup_seconds": 12.5}``), kept in the manifest's record
+      (a ``*_seconds`` fact is a timing: kept with the run's timings, in ``.recipe-runner/run.json``).
     - ``check(settings, context)``: before the model loads, raise :class:`Unsupported` when it
       cannot run on this machine or with the other enabled optimizations (``context.enabled``).
     - ``load_kwargs(settings, context)``: extra ``from_pretrained`` keyword arguments (load stage).

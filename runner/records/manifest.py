@@ -327,9 +327,9 @@ class Manifest:
 
 def split(data: dict[str, Any], folder: Path, machine: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """A manifest (as :meth:`Manifest.to_json` makes it, or as an older version wrote it) as two
-    records: what is committed (no timings, no per-image seconds, no absolute path) and what is
-    this machine's (``.recipe-runner/run.json``: ``environment``, ``timings``, ``seconds`` by
-    file). ``machine``: this run's absolute paths (an older manifest's are taken from it)."""
+    records: what is committed (no timings, no per-image seconds, no optimization's ``*_seconds``,
+    no absolute path) and what is this machine's (``.recipe-runner/run.json``: ``environment``,
+    ``timings``, ``seconds`` by file, ``optimizations`` durations). ``machine``: this run's absolute paths (an older manifest's are taken from it)."""
     environment = dict(data.get("environment") or {})
     local_env = dict(machine or {})
     for key in MACHINE_KEYS:
@@ -354,7 +354,26 @@ def split(data: dict[str, Any], folder: Path, machine: dict[str, Any] | None = N
     if "images" in data:
         committed["images"] = images
     local = {"environment": local_env, "timings": data.get("timings") or {}, "seconds": seconds}
+    durations = _durations(data.get("optimizations"))
+    if durations:  # an optimization's own timing (compile's warmup_seconds): this machine's too
+        committed["optimizations"] = {name: {k: v for k, v in record.items() if not _is_duration(k)}
+                                      if name in durations else record
+                                      for name, record in data["optimizations"].items()}
+        local["optimizations"] = durations
     return committed, local
+
+
+def _is_duration(key: str) -> bool:
+    return key.endswith("_seconds")
+
+
+def _durations(optimizations: Any) -> dict[str, dict[str, Any]]:
+    """The ``*_seconds`` facts of each optimization record, by optimization."""
+    if not isinstance(optimizations, dict):
+        return {}
+    found = {name: {k: v for k, v in record.items() if _is_duration(k)}
+             for name, record in optimizations.items() if isinstance(record, dict)}
+    return {name: facts for name, facts in found.items() if facts}
 
 
 def local_path(folder: Path) -> Path:
@@ -386,8 +405,9 @@ def read_local(folder: Path) -> dict[str, Any]:
 
 
 def joined(data: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
-    """A committed manifest with its machine-local record folded back in: ``timings`` and each
-    image's ``seconds`` (when the manifest has none of its own: an older one), and ``machine``."""
+    """A committed manifest with its machine-local record folded back in: ``timings``, each image's
+    ``seconds`` (when the manifest has none of its own: an older one), each optimization's
+    ``*_seconds`` facts, and ``machine``."""
     if not local:
         return data
     data = dict(data)
@@ -397,6 +417,11 @@ def joined(data: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
     if seconds:
         data["images"] = [{**r, "seconds": seconds.get(r.get("file"))} if isinstance(r, dict) and "seconds" not in r
                           else r for r in data.get("images") or []]
+    durations = local.get("optimizations")
+    if isinstance(durations, dict) and isinstance(data.get("optimizations"), dict):
+        data["optimizations"] = {name: {**durations[name], **record}
+                                 if isinstance(record, dict) and isinstance(durations.get(name), dict) else record
+                                 for name, record in data["optimizations"].items()}
     if isinstance(local.get("environment"), dict):
         data["machine"] = local["environment"]
     return data

@@ -294,3 +294,22 @@ def test_a_planted_link_at_the_machine_local_folder_is_refused(recipe_runner_cli
     result = recipe_runner_cli(recipe, "--out", tmp_path / "out", "--no-progress")
     assert result.code == 2 and "symbolic link" in result.err and ".recipe-runner" in result.err
     assert list(victim.iterdir()) == []
+
+
+def test_timings_of_optimizations_are_this_machines_and_fold_back(tmp_path):
+    """compile's ``warmup_seconds`` differs on every run: it goes to .recipe-runner/run.json with the
+    other timings, never into the committed manifest, and readers get it back (``joined``)."""
+    from recipe_runner.records.manifest import joined, split
+
+    data = {"recipe": {}, "environment": {}, "images": [{"file": "a.png", "seconds": 0.5}],
+            "optimizations": {"compile": {"status": "applied", "compiled": ["unet"], "warmup_seconds": 12.5},
+                              "attention_slicing": {"status": "applied"}},
+            "timings": {"load_seconds": 1.0}}
+    committed, local = split(data, tmp_path)
+    assert committed["optimizations"] == {"compile": {"status": "applied", "compiled": ["unet"]},
+                                          "attention_slicing": {"status": "applied"}}
+    assert "timings" not in committed and "seconds" not in committed["images"][0]
+    assert local["optimizations"] == {"compile": {"warmup_seconds": 12.5}}
+    back = joined(committed, local)
+    assert back["optimizations"] == data["optimizations"] and back["timings"] == data["timings"]
+    assert back["images"][0]["seconds"] == 0.5
