@@ -284,6 +284,7 @@ def test_a_model_file_that_is_a_fifo_is_refused_before_anything_loads(recipe_run
     assert "Traceback" not in result.err
 
 
+@pytest.mark.slow
 def test_lock_of_model_id_root_ends_at_once_with_exit_2(tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text(T2I.format(name="root", model="/"))
@@ -403,6 +404,7 @@ def servers(certificate, monkeypatch):
     running.close()
 
 
+@pytest.mark.slow
 def test_a_url_fetch_has_an_overall_deadline_not_a_per_read_timeout(servers, monkeypatch):
     from recipe_runner.plan import inputs
 
@@ -414,6 +416,7 @@ def test_a_url_fetch_has_an_overall_deadline_not_a_per_read_timeout(servers, mon
     assert time.monotonic() - started < 3
 
 
+@pytest.mark.slow
 def test_an_https_url_redirected_to_http_is_refused(servers):
     import urllib.error
 
@@ -574,6 +577,7 @@ def test_a_1500_file_extends_chain_is_exit_2_with_a_message(tmp_path):
     assert dry_run(tmp_path / "short.toml").code == 0  # 22 files: fine
 
 
+@pytest.mark.slow
 def test_set_extends_is_refused_not_ignored(tmp_path):
     (tmp_path / "base.toml").write_text(BASE + "[params]\nguidance_scale = 3.0\n")
     (tmp_path / "r.toml").write_text(BASE)
@@ -583,6 +587,7 @@ def test_set_extends_is_refused_not_ignored(tmp_path):
     assert dry_run(tmp_path / "r.toml", "--set", "params.guidance_scale=3.0").code == 0
 
 
+@pytest.mark.slow
 def test_a_bom_at_the_start_of_a_recipe_is_reported(tmp_path):
     recipe = tmp_path / "bom.toml"
     recipe.write_bytes(b"\xef\xbb\xbf" + BASE.encode())

@@ -83,6 +83,7 @@ def test_remote_code_needs_a_pinned_commit_revision(recipe_runner_cli, recipe_ru
     assert allowed.code == 0, allowed.err
 
 
+@pytest.mark.slow
 def test_remote_code_keys_reach_diffusers_only_with_the_flag():
     from recipe_runner.pipelines.build import BuildContext
     from recipe_runner.recipe.model import Recipe
@@ -142,6 +143,7 @@ def test_a_symlink_planted_as_the_output_folder_is_refused(recipe_runner_cli, re
     assert list(victim.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_symlinks_planted_at_an_image_name_and_its_temporary_name_are_not_written_through(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     folder = tmp_path / "out" / "recipe"
     folder.mkdir(parents=True)

@@ -286,6 +286,7 @@ def test_reproduce_into_another_run_s_folder_is_refused(recipe_runner_cli, tmp_p
     assert tree_digest(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_reproduce_compares_the_pixels_of_the_file_given(recipe_runner_cli, tmp_path, pristine):
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
@@ -332,6 +333,7 @@ def start_holder(folder: Path, seconds: float) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_a_second_run_refuses_naming_the_first_and_a_killed_one_never_blocks(recipe_runner_cli, tmp_path, pristine):
     case = Case(tmp_path, pristine, guidance=8.0)  # a run would replace every image
     holder = start_holder(case.folder, 60)

@@ -397,6 +397,7 @@ def test_a_pickle_named_safetensors_gets_a_clear_message_even_with_allow_pickle(
         assert "SafetensorError" not in result.err and "header too large" not in result.err
 
 
+@pytest.mark.slow
 def test_allow_pickle_lets_a_trusted_pickled_lora_load(recipe_runner_cli, recipe_runner_write_recipe, tmp_path, pickled_loras):
     for adapter in (f'id = "{pickled_loras}/lora", weight_name = "x.bin"', f'id = "{pickled_loras}/lora/x.bin"'):
         recipe = recipe_runner_write_recipe(LORA.format(adapter=adapter), "lora.toml")

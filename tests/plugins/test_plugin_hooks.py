@@ -249,6 +249,7 @@ def test_run_started_and_run_finished_pair_up_a_run_with_nothing_to_do_included(
     assert seen == [("started", 1), ("finished", 1), ("started", 0), ("finished", 1)]
 
 
+@pytest.mark.slow
 def test_batch_hooks_read_their_settings_and_the_variant_s_recipe(recipe_runner_register_plugin, recipe_runner_cli,
                                                                   recipe_runner_write_recipe, tmp_path):
     seen: list[tuple[int, int]] = []
@@ -270,6 +271,7 @@ def test_batch_hooks_read_their_settings_and_the_variant_s_recipe(recipe_runner_
 
 
 
+@pytest.mark.slow
 def test_after_batch_facts_are_kept_per_image_and_while_the_image_is_unchanged(
         recipe_runner_register_plugin, recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     class Notes:

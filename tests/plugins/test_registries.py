@@ -138,6 +138,7 @@ def extensions(recipe_runner_register_plugin, recipe_runner_tiny_sd15):
         registry.reset()
 
 
+@pytest.mark.slow
 def test_a_plugin_adds_an_axis_kind_a_model_source_and_an_output_format_that_one_recipe_uses(
         extensions, recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     axes = '[matrix.axes]\nprecision = ["full", "half"]'
@@ -176,6 +177,7 @@ def test_a_plugin_adds_an_axis_kind_a_model_source_and_an_output_format_that_one
         assert line in listing.out, listing.out
 
 
+@pytest.mark.slow
 def test_a_plugin_metric_is_reported_by_compare(extensions, recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     out = tmp_path / "out"
     a = recipe_runner_write_recipe(RECIPE.format(model="tiny:sd15", axes="", fmt="png"), "a.toml")

@@ -39,6 +39,7 @@ def test_the_tiny_source_serves_a_vae_and_named_loras():
     assert isinstance(model_source("tiny:lora-fox"), tiny.TinySource) and model_source("loras/a.safetensors") is None
 
 
+@pytest.mark.slow
 def test_the_sweep_s_dry_run_builds_nothing_and_imports_no_torch(tmp_path):
     code = ("import sys; from recipe_runner.cli.main import main; c = main([sys.argv[1], '--dry-run', '--out', sys.argv[2]]); "
             "print('heavy', sorted({'torch', 'diffusers', 'peft'} & set(sys.modules)), c)")

@@ -105,6 +105,7 @@ def test_reproduce_matches_an_untouched_image_and_catches_one_changed_pixel(reci
     assert "differs: PSNR" in result.out and "1 of 4096 pixels" in result.out
 
 
+@pytest.mark.slow
 def test_webp_images_carry_the_metadata_in_exif_and_reproduce(recipe_runner_cli, recipe_runner_write_recipe, tmp_path):
     from recipe_runner.records.outputs import read_embedded
 
