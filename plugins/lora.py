@@ -39,6 +39,7 @@ from recipe_runner.api import (
     Unsupported,
     WeightFile,
     enable,
+    expand_id,
     hookimpl,
     is_local_reference,
     model_source,
@@ -81,9 +82,14 @@ def adapter_names(settings: Settings) -> list[str]:
 
 def source(adapter: Adapter, index: int, context: BuildContext, fetch: bool = True) -> str:
     """An id a plugin model source serves (``tiny:lora-fox``: built now, unless ``fetch`` is false),
-    a local file or folder (relative to the recipe that wrote it), else a Hub repo id."""
+    a local file or folder (relative to the recipe that wrote it; ``~`` and ``$VAR``/``${VAR}``
+    expanded, an unset variable refused), else a Hub repo id."""
     loaded = context.loaded
     folder = loaded.origin(f"optimizations.lora.adapters.{index}.id").folder if loaded else Path.cwd()
+    try:
+        written = expand_id(adapter.id)  # ~ and ${VAR}, as in model ids: a team's recipe names no home
+    except ValueError as exc:
+        raise Unsupported(f"adapters[{index}].id: {exc}") from None
     served = model_source(adapter.id)
     if served is not None:
         refused = served.problem(adapter.id)
@@ -93,12 +99,12 @@ def source(adapter: Adapter, index: int, context: BuildContext, fetch: bool = Tr
             return served.locate(adapter.id, folder) if fetch else adapter.id
         except ValueError as exc:
             raise Unsupported(f"adapters[{index}].id: {exc}") from exc
-    candidate = (folder / Path(adapter.id).expanduser()).resolve()
+    candidate = (folder / Path(written)).resolve()
     if candidate.exists():
         return str(candidate)
-    if is_local_reference(adapter.id) or adapter.id.endswith((".safetensors", ".bin", ".pt")):
+    if is_local_reference(written) or written.endswith((".safetensors", ".bin", ".pt")):
         raise Unsupported(f"adapters[{index}].id: no such file or folder: {candidate}")
-    return adapter.id
+    return written
 
 
 def check(settings: Settings, context: BuildContext) -> None:
@@ -170,8 +176,17 @@ def switch(pipe: Any, old: Settings | None, new: Settings | None, context: Build
 
 
 def weight_files(settings: Settings) -> list[WeightFile]:
-    """Each adapter's file or folder (``adapters.<i>``): the pickle policy applies to them before loading."""
-    return [WeightFile(f"adapters.{i}", adapter.id, adapter.weight_name) for i, adapter in enumerate(settings.adapters)]
+    """Each adapter's file or folder (``adapters.<i>``), as it loads (``~`` and ``${VAR}`` expanded):
+    the pickle policy applies to them before loading."""
+    return [WeightFile(f"adapters.{i}", _expanded(adapter.id), adapter.weight_name)
+            for i, adapter in enumerate(settings.adapters)]
+
+
+def _expanded(adapter_id: str) -> str:
+    try:
+        return expand_id(adapter_id)
+    except ValueError:  # an unset variable: check() refuses the adapter, naming it
+        return adapter_id
 
 
 @hookimpl

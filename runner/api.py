@@ -28,6 +28,7 @@ from .pipelines.info import from_folder as model_info_from_folder
 from .pipelines.sources import SOURCES, ModelSource
 from .plan.batches import Batch, plan
 from .plan.matrix import Job, expand
+from .recipe.aliases import expand as expand_id
 from .recipe.context import BuildContext
 from .recipe.model import Recipe
 from .recipe.optimizations import STAGES, Conflict, Optimization, OptimizationSettings, Unsupported, WeightFile
@@ -62,6 +63,7 @@ __all__ = [
     "cache_dir",
     "did_you_mean",
     "hookimpl",
+    "expand_id",
     "is_local_reference",
     "model_index",
     "model_source",

@@ -360,15 +360,19 @@ def pickled_loras(tiny_lora, tmp_path_factory):
     ('id = "{root}/evil", weight_name = "x.bin"', "optimizations.lora.adapters.0.weight_name"),
     ('id = "{root}/evil/x.bin"', "optimizations.lora.adapters.0.id"),
     ('id = "{root}/lora", weight_name = "x.bin"', "optimizations.lora.adapters.0.weight_name"),
+    ('id = "${{LORA_ROOT}}/evil/x.bin"', "optimizations.lora.adapters.0.id"),  # an id through a variable too
+    ('id = "${{LORA_ROOT}}/evil"', "optimizations.lora.adapters.0.id"),  # a folder of pickles, checked by content
 ])
 def test_a_pickled_lora_is_refused_before_anything_loads(recipe_runner_cli, recipe_runner_write_recipe, tmp_path,
-                                                         pickled_loras, adapter, key):
+                                                         pickled_loras, adapter, key, monkeypatch):
+    monkeypatch.setenv("LORA_ROOT", str(pickled_loras))
     recipe = recipe_runner_write_recipe(LORA.format(adapter=adapter.format(root=pickled_loras)), "lora.toml")
     before = tree_digest(tmp_path, skip=tmp_path / "out")
     for mode in ("--dry-run", "--no-progress"):
         result = recipe_runner_cli(recipe, "--out", tmp_path / "out", mode)
         assert result.code == 2, result.err
-        assert f"lora.toml:11: {key}: " in result.err and "is a pickled weights file: only safetensors weights load" in result.err
+        assert f"lora.toml:11: {key}: " in result.err and "only safetensors weights load" in result.err
+        assert "is a pickled weights file" in result.err or "holds pickled weights only" in result.err
         assert "--allow-pickle" in result.err and "loading" not in result.err
     assert not (pickled_loras / "evil" / "PWNED").exists()
     assert not (tmp_path / "out").exists()

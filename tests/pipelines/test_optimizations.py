@@ -297,6 +297,17 @@ def test_lora_path_relative_to_the_recipe_and_a_missing_file(run, tiny_lora, tmp
     assert missing.code == 2 and "optimizations.lora: cannot run here: adapters[0].id: no such file" in missing.err
 
 
+def test_lora_ids_expand_variables_and_name_an_unset_one(run, tiny_lora, tmp_path, monkeypatch):
+    """A team's recipe names its adapters as its models: ``${TEAM_LORAS}/...`` on every machine."""
+    monkeypatch.setenv("TEAM_LORAS", str(tiny_lora.parent))
+    ok = run("from-var", 'lora = { adapters = [{ id = "${TEAM_LORAS}/pytorch_lora_weights.safetensors" }] }')
+    assert ok.code == 0, ok.err
+    assert ok.manifest["optimizations"]["lora"]["adapters"] == ["pytorch_lora_weights"]
+    monkeypatch.delenv("TEAM_LORAS")
+    unset = run("unset-var", 'lora = { adapters = [{ id = "${TEAM_LORAS}/pytorch_lora_weights.safetensors" }] }')
+    assert unset.code == 2 and "adapters[0].id: TEAM_LORAS is not set" in unset.err, unset.err
+
+
 def test_quantization_that_cannot_configure_loading_is_refused_or_skipped(run, monkeypatch):
     """torchao present according to the check, but diffusers cannot build the config (here: the
     package is not really there): exit 2 naming the plugin, or a skip with required = false."""
