@@ -611,16 +611,24 @@ def _pair_section(p: Pair, result: Result) -> str:
             + "</div></section>")
 
 
+def _page_head(a: str, b: str) -> list[str]:
+    """The start of a report page comparing ``a`` with ``b``: doctype, title, the one stylesheet."""
+    return ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>compare {escape(a)} / {escape(b)}</title><style>{CSS}</style></head><body>"]
+
+
+def _verdict(text: str, code: int) -> str:
+    return f'<span class="same">{escape(text)}</span>' if code == EXIT_SAME else '<span class="diff">different</span>'
+
+
 def render_report(result: Result, back: str | None = None) -> str:
     a, b = result.a, result.b
     different = sorted(result.of("different"), key=lambda p: p.worst)
     close = sorted(result.of("close"), key=lambda p: p.worst)
     identical, only_a, only_b = result.of("identical"), result.of("only-a"), result.of("only-b")
-    verdict = (f'<span class="same">{escape(result.verdict)}</span>' if result.code == EXIT_SAME
-               else '<span class="diff">different</span>')
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>compare {escape(a.name)} / {escape(b.name)}</title><style>{CSS}</style></head><body>",
+    verdict = _verdict(result.verdict, result.code)
+    parts = [*_page_head(a.name, b.name),
              *([f'<p class="meta"><a href="{escape(back, quote=True)}">← all runs</a></p>'] if back else []),
              f"<h1>{escape(a.name)} → {escape(b.name)}: {verdict}</h1>",
              f'<p class="meta">A: {escape(str(a.given))} · B: {escape(str(b.given))}<br>'
@@ -821,11 +829,8 @@ def write_roots_report(result: RootsResult, out: Path) -> Path:
 
 
 def render_roots_report(result: RootsResult) -> str:
-    verdict = (f'<span class="same">{escape(result.verdict)}</span>' if result.code == EXIT_SAME
-               else '<span class="diff">different</span>')
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>compare {escape(result.a)} / {escape(result.b)}</title><style>{CSS}</style></head><body>",
+    verdict = _verdict(result.verdict, result.code)
+    parts = [*_page_head(result.a, result.b),
              f"<h1>{escape(result.a)} → {escape(result.b)}: {verdict}</h1>",
              f'<p class="meta">output roots, runs paired by folder name · {escape(result.totals())}'
              + (f"<br>thresholds: {escape(result.thresholds.text())}" if result.thresholds else "") + "</p>",
