@@ -283,9 +283,8 @@ def test_the_gallery_refreshes_itself_only_under_watch_and_its_stamp_follows_the
 
 
 def test_a_watch_round_on_an_up_to_date_folder_says_nothing_to_do_and_loads_no_model(
-        recipe_runner_cli, recipe_runner_write_recipe, recipe_runner_register_plugin, tmp_path, capsys):
+        recipe_runner_cli, recipe_runner_write_recipe, loads, tmp_path, capsys):
     """The first round of --watch is the loop of a plain run: an up-to-date folder is nothing to do."""
-    from recipe_runner import hookimpl
     from recipe_runner.plugin_api.manager import load_plugins
     from recipe_runner.running.prepare import Options
     from recipe_runner.running.watch import watch
@@ -293,20 +292,12 @@ def test_a_watch_round_on_an_up_to_date_folder_says_nothing_to_do_and_loads_no_m
     recipe = recipe_runner_write_recipe(RECIPE.format(seeds="[0, 1]"))
     assert recipe_runner_cli(recipe, "--out", tmp_path / "out", "--no-progress").code == 0
     before = state(tmp_path / "out" / "recipe")
-
-    class Loads:
-        count = 0
-
-        @hookimpl
-        def pipeline_ready(self, pipe, recipe, context):
-            Loads.count += 1
-
-    recipe_runner_register_plugin(Loads(), "loads")
+    loads.count = 0  # from here: the watch round's loads
     capsys.readouterr()
     assert watch([recipe], [], load_plugins(), Options(out=tmp_path / "out", progress=False), rounds=1) == 0
     out = capsys.readouterr().out
     assert "nothing to do, nothing loaded" in out
-    assert Loads.count == 0
+    assert loads.count == 0
     assert state(tmp_path / "out" / "recipe") == before
 
 

@@ -233,24 +233,14 @@ def _files(folder: Path) -> dict[str, tuple[bytes, int, int]]:
 
 @pytest.mark.slow
 def test_an_output_only_edit_redraws_grid_and_gallery_from_the_images_without_loading(
-        recipe_runner_cli, recipe_runner_write_recipe, recipe_runner_register_plugin, tmp_path):
+        recipe_runner_cli, recipe_runner_write_recipe, loads, tmp_path):
     """#20 item 1: a new [output.grid] layout (or gallery setting) on a folder whose jobs are all
     unchanged redraws the views from the images on disk, loads nothing, and touches no image."""
-    from recipe_runner import hookimpl
-
-    class Loads:
-        count = 0
-
-        @hookimpl
-        def pipeline_ready(self, pipe, recipe, context):
-            Loads.count += 1
-
-    recipe_runner_register_plugin(Loads(), "loads")
     recipe = recipe_runner_write_recipe(EDITED, "edited.toml")
     out = tmp_path / "out"
     assert recipe_runner_cli(recipe, "--out", out, "--no-progress").code == 0
     folder = out / "edited"
-    assert Loads.count == 1
+    assert loads.count == 1
     before = _files(folder)
     images = {k: v for k, v in before.items() if not k.startswith(("grid", "index", "manifest"))}
     assert len(images) == 8 and "grid.png" in before
@@ -259,7 +249,7 @@ def test_an_output_only_edit_redraws_grid_and_gallery_from_the_images_without_lo
     result = recipe_runner_cli(recipe, "--out", out, "--no-progress")
     assert result.code == 0, result.err
     assert "nothing to do, nothing loaded; grid and gallery redrawn" in result.out
-    assert Loads.count == 1  # nothing loaded
+    assert loads.count == 1  # nothing loaded
     after = _files(folder)
     assert {k: after[k] for k in images} == images  # every image: same bytes, inode and mtime
     sheets = sorted(k for k in after if k.startswith("grid"))
@@ -274,7 +264,7 @@ def test_an_output_only_edit_redraws_grid_and_gallery_from_the_images_without_lo
 
     recipe.write_text(EDITED + "[output]\ngallery = false\ngrid = true\n")  # back to the default sheet
     third = recipe_runner_cli(recipe, "--out", out, "--no-progress")
-    assert "nothing to do, nothing loaded; grid redrawn" in third.out and Loads.count == 1
+    assert "nothing to do, nothing loaded; grid redrawn" in third.out and loads.count == 1
     assert sorted(k for k in _files(folder) if k.startswith("grid")) == ["grid.png"]
     assert {k: v for k, v in _files(folder).items() if k in images} == images
 
