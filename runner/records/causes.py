@@ -148,8 +148,9 @@ def _changed(name: str, recorded: dict[str, Any], now: dict[str, Any]) -> list[s
 
 
 def _shown(value: Any) -> str:
-    return {True: "true", False: "false", None: "(none)"}.get(value, str(value)) if isinstance(value, (bool, type(None))) \
-        else str(value)[:60]
+    if value is None or isinstance(value, bool):
+        return {True: "true", False: "false", None: "(none)"}[value]
+    return str(value)[:60]
 
 
 def model_differences(recorded: Mapping[str, Any], now: Mapping[str, Any], since: Since = SINCE_IMAGE) -> list[str]:
